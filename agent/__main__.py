@@ -1,0 +1,109 @@
+"""``pta-agent``: enrol once with a token, then run, dialling out to the broker."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import structlog
+
+from agent.config import AgentConfig, load_config
+from agent.directory import LdapDirectory
+from agent.enrol import enrol
+from agent.identity import AgentIdentity
+from agent.link import Link
+from agent.validation import Validator
+from pta import logging as pta_logging
+from pta.errors import PtaError
+
+log = structlog.get_logger()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pta-agent", description=__doc__)
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-format", choices=["json", "console"], default=None)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    enroll = commands.add_parser("enroll", help="enrol with a one-time token")
+    enroll.add_argument("--broker", required=True, help="the broker's public host:port")
+    enroll.add_argument("--token", help="token from `pta-broker token create` (or stdin: -)")
+    enroll.add_argument("--state-dir", required=True)
+
+    run = commands.add_parser("run", help="connect to the broker and validate sign-ins")
+    run.add_argument("--state-dir")
+    run.add_argument("--config", help="TOML file with the same keys (and [[directory]] tables)")
+    run.add_argument("--ldap-url", help="ldap://host:port or ldaps://host:port")
+    run.add_argument("--base-dn", help="where users are searched")
+    run.add_argument("--bind-dn", help="service account that searches (default: anonymous)")
+    run.add_argument("--bind-password-file", help="file holding the service account's password")
+    run.add_argument("--login-attribute", help="attribute users sign in with (default uid)")
+    run.add_argument("--ca-file", help="CA certificate for ldaps:// or StartTLS")
+    run.add_argument("--max-in-flight", help="validations at once (default 32)")
+    run.add_argument("--pool-size", help="LDAP worker threads (default 8)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    args = _parser().parse_args(argv)
+    pta_logging.configure(
+        level=args.log_level, json=None if args.log_format is None else args.log_format == "json"
+    )
+    os.umask(0o077)
+    try:
+        if args.command == "enroll":
+            token = args.token if args.token not in (None, "-") else sys.stdin.readline()
+            identity = asyncio.run(enrol(args.broker, token.strip(), Path(args.state_dir)))
+            sys.stdout.write(f"enrolled as {identity.agent_id} of {identity.tenant}\n")
+            return 0
+        return asyncio.run(_run(load_config(vars(args), os.environ)))
+    except (PtaError, ValueError, FileNotFoundError) as error:
+        sys.stderr.write(f"pta-agent: {getattr(error, 'message', error)}\n")
+        return 1
+
+
+async def _run(config: AgentConfig) -> int:
+    identity = AgentIdentity.load(config.state_dir)
+    directories = [LdapDirectory(d) for d in config.directories]
+
+    def directory_for(domain: str) -> LdapDirectory | None:
+        chosen = config.directory_for(domain)
+        return next((d for d in directories if d.config is chosen), None)
+
+    domains = tuple(sorted({d for c in config.directories for d in c.domains}))
+    if any(not c.domains for c in config.directories):
+        domains = ()  # One directory serves all: offer every domain the tenant verified.
+    link = Link(
+        identity,
+        Validator(identity, directory_for),
+        domains=domains,
+        max_in_flight=config.max_in_flight,
+    )
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+
+    def on_signal(signum: int) -> None:
+        log.info("agent.stopping", signal=signal.Signals(signum).name)
+        task.cancel()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    log.info("agent.starting", agent_id=identity.agent_id, endpoint=identity.agent_endpoint)
+    try:
+        await link.run()
+    except asyncio.CancelledError:
+        return 0
+    finally:
+        for directory in directories:
+            directory.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""The agent's configuration: its state directory and the directories it checks passwords in.
+
+Built from flags, ``PTA_AGENT_*`` variables or a TOML file with the same keys; this module is
+the only code that reads them. Secrets (the service account's password) are read from a file
+and hidden from ``repr``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pta.names import normalize_domain
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+ENV_PREFIX = "PTA_AGENT_"
+DEFAULT_LOGIN_ATTRIBUTE = "uid"
+DEFAULT_MAX_IN_FLIGHT = 32
+DEFAULT_POOL_SIZE = 8
+DEFAULT_CONNECT_TIMEOUT = 3.0
+DEFAULT_RECEIVE_TIMEOUT = 5.0
+#: Login attributes whose value is the whole UPN; for the others it is the part before ``@``.
+FULL_NAME_ATTRIBUTES = frozenset({"userprincipalname", "mail"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DirectoryConfig:
+    """One directory (a domain's LDAP servers) and how users are found in it."""
+
+    urls: tuple[str, ...]
+    base_dn: str
+    #: UPN suffixes this directory answers for; empty means every domain of the tenant.
+    domains: tuple[str, ...] = ()
+    bind_dn: str = ""
+    bind_password: str = field(default="", repr=False)
+    login_attribute: str = DEFAULT_LOGIN_ATTRIBUTE
+    ca_file: Path | None = None
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    receive_timeout: float = DEFAULT_RECEIVE_TIMEOUT
+    pool_size: int = DEFAULT_POOL_SIZE
+
+    def __post_init__(self) -> None:
+        """Refuse a directory that could never work.
+
+        Raises:
+            ValueError: On missing URLs or base DN, or a non-positive timeout or pool.
+        """
+        if not self.urls or not all(u.startswith(("ldap://", "ldaps://")) for u in self.urls):
+            raise ValueError("a directory needs ldap:// or ldaps:// URLs")
+        if not self.base_dn:
+            raise ValueError("a directory needs a base DN")
+        if bool(self.bind_dn) != bool(self.bind_password):
+            raise ValueError("a service account needs both a bind DN and a password")
+        if self.connect_timeout <= 0 or self.receive_timeout <= 0 or self.pool_size < 1:
+            raise ValueError("timeouts and the pool size must be positive")
+        object.__setattr__(self, "domains", tuple(normalize_domain(d) for d in self.domains))
+
+    def login_value(self, username: str) -> str:
+        """Return what to search the login attribute for, given ``user@domain``."""
+        if self.login_attribute.lower() in FULL_NAME_ATTRIBUTES:
+            return username
+        return username.rpartition("@")[0]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentConfig:
+    """Everything ``pta-agent run`` needs."""
+
+    state_dir: Path
+    directories: tuple[DirectoryConfig, ...]
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+
+    def __post_init__(self) -> None:
+        """Refuse a configuration without a directory.
+
+        Raises:
+            ValueError: When no directory is configured or the limit is not positive.
+        """
+        if not self.directories:
+            raise ValueError("configure at least one directory (--ldap-url and --base-dn)")
+        if self.max_in_flight < 1:
+            raise ValueError("max in flight must be at least 1")
+
+    def directory_for(self, domain: str) -> DirectoryConfig | None:
+        """Return the directory that answers for ``domain``: a specific one first."""
+        for directory in self.directories:
+            if domain in directory.domains:
+                return directory
+        return next((d for d in self.directories if not d.domains), None)
+
+
+def _directory(values: Mapping[str, Any]) -> DirectoryConfig:
+    password = ""
+    if path := values.get("bind_password_file"):
+        password = Path(path).read_text().rstrip("\r\n")
+    urls = values.get("ldap_url") or values.get("urls") or ()
+    return DirectoryConfig(
+        urls=tuple([urls] if isinstance(urls, str) else urls),
+        base_dn=str(values.get("base_dn") or ""),
+        domains=tuple(values.get("domains") or ()),
+        bind_dn=str(values.get("bind_dn") or ""),
+        bind_password=password,
+        login_attribute=str(values.get("login_attribute") or DEFAULT_LOGIN_ATTRIBUTE),
+        ca_file=Path(values["ca_file"]) if values.get("ca_file") else None,
+        connect_timeout=float(values.get("connect_timeout") or DEFAULT_CONNECT_TIMEOUT),
+        receive_timeout=float(values.get("receive_timeout") or DEFAULT_RECEIVE_TIMEOUT),
+        pool_size=int(values.get("pool_size") or DEFAULT_POOL_SIZE),
+    )
+
+
+def load_config(options: Mapping[str, Any], environ: Mapping[str, str]) -> AgentConfig:
+    """Build the configuration: flags over ``PTA_AGENT_*`` variables over the config file.
+
+    The file may list several ``[[directory]]`` tables (one per domain); flags describe one
+    directory that serves every domain of the tenant.
+
+    Args:
+        options: Parsed flags by name (None when not given); ``config`` names the TOML file.
+        environ: The process environment.
+
+    Returns:
+        The validated configuration.
+    """
+    file_values: dict[str, Any] = {}
+    if path := options.get("config") or environ.get(ENV_PREFIX + "CONFIG"):
+        file_values = tomllib.loads(Path(path).read_text())
+    flat = {
+        key: options.get(key) or environ.get(ENV_PREFIX + key.upper()) or file_values.get(key)
+        for key in (
+            "state_dir",
+            "ldap_url",
+            "base_dn",
+            "bind_dn",
+            "bind_password_file",
+            "login_attribute",
+            "ca_file",
+            "max_in_flight",
+            "pool_size",
+        )
+    }
+    if not flat["state_dir"]:
+        raise ValueError("--state-dir (or PTA_AGENT_STATE_DIR) is required")
+    directories = [_directory(d) for d in file_values.get("directory", [])]
+    if flat["ldap_url"]:
+        directories.append(_directory(flat))
+    return AgentConfig(
+        state_dir=Path(flat["state_dir"]),
+        directories=tuple(directories),
+        max_in_flight=int(flat["max_in_flight"] or DEFAULT_MAX_IN_FLIGHT),
+    )

@@ -1,0 +1,169 @@
+"""``pta-broker``: serve, and manage tenants and enrolment tokens.
+
+Management commands open the same store file as the serving broker, so they work while it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import structlog
+
+from broker.ca import CertificateAuthority
+from broker.config import DEFAULT_LISTEN, BrokerConfig, load_config
+from broker.server import Broker
+from broker.store import Store
+from pta import logging as pta_logging
+from pta.config import parse_duration
+from pta.errors import PtaError
+
+log = structlog.get_logger()
+DEFAULT_TOKEN_TTL = "1h"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pta-broker", description=__doc__)
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-format", choices=["json", "console"], default=None)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def data_dir(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data-dir", default=os.environ.get("PTA_BROKER_DATA_DIR"), required=False)
+
+    serve = commands.add_parser("serve", help="run the broker")
+    data_dir(serve)
+    serve.add_argument("--listen", help=f"public endpoint (default {DEFAULT_LISTEN})")
+    serve.add_argument("--agent-listen", help="agent endpoint (default: public port + 1)")
+    serve.add_argument("--agent-endpoint", help="host:port agents dial, if not the enrol host")
+    serve.add_argument("--san", action="append", help="extra name for the server certificate")
+    serve.add_argument("--signin-timeout", help="longest a sign-in may take (default 10s)")
+    serve.add_argument("--agent-cert-lifetime", help="agent certificate lifetime (default 24h)")
+    serve.add_argument("--heartbeat-interval", help="stream heartbeat interval (default 5s)")
+    serve.add_argument("--queue-limit", help="sign-ins a tenant may have waiting (default 1024)")
+    serve.add_argument("--grace", help="seconds in-flight sign-ins get at shutdown (default 5)")
+
+    tenant = commands.add_parser("tenant", help="manage tenants").add_subparsers(
+        dest="action", required=True
+    )
+    add = tenant.add_parser("add", help="create a tenant owning one or more domains")
+    add.add_argument("name")
+    add.add_argument("--domain", action="append", required=True, help="a verified UPN suffix")
+    data_dir(add)
+    listing = tenant.add_parser("list", help="list tenants and their domains")
+    listing.add_argument("--json", action="store_true")
+    data_dir(listing)
+
+    token = commands.add_parser("token", help="manage enrolment tokens").add_subparsers(
+        dest="action", required=True
+    )
+    create = token.add_parser("create", help="print a one-time enrolment token")
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--ttl", default=DEFAULT_TOKEN_TTL, help="validity (default 1h)")
+    data_dir(create)
+    tlist = token.add_parser("list", help="list tokens (never their secrets)")
+    tlist.add_argument("--json", action="store_true")
+    data_dir(tlist)
+    delete = token.add_parser("delete", help="delete a token by id")
+    delete.add_argument("token_id")
+    data_dir(delete)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    args = _parser().parse_args(argv)
+    pta_logging.configure(
+        level=args.log_level, json=None if args.log_format is None else args.log_format == "json"
+    )
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if not args.data_dir:
+            sys.stderr.write("pta-broker: --data-dir (or PTA_BROKER_DATA_DIR) is required\n")
+            return 2
+        data = Path(args.data_dir)
+        if not (data / "ca.pem").exists():
+            sys.stderr.write(f"pta-broker: {data} holds no broker: run `pta-broker serve` once\n")
+            return 2
+        store = Store(data)
+        try:
+            return _manage(args, store, data)
+        finally:
+            store.close()
+    except (PtaError, ValueError) as error:
+        sys.stderr.write(f"pta-broker: {getattr(error, 'message', error)}\n")
+        return 1
+
+
+def _manage(args: argparse.Namespace, store: Store, data: Path) -> int:
+    if args.command == "tenant" and args.action == "add":
+        store.add_tenant(args.name, args.domain)
+        sys.stdout.write(f"tenant {args.name} owns {', '.join(args.domain)}\n")
+    elif args.command == "tenant":
+        tenants = store.tenants()
+        if args.json:
+            sys.stdout.write(json.dumps(tenants, indent=2) + "\n")
+        for name, domains in tenants.items() if not args.json else ():
+            sys.stdout.write(f"{name}\t{' '.join(domains)}\n")
+    elif args.command == "token" and args.action == "create":
+        ca = CertificateAuthority.load_or_create(data)
+        token = store.create_token(args.tenant, parse_duration(args.ttl), ca.fingerprint)
+        sys.stdout.write(f"{token}\n")
+    elif args.command == "token" and args.action == "list":
+        rows = [
+            {
+                "id": t.token_id,
+                "tenant": t.tenant,
+                "created_at": t.created_at,
+                "expires_at": t.expires_at,
+                "used": t.used_at is not None,
+                "expired": t.expires_at <= time.time(),
+            }
+            for t in store.list_tokens()
+        ]
+        if args.json:
+            sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        for row in rows if not args.json else ():
+            state = "used" if row["used"] else "expired" if row["expired"] else "valid"
+            sys.stdout.write(f"{row['id']}\t{row['tenant']}\t{state}\n")
+    elif args.command == "token" and args.action == "delete":
+        if not store.delete_token(args.token_id):
+            sys.stderr.write(f"pta-broker: no token {args.token_id}\n")
+            return 1
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = load_config(vars(args), os.environ)
+    return asyncio.run(_run(config))
+
+
+async def _run(config: BrokerConfig) -> int:
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    signals_seen = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen > 1:
+            os._exit(128 + signum)
+        log.info("broker.stopping", signal=signal.Signals(signum).name)
+        stopping.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    async with Broker(config):
+        await stopping.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,275 @@
+"""``pta.v1.AgentService``: enrolment, and each agent's one long-lived Connect stream.
+
+Connect authenticates the stream by the client certificate (the agent endpoint's TLS already
+required one from our CA), checks the tenant and agent it names against the store, then runs
+a reader and a writer until either side ends. Whatever ends it, the connection is detached and
+every job it held is settled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from broker.dispatch import Answer, Connection, Dispatcher
+from pta import sealing, tls
+from pta.errors import (
+    InvalidRequest,
+    PermissionDenied,
+    TenantMismatch,
+    Unauthenticated,
+    rpc_errors,
+)
+from pta.names import normalize_domain
+from pta.tokens import parse_token
+from pta.v1 import agent_pb2, agent_pb2_grpc
+
+if TYPE_CHECKING:
+    import datetime
+    from collections.abc import AsyncIterator
+
+    import grpc
+
+    from broker.ca import CertificateAuthority
+    from broker.store import CertificateRecord, Store
+
+log = structlog.get_logger()
+
+HELLO_TIMEOUT = 10.0
+DEFAULT_CAPACITY = 16
+MAX_CAPACITY = 1024
+MAX_DOMAINS = 64
+MAX_TEXT = 253
+MAX_MESSAGE_CHARS = 512
+#: Missing this many heartbeat intervals means the agent is gone.
+MISSED_HEARTBEATS = 3
+
+
+class _StreamEnded(Exception):  # noqa: N818 - a signal, not an error
+    """The agent closed its side, or went silent: ends the stream's task group."""
+
+
+class AgentService(agent_pb2_grpc.AgentServiceServicer):
+    """Enrols agents and keeps their streams."""
+
+    def __init__(  # noqa: PLR0913 - wiring
+        self,
+        *,
+        store: Store,
+        ca: CertificateAuthority,
+        dispatcher: Dispatcher,
+        cert_lifetime: datetime.timedelta,
+        heartbeat_interval: float,
+        agent_endpoint: str,
+        agent_port: int,
+    ) -> None:
+        """Wire the service (see :class:`broker.config.BrokerConfig` for the values)."""
+        self._store = store
+        self._ca = ca
+        self._dispatcher = dispatcher
+        self._cert_lifetime = cert_lifetime
+        self._heartbeat = heartbeat_interval
+        self._agent_endpoint = agent_endpoint
+        self._agent_port = agent_port
+
+    async def Enroll(  # noqa: N802 - the contract's name
+        self,
+        request: agent_pb2.EnrollRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> agent_pb2.EnrollResponse:
+        """Trade a one-time token and a CSR for an agent certificate."""
+        async with rpc_errors(context):
+            token = parse_token(request.token)
+            if token.ca_sha256 != self._ca.fingerprint:
+                raise Unauthenticated("this enrolment token was issued by another broker")
+            if len(request.hostname) > MAX_TEXT or len(request.version) > MAX_TEXT:
+                raise InvalidRequest("hostname or version too long")
+            try:
+                sealing.load_public_key(request.envelope_public_key)
+            except ValueError as error:
+                raise InvalidRequest(str(error)) from None
+            agent_id = "agt-" + secrets.token_hex(8)
+            # Check the CSR before spending the token; sign it for real only once it is spent.
+            self._ca.sign_agent(
+                request.csr_pem, tenant="check", agent_id=agent_id, lifetime=self._cert_lifetime
+            )
+            tenant = self._store.consume_token(token)
+            cert = self._ca.sign_agent(
+                request.csr_pem, tenant=tenant, agent_id=agent_id, lifetime=self._cert_lifetime
+            )
+            self._store.add_agent(
+                agent_id=agent_id,
+                tenant=tenant,
+                hostname=request.hostname,
+                version=request.version,
+                serial=tls.serial_hex(cert),
+                envelope_public_key=request.envelope_public_key,
+                not_after=cert.not_valid_after_utc.timestamp(),
+            )
+            log.info(
+                "agent.enrolled",
+                tenant=tenant,
+                agent_id=agent_id,
+                hostname=request.hostname,
+                token_id=token.token_id,
+                serial=tls.serial_hex(cert),
+            )
+            return agent_pb2.EnrollResponse(
+                agent_id=agent_id,
+                tenant=tenant,
+                certificate_pem=tls.cert_pem(cert).decode(),
+                ca_chain_pem=self._ca.cert_pem.decode(),
+                domains=sorted(self._store.tenant_domains(tenant)),
+                agent_endpoint=self._agent_endpoint,
+                agent_port=self._agent_port,
+            )
+
+    async def Connect(  # noqa: N802 - the contract's name
+        self,
+        request_iterator: AsyncIterator[agent_pb2.AgentMessage],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> None:
+        """Hold one agent's stream (see the module docstring)."""
+        async with rpc_errors(context):
+            record = self._authenticate(context.auth_context())
+            messages = aiter(request_iterator)
+            conn = await self._hello(messages, record)
+            await context.write(
+                agent_pb2.BrokerMessage(
+                    welcome=agent_pb2.Welcome(
+                        tenant=conn.tenant,
+                        domains=sorted(conn.domains),
+                        heartbeat_interval_ms=int(self._heartbeat * 1000),
+                    )
+                )
+            )
+            self._dispatcher.attach(conn)
+            bound = log.bind(
+                tenant=conn.tenant, agent_id=conn.agent_id, connection_id=conn.connection_id
+            )
+            bound.info("agent.connected", domains=sorted(conn.domains), capacity=conn.capacity)
+            try:
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(self._receive(messages, conn))
+                    group.create_task(self._send(context, conn))
+            except* _StreamEnded:
+                pass
+            finally:
+                self._dispatcher.detach(conn)
+                bound.info("agent.disconnected")
+
+    def _authenticate(self, auth_context: dict[str, list[bytes]]) -> CertificateRecord:
+        cert = tls.peer_certificate(auth_context)
+        if cert is None:
+            raise Unauthenticated(
+                "Connect needs the agent's client certificate: dial the broker's agent endpoint"
+            )
+        identity = tls.agent_identity(cert)
+        record = self._store.certificate(tls.serial_hex(cert))
+        if identity is None or record is None:
+            raise Unauthenticated("this certificate was not issued to an enrolled agent")
+        if record.revoked:
+            raise Unauthenticated("this agent has been revoked: enrol it again with a new token")
+        if identity != (record.tenant, record.agent_id):
+            raise TenantMismatch("the certificate names another tenant or agent")
+        return record
+
+    async def _hello(
+        self, messages: AsyncIterator[agent_pb2.AgentMessage], record: CertificateRecord
+    ) -> Connection:
+        try:
+            async with asyncio.timeout(HELLO_TIMEOUT):
+                first = await anext(messages, None)
+        except TimeoutError:
+            raise InvalidRequest("no hello within the time allowed") from None
+        if first is None or first.WhichOneof("kind") != "hello":
+            raise InvalidRequest("the first message on Connect must be a hello")
+        hello = first.hello
+        if hello.agent_id != record.agent_id:
+            raise TenantMismatch("hello names another agent than the certificate")
+        if len(hello.domains) > MAX_DOMAINS:
+            raise InvalidRequest("too many domains in hello")
+        verified = self._store.tenant_domains(record.tenant)
+        asked = {normalize_domain(d) for d in hello.domains} or set(verified)
+        if unverified := asked - verified:
+            log.warning(
+                "agent.unverified_domains", agent_id=record.agent_id, domains=sorted(unverified)
+            )
+        domains = frozenset(asked & verified)
+        if not domains:
+            raise PermissionDenied("the agent serves none of its tenant's verified domains")
+        capacity = hello.max_in_flight or DEFAULT_CAPACITY
+        return Connection(
+            connection_id=secrets.token_hex(8),
+            agent_id=record.agent_id,
+            tenant=record.tenant,
+            domains=domains,
+            capacity=min(capacity, MAX_CAPACITY),
+            envelope_key=sealing.load_public_key(record.envelope_public_key),
+        )
+
+    async def _receive(
+        self, messages: AsyncIterator[agent_pb2.AgentMessage], conn: Connection
+    ) -> None:
+        silence = self._heartbeat * MISSED_HEARTBEATS
+        while True:
+            try:
+                async with asyncio.timeout(silence):
+                    message = await anext(messages, None)
+            except TimeoutError:
+                log.warning("agent.heartbeats_missed", agent_id=conn.agent_id, silence_s=silence)
+                raise _StreamEnded from None
+            if message is None:
+                raise _StreamEnded
+            kind = message.WhichOneof("kind")
+            if kind == "results":
+                self._complete(conn, message.results)
+            elif kind == "hello":
+                raise InvalidRequest("hello may be sent only once")
+            # Heartbeats only prove liveness; kinds from newer agents are ignored.
+
+    def _complete(self, conn: Connection, results: agent_pb2.Results) -> None:
+        for result in results.results:
+            answer = Answer(
+                outcome=result.outcome,
+                message=result.message[:MAX_MESSAGE_CHARS],
+                agent_id=conn.agent_id,
+            )
+            if not self._dispatcher.complete(conn, result.request_id, answer):
+                log.warning(
+                    "agent.unexpected_result",
+                    agent_id=conn.agent_id,
+                    tenant=conn.tenant,
+                    request_id=result.request_id[:64],
+                )
+
+    async def _send(self, context: grpc.aio.ServicerContext[Any, Any], conn: Connection) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(self._heartbeat):
+                    job = await conn.outbox.get()
+            except TimeoutError:
+                heartbeat = agent_pb2.Heartbeat(sent_unix_ms=int(time.time() * 1000))
+                await context.write(agent_pb2.BrokerMessage(heartbeat=heartbeat))
+                continue
+            batch = [job]
+            while not conn.outbox.empty():
+                batch.append(conn.outbox.get_nowait())
+            requests = [
+                agent_pb2.ValidationRequest(
+                    request_id=job.request_id,
+                    envelope=job.envelopes[conn.connection_id],
+                    deadline_unix_ms=job.deadline_unix_ms,
+                    domain=job.domain,
+                )
+                for job in batch
+                if not job.done and job.connection_id == conn.connection_id
+            ]
+            if requests:
+                await context.write(
+                    agent_pb2.BrokerMessage(validations=agent_pb2.Validations(requests=requests))
+                )

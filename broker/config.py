@@ -1,0 +1,99 @@
+"""The broker's configuration: one frozen value, validated once, built from flags and env."""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pta.config import parse_duration, parse_endpoint
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+DEFAULT_LISTEN = "127.0.0.1:7443"
+DEFAULT_SIGNIN_TIMEOUT = 10.0
+DEFAULT_AGENT_CERT_LIFETIME = datetime.timedelta(hours=24)
+DEFAULT_HEARTBEAT_INTERVAL = 5.0
+DEFAULT_QUEUE_LIMIT = 1024
+DEFAULT_GRACE = 5.0
+ENV_PREFIX = "PTA_BROKER_"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BrokerConfig:
+    """Everything ``pta-broker serve`` needs; live objects are built from it at start."""
+
+    data_dir: Path
+    #: Public endpoint: sign-ins, enrolment, health, reflection (server-authenticated TLS).
+    listen: str = DEFAULT_LISTEN
+    #: Agent endpoint: Connect, mutual TLS required. Default: the public port + 1.
+    agent_listen: str = ""
+    #: Where agents should dial Connect, if not the host they enrolled with (behind a proxy).
+    agent_endpoint: str = ""
+    san: tuple[str, ...] = ()
+    signin_timeout: float = DEFAULT_SIGNIN_TIMEOUT
+    agent_cert_lifetime: datetime.timedelta = DEFAULT_AGENT_CERT_LIFETIME
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    queue_limit: int = DEFAULT_QUEUE_LIMIT
+    grace: float = DEFAULT_GRACE
+
+    def __post_init__(self) -> None:
+        """Refuse values that would make the broker misbehave later rather than now.
+
+        Raises:
+            ValueError: On an invalid endpoint, timeout or limit.
+        """
+        parse_endpoint(self.listen)
+        if self.agent_listen:
+            parse_endpoint(self.agent_listen)
+        else:
+            host, port = parse_endpoint(self.listen)
+            object.__setattr__(self, "agent_listen", f"{host}:{port + 1 if port else 0}")
+        if self.signin_timeout <= 0 or self.heartbeat_interval <= 0 or self.grace < 0:
+            raise ValueError("timeouts must be positive")
+        if self.queue_limit < 1:
+            raise ValueError("queue limit must be at least 1")
+
+
+def load_config(options: Mapping[str, object], environ: Mapping[str, str]) -> BrokerConfig:
+    """Build the configuration from parsed flags, falling back to ``PTA_BROKER_*`` variables.
+
+    Args:
+        options: Flag values by name; None means not given.
+        environ: The process environment.
+
+    Returns:
+        The validated configuration.
+    """
+
+    def pick(name: str) -> str | None:
+        value = options.get(name)
+        if value is not None:
+            return str(value)
+        return environ.get(ENV_PREFIX + name.upper())
+
+    data_dir = pick("data_dir")
+    if not data_dir:
+        raise ValueError("--data-dir (or PTA_BROKER_DATA_DIR) is required")
+    sans = options.get("san") or tuple(filter(None, environ.get(ENV_PREFIX + "SAN", "").split(",")))
+    lifetime = pick("agent_cert_lifetime")
+    return BrokerConfig(
+        data_dir=Path(data_dir),
+        listen=pick("listen") or DEFAULT_LISTEN,
+        agent_listen=pick("agent_listen") or "",
+        agent_endpoint=pick("agent_endpoint") or "",
+        san=tuple(str(s) for s in sans),  # type: ignore[union-attr]
+        signin_timeout=parse_duration(pick("signin_timeout") or str(DEFAULT_SIGNIN_TIMEOUT)),
+        agent_cert_lifetime=(
+            datetime.timedelta(seconds=parse_duration(lifetime))
+            if lifetime
+            else DEFAULT_AGENT_CERT_LIFETIME
+        ),
+        heartbeat_interval=parse_duration(
+            pick("heartbeat_interval") or str(DEFAULT_HEARTBEAT_INTERVAL)
+        ),
+        queue_limit=int(pick("queue_limit") or DEFAULT_QUEUE_LIMIT),
+        grace=float(pick("grace") or DEFAULT_GRACE),
+    )

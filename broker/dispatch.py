@@ -1,0 +1,237 @@
+"""Which connected agent validates which sign-in: the registry, the queues, the answers.
+
+Pure logic on the event loop, with no gRPC in it, so it is tested without a network. A sign-in
+becomes a :class:`Job` holding one sealed envelope per agent connection it may go to; a job
+waits in its tenant's bounded queue until one of those connections has room, then goes to the
+least loaded of them. Agents never see a job of another tenant: a job is only ever sealed to,
+queued for and sent to connections of its own tenant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import structlog
+
+from pta.errors import NoAgentAvailable, Overloaded, PtaError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+log = structlog.get_logger()
+
+DEFAULT_QUEUE_LIMIT = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An agent's verdict on one job (``outcome`` is a ``pta.v1.Outcome`` value)."""
+
+    outcome: int
+    message: str
+    agent_id: str
+
+
+@dataclass(eq=False, slots=True, kw_only=True)
+class Job:
+    """One sign-in waiting for, or being worked on by, an agent."""
+
+    request_id: str
+    tenant: str
+    domain: str
+    #: Event-loop time after which nobody wants the answer.
+    deadline: float
+    deadline_unix_ms: int
+    #: Connection id -> envelope sealed to that connection's key.
+    envelopes: dict[str, bytes]
+    future: asyncio.Future[Answer]
+    connection_id: str | None = None
+
+    @property
+    def done(self) -> bool:
+        """Whether the job has its one answer (or failure) already."""
+        return self.future.done()
+
+
+@dataclass(eq=False, slots=True, kw_only=True)
+class Connection:
+    """One live Connect stream of an agent."""
+
+    connection_id: str
+    agent_id: str
+    tenant: str
+    domains: frozenset[str]
+    capacity: int
+    envelope_key: X25519PublicKey
+    outbox: asyncio.Queue[Job] = field(default_factory=asyncio.Queue)
+    in_flight: dict[str, Job] = field(default_factory=dict)
+    draining: bool = False
+
+    def serves(self, domain: str) -> bool:
+        """Whether new jobs for ``domain`` may be sealed to this connection."""
+        return not self.draining and domain in self.domains
+
+    @property
+    def free(self) -> int:
+        """How many more jobs the agent said it takes at once."""
+        return self.capacity - len(self.in_flight)
+
+
+class Dispatcher:
+    """Registry of connections and per-tenant queues of jobs."""
+
+    def __init__(
+        self, *, queue_limit: int = DEFAULT_QUEUE_LIMIT, clock: Callable[[], float] | None = None
+    ) -> None:
+        """Create an empty dispatcher.
+
+        Args:
+            queue_limit: Jobs a tenant may have waiting; more are refused at once.
+            clock: Event-loop time, for deadlines (the running loop's by default).
+        """
+        self._queue_limit = queue_limit
+        self._clock = clock
+        self._connections: dict[str, Connection] = {}
+        self._by_tenant: dict[str, dict[str, Connection]] = {}
+        self._queues: dict[str, deque[Job]] = {}
+
+    def _now(self) -> float:
+        return self._clock() if self._clock else asyncio.get_running_loop().time()
+
+    # Connections ----------------------------------------------------------------------------
+
+    def attach(self, conn: Connection) -> None:
+        """Register a connection: it takes work from now on."""
+        self._connections[conn.connection_id] = conn
+        self._by_tenant.setdefault(conn.tenant, {})[conn.connection_id] = conn
+
+    def detach(self, conn: Connection) -> None:
+        """Forget a connection whose stream ended, and settle every job it held.
+
+        Jobs it was working on get UNAVAILABLE: the agent may have bound already, and sending
+        the same password again would count twice against the user in the directory. Queued
+        jobs that can no longer go anywhere get UNAVAILABLE at once rather than at the deadline.
+        """
+        self._connections.pop(conn.connection_id, None)
+        tenant_conns = self._by_tenant.get(conn.tenant, {})
+        tenant_conns.pop(conn.connection_id, None)
+        for job in conn.in_flight.values():
+            _fail(job, NoAgentAvailable("the agent handling this sign-in disconnected"))
+        conn.in_flight.clear()
+        self._settle_unroutable(conn.tenant)
+        self._pump(conn.tenant)
+
+    def drain(self, conn: Connection) -> None:
+        """Send a connection no new work; what it holds is still answered."""
+        conn.draining = True
+        self._settle_unroutable(conn.tenant)
+
+    def candidates(self, tenant: str, domain: str) -> list[Connection]:
+        """Return the connections a new job for ``domain`` may be sealed to."""
+        return [c for c in self._by_tenant.get(tenant, {}).values() if c.serves(domain)]
+
+    def connections(self) -> list[Connection]:
+        """Return every live connection."""
+        return list(self._connections.values())
+
+    # Jobs -----------------------------------------------------------------------------------
+
+    def submit(self, job: Job) -> None:
+        """Queue a job and send it at once if an agent has room.
+
+        Raises:
+            NoAgentAvailable: When the job is sealed to no live connection.
+            Overloaded: When the tenant's queue is full.
+        """
+        if not any(cid in self._connections for cid in job.envelopes):
+            raise NoAgentAvailable(f"no agent is connected for {job.domain}")
+        queue = self._queues.setdefault(job.tenant, deque())
+        if len(queue) >= self._queue_limit:
+            raise Overloaded("too many sign-ins waiting for this organisation's agents")
+        queue.append(job)
+        self._pump(job.tenant)
+
+    def complete(self, conn: Connection, request_id: str, answer: Answer) -> bool:
+        """Record a connection's answer to a job it was sent.
+
+        Returns:
+            False when this connection was not working on that request id (a late answer
+            after the deadline, or an agent answering what it was never sent).
+        """
+        job = conn.in_flight.pop(request_id, None)
+        if job is None:
+            return False
+        if not job.future.done():
+            job.future.set_result(answer)
+        self._pump(conn.tenant)
+        return True
+
+    def withdraw(self, job: Job) -> None:
+        """Forget a job whose caller stopped waiting (deadline or cancellation)."""
+        if job.connection_id is not None:
+            conn = self._connections.get(job.connection_id)
+            if conn is not None and conn.in_flight.get(job.request_id) is job:
+                del conn.in_flight[job.request_id]
+                self._pump(conn.tenant)
+        else:
+            queue = self._queues.get(job.tenant)
+            if queue is not None and job in queue:
+                queue.remove(job)
+        if not job.future.done():
+            job.future.cancel()
+
+    def queued(self, tenant: str) -> int:
+        """Return how many jobs of a tenant wait for an agent."""
+        return len(self._queues.get(tenant, ()))
+
+    def _pump(self, tenant: str) -> None:
+        """Hand queued jobs to the least loaded connection that has room and their envelope."""
+        queue = self._queues.get(tenant)
+        conns = self._by_tenant.get(tenant)
+        if not queue or not conns or not any(c.free > 0 and not c.draining for c in conns.values()):
+            return
+        now = self._now()
+        waiting: deque[Job] = deque()
+        while queue:
+            job = queue.popleft()
+            if job.done:
+                continue
+            if job.deadline <= now:
+                continue  # Its caller answers DEADLINE_EXCEEDED; an agent never sees it.
+            best: Connection | None = None
+            for cid in job.envelopes:
+                conn = conns.get(cid)
+                if conn is not None and not conn.draining and conn.free > 0:
+                    if best is None or len(conn.in_flight) < len(best.in_flight):
+                        best = conn
+            if best is None:
+                waiting.append(job)
+                continue
+            job.connection_id = best.connection_id
+            best.in_flight[job.request_id] = job
+            best.outbox.put_nowait(job)
+        queue.extend(waiting)
+
+    def _settle_unroutable(self, tenant: str) -> None:
+        """Fail queued jobs none of whose connections can take them any more."""
+        queue = self._queues.get(tenant)
+        if not queue:
+            return
+        live = self._by_tenant.get(tenant, {})
+        keep: deque[Job] = deque()
+        for job in queue:
+            if any(cid in live and not live[cid].draining for cid in job.envelopes):
+                keep.append(job)
+            else:
+                _fail(job, NoAgentAvailable(f"no agent is connected for {job.domain}"))
+        self._queues[tenant] = keep
+
+
+def _fail(job: Job, error: PtaError) -> None:
+    if not job.future.done():
+        job.future.set_exception(error)

@@ -1,0 +1,164 @@
+"""The broker process: two gRPC servers over one dispatcher, started and stopped together.
+
+The public endpoint (server-authenticated TLS) takes sign-ins and enrolments; the agent
+endpoint requires a client certificate from the broker's CA in the TLS handshake itself, so an
+unauthenticated flood never reaches a handler. grpcio cannot ask for a client certificate
+without requiring it, which is why they are two endpoints rather than one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+from typing import TYPE_CHECKING
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from broker.agent_link import AgentService
+from broker.ca import CertificateAuthority
+from broker.dispatch import Dispatcher
+from broker.signin import SignInService
+from broker.store import Store
+from pta import rpc, tls
+from pta.v1 import agent_pb2, signin_pb2
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from google.protobuf.descriptor import ServiceDescriptor
+
+    from broker.config import BrokerConfig
+
+log = structlog.get_logger()
+ENDPOINTS_FILE = "endpoints.json"
+SERVICES = (
+    signin_pb2.DESCRIPTOR.services_by_name["SignInService"],
+    agent_pb2.DESCRIPTOR.services_by_name["AgentService"],
+)
+
+
+class State(enum.Enum):
+    """Where the broker is in its life; a broker is started once."""
+
+    NEW = "new"
+    SERVING = "serving"
+    STOPPED = "stopped"
+
+
+class Broker:
+    """An async context manager that serves until it is left."""
+
+    def __init__(self, config: BrokerConfig) -> None:
+        """Prepare, without touching disk or network yet."""
+        self.config = config
+        self.state = State.NEW
+        self.public_port = 0
+        self.agent_port = 0
+        self._servers: list[grpc.aio.Server] = []
+        self._health: list[health_aio.HealthServicer] = []
+        self._store: Store | None = None
+
+    async def __aenter__(self) -> Broker:
+        """Start serving."""
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop serving, letting in-flight sign-ins finish within the grace period."""
+        await self.stop()
+
+    async def start(self) -> None:
+        """Load or create the CA, certificates and store; bind both endpoints; serve.
+
+        Raises:
+            RuntimeError: When started twice or an endpoint cannot be bound.
+        """
+        if self.state is not State.NEW:
+            raise RuntimeError("a broker is started once")
+        config = self.config
+        config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        store = self._store = Store(config.data_dir)
+        ca = CertificateAuthority.load_or_create(config.data_dir)
+        identity = ca.server_identity(config.data_dir, config.san)
+        dispatcher = Dispatcher(queue_limit=config.queue_limit)
+
+        public = self._server(SERVICES)
+        agents = self._server(SERVICES[1:])
+        self.public_port = public.add_secure_port(
+            config.listen, tls.server_credentials(identity.key_pem, identity.chain_pem)
+        )
+        self.agent_port = agents.add_secure_port(
+            config.agent_listen,
+            tls.server_credentials(identity.key_pem, identity.chain_pem, client_ca=ca.cert_pem),
+        )
+        if not self.public_port or not self.agent_port:
+            raise RuntimeError(f"cannot listen on {config.listen} / {config.agent_listen}")
+        signin = SignInService(store=store, dispatcher=dispatcher, timeout=config.signin_timeout)
+        agent_service = AgentService(
+            store=store,
+            ca=ca,
+            dispatcher=dispatcher,
+            cert_lifetime=config.agent_cert_lifetime,
+            heartbeat_interval=config.heartbeat_interval,
+            agent_endpoint=config.agent_endpoint,
+            agent_port=self.agent_port,
+        )
+        rpc.add_service(public, SERVICES[0], signin)
+        for server in (public, agents):
+            rpc.add_service(server, SERVICES[1], agent_service)
+        for server in self._servers:
+            await server.start()
+        for health in self._health:
+            for service in ("", *(s.full_name for s in SERVICES)):
+                await health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self.state = State.SERVING
+        host = config.listen.rpartition(":")[0]
+        agent_host = config.agent_listen.rpartition(":")[0]
+        endpoints = {
+            "public": f"{host}:{self.public_port}",
+            "agent": f"{agent_host}:{self.agent_port}",
+            "ca_file": str(config.data_dir / "ca.pem"),
+        }
+        tls.write_public(config.data_dir / ENDPOINTS_FILE, json.dumps(endpoints).encode())
+        log.info("broker.serving", **endpoints, ca_sha256=ca.fingerprint)
+
+    def _server(self, services: tuple[ServiceDescriptor, ...]) -> grpc.aio.Server:
+        server = grpc.aio.server(options=rpc.SERVER_OPTIONS)
+        health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        names = (
+            *(s.full_name for s in services),
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        )
+        reflection.enable_server_reflection(names, server)
+        self._servers.append(server)
+        self._health.append(health)
+        return server
+
+    async def stop(self) -> None:
+        """Stop taking new calls and give in-flight ones ``grace`` seconds; idempotent."""
+        if self.state is State.STOPPED:
+            return
+        self.state = State.STOPPED
+        for health in self._health:
+            await health.enter_graceful_shutdown()
+        await asyncio.gather(*(server.stop(self.config.grace) for server in self._servers))
+        if self._store is not None:
+            self._store.close()
+        log.info("broker.stopped")
+
+    async def wait(self) -> None:
+        """Serve until the servers are stopped."""
+        for server in self._servers:
+            await server.wait_for_termination()

@@ -1,0 +1,205 @@
+"""``pta.v1.SignInService``: one sign-in in, one definite answer out, before its deadline.
+
+The password lives here only long enough to be sealed, once per agent connection that may
+check it; from then on only envelopes exist. The answer the client sees hides whether a user
+exists; the audit event keeps the true outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import secrets
+import time
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from broker.dispatch import Answer, Dispatcher, Job
+from pta import sealing
+from pta.errors import (
+    DeadlineExceeded,
+    DirectoryUnavailable,
+    InvalidRequest,
+    NoAgentAvailable,
+    NotFound,
+    PtaError,
+    Unavailable,
+    rpc_errors,
+)
+from pta.names import check_password, parse_upn
+from pta.v1 import agent_pb2, outcome_pb2, signin_pb2, signin_pb2_grpc
+
+if TYPE_CHECKING:
+    import grpc
+
+    from broker.store import Store
+
+log = structlog.get_logger()
+Outcome = outcome_pb2.Outcome
+MAX_CLIENT_IP_CHARS = 64
+#: What the user is told; the agent may add a detail such as "password expires in 3 days".
+MESSAGES: dict[int, str] = {
+    Outcome.SUCCESS: "signed in",
+    Outcome.INVALID_CREDENTIALS: "wrong username or password",
+    Outcome.PASSWORD_EXPIRED: "your password has expired: change it to sign in",
+    Outcome.PASSWORD_MUST_CHANGE: "you must change your password before signing in",
+    Outcome.ACCOUNT_LOCKED: "your account is locked",
+    Outcome.ACCOUNT_DISABLED: "your account is disabled",
+    Outcome.ACCOUNT_EXPIRED: "your account has expired",
+    Outcome.ACCOUNT_RESTRICTED: "you may not sign in at this time or from this computer",
+}
+
+
+class SignInService(signin_pb2_grpc.SignInServiceServicer):
+    """Validates sign-ins through the tenant's agents."""
+
+    def __init__(self, *, store: Store, dispatcher: Dispatcher, timeout: float) -> None:
+        """Wire the service to the state store and the dispatcher.
+
+        Args:
+            store: Where domains are mapped to tenants.
+            dispatcher: Where sealed jobs go to agents.
+            timeout: The longest a sign-in may take; a client deadline may shorten it.
+        """
+        self._store = store
+        self._dispatcher = dispatcher
+        self._timeout = timeout
+
+    async def SignIn(  # noqa: N802 - the contract's name
+        self,
+        request: signin_pb2.SignInRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> signin_pb2.SignInResponse:
+        """Answer one sign-in (see the module docstring)."""
+        async with rpc_errors(context):
+            request_id = secrets.token_hex(12)
+            started = time.perf_counter()
+            upn = parse_upn(request.username)
+            check_password(request.password)
+            client_ip = _client_ip(request.client_ip)
+            tenant = self._store.tenant_for_domain(upn.domain)
+            audit = log.bind(request_id=request_id, user=str(upn), client_ip=client_ip)
+            if tenant is None:
+                audit.info("signin.completed", outcome="UNKNOWN_DOMAIN", status="NOT_FOUND")
+                raise NotFound(f"no organisation signs in users of {upn.domain}")
+            remaining = context.time_remaining()
+            budget = self._timeout if remaining is None else min(self._timeout, remaining)
+            plaintext = agent_pb2.Credentials(
+                username=request.username, password=request.password
+            ).SerializeToString()
+            try:
+                answer = await self.check(tenant, upn.domain, request_id, plaintext, budget)
+            except PtaError as error:
+                audit.info(
+                    "signin.completed",
+                    tenant=tenant,
+                    status=error.code.name,
+                    reason=error.message,
+                    duration_ms=_ms(started),
+                )
+                raise
+            finally:
+                del plaintext
+            true_outcome = _outcome_name(answer.outcome)
+            audit.info(
+                "signin.completed",
+                tenant=tenant,
+                agent_id=answer.agent_id,
+                outcome=true_outcome,
+                duration_ms=_ms(started),
+            )
+            return _response(answer, request_id)
+
+    async def check(
+        self, tenant: str, domain: str, request_id: str, plaintext: bytes, budget: float
+    ) -> Answer:
+        """Seal ``plaintext`` to each candidate connection, dispatch, await the one answer.
+
+        Raises:
+            NoAgentAvailable: No agent of the tenant serving the domain is connected.
+            Overloaded: The tenant's queue is full.
+            DeadlineExceeded: No answer within ``budget`` seconds.
+        """
+        conns = self._dispatcher.candidates(tenant, domain)
+        if not conns:
+            raise NoAgentAvailable(f"no agent is connected for {domain}")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        deadline_ms = int((time.time() + budget) * 1000)
+        envelopes = {
+            conn.connection_id: sealing.seal(
+                plaintext,
+                conn.envelope_key,
+                sealing.EnvelopeContext(
+                    tenant=tenant,
+                    agent_id=conn.agent_id,
+                    request_id=request_id,
+                    domain=domain,
+                    deadline_unix_ms=deadline_ms,
+                ),
+            )
+            for conn in conns
+        }
+        job = Job(
+            request_id=request_id,
+            tenant=tenant,
+            domain=domain,
+            deadline=deadline,
+            deadline_unix_ms=deadline_ms,
+            envelopes=envelopes,
+            future=loop.create_future(),
+        )
+        self._dispatcher.submit(job)
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await job.future
+        except TimeoutError:
+            raise DeadlineExceeded("no agent answered before the deadline") from None
+        finally:
+            self._dispatcher.withdraw(job)
+
+
+def _client_ip(text: str) -> str:
+    if not text:
+        return ""
+    if len(text) > MAX_CLIENT_IP_CHARS:
+        raise InvalidRequest("client_ip is too long")
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise InvalidRequest("client_ip is not an IP address") from None
+
+
+def _outcome_name(value: int) -> str:
+    try:
+        return Outcome.Name(value)  # type: ignore[arg-type]
+    except ValueError:
+        return f"UNKNOWN({value})"
+
+
+def _response(answer: Answer, request_id: str) -> signin_pb2.SignInResponse:
+    """Turn an agent's answer into what the client may see.
+
+    Raises:
+        DirectoryUnavailable: The agent could not reach its directory.
+        Unavailable: The agent answered something this broker does not know.
+    """
+    outcome = answer.outcome
+    if outcome == Outcome.DIRECTORY_UNAVAILABLE:
+        raise DirectoryUnavailable("the organisation's directory is unavailable; try again")
+    if outcome == Outcome.UNKNOWN_USER:
+        outcome = Outcome.INVALID_CREDENTIALS
+    base = MESSAGES.get(outcome)
+    if base is None:
+        raise Unavailable("the agent gave an answer this broker does not understand")
+    detail = answer.message if outcome != Outcome.INVALID_CREDENTIALS else ""
+    return signin_pb2.SignInResponse(
+        outcome=outcome,  # type: ignore[arg-type]
+        request_id=request_id,
+        message=f"{base} ({detail})" if detail else base,
+    )
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)

@@ -1,0 +1,1 @@
+"""``pta-signin``: what a sign-in page does, on the command line."""

@@ -1,0 +1,107 @@
+"""``pta-signin``: sign a user in through the broker and print the outcome.
+
+Exit codes (stable, for scripts):
+   0  SUCCESS                 10  INVALID_CREDENTIALS     11  PASSWORD_EXPIRED
+  12  PASSWORD_MUST_CHANGE    13  ACCOUNT_LOCKED          14  ACCOUNT_DISABLED
+  15  ACCOUNT_EXPIRED         16  ACCOUNT_RESTRICTED      19  any other outcome
+  20  UNAVAILABLE (no agent, directory down)              21  DEADLINE_EXCEEDED
+  22  INVALID_ARGUMENT        23  NOT_FOUND (no organisation owns the domain)
+  24  RESOURCE_EXHAUSTED      25  UNAUTHENTICATED / PERMISSION_DENIED
+  29  any other gRPC status    2  usage error
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+
+import grpc
+from google.protobuf import json_format
+
+from pta import rpc
+from pta.v1 import outcome_pb2, signin_pb2, signin_pb2_grpc
+
+Outcome = outcome_pb2.Outcome
+OUTCOME_EXIT: dict[int, int] = {
+    Outcome.SUCCESS: 0,
+    Outcome.INVALID_CREDENTIALS: 10,
+    Outcome.PASSWORD_EXPIRED: 11,
+    Outcome.PASSWORD_MUST_CHANGE: 12,
+    Outcome.ACCOUNT_LOCKED: 13,
+    Outcome.ACCOUNT_DISABLED: 14,
+    Outcome.ACCOUNT_EXPIRED: 15,
+    Outcome.ACCOUNT_RESTRICTED: 16,
+}
+OTHER_OUTCOME_EXIT = 19
+STATUS_EXIT: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.UNAVAILABLE: 20,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 21,
+    grpc.StatusCode.INVALID_ARGUMENT: 22,
+    grpc.StatusCode.NOT_FOUND: 23,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 24,
+    grpc.StatusCode.UNAUTHENTICATED: 25,
+    grpc.StatusCode.PERMISSION_DENIED: 25,
+}
+OTHER_STATUS_EXIT = 29
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pta-signin",
+        description="Sign a user in through a pta broker.",
+        epilog=__doc__.split("\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("username", help="user@domain")
+    parser.add_argument("--broker", required=True, help="the broker's public host:port")
+    parser.add_argument("--ca-file", required=True, help="the broker's CA certificate (ca.pem)")
+    parser.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    parser.add_argument("--client-ip", default="", help="the address the user signs in from")
+    parser.add_argument("--timeout", type=float, default=15.0, help="seconds (default 15)")
+    parser.add_argument("--json", action="store_true", help="print the response as JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit code documented above."""
+    args = _parser().parse_args(argv)
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass(f"Password for {args.username}: ")
+    with open(args.ca_file, "rb") as ca:  # noqa: PTH123 - one read, at start
+        credentials = grpc.ssl_channel_credentials(ca.read())
+    with grpc.secure_channel(args.broker, credentials, options=rpc.CHANNEL_OPTIONS) as channel:
+        stub = signin_pb2_grpc.SignInServiceStub(channel)
+        request = signin_pb2.SignInRequest(
+            username=args.username, password=password, client_ip=args.client_ip
+        )
+        del password
+        try:
+            response = stub.SignIn(request, timeout=args.timeout)
+        except grpc.RpcError as error:
+            return _failed(error, as_json=args.json)
+    if args.json:
+        sys.stdout.write(
+            json.dumps(json_format.MessageToDict(response, always_print_fields_with_no_presence=True))
+            + "\n"
+        )
+    else:
+        sys.stdout.write(f"{Outcome.Name(response.outcome)}: {response.message}\n")
+    return OUTCOME_EXIT.get(response.outcome, OTHER_OUTCOME_EXIT)
+
+
+def _failed(error: grpc.RpcError, *, as_json: bool) -> int:
+    code: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
+    details: str = error.details() or ""  # type: ignore[attr-defined]
+    if as_json:
+        sys.stdout.write(json.dumps({"status": code.name, "message": details}) + "\n")
+    else:
+        sys.stderr.write(f"pta-signin: {code.name}: {details}\n")
+    return STATUS_EXIT.get(code, OTHER_STATUS_EXIT)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""The one error hierarchy, and the one place errors become gRPC statuses.
+
+Every class carries its status code and a message that is safe to show the caller: it never
+holds a password, an envelope, a key or a token.
+
+    PtaError
+    ├── InvalidRequest ......... INVALID_ARGUMENT
+    ├── NotFound ............... NOT_FOUND
+    ├── Unauthenticated ........ UNAUTHENTICATED
+    ├── PermissionDenied ....... PERMISSION_DENIED
+    │   └── TenantMismatch
+    ├── Unavailable ............ UNAVAILABLE
+    │   ├── NoAgentAvailable
+    │   └── DirectoryUnavailable
+    ├── Overloaded ............. RESOURCE_EXHAUSTED
+    ├── DeadlineExceeded ....... DEADLINE_EXCEEDED
+    └── EnvelopeRejected ....... INVALID_ARGUMENT (agent side: never reaches the directory)
+
+Programming errors are ordinary ``RuntimeError``/``TypeError`` and are never mapped: the
+caller sees INTERNAL and the log has the traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, ClassVar
+
+import grpc
+import structlog
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+log = structlog.get_logger()
+
+
+class PtaError(Exception):
+    """An expected failure with a definite gRPC status and a caller-safe message."""
+
+    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, message: str) -> None:
+        """Keep the message: it is what the caller will read."""
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(PtaError):
+    """The request itself is malformed; retrying it unchanged cannot help."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(PtaError):
+    """Something the request names does not exist (a domain no tenant owns)."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class Unauthenticated(PtaError):
+    """The caller did not prove who it is (bad token, no or invalid certificate)."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(PtaError):
+    """The caller is known but may not do this."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class TenantMismatch(PermissionDenied):
+    """One tenant's identity tried to act on another tenant's data."""
+
+
+class Unavailable(PtaError):
+    """No definite answer now; the same request may succeed later."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class NoAgentAvailable(Unavailable):
+    """No agent of the tenant that serves the domain is connected."""
+
+
+class DirectoryUnavailable(Unavailable):
+    """The agent could not reach its directory: says nothing about the password."""
+
+
+class Overloaded(PtaError):
+    """A bounded queue is full: refused at once rather than left to time out."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class DeadlineExceeded(PtaError):
+    """The sign-in's deadline passed before an agent answered."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class EnvelopeRejected(PtaError):
+    """A sealed envelope did not open: forged, truncated, replayed, expired or not ours."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+@contextlib.asynccontextmanager
+async def rpc_errors(context: grpc.aio.ServicerContext[object, object]) -> AsyncIterator[None]:
+    """Answer a ``PtaError`` with its status, anything unexpected with INTERNAL.
+
+    Abort and cancellation pass through untouched: grpcio says an ``AbortError`` must not be
+    suppressed, and a swallowed cancellation would leave the call hanging.
+
+    Args:
+        context: The servicer context of the RPC being handled.
+
+    Yields:
+        Nothing; the handler's body runs inside.
+    """
+    try:
+        yield
+    except (grpc.aio.AbortError, asyncio.CancelledError):
+        raise
+    except PtaError as error:
+        await context.abort(error.code, error.message)
+    except ExceptionGroup as group:
+        # A task group (a stream's reader and writer) failed: answer with its first
+        # expected error, or INTERNAL when it holds only unexpected ones.
+        error = _first(group)
+        if error is None:
+            log.exception("rpc.internal_error")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        else:
+            await context.abort(error.code, error.message)
+    except Exception:
+        log.exception("rpc.internal_error")
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> PtaError | None:
+    for error in group.exceptions:
+        if isinstance(error, PtaError):
+            return error
+        if isinstance(error, BaseExceptionGroup) and (found := _first(error)) is not None:
+            return found
+    return None

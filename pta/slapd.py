@@ -1,0 +1,425 @@
+"""A throwaway OpenLDAP server for the demo, the test suite and the benchmark.
+
+Pass-through authentication has to be exercised against a real directory:
+only a real slapd with the ``ppolicy`` overlay answers binds with the exact
+result codes and password-policy controls (account locked, password expired,
+password must be changed) that the agent has to interpret; a mock would only
+mirror our own assumptions.  Each :class:`Slapd` is private: its own temporary
+directory, its own ``slapd.conf`` (never ``cn=config``), a free port on
+127.0.0.1 only, and a child process that is always killed on exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import contextlib
+import ctypes
+import hashlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Self
+
+import ldap3
+import structlog
+from ldap3.core.exceptions import LDAPException
+from ldap3.utils.dn import escape_rdn, parse_dn
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+__all__ = ["DirectoryUser", "Slapd", "find_slapd", "free_port", "ssha"]
+
+log = structlog.get_logger()
+
+LOCKED_FOREVER = "000001010000Z"  # ppolicy: locked by an administrator, no expiry
+LONG_AGO = "20000101000000Z"  # a pwdChangedTime beyond any pwdMaxAge
+READY_TIMEOUT = 10.0
+STOP_TIMEOUT = 5.0
+_START_ATTEMPTS = 3  # another process may take the free port before slapd binds it
+_SCHEMAS = ("core", "cosine", "inetorgperson", "nis")
+_PR_SET_PDEATHSIG = 1
+_Attrs = dict[str, "str | Sequence[str] | None"]
+_POLICY: _Attrs = {
+    "objectClass": ("device", "pwdPolicy"),  # pwdPolicy is auxiliary in 2.5
+    "cn": "default",
+    "pwdAttribute": "userPassword",
+    "pwdMaxAge": str(86400 * 90),
+    "pwdMaxFailure": "5",
+    "pwdLockout": "TRUE",
+    "pwdLockoutDuration": "300",
+    "pwdGraceAuthNLimit": "0",
+    "pwdMustChange": "TRUE",
+    "pwdAllowUserChange": "TRUE",
+}
+_TOP_CLASSES = {
+    "dc": ("dcObject", "organization"),
+    "o": ("organization",),
+    "ou": ("organizationalUnit",),
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DirectoryUser:
+    """One ``inetOrgPerson`` loaded into the directory before slapd starts.
+
+    The ppolicy flags put the account in a state a real server only reaches
+    after an administrator's action or ninety days, so tests can see the agent
+    handle each answer.
+
+    Attributes:
+        uid: ``uid`` attribute and RDN value; any non-empty string.
+        password: Clear-text password, stored as ``{SSHA}``.
+        given_name: Optional ``givenName``; part of ``cn``.
+        surname: Optional ``sn``; part of ``cn`` (``sn`` falls back to uid).
+        mail: Optional ``mail``.
+        locked: Administratively locked: binds fail with "Account locked".
+        must_change: Reset by an administrator: binds succeed with a
+            "Password must be changed" control.
+        expired: Older than ``pwdMaxAge``, no grace: "Password expired".
+
+    """
+
+    uid: str
+    password: str = field(repr=False)
+    given_name: str = ""
+    surname: str = ""
+    mail: str | None = None
+    locked: bool = False
+    must_change: bool = False
+    expired: bool = False
+
+    def __post_init__(self) -> None:
+        """Reject a uid that no directory entry could carry."""
+        if not self.uid.strip():
+            msg = "DirectoryUser.uid must not be blank"
+            raise ValueError(msg)
+
+    @property
+    def common_name(self) -> str:
+        """The ``cn``: given name and surname, or the uid when both are empty."""
+        return f"{self.given_name} {self.surname}".strip() or self.uid
+
+
+def find_slapd() -> Path:
+    """Locate slapd, which also loads the database when run as ``slapd -Ta``.
+
+    Raises:
+        RuntimeError: slapd is not installed; the message says how to fix it.
+
+    """
+    for candidate in ("/usr/sbin/slapd", shutil.which("slapd")):
+        if candidate and os.access(candidate, os.X_OK):
+            return Path(candidate)
+    msg = "slapd not found: install it with `apt-get install slapd ldap-utils`"
+    raise RuntimeError(msg)
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def ssha(password: str) -> str:
+    """Hash a password in the salted-SHA1 format slapd's ``{SSHA}`` verifies."""
+    salt = os.urandom(8)
+    digest = hashlib.sha1(password.encode() + salt, usedforsecurity=False).digest()
+    return "{SSHA}" + base64.b64encode(digest + salt).decode("ascii")
+
+
+def _ldif_line(name: str, value: str) -> str:
+    """Render one LDIF line, base64-encoding what RFC 2849 calls unsafe."""
+    unsafe = set(value) & {"\0", "\r", "\n"} or value.startswith((" ", ":", "<"))
+    if value.isascii() and not unsafe and not value.endswith(" "):
+        return f"{name}: {value}\n"
+    return f"{name}:: {base64.b64encode(value.encode()).decode('ascii')}\n"
+
+
+def _entry(dn: str, attrs: _Attrs) -> str:
+    """Render one LDIF entry; ``None`` and empty values are left out."""
+    lines = [_ldif_line("dn", dn)]
+    for name, values in attrs.items():
+        for value in [values] if isinstance(values, str) else values or ():
+            lines.extend([_ldif_line(name, value)] if value else [])
+    return "".join(lines) + "\n"
+
+
+def _quote(value: object) -> str:
+    """Quote a slapd.conf argument so spaces, quotes and backslashes survive."""
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def _tail(text: str, limit: int = 2000) -> str:
+    return text[-limit:].strip() or "(no output)"
+
+
+class Slapd:
+    """Context manager: a private slapd on a free 127.0.0.1 port, in its own temp dir.
+
+    Attributes:
+        url: ``ldap://127.0.0.1:PORT`` while started, else ``""``.
+        port: The listening port while started, else 0.
+        directory: The private temp dir (config, database, log) while started.
+        base_dn: Suffix of the database; ``people_dn`` holds the users.
+        admin_dn: The rootdn, which bypasses ACLs and password policy.
+        admin_password: The rootdn's password (random unless given).
+
+    """
+
+    def __init__(
+        self,
+        *,
+        users: Sequence[DirectoryUser],
+        base_dn: str = "dc=example,dc=com",
+        admin_password: str | None = None,
+        workdir: Path | None = None,
+        slapd_binary: Path | None = None,
+    ) -> None:
+        """Describe the directory; nothing runs until :meth:`start`.
+
+        Args:
+            users: Entries to create under ``ou=people``; uids must differ.
+            base_dn: Suffix; its first RDN must be ``dc=``, ``o=`` or ``ou=``.
+            admin_password: rootdn password; random (``secrets``) if omitted.
+            workdir: Parent of the private temp dir (default: system temp dir).
+            slapd_binary: slapd to run (default: :func:`find_slapd`).
+
+        Raises:
+            ValueError: duplicate uids or an unsupported ``base_dn``.
+
+        """
+        if len({u.uid.casefold() for u in users}) != len(users):  # uid ignores case
+            msg = "duplicate uid in users"
+            raise ValueError(msg)
+        attr, value, _ = parse_dn(base_dn)[0]
+        classes = _TOP_CLASSES.get(attr.lower())
+        if classes is None:
+            msg = f"base_dn must start with dc=, o= or ou=, got {base_dn!r}"
+            raise ValueError(msg)
+        self._top: _Attrs = {"objectClass": classes, attr: value}
+        if "organization" in classes:
+            self._top["o"] = value
+        self.users = tuple(users)
+        self.base_dn = base_dn
+        self.people_dn = f"ou=people,{base_dn}"
+        self.admin_dn = f"cn=admin,{base_dn}"
+        self.policy_dn = f"cn=default,ou=policies,{base_dn}"
+        self.admin_password = admin_password or secrets.token_urlsafe(24)
+        self.url, self.port = "", 0
+        self.directory: Path | None = None
+        self._workdir, self._binary = workdir, slapd_binary
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def __repr__(self) -> str:
+        """Show where the server is, never the admin password."""
+        return f"Slapd(base_dn={self.base_dn!r}, url={self.url!r})"
+
+    def user_dn(self, uid: str) -> str:
+        """Return the DN of a user, with the uid escaped as an RDN value."""
+        return f"uid={escape_rdn(uid)},{self.people_dn}"
+
+    def _ldif(self) -> str:
+        ou = "organizationalUnit"
+        parts = [
+            _entry(self.base_dn, self._top),
+            _entry(self.people_dn, {"objectClass": ou, "ou": "people"}),
+            _entry(f"ou=policies,{self.base_dn}", {"objectClass": ou, "ou": "policies"}),
+            _entry(self.policy_dn, _POLICY),
+        ]
+        parts += [
+            _entry(
+                self.user_dn(u.uid),
+                {
+                    "objectClass": "inetOrgPerson",
+                    "uid": u.uid,
+                    "cn": u.common_name,
+                    "sn": u.surname or u.uid,
+                    "givenName": u.given_name,
+                    "mail": u.mail,
+                    "userPassword": ssha(u.password),
+                    "pwdAccountLockedTime": LOCKED_FOREVER if u.locked else None,
+                    "pwdReset": "TRUE" if u.must_change else None,
+                    "pwdChangedTime": LONG_AGO if u.expired else None,
+                },
+            )
+            for u in self.users
+        ]
+        return "".join(parts)
+
+    def _conf(self, root: Path) -> str:
+        schemas = "".join(f"include /etc/ldap/schema/{s}.schema\n" for s in _SCHEMAS)
+        return f"""{schemas}
+pidfile {_quote(root / "slapd.pid")}
+argsfile {_quote(root / "slapd.args")}
+modulepath /usr/lib/ldap
+moduleload back_mdb
+moduleload ppolicy
+
+database mdb
+maxsize {64 * 1024 * 1024}
+suffix {_quote(self.base_dn)}
+rootdn {_quote(self.admin_dn)}
+rootpw {_quote(ssha(self.admin_password))}
+directory {_quote(root / "data")}
+
+overlay ppolicy
+ppolicy_default {_quote(self.policy_dn)}
+ppolicy_use_lockout
+
+access to attrs=userPassword by self write by anonymous auth by * none
+access to * by * read
+"""
+
+    def start(self) -> None:
+        """Write config and LDIF, load them, run slapd and wait until it answers.
+
+        Raises:
+            RuntimeError: already started, or slapadd/slapd failed or did not
+                answer within ``READY_TIMEOUT``; the message ends with the tail
+                of slapd's output.
+
+        """
+        if self.directory is not None:
+            msg = "slapd is already started"
+            raise RuntimeError(msg)
+        binary = self._binary or find_slapd()
+        began = time.monotonic()
+        self.directory = root = Path(tempfile.mkdtemp(prefix="pta-slapd-", dir=self._workdir))
+        atexit.register(self.stop)
+        try:
+            (root / "data").mkdir()
+            (root / "slapd.conf").write_text(self._conf(root))
+            (root / "users.ldif").write_text(self._ldif())
+            _slapadd(binary, root)
+            for attempt in range(1, _START_ATTEMPTS + 1):
+                try:
+                    self._spawn(binary, root)
+                    break
+                except _SlapdExitedError:
+                    if attempt == _START_ATTEMPTS:
+                        raise
+        except BaseException:
+            self.stop()
+            raise
+        log.info("slapd.started", url=self.url, seconds=round(time.monotonic() - began, 3))
+
+    def _spawn(self, binary: Path, root: Path) -> None:
+        port, output = free_port(), root / "slapd.log"
+        url = f"ldap://127.0.0.1:{port}"
+        argv: list[str | Path] = [binary, "-d", "none", "-f", root / "slapd.conf", "-h", f"{url}/"]
+        with output.open("wb") as sink:  # a file, not a pipe: nobody has to drain it
+            self._proc = proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # the terminal's Ctrl-C is ours to handle
+                preexec_fn=_die_with_parent(),  # noqa: PLW1509 - one prctl call, see there
+            )
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not _answers(port, self.admin_dn, self.admin_password):
+            if proc.poll() is not None:
+                self._proc = None
+                msg = f"slapd exited with {proc.returncode}: {_tail(output.read_text())}"
+                raise _SlapdExitedError(msg)
+            if time.monotonic() > deadline:
+                msg = f"slapd did not answer within {READY_TIMEOUT} s: {_tail(output.read_text())}"
+                raise RuntimeError(msg)
+            time.sleep(0.01)
+        self.url, self.port = url, port
+
+    def stop(self) -> None:
+        """Terminate slapd (kill it if it lingers) and remove the temp dir.
+
+        Idempotent; also registered with :mod:`atexit` so that an interpreter
+        exit that skips ``__exit__`` leaves no process behind.
+        """
+        atexit.unregister(self.stop)
+        proc, self._proc, self.url, self.port = self._proc, None, "", 0
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)  # pid is its own group's id
+            try:
+                proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.directory = None
+            log.debug("slapd.stopped", base_dn=self.base_dn)
+
+    def __enter__(self) -> Self:
+        """Start the server for the duration of a ``with`` block."""
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Stop the server whatever happened inside the block."""
+        self.stop()
+
+
+class _SlapdExitedError(RuntimeError):
+    """slapd died before answering, e.g. because its port was taken meanwhile."""
+
+
+def _slapadd(binary: Path, root: Path) -> None:
+    """Load the LDIF offline: the only way to set ppolicy's operational attributes."""
+    conf, ldif = root / "slapd.conf", root / "users.ldif"
+    argv: list[str | Path] = [binary, "-Ta", "-q", "-f", conf, "-l", ldif]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)  # noqa: S603
+    if done.returncode != 0:
+        msg = f"slapadd failed with {done.returncode}: {_tail(done.stderr)}"
+        raise RuntimeError(msg)
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """Make the kernel SIGTERM slapd when we die, even by SIGKILL (Linux only).
+
+    atexit and ``__exit__`` do not run when the test runner is killed; the
+    death signal still fires.  It fires when the spawning *thread* ends, so it
+    is armed only from the main thread, whose end is the process's end.
+    """
+    if sys.platform != "linux" or threading.current_thread() is not threading.main_thread():
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # we died before the signal was armed
+            os._exit(1)
+
+    return arm
+
+
+def _answers(port: int, dn: str, password: str) -> bool:
+    """Whether ``port`` accepts TCP and then an LDAP bind as ``dn`` right now.
+
+    Binding as the rootdn, not anonymously, proves that the server on the port
+    is ours and has its database open, not a stranger that took the port.
+    """
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        server = ldap3.Server("127.0.0.1", port=port, get_info=ldap3.NONE, connect_timeout=1)
+        conn = ldap3.Connection(server, dn, password, receive_timeout=1)
+        try:
+            return bool(conn.bind())
+        finally:
+            conn.unbind()
+    except (OSError, LDAPException):
+        return False

@@ -1,0 +1,138 @@
+from pta.v1 import outcome_pb2 as _outcome_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class EnrollRequest(_message.Message):
+    __slots__ = ("token", "csr_pem", "envelope_public_key", "hostname", "version")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    ENVELOPE_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    csr_pem: str
+    envelope_public_key: bytes
+    hostname: str
+    version: str
+    def __init__(self, token: _Optional[str] = ..., csr_pem: _Optional[str] = ..., envelope_public_key: _Optional[bytes] = ..., hostname: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class EnrollResponse(_message.Message):
+    __slots__ = ("agent_id", "tenant", "certificate_pem", "ca_chain_pem", "domains", "agent_endpoint", "agent_port")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    CA_CHAIN_PEM_FIELD_NUMBER: _ClassVar[int]
+    DOMAINS_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    AGENT_PORT_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    tenant: str
+    certificate_pem: str
+    ca_chain_pem: str
+    domains: _containers.RepeatedScalarFieldContainer[str]
+    agent_endpoint: str
+    agent_port: int
+    def __init__(self, agent_id: _Optional[str] = ..., tenant: _Optional[str] = ..., certificate_pem: _Optional[str] = ..., ca_chain_pem: _Optional[str] = ..., domains: _Optional[_Iterable[str]] = ..., agent_endpoint: _Optional[str] = ..., agent_port: _Optional[int] = ...) -> None: ...
+
+class AgentMessage(_message.Message):
+    __slots__ = ("hello", "results", "heartbeat")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    hello: Hello
+    results: Results
+    heartbeat: Heartbeat
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., results: _Optional[_Union[Results, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+
+class BrokerMessage(_message.Message):
+    __slots__ = ("welcome", "validations", "heartbeat", "drain")
+    WELCOME_FIELD_NUMBER: _ClassVar[int]
+    VALIDATIONS_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_FIELD_NUMBER: _ClassVar[int]
+    welcome: Welcome
+    validations: Validations
+    heartbeat: Heartbeat
+    drain: Drain
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., validations: _Optional[_Union[Validations, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ...) -> None: ...
+
+class Hello(_message.Message):
+    __slots__ = ("agent_id", "version", "domains", "max_in_flight")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DOMAINS_FIELD_NUMBER: _ClassVar[int]
+    MAX_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    version: str
+    domains: _containers.RepeatedScalarFieldContainer[str]
+    max_in_flight: int
+    def __init__(self, agent_id: _Optional[str] = ..., version: _Optional[str] = ..., domains: _Optional[_Iterable[str]] = ..., max_in_flight: _Optional[int] = ...) -> None: ...
+
+class Welcome(_message.Message):
+    __slots__ = ("tenant", "domains", "heartbeat_interval_ms")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    DOMAINS_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    domains: _containers.RepeatedScalarFieldContainer[str]
+    heartbeat_interval_ms: int
+    def __init__(self, tenant: _Optional[str] = ..., domains: _Optional[_Iterable[str]] = ..., heartbeat_interval_ms: _Optional[int] = ...) -> None: ...
+
+class Validations(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[ValidationRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[ValidationRequest, _Mapping]]] = ...) -> None: ...
+
+class ValidationRequest(_message.Message):
+    __slots__ = ("request_id", "envelope", "deadline_unix_ms", "domain")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    envelope: bytes
+    deadline_unix_ms: int
+    domain: str
+    def __init__(self, request_id: _Optional[str] = ..., envelope: _Optional[bytes] = ..., deadline_unix_ms: _Optional[int] = ..., domain: _Optional[str] = ...) -> None: ...
+
+class Credentials(_message.Message):
+    __slots__ = ("username", "password")
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    username: str
+    password: str
+    def __init__(self, username: _Optional[str] = ..., password: _Optional[str] = ...) -> None: ...
+
+class Results(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ValidationResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[ValidationResult, _Mapping]]] = ...) -> None: ...
+
+class ValidationResult(_message.Message):
+    __slots__ = ("request_id", "outcome", "message")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    outcome: _outcome_pb2.Outcome
+    message: str
+    def __init__(self, request_id: _Optional[str] = ..., outcome: _Optional[_Union[_outcome_pb2.Outcome, str]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class Heartbeat(_message.Message):
+    __slots__ = ("sent_unix_ms",)
+    SENT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    sent_unix_ms: int
+    def __init__(self, sent_unix_ms: _Optional[int] = ...) -> None: ...
+
+class Drain(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
