@@ -1,0 +1,90 @@
+"""Session fixtures made of real parts: slapd, a broker process, agent processes.
+
+Every password any test uses is registered in :data:`PASSWORDS`, and everything the run
+writes lives under the run directory, so ``test_secrets.py`` (run last) can prove that none of
+them reached a log, the store or any file.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import pytest
+import structlog
+
+from pta.slapd import DirectoryUser, Slapd
+from tests.support import AgentProcess, BrokerProcess
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+DOMAIN = "example.com"
+USERS = {
+    "alice": "Alice-pw-1!",
+    "bob": "Bob-pw-2?",
+    "carol": "Carol-pw-3#",
+    "o'brien+x,y": "Obrien-pw-4$",
+}
+PASSWORDS: set[str] = set(USERS.values())
+
+
+def remember_password(password: str) -> str:
+    """Register a password a test sends, for the final secret scan."""
+    PASSWORDS.add(password)
+    return password
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run tests marked ``scan_last`` after all others: they inspect what the run left."""
+    items.sort(key=lambda item: item.get_closest_marker("scan_last") is not None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the suite's markers (``--strict-markers`` refuses unknown ones)."""
+    config.addinivalue_line("markers", "scan_last: run after every other test")
+
+
+@pytest.fixture(autouse=True)
+def _reset_logging() -> Iterator[None]:
+    yield
+    structlog.reset_defaults()
+
+
+@pytest.fixture(autouse=True)
+def _no_pta_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in os.environ:
+        if name.startswith("PTA_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where every process of the run keeps its state and logs."""
+    return tmp_path_factory.mktemp("run")
+
+
+@pytest.fixture(scope="session")
+def slapd() -> Iterator[Slapd]:
+    """A real OpenLDAP server with the sample users."""
+    users = [DirectoryUser(uid=uid, password=pw) for uid, pw in USERS.items()]
+    with Slapd(users=users) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def broker(run_dir: Path) -> Iterator[BrokerProcess]:
+    """A broker process with tenant ``acme`` owning example.com."""
+    process = BrokerProcess.start(run_dir, "broker")
+    process.add_tenant("acme", DOMAIN)
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def agent(broker: BrokerProcess, slapd: Slapd) -> Iterator[AgentProcess]:
+    """One agent of ``acme``, connected, checking passwords in slapd."""
+    process = AgentProcess.start(broker, slapd, "acme", "agent-acme")
+    yield process
+    process.stop()

@@ -1,0 +1,214 @@
+"""Real processes for the integration tests: a broker, its CLI, agents, the client.
+
+Each program runs as the user would run it (its console script, its own process, real TLS on
+127.0.0.1), with its log in the run directory so a test can read it and the secret scan can
+search it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import grpc
+
+from pta.v1 import signin_pb2, signin_pb2_grpc
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from pta.slapd import Slapd
+
+BIN = Path(sys.executable).parent
+START_TIMEOUT = 15.0
+
+
+def wait_for(predicate: object, timeout: float = START_TIMEOUT, what: str = "condition") -> None:
+    """Poll ``predicate`` (a callable) until true, or fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+@dataclass
+class BrokerProcess:
+    """A ``pta-broker serve`` process and the CLI against its data directory."""
+
+    data_dir: Path
+    log_path: Path
+    process: subprocess.Popen[bytes]
+    public: str = ""
+    agent: str = ""
+    ca_file: Path = field(default_factory=Path)
+
+    @classmethod
+    def start(cls, run_dir: Path, name: str, *extra: str) -> BrokerProcess:
+        """Start a broker on free loopback ports and wait until it serves."""
+        data_dir = run_dir / name
+        log_path = run_dir / f"{name}.log"
+        endpoints = data_dir / "endpoints.json"
+        endpoints.unlink(missing_ok=True)
+        process = subprocess.Popen(
+            [
+                str(BIN / "pta-broker"),
+                "--log-level=debug",
+                "serve",
+                "--data-dir",
+                str(data_dir),
+                "--listen",
+                "127.0.0.1:0",
+                "--agent-listen",
+                "127.0.0.1:0",
+                *extra,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log_path.open("ab"),
+        )
+        broker = cls(data_dir=data_dir, log_path=log_path, process=process)
+        wait_for(
+            lambda: endpoints.exists() or process.poll() is not None, what="broker to serve"
+        )
+        assert process.poll() is None, log_path.read_text()[-3000:]
+        info = json.loads(endpoints.read_text())
+        broker.public, broker.agent = info["public"], info["agent"]
+        broker.ca_file = Path(info["ca_file"])
+        return broker
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run a ``pta-broker`` management command against this broker's data."""
+        return subprocess.run(
+            [str(BIN / "pta-broker"), *args, "--data-dir", str(self.data_dir)],
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=30,
+        )
+
+    def add_tenant(self, name: str, *domains: str) -> None:
+        """Create a tenant owning ``domains``."""
+        self.cli("tenant", "add", name, *(arg for d in domains for arg in ("--domain", d)))
+
+    def token(self, tenant: str, ttl: str = "1h") -> str:
+        """Create a one-time enrolment token."""
+        return self.cli("token", "create", "--tenant", tenant, "--ttl", ttl).stdout.strip()
+
+    def log_events(self, event: str) -> list[dict[str, object]]:
+        """Return the broker's JSON log lines for one event."""
+        lines = self.log_path.read_text().splitlines()
+        return [e for line in lines if event in line and (e := _json(line)) and e["event"] == event]
+
+    def stop(self) -> None:
+        """Stop the broker (SIGTERM, then SIGKILL)."""
+        _stop(self.process)
+
+    @contextlib.contextmanager
+    def channel(self) -> Iterator[grpc.Channel]:
+        """A client channel to the public endpoint, trusting the broker's CA."""
+        creds = grpc.ssl_channel_credentials(self.ca_file.read_bytes())
+        with grpc.secure_channel(self.public, creds) as channel:
+            yield channel
+
+    def sign_in(
+        self, username: str, password: str, timeout: float = 15.0, client_ip: str = ""
+    ) -> signin_pb2.SignInResponse:
+        """Sign in once through a fresh channel (raises ``grpc.RpcError`` on a status)."""
+        with self.channel() as channel:
+            stub = signin_pb2_grpc.SignInServiceStub(channel)
+            request = signin_pb2.SignInRequest(
+                username=username, password=password, client_ip=client_ip
+            )
+            return stub.SignIn(request, timeout=timeout)
+
+
+def _json(line: str) -> dict[str, object] | None:
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+@dataclass
+class AgentProcess:
+    """An enrolled ``pta-agent run`` process."""
+
+    state_dir: Path
+    log_path: Path
+    process: subprocess.Popen[bytes]
+    agent_id: str
+
+    @classmethod
+    def start(
+        cls, broker: BrokerProcess, slapd: Slapd, tenant: str, name: str, *extra: str
+    ) -> AgentProcess:
+        """Enrol a new agent for ``tenant`` and run it until the broker sees it connected."""
+        state_dir = broker.data_dir.parent / name
+        log_path = broker.data_dir.parent / f"{name}.log"
+        enrolled = subprocess.run(
+            [
+                str(BIN / "pta-agent"),
+                "enroll",
+                "--broker",
+                broker.public,
+                "--token",
+                broker.token(tenant),
+                "--state-dir",
+                str(state_dir),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        )
+        assert enrolled.returncode == 0, enrolled.stderr
+        agent_id = json.loads((state_dir / "agent.json").read_text())["agent_id"]
+        process = subprocess.Popen(
+            [
+                str(BIN / "pta-agent"),
+                "run",
+                "--state-dir",
+                str(state_dir),
+                "--ldap-url",
+                slapd.url,
+                "--base-dn",
+                slapd.base_dn,
+                *extra,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log_path.open("ab"),
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        agent = cls(state_dir=state_dir, log_path=log_path, process=process, agent_id=agent_id)
+        wait_for(
+            lambda: any(
+                e.get("agent_id") == agent_id for e in broker.log_events("agent.connected")
+            )
+            or process.poll() is not None,
+            what=f"agent {agent_id} to connect",
+        )
+        assert process.poll() is None, log_path.read_text()[-3000:]
+        return agent
+
+    def stop(self) -> None:
+        """Stop the agent (SIGTERM, then SIGKILL)."""
+        _stop(self.process)

@@ -1,0 +1,91 @@
+"""Malformed, oversized and hostile requests get a clear status, and the broker keeps serving."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from pta.v1 import outcome_pb2, signin_pb2
+from tests.conftest import DOMAIN, USERS, remember_password
+from tests.support import BrokerProcess
+
+Outcome = outcome_pb2.Outcome
+SIGNIN = "/pta.v1.SignInService/SignIn"
+
+
+def _raw_call(broker: BrokerProcess, payload: bytes) -> grpc.StatusCode:
+    """Send raw bytes as a SignIn request (no client-side serialisation to stop us)."""
+    with broker.channel() as channel:
+        call = channel.unary_unary(SIGNIN)
+        with pytest.raises(grpc.RpcError) as caught:
+            call(payload, timeout=10)
+    code: grpc.StatusCode = caught.value.code()  # type: ignore[attr-defined]
+    return code
+
+
+@pytest.mark.usefixtures("agent")
+class TestBadInput:
+    """Each bad request is refused with its own status; the next good one still works."""
+
+    @pytest.mark.parametrize(
+        ("username", "password", "status"),
+        [
+            ("", "pw", grpc.StatusCode.INVALID_ARGUMENT),
+            (f"alice@{DOMAIN}", "", grpc.StatusCode.INVALID_ARGUMENT),
+            ("alice", "pw", grpc.StatusCode.INVALID_ARGUMENT),
+            ("@example.com", "pw", grpc.StatusCode.INVALID_ARGUMENT),
+            ("alice@not a domain", "pw", grpc.StatusCode.INVALID_ARGUMENT),
+            ("a" * 300 + f"@{DOMAIN}", "pw", grpc.StatusCode.INVALID_ARGUMENT),
+            (f"alice@{DOMAIN}", "p" * 1025, grpc.StatusCode.INVALID_ARGUMENT),
+            ("ali\nce@example.com", "pw", grpc.StatusCode.INVALID_ARGUMENT),
+            ("alice@unowned.example", "pw", grpc.StatusCode.NOT_FOUND),
+        ],
+        ids=[
+            "empty-user",
+            "empty-password",
+            "no-domain",
+            "no-local-part",
+            "bad-domain",
+            "long-user",
+            "long-password",
+            "control-char",
+            "unowned-domain",
+        ],
+    )
+    def test_refused_with_status(
+        self, broker: BrokerProcess, username: str, password: str, status: grpc.StatusCode
+    ) -> None:
+        """The status names the problem; the broker answers the next sign-in normally."""
+        with pytest.raises(grpc.RpcError) as caught:
+            broker.sign_in(username, password)
+        assert caught.value.code() == status  # type: ignore[attr-defined]
+        assert caught.value.details()  # type: ignore[attr-defined]
+        assert broker.sign_in(f"alice@{DOMAIN}", USERS["alice"]).outcome == Outcome.SUCCESS
+
+    def test_bad_client_ip(self, broker: BrokerProcess) -> None:
+        """A client IP that is not an address is INVALID_ARGUMENT."""
+        with pytest.raises(grpc.RpcError) as caught:
+            broker.sign_in(f"alice@{DOMAIN}", USERS["alice"], client_ip="not-an-ip")
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+
+    def test_invalid_utf8_is_invalid_argument(self, broker: BrokerProcess) -> None:
+        """Invalid UTF-8 in a string field is refused, not an internal error."""
+        remember_password("pw")
+        payload = b"\x0a\x04\xff\xfe\xfd\xfc\x12\x02pw"
+        assert _raw_call(broker, payload) == grpc.StatusCode.INVALID_ARGUMENT
+
+    def test_truncated_message_is_invalid_argument(self, broker: BrokerProcess) -> None:
+        """A message cut short is refused."""
+        good = signin_pb2.SignInRequest(username=f"alice@{DOMAIN}", password="x").SerializeToString()
+        assert _raw_call(broker, good[:-3]) == grpc.StatusCode.INVALID_ARGUMENT
+
+    def test_oversized_message_is_resource_exhausted(self, broker: BrokerProcess) -> None:
+        """A message over the size cap is refused before it is parsed."""
+        payload = signin_pb2.SignInRequest(
+            username=f"alice@{DOMAIN}", password="x" * (5 * 1024 * 1024)
+        ).SerializeToString()
+        assert _raw_call(broker, payload) == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def test_still_serving_after_all_that(self, broker: BrokerProcess) -> None:
+        """After every bad request above, sign-ins still work."""
+        assert broker.sign_in(f"carol@{DOMAIN}", USERS["carol"]).outcome == Outcome.SUCCESS
