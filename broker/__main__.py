@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     pta_logging.configure(
         level=args.log_level, json=None if args.log_format is None else args.log_format == "json"
     )
+    os.umask(0o077)  # The CA key, the store and its journal are the owner's alone.
     try:
         if args.command == "serve":
             return _serve(args)

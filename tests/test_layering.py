@@ -1,0 +1,55 @@
+"""The tree tells which program a module belongs to: the programs never import each other."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+#: package -> the top-level packages it must never import.
+FORBIDDEN = {
+    "pta": {"broker", "agent", "client"},
+    "broker": {"agent", "client"},
+    "agent": {"broker", "client"},
+    "client": {"broker", "agent"},
+}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+class TestLayering:
+    """Imports respect the layout in STYLE.md."""
+
+    @pytest.mark.parametrize("package", sorted(FORBIDDEN))
+    def test_no_forbidden_imports(self, package: str) -> None:
+        """No module of a package imports a package it must not know."""
+        offenders = {
+            str(path.relative_to(ROOT)): sorted(_imports(path) & FORBIDDEN[package])
+            for path in (ROOT / package).rglob("*.py")
+        }
+        assert {k: v for k, v in offenders.items() if v} == {}
+
+    def test_only_directory_module_imports_ldap3(self) -> None:
+        """LDAP is spoken in one agent module (the throwaway slapd helper aside)."""
+        users = {
+            str(path.relative_to(ROOT))
+            for package in ("pta", "broker", "agent", "client")
+            for path in (ROOT / package).rglob("*.py")
+            if "ldap3" in _imports(path)
+        }
+        assert users <= {"agent/directory.py", "pta/slapd.py"}
+
+    def test_dispatch_has_no_grpc(self) -> None:
+        """The dispatcher is pure logic, tested without a network."""
+        assert "grpc" not in _imports(ROOT / "broker" / "dispatch.py")

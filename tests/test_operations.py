@@ -1,0 +1,134 @@
+"""What an operator and a script see: grpcurl with reflection and health, and ``pta-signin``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from pta.v1 import outcome_pb2
+from tests.conftest import DOMAIN, USERS, remember_password
+from tests.support import BIN, AgentProcess, BrokerProcess
+
+Outcome = outcome_pb2.Outcome
+
+
+def grpcurl(broker: BrokerProcess, *args: str, data: str | None = None) -> str:
+    """Run the real grpcurl binary against the public endpoint, trusting the broker's CA."""
+    command = [str(BIN / "grpcurl"), "-cacert", str(broker.ca_file)]
+    if data is not None:
+        command += ["-d", data]
+    result = subprocess.run(
+        [*command, broker.public, *args], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+class TestGrpcurl:
+    """Reflection and health are always on; grpcurl needs nothing but the CA file."""
+
+    def test_list_services(self, broker: BrokerProcess) -> None:
+        """``grpcurl list`` shows the contract, health and reflection."""
+        services = grpcurl(broker, "list").split()
+        assert {"pta.v1.SignInService", "pta.v1.AgentService", "grpc.health.v1.Health"} <= set(
+            services
+        )
+
+    def test_describe_service(self, broker: BrokerProcess) -> None:
+        """``grpcurl describe`` shows the SignIn method and its messages."""
+        text = grpcurl(broker, "describe", "pta.v1.SignInService")
+        assert "rpc SignIn ( .pta.v1.SignInRequest ) returns ( .pta.v1.SignInResponse )" in text
+        assert "string username" in grpcurl(broker, "describe", "pta.v1.SignInRequest")
+
+    def test_health_check(self, broker: BrokerProcess) -> None:
+        """The standard health service reports SERVING, overall and per service."""
+        assert json.loads(grpcurl(broker, "grpc.health.v1.Health/Check"))["status"] == "SERVING"
+        body = json.dumps({"service": "pta.v1.SignInService"})
+        reply = grpcurl(broker, "grpc.health.v1.Health/Check", data=body)
+        assert json.loads(reply)["status"] == "SERVING"
+
+    @pytest.mark.usefixtures("agent")
+    def test_sign_in_with_grpcurl(self, broker: BrokerProcess) -> None:
+        """A sign-in works from grpcurl with JSON in and out."""
+        body = json.dumps({"username": f"alice@{DOMAIN}", "password": USERS["alice"]})
+        reply = json.loads(grpcurl(broker, "pta.v1.SignInService/SignIn", data=body))
+        assert reply["outcome"] == "SUCCESS"
+        assert reply["request_id"]  # grpcurl prints the proto's own field names
+
+
+class TestAgentEndpoint:
+    """The agent endpoint answers health to an agent's certificate."""
+
+    def test_health_with_agent_certificate(
+        self, broker: BrokerProcess, agent: AgentProcess
+    ) -> None:
+        """An enrolled agent's certificate passes the agent endpoint's TLS."""
+        creds = grpc.ssl_channel_credentials(
+            (agent.state_dir / "ca.pem").read_bytes(),
+            (agent.state_dir / "tls.key").read_bytes(),
+            (agent.state_dir / "tls.pem").read_bytes(),
+        )
+        with grpc.secure_channel(broker.agent, creds) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="pta.v1.AgentService"), timeout=10
+            )
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def signin_cli(
+    broker: BrokerProcess, username: str, password: str, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ``pta-signin`` with the password on stdin."""
+    return subprocess.run(
+        [
+            str(BIN / "pta-signin"),
+            "--broker",
+            broker.public,
+            "--ca-file",
+            str(broker.ca_file),
+            "--password-stdin",
+            *extra,
+            username,
+        ],
+        input=password + "\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+@pytest.mark.usefixtures("agent")
+class TestSigninCli:
+    """``pta-signin`` prints the outcome and exits with a documented code per outcome."""
+
+    @pytest.mark.parametrize(
+        ("username", "password", "code", "printed"),
+        [
+            (f"alice@{DOMAIN}", USERS["alice"], 0, "SUCCESS"),
+            (f"alice@{DOMAIN}", "wrong-cli-pw", 10, "INVALID_CREDENTIALS"),
+            ("alice@unowned.example", "pw-cli", 23, "NOT_FOUND"),
+            ("alice", "pw-cli", 22, "INVALID_ARGUMENT"),
+        ],
+        ids=["success", "wrong-password", "unknown-domain", "malformed"],
+    )
+    def test_exit_codes(
+        self, broker: BrokerProcess, username: str, password: str, code: int, printed: str
+    ) -> None:
+        """Each outcome and status has its own exit code."""
+        remember_password(password)
+        result = signin_cli(broker, username, password)
+        assert result.returncode == code, result.stderr
+        assert printed in result.stdout + result.stderr
+
+    def test_json_output(self, broker: BrokerProcess) -> None:
+        """``--json`` prints the response as JSON."""
+        result = signin_cli(broker, f"bob@{DOMAIN}", USERS["bob"], "--json")
+        reply = json.loads(result.stdout)
+        assert reply["outcome"] == "SUCCESS"
+        assert reply["requestId"]
+        assert result.returncode == 0
