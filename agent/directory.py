@@ -10,6 +10,7 @@ ldap3 error, and is never reported as a wrong password.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import socket
 import ssl
@@ -51,7 +52,7 @@ SERVER_EXHAUST_SECONDS = 10
 class Verdict:
     """What the directory said about one sign-in; ``message`` is safe to show the user."""
 
-    outcome: Outcome.ValueType
+    outcome: outcome_pb2.Outcome
     message: str = ""
 
 
@@ -65,10 +66,9 @@ class _ThreadConnections:
     def reset(self) -> None:
         for conn in (self.search, self.user):
             if conn is not None:
-                try:
+                # A broken connection may fail to close; it is dropped either way.
+                with contextlib.suppress(Exception):
                     conn.unbind()
-                except Exception:  # noqa: BLE001, S110 - a broken connection may fail to close
-                    pass
         self.search = self.user = None
 
 
@@ -84,13 +84,16 @@ class LdapDirectory:
             else None
         )
         servers = [
-            ldap3.Server(
-                url, get_info=ldap3.NONE, connect_timeout=config.connect_timeout, tls=tls
-            )
+            ldap3.Server(url, get_info=ldap3.NONE, connect_timeout=config.connect_timeout, tls=tls)
             for url in config.urls
         ]
+        # active=1: one pass over the servers, then fail (True would retry forever);
+        # exhaust: a server that failed is skipped for that long (typeshed says bool: it is not).
         self._pool = ldap3.ServerPool(
-            servers, ldap3.FIRST, active=1, exhaust=SERVER_EXHAUST_SECONDS
+            servers,
+            ldap3.FIRST,
+            active=1,  # type: ignore[arg-type]
+            exhaust=SERVER_EXHAUST_SECONDS,  # type: ignore[arg-type]
         )
         self._local = threading.local()
         self._executor = ThreadPoolExecutor(config.pool_size, thread_name_prefix="ldap")

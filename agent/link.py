@@ -33,7 +33,7 @@ WELCOME_TIMEOUT = 10.0
 DEFAULT_HEARTBEAT = 5.0
 
 
-class _StreamEnded(Exception):  # noqa: N818 - a signal, not an error
+class _StreamEnded(Exception):
     """The broker closed the stream: ends the session's task group."""
 
 
@@ -71,9 +71,7 @@ class Link:
                 await self._session()
                 log.info("link.closed_by_broker")
             except grpc.aio.AioRpcError as error:
-                log.warning(
-                    "link.failed", status=error.code().name, details=error.details() or ""
-                )
+                log.warning("link.failed", status=error.code().name, details=error.details() or "")
             finally:
                 self.connected.clear()
             if time.monotonic() - started > HEALTHY_SESSION:
@@ -129,7 +127,7 @@ class Link:
     ) -> None:
         while True:
             message = await call.read()
-            if message is grpc.aio.EOF:
+            if not isinstance(message, agent_pb2.BrokerMessage):  # grpc.aio.EOF
                 raise _StreamEnded
             kind = message.WhichOneof("kind")
             if kind == "validations":

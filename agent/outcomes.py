@@ -20,7 +20,7 @@ UNWILLING_TO_PERFORM = 53
 _AD_DATA = re.compile(r"\bdata ([0-9a-f]{3,8})\b", re.IGNORECASE)
 
 #: Active Directory's bind subcodes (Microsoft's AcceptSecurityContext ``data`` values).
-AD_SUBCODES: dict[str, Outcome.ValueType] = {
+AD_SUBCODES: dict[str, outcome_pb2.Outcome] = {
     "52e": Outcome.INVALID_CREDENTIALS,
     "525": Outcome.UNKNOWN_USER,
     "530": Outcome.ACCOUNT_RESTRICTED,
@@ -40,7 +40,7 @@ def ad_subcode(message: str) -> str | None:
     return match[1].lower() if match else None
 
 
-def from_bind(result_code: int, message: str) -> Outcome.ValueType:
+def from_bind(result_code: int, message: str) -> outcome_pb2.Outcome:
     """Map a simple bind's result to an outcome.
 
     Args:

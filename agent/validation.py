@@ -81,7 +81,7 @@ class Validator:
 
     async def _validate(
         self, request: agent_pb2.ValidationRequest
-    ) -> tuple[Outcome.ValueType, str]:
+    ) -> tuple[outcome_pb2.Outcome, str]:
         credentials = self.open(request)
         directory = self._directory_for(request.domain)
         if directory is None:

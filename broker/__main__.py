@@ -25,7 +25,7 @@ from pta.config import parse_duration
 from pta.errors import PtaError
 
 log = structlog.get_logger()
-DEFAULT_TOKEN_TTL = "1h"
+DEFAULT_ENROLMENT_TTL = "1h"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     create = token.add_parser("create", help="print a one-time enrolment token")
     create.add_argument("--tenant", required=True)
-    create.add_argument("--ttl", default=DEFAULT_TOKEN_TTL, help="validity (default 1h)")
+    create.add_argument("--ttl", default=DEFAULT_ENROLMENT_TTL, help="validity (default 1h)")
     data_dir(create)
     tlist = token.add_parser("list", help="list tokens (never their secrets)")
     tlist.add_argument("--json", action="store_true")
@@ -104,40 +104,53 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _manage(args: argparse.Namespace, store: Store, data: Path) -> int:
-    if args.command == "tenant" and args.action == "add":
+    if args.command == "tenant":
+        return _tenant(args, store)
+    return _token(args, store, data)
+
+
+def _tenant(args: argparse.Namespace, store: Store) -> int:
+    if args.action == "add":
         store.add_tenant(args.name, args.domain)
         sys.stdout.write(f"tenant {args.name} owns {', '.join(args.domain)}\n")
-    elif args.command == "tenant":
-        tenants = store.tenants()
-        if args.json:
-            sys.stdout.write(json.dumps(tenants, indent=2) + "\n")
-        for name, domains in tenants.items() if not args.json else ():
-            sys.stdout.write(f"{name}\t{' '.join(domains)}\n")
-    elif args.command == "token" and args.action == "create":
+        return 0
+    tenants = store.tenants()
+    if args.json:
+        sys.stdout.write(json.dumps(tenants, indent=2) + "\n")
+        return 0
+    for name, domains in tenants.items():
+        sys.stdout.write(f"{name}\t{' '.join(domains)}\n")
+    return 0
+
+
+def _token(args: argparse.Namespace, store: Store, data: Path) -> int:
+    if args.action == "create":
         ca = CertificateAuthority.load_or_create(data)
         token = store.create_token(args.tenant, parse_duration(args.ttl), ca.fingerprint)
         sys.stdout.write(f"{token}\n")
-    elif args.command == "token" and args.action == "list":
-        rows = [
-            {
-                "id": t.token_id,
-                "tenant": t.tenant,
-                "created_at": t.created_at,
-                "expires_at": t.expires_at,
-                "used": t.used_at is not None,
-                "expired": t.expires_at <= time.time(),
-            }
-            for t in store.list_tokens()
-        ]
-        if args.json:
-            sys.stdout.write(json.dumps(rows, indent=2) + "\n")
-        for row in rows if not args.json else ():
-            state = "used" if row["used"] else "expired" if row["expired"] else "valid"
-            sys.stdout.write(f"{row['id']}\t{row['tenant']}\t{state}\n")
-    elif args.command == "token" and args.action == "delete":
+        return 0
+    if args.action == "delete":
         if not store.delete_token(args.token_id):
             sys.stderr.write(f"pta-broker: no token {args.token_id}\n")
             return 1
+        return 0
+    rows = [
+        {
+            "id": t.token_id,
+            "tenant": t.tenant,
+            "created_at": t.created_at,
+            "expires_at": t.expires_at,
+            "used": t.used_at is not None,
+            "expired": t.expires_at <= time.time(),
+        }
+        for t in store.list_tokens()
+    ]
+    if args.json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return 0
+    for row in rows:
+        state = "used" if row["used"] else "expired" if row["expired"] else "valid"
+        sys.stdout.write(f"{row['id']}\t{row['tenant']}\t{state}\n")
     return 0
 
 

@@ -30,7 +30,7 @@ from pta.v1 import agent_pb2, agent_pb2_grpc
 
 if TYPE_CHECKING:
     import datetime
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Iterable, Mapping
 
     import grpc
 
@@ -49,7 +49,7 @@ MAX_MESSAGE_CHARS = 512
 MISSED_HEARTBEATS = 3
 
 
-class _StreamEnded(Exception):  # noqa: N818 - a signal, not an error
+class _StreamEnded(Exception):
     """The agent closed its side, or went silent: ends the stream's task group."""
 
 
@@ -162,7 +162,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 self._dispatcher.detach(conn)
                 bound.info("agent.disconnected")
 
-    def _authenticate(self, auth_context: dict[str, list[bytes]]) -> CertificateRecord:
+    def _authenticate(self, auth_context: Mapping[str, Iterable[bytes]]) -> CertificateRecord:
         cert = tls.peer_certificate(auth_context)
         if cert is None:
             raise Unauthenticated(

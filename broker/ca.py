@@ -145,14 +145,19 @@ class CertificateAuthority:
         cert_path, key_path = data_dir / SERVER_CERT_FILE, data_dir / SERVER_KEY_FILE
         if cert_path.exists() and key_path.exists():
             cert = tls.load_cert(cert_path.read_bytes())
-            if _san(names) == cert.extensions.get_extension_for_class(
-                x509.SubjectAlternativeName
-            ).value and cert.not_valid_after_utc - _now() > SERVER_LIFETIME / 3:
+            if (
+                _san(names)
+                == cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+                and cert.not_valid_after_utc - _now() > SERVER_LIFETIME / 3
+            ):
                 key_pem = key_path.read_bytes()
                 return ServerIdentity(key_pem, tls.cert_pem(cert) + self.cert_pem, cert)
         key = tls.new_private_key()
         cert = self._leaf(
-            key.public_key(), names[0], _san(names), ExtendedKeyUsageOID.SERVER_AUTH,
+            key.public_key(),
+            names[0],
+            _san(names),
+            ExtendedKeyUsageOID.SERVER_AUTH,
             SERVER_LIFETIME,
         )
         tls.write_private(key_path, tls.key_pem(key))

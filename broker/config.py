@@ -77,14 +77,19 @@ def load_config(options: Mapping[str, object], environ: Mapping[str, str]) -> Br
     data_dir = pick("data_dir")
     if not data_dir:
         raise ValueError("--data-dir (or PTA_BROKER_DATA_DIR) is required")
-    sans = options.get("san") or tuple(filter(None, environ.get(ENV_PREFIX + "SAN", "").split(",")))
+    given = options.get("san")
+    sans = (
+        [str(s) for s in given]
+        if isinstance(given, list | tuple)
+        else [s for s in environ.get(ENV_PREFIX + "SAN", "").split(",") if s]
+    )
     lifetime = pick("agent_cert_lifetime")
     return BrokerConfig(
         data_dir=Path(data_dir),
         listen=pick("listen") or DEFAULT_LISTEN,
         agent_listen=pick("agent_listen") or "",
         agent_endpoint=pick("agent_endpoint") or "",
-        san=tuple(str(s) for s in sans),  # type: ignore[union-attr]
+        san=tuple(sans),
         signin_timeout=parse_duration(pick("signin_timeout") or str(DEFAULT_SIGNIN_TIMEOUT)),
         agent_cert_lifetime=(
             datetime.timedelta(seconds=parse_duration(lifetime))

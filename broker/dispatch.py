@@ -206,9 +206,13 @@ class Dispatcher:
             best: Connection | None = None
             for cid in job.envelopes:
                 conn = conns.get(cid)
-                if conn is not None and not conn.draining and conn.free > 0:
-                    if best is None or len(conn.in_flight) < len(best.in_flight):
-                        best = conn
+                if (
+                    conn is not None
+                    and not conn.draining
+                    and conn.free > 0
+                    and (best is None or len(conn.in_flight) < len(best.in_flight))
+                ):
+                    best = conn
             if best is None:
                 waiting.append(job)
                 continue

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 import grpc
 import structlog
@@ -63,7 +63,7 @@ class Broker:
         self._health: list[health_aio.HealthServicer] = []
         self._store: Store | None = None
 
-    async def __aenter__(self) -> Broker:
+    async def __aenter__(self) -> Self:
         """Start serving."""
         await self.start()
         return self

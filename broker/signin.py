@@ -173,7 +173,7 @@ def _client_ip(text: str) -> str:
 
 def _outcome_name(value: int) -> str:
     try:
-        return Outcome.Name(value)  # type: ignore[arg-type]
+        return Outcome.Name(value)
     except ValueError:
         return f"UNKNOWN({value})"
 

@@ -134,9 +134,7 @@ class Store:
                     [(s, name) for s in suffixes],
                 )
         except sqlite3.IntegrityError as error:
-            raise InvalidRequest(
-                f"tenant {name!r} or one of its domains exists already"
-            ) from error
+            raise InvalidRequest(f"tenant {name!r} or one of its domains exists already") from error
 
     def tenants(self) -> dict[str, list[str]]:
         """Return every tenant with its domains."""
@@ -255,7 +253,10 @@ class Store:
             " FROM certificates c JOIN agents a ON a.id = c.agent_id WHERE c.serial = ?",
             (serial,),
         ).fetchone()
-        return None if row is None else CertificateRecord(*row[:5], revoked=bool(row[5]))
+        if row is None:
+            return None
+        serial, agent_id, tenant, key, not_after, revoked = row
+        return CertificateRecord(serial, agent_id, tenant, key, not_after, revoked=bool(revoked))
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:

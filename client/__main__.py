@@ -57,7 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("username", help="user@domain")
     parser.add_argument("--broker", required=True, help="the broker's public host:port")
     parser.add_argument("--ca-file", required=True, help="the broker's CA certificate (ca.pem)")
-    parser.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    parser.add_argument(
+        "--password-stdin", action="store_true", help="read the password from stdin"
+    )
     parser.add_argument("--client-ip", default="", help="the address the user signs in from")
     parser.add_argument("--timeout", type=float, default=15.0, help="seconds (default 15)")
     parser.add_argument("--json", action="store_true", help="print the response as JSON")
@@ -85,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
             return _failed(error, as_json=args.json)
     if args.json:
         sys.stdout.write(
-            json.dumps(json_format.MessageToDict(response, always_print_fields_with_no_presence=True))
+            json.dumps(
+                json_format.MessageToDict(response, always_print_fields_with_no_presence=True)
+            )
             + "\n"
         )
     else:
@@ -94,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _failed(error: grpc.RpcError, *, as_json: bool) -> int:
-    code: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
-    details: str = error.details() or ""  # type: ignore[attr-defined]
+    code: grpc.StatusCode = error.code()
+    details: str = error.details() or ""
     if as_json:
         sys.stdout.write(json.dumps({"status": code.name, "message": details}) + "\n")
     else:

@@ -128,12 +128,12 @@ async def rpc_errors(context: grpc.aio.ServicerContext[object, object]) -> Async
     except ExceptionGroup as group:
         # A task group (a stream's reader and writer) failed: answer with its first
         # expected error, or INTERNAL when it holds only unexpected ones.
-        error = _first(group)
-        if error is None:
+        expected = _first(group)
+        if expected is None:
             log.exception("rpc.internal_error")
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
         else:
-            await context.abort(error.code, error.message)
+            await context.abort(expected.code, expected.message)
     except Exception:
         log.exception("rpc.internal_error")
         await context.abort(grpc.StatusCode.INTERNAL, "internal error")

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
+
+if TYPE_CHECKING:
+    from structlog.typing import EventDict
 
 REDACTED = "[redacted]"
 #: Field names that must never reach a log line, whatever their value.
@@ -38,7 +41,7 @@ def _is_secret(field: str) -> bool:
     return lowered in SECRET_FIELDS or lowered.endswith(SECRET_SUFFIXES)
 
 
-def redact(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def redact(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
     """Replace the value of every secret-named field.
 
     A processor, not a convention: a field called ``password`` is dropped even when a future
@@ -50,7 +53,9 @@ def redact(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, 
     return event_dict
 
 
-def configure(*, level: str = "info", json: bool | None = None, stream: TextIO | None = None) -> None:
+def configure(
+    *, level: str = "info", json: bool | None = None, stream: TextIO | None = None
+) -> None:
     """Configure structlog for a program.
 
     Args:
@@ -80,6 +85,6 @@ def configure(*, level: str = "info", json: bool | None = None, stream: TextIO |
     )
 
 
-def _keep(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _keep(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
     """Leave exceptions for the console renderer, which prints them readably."""
     return event_dict

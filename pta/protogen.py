@@ -27,7 +27,7 @@ def generate(out_root: Path) -> list[Path]:
     Raises:
         RuntimeError: When protoc reports an error.
     """
-    from grpc_tools import protoc  # noqa: PLC0415 - a dev dependency, only needed here
+    from grpc_tools import protoc  # type: ignore[import-untyped]  # noqa: PLC0415 - dev only
 
     protos = sorted(str(p.relative_to(PROTO_DIR)) for p in PROTO_DIR.rglob("*.proto"))
     include = Path(protoc.__file__).parent / "_proto"

@@ -8,7 +8,6 @@ the opaque status grpcio gives when a deserializer raises.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
 import grpc
@@ -18,6 +17,8 @@ from google.protobuf import message_factory
 from pta.errors import InvalidRequest
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable
+
     from google.protobuf.descriptor import ServiceDescriptor
 
 #: Every request and response of the contract is small; anything larger is refused by grpc.

@@ -51,9 +51,7 @@ def generate_key() -> x25519.X25519PrivateKey:
 
 def public_key_bytes(key: x25519.X25519PrivateKey) -> bytes:
     """Return the raw 32-byte public key, the form the contract carries."""
-    return key.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    )
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 def load_public_key(raw: bytes) -> x25519.X25519PublicKey:

@@ -10,7 +10,6 @@ import hashlib
 import os
 import socket
 import ssl
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
@@ -19,6 +18,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+    from pathlib import Path
+
     from cryptography.x509.oid import ObjectIdentifier
 
 PRIVATE_MODE = 0o600
@@ -167,12 +169,10 @@ def channel_credentials(
     )
 
 
-def peer_certificate(auth_context: dict[str, list[bytes]]) -> x509.Certificate | None:
+def peer_certificate(auth_context: Mapping[str, Iterable[bytes]]) -> x509.Certificate | None:
     """Return the verified client certificate of an RPC, or None when there is none."""
-    pems = auth_context.get("x509_pem_cert")
-    if not pems:
-        return None
-    return load_cert(pems[0])
+    pem = next(iter(auth_context.get("x509_pem_cert", ())), None)
+    return None if pem is None else load_cert(pem)
 
 
 def sha256_hex(data: bytes) -> str:

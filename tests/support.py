@@ -85,9 +85,7 @@ class BrokerProcess:
             stderr=log_path.open("ab"),
         )
         broker = cls(data_dir=data_dir, log_path=log_path, process=process)
-        wait_for(
-            lambda: endpoints.exists() or process.poll() is not None, what="broker to serve"
-        )
+        wait_for(lambda: endpoints.exists() or process.poll() is not None, what="broker to serve")
         assert process.poll() is None, log_path.read_text()[-3000:]
         info = json.loads(endpoints.read_text())
         broker.public, broker.agent = info["public"], info["agent"]
@@ -137,7 +135,8 @@ class BrokerProcess:
             request = signin_pb2.SignInRequest(
                 username=username, password=password, client_ip=client_ip
             )
-            return stub.SignIn(request, timeout=timeout)
+            response: signin_pb2.SignInResponse = stub.SignIn(request, timeout=timeout)
+            return response
 
 
 def _json(line: str) -> dict[str, object] | None:
@@ -200,10 +199,10 @@ class AgentProcess:
         )
         agent = cls(state_dir=state_dir, log_path=log_path, process=process, agent_id=agent_id)
         wait_for(
-            lambda: any(
-                e.get("agent_id") == agent_id for e in broker.log_events("agent.connected")
-            )
-            or process.poll() is not None,
+            lambda: (
+                any(e.get("agent_id") == agent_id for e in broker.log_events("agent.connected"))
+                or process.poll() is not None
+            ),
             what=f"agent {agent_id} to connect",
         )
         assert process.poll() is None, log_path.read_text()[-3000:]

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import grpc
 import pytest
 
 from pta.v1 import outcome_pb2, signin_pb2
 from tests.conftest import DOMAIN, USERS, remember_password
-from tests.support import BrokerProcess
+
+if TYPE_CHECKING:
+    from tests.support import BrokerProcess
 
 Outcome = outcome_pb2.Outcome
 SIGNIN = "/pta.v1.SignInService/SignIn"
@@ -16,10 +20,10 @@ SIGNIN = "/pta.v1.SignInService/SignIn"
 def _raw_call(broker: BrokerProcess, payload: bytes) -> grpc.StatusCode:
     """Send raw bytes as a SignIn request (no client-side serialisation to stop us)."""
     with broker.channel() as channel:
-        call = channel.unary_unary(SIGNIN)
+        call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(SIGNIN)
         with pytest.raises(grpc.RpcError) as caught:
             call(payload, timeout=10)
-    code: grpc.StatusCode = caught.value.code()  # type: ignore[attr-defined]
+    code: grpc.StatusCode = caught.value.code()
     return code
 
 
@@ -58,15 +62,15 @@ class TestBadInput:
         """The status names the problem; the broker answers the next sign-in normally."""
         with pytest.raises(grpc.RpcError) as caught:
             broker.sign_in(username, password)
-        assert caught.value.code() == status  # type: ignore[attr-defined]
-        assert caught.value.details()  # type: ignore[attr-defined]
+        assert caught.value.code() == status
+        assert caught.value.details()
         assert broker.sign_in(f"alice@{DOMAIN}", USERS["alice"]).outcome == Outcome.SUCCESS
 
     def test_bad_client_ip(self, broker: BrokerProcess) -> None:
         """A client IP that is not an address is INVALID_ARGUMENT."""
         with pytest.raises(grpc.RpcError) as caught:
             broker.sign_in(f"alice@{DOMAIN}", USERS["alice"], client_ip="not-an-ip")
-        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
     def test_invalid_utf8_is_invalid_argument(self, broker: BrokerProcess) -> None:
         """Invalid UTF-8 in a string field is refused, not an internal error."""
@@ -76,7 +80,9 @@ class TestBadInput:
 
     def test_truncated_message_is_invalid_argument(self, broker: BrokerProcess) -> None:
         """A message cut short is refused."""
-        good = signin_pb2.SignInRequest(username=f"alice@{DOMAIN}", password="x").SerializeToString()
+        good = signin_pb2.SignInRequest(
+            username=f"alice@{DOMAIN}", password="x"
+        ).SerializeToString()
         assert _raw_call(broker, good[:-3]) == grpc.StatusCode.INVALID_ARGUMENT
 
     def test_oversized_message_is_resource_exhausted(self, broker: BrokerProcess) -> None:

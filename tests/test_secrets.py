@@ -23,9 +23,7 @@ class TestNoSecretAtRest:
         del slapd  # The directory's own files hold password hashes by design: not scanned.
         files = [p for p in run_dir.rglob("*") if p.is_file()]
         assert len(files) > 5, "the run wrote too little to be worth scanning"
-        needles = {
-            pw: (pw.encode(), pw.encode("utf-16-le")) for pw in PASSWORDS if len(pw) >= 4
-        }
+        needles = {pw: (pw.encode(), pw.encode("utf-16-le")) for pw in PASSWORDS if len(pw) >= 4}
         found = [
             (str(path.relative_to(run_dir)), pw)
             for path in files

@@ -61,12 +61,13 @@ class TestSignIn:
     )
     def test_filter_injection_signs_nobody_in(self, broker: BrokerProcess, login: str) -> None:
         """LDAP filter syntax in the login name is escaped: it matches no one."""
-        try:
-            response = broker.sign_in(f"{login}@{DOMAIN}", USERS["alice"])
-        except grpc.RpcError as error:
-            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+        username = f"{login}@{DOMAIN}"
+        if "\x00" in login:  # Control characters are refused before anything is sealed.
+            with pytest.raises(grpc.RpcError) as caught:
+                broker.sign_in(username, USERS["alice"])
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         else:
-            assert response.outcome == Outcome.INVALID_CREDENTIALS
+            assert broker.sign_in(username, USERS["alice"]).outcome == Outcome.INVALID_CREDENTIALS
 
     def test_audit_event_has_no_password(self, broker: BrokerProcess) -> None:
         """Each sign-in leaves one audit event naming user, tenant, agent, outcome, latency."""
@@ -92,14 +93,14 @@ class TestNoAgent:
         broker.add_tenant("lonely", "lonely.example")
         with pytest.raises(grpc.RpcError) as caught:
             broker.sign_in("alice@lonely.example", remember_password("pw-lonely"), timeout=5)
-        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
-        assert "lonely.example" in caught.value.details()  # type: ignore[attr-defined]
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "lonely.example" in str(caught.value.details())
 
     def test_unknown_domain_is_not_found(self, broker: BrokerProcess) -> None:
         """A domain no tenant owns is NOT_FOUND."""
         with pytest.raises(grpc.RpcError) as caught:
             broker.sign_in("alice@nobody-owns.example", remember_password("pw-nobody"))
-        assert caught.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 @pytest.fixture(scope="module")
