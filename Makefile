@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 .PHONY: demo test lint proto check-proto bench deps system-deps clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml | system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@

@@ -1,12 +1,15 @@
 #!/bin/sh
-# Installs Debian's OpenLDAP server and tools when missing: the demo, the tests and the bench
-# start their own private slapd on 127.0.0.1, never the system one. The package's own service
-# is kept from starting during the install (a temporary policy-rc.d), so nothing listens on
-# the machine's addresses afterwards.
+# Installs what a fresh Debian machine lacks for the demo, the tests and the bench:
+# Debian's OpenLDAP server and tools, and python3-venv. The demo, tests and bench start their
+# own private slapd on 127.0.0.1, never the system one: the package's own service is kept from
+# starting during the install (a temporary policy-rc.d), so nothing listens afterwards.
 set -eu
-if [ -x /usr/sbin/slapd ] && command -v ldapwhoami >/dev/null 2>&1; then
-    exit 0
-fi
+need=""
+[ -x /usr/sbin/slapd ] || need="$need slapd"
+command -v ldapwhoami >/dev/null 2>&1 || need="$need ldap-utils"
+python3 -c 'import ensurepip, venv' 2>/dev/null || need="$need python3-venv"
+[ -n "$need" ] || exit 0
+
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
     SUDO="sudo"
@@ -22,7 +25,7 @@ cleanup() {
     if [ "$made_policy" = yes ]; then $SUDO rm -f "$policy"; fi
 }
 trap cleanup EXIT
-echo "installing Debian's slapd and ldap-utils (once)..."
+echo "installing Debian packages:$need (once)..."
 $SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-    slapd ldap-utils >/dev/null
+# shellcheck disable=SC2086 # $need is a list of package names
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $need >/dev/null
