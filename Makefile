@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint proto check-proto bench deps system-deps clean
+.PHONY: demo test lint proto deps system-deps clean
 
 $(STAMP): pyproject.toml | system-deps
 	$(PYTHON) -m venv $(VENV)
@@ -34,10 +34,6 @@ lint: deps
 ## proto: regenerate pta/v1 from proto/ (the result is committed)
 proto: deps
 	$(BIN)/python -m pta.protogen
-
-## bench: end-to-end throughput and latency against a direct LDAP bind, same run
-bench: deps system-deps
-	$(BIN)/pta-bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo .bench
