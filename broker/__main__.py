@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import json
 import os
 import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -26,6 +28,8 @@ from pta.errors import PtaError
 
 log = structlog.get_logger()
 DEFAULT_ENROLMENT_TTL = "1h"
+#: The serving broker reports its streams every second; older reports are of a stopped broker.
+STATUS_FRESHNESS = 5.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--san", action="append", help="extra name for the server certificate")
     serve.add_argument("--signin-timeout", help="longest a sign-in may take (default 10s)")
     serve.add_argument("--agent-cert-lifetime", help="agent certificate lifetime (default 24h)")
+    serve.add_argument(
+        "--server-cert-lifetime", help="broker server certificate lifetime (default 90d)"
+    )
     serve.add_argument("--heartbeat-interval", help="stream heartbeat interval (default 5s)")
     serve.add_argument("--queue-limit", help="sign-ins a tenant may have waiting (default 1024)")
     serve.add_argument("--grace", help="seconds in-flight sign-ins get at shutdown (default 5)")
@@ -73,6 +80,15 @@ def _parser() -> argparse.ArgumentParser:
     delete = token.add_parser("delete", help="delete a token by id")
     delete.add_argument("token_id")
     data_dir(delete)
+    agents = commands.add_parser(
+        "agents", aliases=["agent"], help="list and revoke agents"
+    ).add_subparsers(dest="action", required=True)
+    alist = agents.add_parser("list", help="every agent, its certificate and live streams")
+    alist.add_argument("--json", action="store_true")
+    data_dir(alist)
+    revoke = agents.add_parser("revoke", help="cut an agent off now and for good")
+    revoke.add_argument("agent_id")
+    data_dir(revoke)
     return parser
 
 
@@ -106,7 +122,45 @@ def main(argv: list[str] | None = None) -> int:
 def _manage(args: argparse.Namespace, store: Store, data: Path) -> int:
     if args.command == "tenant":
         return _tenant(args, store)
+    if args.command in ("agent", "agents"):
+        return _agents(args, store)
     return _token(args, store, data)
+
+
+def _agents(args: argparse.Namespace, store: Store) -> int:
+    if args.action == "revoke":
+        if not store.revoke_agent(args.agent_id):
+            sys.stderr.write(f"pta-broker: no agent {args.agent_id}\n")
+            return 1
+        sys.stdout.write(f"revoked {args.agent_id}: its streams are cut within a second\n")
+        return 0
+    rows: list[dict[str, Any]] = [
+        {
+            "id": a.agent_id,
+            "tenant": a.tenant,
+            "hostname": a.hostname,
+            "revoked": a.revoked_at is not None,
+            "connected": bool(a.connections),
+            "version": a.connections[-1].version if a.connections else a.version,
+            "domains": sorted({d for c in a.connections for d in c.domains}),
+            "serial": a.serial,
+            "not_after": datetime.datetime.fromtimestamp(a.not_after, datetime.UTC).isoformat(),
+            "in_flight": sum(c.in_flight for c in a.connections),
+            "last_heartbeat": max((c.last_seen for c in a.connections), default=None),
+            "streams": len(a.connections),
+        }
+        for a in store.agents(fresh_within=STATUS_FRESHNESS)
+    ]
+    if args.json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return 0
+    for row in rows:
+        state = "revoked" if row["revoked"] else "connected" if row["connected"] else "offline"
+        sys.stdout.write(
+            f"{row['id']}\t{row['tenant']}\t{state}\t{' '.join(row['domains']) or '-'}"
+            f"\tserial {row['serial']}\tuntil {row['not_after']}\tin flight {row['in_flight']}\n"
+        )
+    return 0
 
 
 def _tenant(args: argparse.Namespace, store: Store) -> int:

@@ -9,6 +9,7 @@ every job it held is settled.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import secrets
 import time
 from typing import TYPE_CHECKING, Any
@@ -29,7 +30,6 @@ from pta.tokens import parse_token
 from pta.v1 import agent_pb2, agent_pb2_grpc
 
 if TYPE_CHECKING:
-    import datetime
     from collections.abc import AsyncIterator, Iterable, Mapping
 
     import grpc
@@ -51,6 +51,12 @@ MISSED_HEARTBEATS = 3
 
 class _StreamEnded(Exception):
     """The agent closed its side, or went silent: ends the stream's task group."""
+
+
+def _reason(conn: Connection) -> str:
+    if conn.end_error is not None:
+        return conn.end_error.message
+    return "drained" if conn.draining and conn.ended.is_set() else "stream ended"
 
 
 class AgentService(agent_pb2_grpc.AgentServiceServicer):
@@ -156,17 +162,59 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 async with asyncio.TaskGroup() as group:
                     group.create_task(self._receive(messages, conn))
                     group.create_task(self._send(context, conn))
+                    group.create_task(self._watch(conn))
             except* _StreamEnded:
                 pass
             finally:
                 self._dispatcher.detach(conn)
-                bound.info("agent.disconnected")
+                bound.info("agent.disconnected", reason=_reason(conn))
+
+    async def Renew(  # noqa: N802 - the contract's name
+        self,
+        request: agent_pb2.RenewRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> agent_pb2.RenewResponse:
+        """Issue a new certificate, on a new key, to the agent the caller's certificate names."""
+        async with rpc_errors(context):
+            record = self._authenticate(context.auth_context())
+            try:
+                sealing.load_public_key(request.envelope_public_key)
+            except ValueError as error:
+                raise InvalidRequest(str(error)) from None
+            cert = self._ca.sign_agent(
+                request.csr_pem,
+                tenant=record.tenant,
+                agent_id=record.agent_id,
+                lifetime=self._cert_lifetime,
+            )
+            self._store.add_certificate(
+                agent_id=record.agent_id,
+                serial=tls.serial_hex(cert),
+                envelope_public_key=request.envelope_public_key,
+                not_after=cert.not_valid_after_utc.timestamp(),
+            )
+            log.info(
+                "agent.renewed",
+                tenant=record.tenant,
+                agent_id=record.agent_id,
+                old_serial=record.serial,
+                serial=tls.serial_hex(cert),
+                not_after=cert.not_valid_after_utc.isoformat(),
+            )
+            return agent_pb2.RenewResponse(
+                certificate_pem=tls.cert_pem(cert).decode(),
+                ca_chain_pem=self._ca.cert_pem.decode(),
+            )
 
     def _authenticate(self, auth_context: Mapping[str, Iterable[bytes]]) -> CertificateRecord:
         cert = tls.peer_certificate(auth_context)
         if cert is None:
             raise Unauthenticated(
-                "Connect needs the agent's client certificate: dial the broker's agent endpoint"
+                "this call needs the agent's client certificate: dial the broker's agent endpoint"
+            )
+        if cert.not_valid_after_utc <= datetime.datetime.now(datetime.UTC):
+            raise Unauthenticated(
+                "this agent certificate has expired: enrol the agent again with a new token"
             )
         identity = tls.agent_identity(cert)
         record = self._store.certificate(tls.serial_hex(cert))
@@ -210,6 +258,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             domains=domains,
             capacity=min(capacity, MAX_CAPACITY),
             envelope_key=sealing.load_public_key(record.envelope_public_key),
+            version=hello.version[:MAX_TEXT],
+            serial=record.serial,
         )
 
     async def _receive(
@@ -225,9 +275,18 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 raise _StreamEnded from None
             if message is None:
                 raise _StreamEnded
+            conn.last_seen = time.time()
             kind = message.WhichOneof("kind")
             if kind == "results":
                 self._complete(conn, message.results)
+            elif kind == "draining":
+                log.info(
+                    "agent.draining",
+                    agent_id=conn.agent_id,
+                    connection_id=conn.connection_id,
+                    reason=message.draining.reason[:MAX_TEXT],
+                )
+                self._dispatcher.drain(conn)
             elif kind == "hello":
                 raise InvalidRequest("hello may be sent only once")
             # Heartbeats only prove liveness; kinds from newer agents are ignored.
@@ -246,6 +305,13 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                     tenant=conn.tenant,
                     request_id=result.request_id[:64],
                 )
+
+    async def _watch(self, conn: Connection) -> None:
+        """End the stream when the dispatcher says so: drained and idle, or cut."""
+        await conn.ended.wait()
+        if conn.end_error is not None:
+            raise conn.end_error
+        raise _StreamEnded
 
     async def _send(self, context: grpc.aio.ServicerContext[Any, Any], conn: Connection) -> None:
         while True:

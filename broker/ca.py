@@ -28,15 +28,24 @@ CA_KEY_FILE = "ca.key"
 SERVER_CERT_FILE = "server.pem"
 SERVER_KEY_FILE = "server.key"
 CA_LIFETIME = datetime.timedelta(days=3650)
-SERVER_LIFETIME = datetime.timedelta(days=90)
-#: Clocks differ a little: certificates start being valid slightly in the past.
+DEFAULT_SERVER_LIFETIME = datetime.timedelta(days=90)
+#: Clocks differ a little: certificates start being valid slightly in the past (by at most a
+#: tenth of their life, so that short test lifetimes stay meaningful).
 BACKDATE = datetime.timedelta(minutes=5)
+#: A certificate is renewed once this share of its validity has passed.
+RENEW_AT = 2 / 3
 MAX_CSR_BYTES = 8192
 DEFAULT_SANS = ("localhost", "127.0.0.1")
 
 
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
+
+
+def renewal_due(cert: x509.Certificate) -> datetime.datetime:
+    """Return when a certificate should be replaced: two thirds into its validity."""
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    return start + (end - start) * RENEW_AT
 
 
 def _san(names: tuple[str, ...]) -> x509.SubjectAlternativeName:
@@ -124,7 +133,7 @@ class CertificateAuthority:
             .issuer_name(self.cert.subject)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - BACKDATE)
+            .not_valid_before(now - min(BACKDATE, lifetime / 10))
             .not_valid_after(now + lifetime)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(san, critical=False)
@@ -136,19 +145,28 @@ class CertificateAuthority:
             .sign(self.key, hashes.SHA256())
         )
 
-    def server_identity(self, data_dir: Path, sans: tuple[str, ...]) -> ServerIdentity:
-        """Load the broker's server certificate, (re)issuing it when missing or stale.
+    def server_identity(
+        self,
+        data_dir: Path,
+        sans: tuple[str, ...],
+        lifetime: datetime.timedelta = DEFAULT_SERVER_LIFETIME,
+        *,
+        force: bool = False,
+    ) -> ServerIdentity:
+        """Load the broker's server certificate, (re)issuing it when missing or due.
 
-        It is reissued when the names asked for changed or a third of its life is left.
+        It is reissued when the names asked for changed, its renewal time has come, or
+        ``force`` says so.
         """
         names = tuple(dict.fromkeys((*DEFAULT_SANS, *sans)))
         cert_path, key_path = data_dir / SERVER_CERT_FILE, data_dir / SERVER_KEY_FILE
-        if cert_path.exists() and key_path.exists():
+        if not force and cert_path.exists() and key_path.exists():
             cert = tls.load_cert(cert_path.read_bytes())
             if (
                 _san(names)
                 == cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-                and cert.not_valid_after_utc - _now() > SERVER_LIFETIME / 3
+                and _now() < renewal_due(cert)
+                and cert.issuer == self.cert.subject
             ):
                 key_pem = key_path.read_bytes()
                 return ServerIdentity(key_pem, tls.cert_pem(cert) + self.cert_pem, cert)
@@ -158,7 +176,7 @@ class CertificateAuthority:
             names[0],
             _san(names),
             ExtendedKeyUsageOID.SERVER_AUTH,
-            SERVER_LIFETIME,
+            lifetime,
         )
         tls.write_private(key_path, tls.key_pem(key))
         tls.write_public(cert_path, tls.cert_pem(cert))

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 DEFAULT_LISTEN = "127.0.0.1:7443"
 DEFAULT_SIGNIN_TIMEOUT = 10.0
 DEFAULT_AGENT_CERT_LIFETIME = datetime.timedelta(hours=24)
+DEFAULT_SERVER_CERT_LIFETIME = datetime.timedelta(days=90)
 DEFAULT_HEARTBEAT_INTERVAL = 5.0
 DEFAULT_QUEUE_LIMIT = 1024
 DEFAULT_GRACE = 5.0
@@ -35,6 +36,7 @@ class BrokerConfig:
     san: tuple[str, ...] = ()
     signin_timeout: float = DEFAULT_SIGNIN_TIMEOUT
     agent_cert_lifetime: datetime.timedelta = DEFAULT_AGENT_CERT_LIFETIME
+    server_cert_lifetime: datetime.timedelta = DEFAULT_SERVER_CERT_LIFETIME
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     queue_limit: int = DEFAULT_QUEUE_LIMIT
     grace: float = DEFAULT_GRACE
@@ -83,7 +85,11 @@ def load_config(options: Mapping[str, object], environ: Mapping[str, str]) -> Br
         if isinstance(given, list | tuple)
         else [s for s in environ.get(ENV_PREFIX + "SAN", "").split(",") if s]
     )
-    lifetime = pick("agent_cert_lifetime")
+
+    def lifetime(name: str, default: datetime.timedelta) -> datetime.timedelta:
+        text = pick(name)
+        return datetime.timedelta(seconds=parse_duration(text)) if text else default
+
     return BrokerConfig(
         data_dir=Path(data_dir),
         listen=pick("listen") or DEFAULT_LISTEN,
@@ -91,11 +97,8 @@ def load_config(options: Mapping[str, object], environ: Mapping[str, str]) -> Br
         agent_endpoint=pick("agent_endpoint") or "",
         san=tuple(sans),
         signin_timeout=parse_duration(pick("signin_timeout") or str(DEFAULT_SIGNIN_TIMEOUT)),
-        agent_cert_lifetime=(
-            datetime.timedelta(seconds=parse_duration(lifetime))
-            if lifetime
-            else DEFAULT_AGENT_CERT_LIFETIME
-        ),
+        agent_cert_lifetime=lifetime("agent_cert_lifetime", DEFAULT_AGENT_CERT_LIFETIME),
+        server_cert_lifetime=lifetime("server_cert_lifetime", DEFAULT_SERVER_CERT_LIFETIME),
         heartbeat_interval=parse_duration(
             pick("heartbeat_interval") or str(DEFAULT_HEARTBEAT_INTERVAL)
         ),

@@ -10,6 +10,7 @@ queued for and sent to connections of its own tenant.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -68,9 +69,17 @@ class Connection:
     domains: frozenset[str]
     capacity: int
     envelope_key: X25519PublicKey
+    version: str = ""
+    serial: str = ""
     outbox: asyncio.Queue[Job] = field(default_factory=asyncio.Queue)
     in_flight: dict[str, Job] = field(default_factory=dict)
     draining: bool = False
+    #: Set when the stream should end: drained and idle, or cut (then ``end_error`` says why).
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    end_error: PtaError | None = None
+    #: Wall-clock times, for operators.
+    connected_at: float = field(default_factory=time.time)
+    last_seen: float = field(default_factory=time.time)
 
     def serves(self, domain: str) -> bool:
         """Whether new jobs for ``domain`` may be sealed to this connection."""
@@ -127,9 +136,27 @@ class Dispatcher:
         self._pump(conn.tenant)
 
     def drain(self, conn: Connection) -> None:
-        """Send a connection no new work; what it holds is still answered."""
+        """Seal nothing new to a connection; it still gets what was sealed to it, then ends.
+
+        Jobs already sealed to it (in flight, or queued with its envelope) can be opened by no
+        one else's key, so they still go to it; once it holds none, its stream is ended.
+        """
         conn.draining = True
-        self._settle_unroutable(conn.tenant)
+        self._pump(conn.tenant)
+        self._end_if_drained(conn)
+
+    def cut(self, conn: Connection, error: PtaError) -> None:
+        """End a connection's stream at once, answering with ``error`` (e.g. revocation)."""
+        conn.end_error = error
+        conn.ended.set()
+
+    def _end_if_drained(self, conn: Connection) -> None:
+        if conn.draining and not conn.in_flight and not self._queued_for(conn):
+            conn.ended.set()
+
+    def _queued_for(self, conn: Connection) -> bool:
+        queue = self._queues.get(conn.tenant, ())
+        return any(conn.connection_id in job.envelopes for job in queue)
 
     def candidates(self, tenant: str, domain: str) -> list[Connection]:
         """Return the connections a new job for ``domain`` may be sealed to."""
@@ -169,6 +196,7 @@ class Dispatcher:
         if not job.future.done():
             job.future.set_result(answer)
         self._pump(conn.tenant)
+        self._end_if_drained(conn)
         return True
 
     def withdraw(self, job: Job) -> None:
@@ -178,10 +206,14 @@ class Dispatcher:
             if conn is not None and conn.in_flight.get(job.request_id) is job:
                 del conn.in_flight[job.request_id]
                 self._pump(conn.tenant)
+                self._end_if_drained(conn)
         else:
             queue = self._queues.get(job.tenant)
             if queue is not None and job in queue:
                 queue.remove(job)
+                for cid in job.envelopes:
+                    if (conn := self._connections.get(cid)) is not None:
+                        self._end_if_drained(conn)
         if not job.future.done():
             job.future.cancel()
 
@@ -193,7 +225,7 @@ class Dispatcher:
         """Hand queued jobs to the least loaded connection that has room and their envelope."""
         queue = self._queues.get(tenant)
         conns = self._by_tenant.get(tenant)
-        if not queue or not conns or not any(c.free > 0 and not c.draining for c in conns.values()):
+        if not queue or not conns or not any(c.free > 0 for c in conns.values()):
             return
         now = self._now()
         waiting: deque[Job] = deque()
@@ -203,14 +235,18 @@ class Dispatcher:
                 continue
             if job.deadline <= now:
                 continue  # Its caller answers DEADLINE_EXCEEDED; an agent never sees it.
+            # Least loaded first; a draining connection only when no other can open the job.
             best: Connection | None = None
             for cid in job.envelopes:
                 conn = conns.get(cid)
                 if (
                     conn is not None
-                    and not conn.draining
                     and conn.free > 0
-                    and (best is None or len(conn.in_flight) < len(best.in_flight))
+                    and (
+                        best is None
+                        or (conn.draining, len(conn.in_flight))
+                        < (best.draining, len(best.in_flight))
+                    )
                 ):
                     best = conn
             if best is None:
@@ -229,7 +265,7 @@ class Dispatcher:
         live = self._by_tenant.get(tenant, {})
         keep: deque[Job] = deque()
         for job in queue:
-            if any(cid in live and not live[cid].draining for cid in job.envelopes):
+            if any(cid in live for cid in job.envelopes):
                 keep.append(job)
             else:
                 _fail(job, NoAgentAvailable(f"no agent is connected for {job.domain}"))

@@ -9,8 +9,11 @@ without requiring it, which is why they are two endpoints rather than one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import json
+import sqlite3
+import time
 from typing import TYPE_CHECKING, Self
 
 import grpc
@@ -21,10 +24,12 @@ from grpc_reflection.v1alpha import reflection
 
 from broker.agent_link import AgentService
 from broker.ca import CertificateAuthority
-from broker.dispatch import Dispatcher
+from broker.dispatch import Connection, Dispatcher
+from broker.rotation import ServerCertificates
 from broker.signin import SignInService
-from broker.store import Store
+from broker.store import ConnectionStatus, Store
 from pta import rpc, tls
+from pta.errors import Unauthenticated
 from pta.v1 import agent_pb2, signin_pb2
 
 if TYPE_CHECKING:
@@ -36,6 +41,10 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 ENDPOINTS_FILE = "endpoints.json"
+#: How often the broker looks for revocations made through the CLI.
+MAINTENANCE_TICK = 0.25
+#: How often it reports its live streams for ``pta-broker agents list``.
+STATUS_INTERVAL = 1.0
 SERVICES = (
     signin_pb2.DESCRIPTOR.services_by_name["SignInService"],
     agent_pb2.DESCRIPTOR.services_by_name["AgentService"],
@@ -62,6 +71,7 @@ class Broker:
         self._servers: list[grpc.aio.Server] = []
         self._health: list[health_aio.HealthServicer] = []
         self._store: Store | None = None
+        self._maintenance: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Self:
         """Start serving."""
@@ -89,17 +99,16 @@ class Broker:
         config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         store = self._store = Store(config.data_dir)
         ca = CertificateAuthority.load_or_create(config.data_dir)
-        identity = ca.server_identity(config.data_dir, config.san)
-        dispatcher = Dispatcher(queue_limit=config.queue_limit)
+        self.certificates = ServerCertificates(
+            ca, config.data_dir, config.san, config.server_cert_lifetime
+        )
+        dispatcher = self._dispatcher = Dispatcher(queue_limit=config.queue_limit)
 
         public = self._server(SERVICES)
         agents = self._server(SERVICES[1:])
-        self.public_port = public.add_secure_port(
-            config.listen, tls.server_credentials(identity.key_pem, identity.chain_pem)
-        )
+        self.public_port = public.add_secure_port(config.listen, self.certificates.credentials())
         self.agent_port = agents.add_secure_port(
-            config.agent_listen,
-            tls.server_credentials(identity.key_pem, identity.chain_pem, client_ca=ca.cert_pem),
+            config.agent_listen, self.certificates.credentials(client_ca=ca.cert_pem)
         )
         if not self.public_port or not self.agent_port:
             raise RuntimeError(f"cannot listen on {config.listen} / {config.agent_listen}")
@@ -122,6 +131,7 @@ class Broker:
             for service in ("", *(s.full_name for s in SERVICES)):
                 await health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self.state = State.SERVING
+        self._maintenance = asyncio.create_task(self._maintain(store, dispatcher))
         host = config.listen.rpartition(":")[0]
         agent_host = config.agent_listen.rpartition(":")[0]
         endpoints = {
@@ -131,6 +141,28 @@ class Broker:
         }
         tls.write_public(config.data_dir / ENDPOINTS_FILE, json.dumps(endpoints).encode())
         log.info("broker.serving", **endpoints, ca_sha256=ca.fingerprint)
+
+    async def _maintain(self, store: Store, dispatcher: Dispatcher) -> None:
+        """Apply what operators change through the CLI, and report live streams to them.
+
+        The CLI is another process writing the same store: a revocation it records cuts the
+        agent's streams here within one tick.
+        """
+        reported = 0.0
+        while True:
+            await asyncio.sleep(MAINTENANCE_TICK)
+            try:
+                if store.changed():
+                    revoked = store.revoked_agents()
+                    for conn in dispatcher.connections():
+                        if conn.agent_id in revoked:
+                            log.warning("agent.revoked", agent_id=conn.agent_id)
+                            dispatcher.cut(conn, Unauthenticated("this agent has been revoked"))
+                if time.monotonic() - reported >= STATUS_INTERVAL:
+                    reported = time.monotonic()
+                    store.report_connections([_status(c) for c in dispatcher.connections()])
+            except sqlite3.Error:
+                log.exception("broker.maintenance_failed")
 
     def _server(self, services: tuple[ServiceDescriptor, ...]) -> grpc.aio.Server:
         server = grpc.aio.server(options=rpc.SERVER_OPTIONS)
@@ -151,10 +183,15 @@ class Broker:
         if self.state is State.STOPPED:
             return
         self.state = State.STOPPED
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintenance
         for health in self._health:
             await health.enter_graceful_shutdown()
         await asyncio.gather(*(server.stop(self.config.grace) for server in self._servers))
         if self._store is not None:
+            self._store.report_connections([])
             self._store.close()
         log.info("broker.stopped")
 
@@ -162,3 +199,16 @@ class Broker:
         """Serve until the servers are stopped."""
         for server in self._servers:
             await server.wait_for_termination()
+
+
+def _status(conn: Connection) -> ConnectionStatus:
+    return ConnectionStatus(
+        connection_id=conn.connection_id,
+        agent_id=conn.agent_id,
+        version=conn.version,
+        serial=conn.serial,
+        domains=sorted(conn.domains),
+        connected_at=conn.connected_at,
+        last_seen=conn.last_seen,
+        in_flight=len(conn.in_flight),
+    )

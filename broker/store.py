@@ -50,6 +50,17 @@ CREATE TABLE IF NOT EXISTS agents (
     enrolled_at REAL NOT NULL,
     revoked_at REAL
 );
+CREATE TABLE IF NOT EXISTS connections (
+    id TEXT PRIMARY KEY,
+    agent_id TEXT NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+    version TEXT NOT NULL,
+    serial TEXT NOT NULL,
+    domains TEXT NOT NULL,
+    connected_at REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    in_flight INTEGER NOT NULL,
+    updated_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS certificates (
     serial TEXT PRIMARY KEY,
     agent_id TEXT NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
@@ -70,6 +81,35 @@ class CertificateRecord:
     envelope_public_key: bytes
     not_after: float
     revoked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionStatus:
+    """A live stream as the serving broker last reported it."""
+
+    connection_id: str
+    agent_id: str
+    version: str
+    serial: str
+    domains: list[str]
+    connected_at: float
+    last_seen: float
+    in_flight: int
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRecord:
+    """An enrolled agent, its newest certificate and its live streams."""
+
+    agent_id: str
+    tenant: str
+    hostname: str
+    version: str
+    enrolled_at: float
+    revoked_at: float | None
+    serial: str
+    not_after: float
+    connections: list[ConnectionStatus]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +149,7 @@ class Store:
         (data_dir / STORE_FILE).chmod(0o600)
         self._domains: dict[str, str] = {}
         self._domains_version = -1
+        self._seen_version = -1
 
     def close(self) -> None:
         """Close the database."""
@@ -235,6 +276,107 @@ class Store:
                 (agent_id, tenant, hostname, version, now),
             )
             self._add_certificate(agent_id, serial, envelope_public_key, not_after, now)
+
+    def add_certificate(
+        self, *, agent_id: str, serial: str, envelope_public_key: bytes, not_after: float
+    ) -> None:
+        """Record a renewed certificate of an agent, with the envelope key it came with."""
+        self._add_certificate(agent_id, serial, envelope_public_key, not_after, time.time())
+
+    def revoke_agent(self, agent_id: str) -> bool:
+        """Revoke an agent: none of its certificates connects or renews again.
+
+        Returns:
+            False when there is no such agent.
+        """
+        cursor = self._db.execute(
+            "UPDATE agents SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?",
+            (time.time(), agent_id),
+        )
+        return cursor.rowcount > 0
+
+    def revoked_agents(self) -> set[str]:
+        """Return the ids of every revoked agent."""
+        rows = self._db.execute("SELECT id FROM agents WHERE revoked_at IS NOT NULL")
+        return {agent_id for (agent_id,) in rows}
+
+    def changed(self) -> bool:
+        """Whether another process (the CLI) wrote to the store since the last call."""
+        (version,) = self._db.execute("PRAGMA data_version").fetchone()
+        seen, self._seen_version = self._seen_version, version
+        return bool(version != seen)
+
+    def report_connections(self, statuses: list[ConnectionStatus]) -> None:
+        """Replace the live-stream snapshot the serving broker keeps for operators."""
+        now = time.time()
+        with self._transaction():
+            self._db.execute("DELETE FROM connections")
+            self._db.executemany(
+                "INSERT INTO connections (id, agent_id, version, serial, domains, connected_at,"
+                " last_seen, in_flight, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        s.connection_id,
+                        s.agent_id,
+                        s.version,
+                        s.serial,
+                        " ".join(s.domains),
+                        s.connected_at,
+                        s.last_seen,
+                        s.in_flight,
+                        now,
+                    )
+                    for s in statuses
+                ],
+            )
+
+    def agents(self, *, fresh_within: float) -> list[AgentRecord]:
+        """List every agent with its newest certificate and its live streams.
+
+        Args:
+            fresh_within: A stream snapshot older than this many seconds is stale (the broker
+                stopped without saying so) and is not shown as connected.
+        """
+        horizon = time.time() - fresh_within
+        streams: dict[str, list[ConnectionStatus]] = {}
+        for row in self._db.execute(
+            "SELECT id, agent_id, version, serial, domains, connected_at, last_seen, in_flight"
+            " FROM connections WHERE updated_at >= ? ORDER BY connected_at",
+            (horizon,),
+        ):
+            conn_id, agent_id, version, serial, domains, connected_at, last_seen, in_flight = row
+            streams.setdefault(agent_id, []).append(
+                ConnectionStatus(
+                    connection_id=conn_id,
+                    agent_id=agent_id,
+                    version=version,
+                    serial=serial,
+                    domains=domains.split(),
+                    connected_at=connected_at,
+                    last_seen=last_seen,
+                    in_flight=in_flight,
+                )
+            )
+        rows = self._db.execute(
+            "SELECT a.id, a.tenant, a.hostname, a.version, a.enrolled_at, a.revoked_at,"
+            " c.serial, c.not_after FROM agents a JOIN certificates c ON c.agent_id = a.id"
+            " WHERE c.issued_at = (SELECT MAX(issued_at) FROM certificates WHERE agent_id = a.id)"
+            " ORDER BY a.tenant, a.id"
+        )
+        return [
+            AgentRecord(
+                agent_id=row[0],
+                tenant=row[1],
+                hostname=row[2],
+                version=row[3],
+                enrolled_at=row[4],
+                revoked_at=row[5],
+                serial=row[6],
+                not_after=row[7],
+                connections=streams.get(row[0], []),
+            )
+            for row in rows
+        ]
 
     def _add_certificate(
         self, agent_id: str, serial: str, envelope_public_key: bytes, not_after: float, now: float

@@ -21,6 +21,22 @@ class EnrollRequest(_message.Message):
     version: str
     def __init__(self, token: _Optional[str] = ..., csr_pem: _Optional[str] = ..., envelope_public_key: _Optional[bytes] = ..., hostname: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
+class RenewRequest(_message.Message):
+    __slots__ = ("csr_pem", "envelope_public_key")
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    ENVELOPE_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    csr_pem: str
+    envelope_public_key: bytes
+    def __init__(self, csr_pem: _Optional[str] = ..., envelope_public_key: _Optional[bytes] = ...) -> None: ...
+
+class RenewResponse(_message.Message):
+    __slots__ = ("certificate_pem", "ca_chain_pem")
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    CA_CHAIN_PEM_FIELD_NUMBER: _ClassVar[int]
+    certificate_pem: str
+    ca_chain_pem: str
+    def __init__(self, certificate_pem: _Optional[str] = ..., ca_chain_pem: _Optional[str] = ...) -> None: ...
+
 class EnrollResponse(_message.Message):
     __slots__ = ("agent_id", "tenant", "certificate_pem", "ca_chain_pem", "domains", "agent_endpoint", "agent_port")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -40,14 +56,16 @@ class EnrollResponse(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., tenant: _Optional[str] = ..., certificate_pem: _Optional[str] = ..., ca_chain_pem: _Optional[str] = ..., domains: _Optional[_Iterable[str]] = ..., agent_endpoint: _Optional[str] = ..., agent_port: _Optional[int] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("hello", "results", "heartbeat")
+    __slots__ = ("hello", "results", "heartbeat", "draining")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     results: Results
     heartbeat: Heartbeat
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., results: _Optional[_Union[Results, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+    draining: Draining
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., results: _Optional[_Union[Results, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., draining: _Optional[_Union[Draining, _Mapping]] = ...) -> None: ...
 
 class BrokerMessage(_message.Message):
     __slots__ = ("welcome", "validations", "heartbeat", "drain")
@@ -132,6 +150,12 @@ class Heartbeat(_message.Message):
     def __init__(self, sent_unix_ms: _Optional[int] = ...) -> None: ...
 
 class Drain(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class Draining(_message.Message):
     __slots__ = ("reason",)
     REASON_FIELD_NUMBER: _ClassVar[int]
     reason: str

@@ -47,6 +47,11 @@ class AgentServiceStub:
                 request_serializer=pta_dot_v1_dot_agent__pb2.AgentMessage.SerializeToString,
                 response_deserializer=pta_dot_v1_dot_agent__pb2.BrokerMessage.FromString,
                 _registered_method=True)
+        self.Renew = channel.unary_unary(
+                '/pta.v1.AgentService/Renew',
+                request_serializer=pta_dot_v1_dot_agent__pb2.RenewRequest.SerializeToString,
+                response_deserializer=pta_dot_v1_dot_agent__pb2.RenewResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -71,6 +76,15 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Renew(self, request, context):
+        """Renew trades the caller's current, unexpired certificate (mTLS, agent endpoint only) for a
+        new one on a fresh key pair, with a fresh envelope key. The agent then opens a new Connect
+        stream with it and drains the old one: make-before-break, no sign-in lost.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -83,6 +97,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.Connect,
                     request_deserializer=pta_dot_v1_dot_agent__pb2.AgentMessage.FromString,
                     response_serializer=pta_dot_v1_dot_agent__pb2.BrokerMessage.SerializeToString,
+            ),
+            'Renew': grpc.unary_unary_rpc_method_handler(
+                    servicer.Renew,
+                    request_deserializer=pta_dot_v1_dot_agent__pb2.RenewRequest.FromString,
+                    response_serializer=pta_dot_v1_dot_agent__pb2.RenewResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -142,6 +161,33 @@ class AgentService:
             '/pta.v1.AgentService/Connect',
             pta_dot_v1_dot_agent__pb2.AgentMessage.SerializeToString,
             pta_dot_v1_dot_agent__pb2.BrokerMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Renew(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pta.v1.AgentService/Renew',
+            pta_dot_v1_dot_agent__pb2.RenewRequest.SerializeToString,
+            pta_dot_v1_dot_agent__pb2.RenewResponse.FromString,
             options,
             channel_credentials,
             insecure,
