@@ -15,8 +15,7 @@ from agent.config import AgentConfig, load_config
 from agent.directory import LdapDirectory
 from agent.enrol import enrol
 from agent.identity import AgentIdentity
-from agent.link import Link
-from agent.validation import Validator
+from agent.runner import Agent
 from pta import logging as pta_logging
 from pta.errors import PtaError
 
@@ -68,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _run(config: AgentConfig) -> int:
-    identity = AgentIdentity.load(config.state_dir)
+    identity = AgentIdentity.load(config.state_dir)  # Fails early when never enrolled.
     directories = [LdapDirectory(d) for d in config.directories]
 
     def directory_for(domain: str) -> LdapDirectory | None:
@@ -78,9 +77,9 @@ async def _run(config: AgentConfig) -> int:
     domains = tuple(sorted({d for c in config.directories for d in c.domains}))
     if any(not c.domains for c in config.directories):
         domains = ()  # One directory serves all: offer every domain the tenant verified.
-    link = Link(
-        identity,
-        Validator(identity, directory_for),
+    agent = Agent(
+        config.state_dir,
+        directory_for,
         domains=domains,
         max_in_flight=config.max_in_flight,
     )
@@ -96,7 +95,7 @@ async def _run(config: AgentConfig) -> int:
         loop.add_signal_handler(signum, on_signal, signum)
     log.info("agent.starting", agent_id=identity.agent_id, endpoint=identity.agent_endpoint)
     try:
-        await link.run()
+        await agent.run()
     except asyncio.CancelledError:
         return 0
     finally:

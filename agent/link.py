@@ -1,14 +1,17 @@
-"""The agent's one outbound stream to the broker, kept up for as long as the agent runs.
+"""The agent's outbound streams to the broker, each kept up for as long as it is wanted.
 
-Each session: dial the agent endpoint with the agent's certificate, say hello, then run a
-reader (validation requests in, each checked in its own task), a writer (results out, several
-per message when several are ready, heartbeats when idle) until the stream ends. Then wait a
-jittered, growing delay and dial again.
+A :class:`Link` is one identity's stream. Each session: dial the agent endpoint with that
+identity's certificate, say hello, then run a reader (validation requests in, each checked in
+its own task) and a writer (results out, several per message when several are ready,
+heartbeats when idle) until the stream ends; then wait a jittered, growing delay and dial
+again. A drained link (its identity was renewed, or the agent stops) tells the broker, answers
+what it was sent, and ends when the broker closes the stream.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from typing import TYPE_CHECKING
@@ -32,13 +35,15 @@ HEALTHY_SESSION = 10.0
 WELCOME_TIMEOUT = 10.0
 DEFAULT_HEARTBEAT = 5.0
 
+Outgoing = agent_pb2.ValidationResult | agent_pb2.AgentMessage
+
 
 class _StreamEnded(Exception):
     """The broker closed the stream: ends the session's task group."""
 
 
 class Link:
-    """Keeps the Connect stream up and feeds its requests to the validator."""
+    """Keeps one identity's Connect stream up and feeds its requests to its validator."""
 
     def __init__(
         self,
@@ -56,33 +61,53 @@ class Link:
             domains: The domains to offer in hello; empty means all of the tenant's.
             max_in_flight: How many requests the broker may send at once.
         """
-        self._identity = identity
+        self.identity = identity
         self._validator = validator
         self._domains = domains
         self._max_in_flight = max_in_flight
         self.connected = asyncio.Event()
+        self._draining = asyncio.Event()
+        self._outbox: asyncio.Queue[Outgoing] | None = None
+        self.serial = tls.serial_hex(tls.load_cert(identity.cert_pem))
+
+    def drain(self, reason: str) -> None:
+        """Ask for no new work on this link; it ends once the broker closes its stream."""
+        self._draining.set()
+        if self._outbox is not None and self.connected.is_set():
+            self._outbox.put_nowait(
+                agent_pb2.AgentMessage(draining=agent_pb2.Draining(reason=reason))
+            )
 
     async def run(self) -> None:
-        """Connect and reconnect until cancelled."""
+        """Connect and reconnect until drained or cancelled."""
         delay = BACKOFF_INITIAL
-        while True:
+        bound = log.bind(serial=self.serial)
+        while not self._draining.is_set():
             started = time.monotonic()
             try:
                 await self._session()
-                log.info("link.closed_by_broker")
+                bound.info("link.closed_by_broker")
             except grpc.aio.AioRpcError as error:
-                log.warning("link.failed", status=error.code().name, details=error.details() or "")
+                bound.warning(
+                    "link.failed", status=error.code().name, details=error.details() or ""
+                )
             finally:
                 self.connected.clear()
+                self._outbox = None
+            if self._draining.is_set():
+                break
             if time.monotonic() - started > HEALTHY_SESSION:
                 delay = BACKOFF_INITIAL
             pause = random.uniform(0, delay)  # noqa: S311 - jitter, not crypto
-            log.info("link.reconnecting", in_seconds=round(pause, 2))
-            await asyncio.sleep(pause)
+            bound.info("link.reconnecting", in_seconds=round(pause, 2))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(pause):
+                    await self._draining.wait()
             delay = min(delay * 2, BACKOFF_MAX)
+        bound.info("link.drained")
 
     async def _session(self) -> None:
-        identity = self._identity
+        identity = self.identity
         credentials = tls.channel_credentials(
             identity.ca_pem, identity.tls_key_pem, identity.cert_pem
         )
@@ -102,18 +127,26 @@ class Link:
             )
             async with asyncio.timeout(WELCOME_TIMEOUT):
                 first = await call.read()
-            if first is grpc.aio.EOF or first.WhichOneof("kind") != "welcome":
+            if not isinstance(first, agent_pb2.BrokerMessage) or not first.HasField("welcome"):
                 await call.done_writing()
                 return
             welcome = first.welcome
             heartbeat = welcome.heartbeat_interval_ms / 1000 or DEFAULT_HEARTBEAT
-            log.info("link.connected", tenant=welcome.tenant, domains=list(welcome.domains))
+            log.info(
+                "link.connected",
+                tenant=welcome.tenant,
+                domains=list(welcome.domains),
+                serial=self.serial,
+            )
+            outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
+            self._outbox = outbox
             self.connected.set()
-            results: asyncio.Queue[agent_pb2.ValidationResult] = asyncio.Queue()
+            if self._draining.is_set():  # Drained while dialling: say so at once.
+                self.drain("stopping")
             try:
                 async with asyncio.TaskGroup() as group:
-                    group.create_task(self._read(call, group, results))
-                    group.create_task(self._write(call, results, heartbeat))
+                    group.create_task(self._read(call, group, outbox))
+                    group.create_task(self._write(call, outbox, heartbeat))
             except* _StreamEnded:
                 pass
             finally:
@@ -123,7 +156,7 @@ class Link:
         self,
         call: grpc.aio.StreamStreamCall[agent_pb2.AgentMessage, agent_pb2.BrokerMessage],
         group: asyncio.TaskGroup,
-        results: asyncio.Queue[agent_pb2.ValidationResult],
+        outbox: asyncio.Queue[Outgoing],
     ) -> None:
         while True:
             message = await call.read()
@@ -132,32 +165,40 @@ class Link:
             kind = message.WhichOneof("kind")
             if kind == "validations":
                 for request in message.validations.requests:
-                    group.create_task(self._answer(request, results))
+                    group.create_task(self._answer(request, outbox))
             elif kind == "drain":
                 log.info("link.drain_requested", reason=message.drain.reason)
 
     async def _answer(
-        self,
-        request: agent_pb2.ValidationRequest,
-        results: asyncio.Queue[agent_pb2.ValidationResult],
+        self, request: agent_pb2.ValidationRequest, outbox: asyncio.Queue[Outgoing]
     ) -> None:
-        results.put_nowait(await self._validator.validate(request))
+        outbox.put_nowait(await self._validator.validate(request))
 
     async def _write(
         self,
         call: grpc.aio.StreamStreamCall[agent_pb2.AgentMessage, agent_pb2.BrokerMessage],
-        results: asyncio.Queue[agent_pb2.ValidationResult],
+        outbox: asyncio.Queue[Outgoing],
         heartbeat: float,
     ) -> None:
         while True:
             try:
                 async with asyncio.timeout(heartbeat):
-                    first = await results.get()
+                    first = await outbox.get()
             except TimeoutError:
                 beat = agent_pb2.Heartbeat(sent_unix_ms=int(time.time() * 1000))
                 await call.write(agent_pb2.AgentMessage(heartbeat=beat))
                 continue
+            if isinstance(first, agent_pb2.AgentMessage):
+                await call.write(first)
+                continue
             batch = [first]
-            while not results.empty():
-                batch.append(results.get_nowait())
+            controls: list[agent_pb2.AgentMessage] = []
+            while not outbox.empty():
+                item = outbox.get_nowait()
+                if isinstance(item, agent_pb2.AgentMessage):
+                    controls.append(item)
+                else:
+                    batch.append(item)
             await call.write(agent_pb2.AgentMessage(results=agent_pb2.Results(results=batch)))
+            for control in controls:
+                await call.write(control)

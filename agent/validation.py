@@ -31,6 +31,30 @@ CLOCK_SKEW_MS = 30_000
 MAX_REQUEST_ID_CHARS = 64
 
 
+class ReplayGuard:
+    """Request ids already acted on, kept until they could no longer be replayed.
+
+    Shared by every identity of one agent, so that an envelope cannot be replayed across a
+    certificate rotation either.
+    """
+
+    def __init__(self) -> None:
+        """Start with no id seen."""
+        #: request id -> deadline (Unix ms).
+        self._seen: dict[str, int] = {}
+
+    def __contains__(self, request_id: object) -> bool:
+        """Whether ``request_id`` was acted on before."""
+        return request_id in self._seen
+
+    def remember(self, request_id: str, deadline_ms: int, now_ms: int) -> None:
+        """Record an id; forget, now and then, the ids whose deadline is long past."""
+        self._seen[request_id] = deadline_ms
+        if len(self._seen) % 1024 == 0:
+            horizon = now_ms - CLOCK_SKEW_MS
+            self._seen = {rid: d for rid, d in self._seen.items() if d >= horizon}
+
+
 class Validator:
     """Opens envelopes for one agent identity and asks the right directory."""
 
@@ -38,14 +62,15 @@ class Validator:
         self,
         identity: AgentIdentity,
         directory_for: Callable[[str], LdapDirectory | None],
+        *,
+        replay: ReplayGuard | None = None,
         clock_ms: Callable[[], int] | None = None,
     ) -> None:
         """Bind the validator to an identity and a domain -> directory lookup."""
         self._identity = identity
         self._directory_for = directory_for
         self._clock_ms = clock_ms or (lambda: int(time.time() * 1000))
-        #: request id -> deadline: ids seen, kept until they could no longer be replayed.
-        self._seen: dict[str, int] = {}
+        self._seen = replay if replay is not None else ReplayGuard()
 
     async def validate(self, request: agent_pb2.ValidationRequest) -> agent_pb2.ValidationResult:
         """Answer one request; never raises for anything the request contains."""
@@ -110,7 +135,7 @@ class Validator:
             deadline_unix_ms=request.deadline_unix_ms,
         )
         plaintext = sealing.open_envelope(request.envelope, self._identity.envelope_key, context)
-        self._remember(request.request_id, request.deadline_unix_ms, now)
+        self._seen.remember(request.request_id, request.deadline_unix_ms, now)
         try:
             credentials = agent_pb2.Credentials.FromString(plaintext)
             upn = parse_upn(credentials.username)
@@ -119,9 +144,3 @@ class Validator:
         if upn.domain != request.domain:
             raise EnvelopeRejected("envelope user is not of the request's domain")
         return credentials
-
-    def _remember(self, request_id: str, deadline_ms: int, now: int) -> None:
-        self._seen[request_id] = deadline_ms
-        if len(self._seen) % 1024 == 0:  # Amortised purge of ids that can no longer replay.
-            horizon = now - CLOCK_SKEW_MS
-            self._seen = {rid: d for rid, d in self._seen.items() if d >= horizon}

@@ -32,20 +32,12 @@ DEFAULT_SERVER_LIFETIME = datetime.timedelta(days=90)
 #: Clocks differ a little: certificates start being valid slightly in the past (by at most a
 #: tenth of their life, so that short test lifetimes stay meaningful).
 BACKDATE = datetime.timedelta(minutes=5)
-#: A certificate is renewed once this share of its validity has passed.
-RENEW_AT = 2 / 3
 MAX_CSR_BYTES = 8192
 DEFAULT_SANS = ("localhost", "127.0.0.1")
 
 
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
-
-
-def renewal_due(cert: x509.Certificate) -> datetime.datetime:
-    """Return when a certificate should be replaced: two thirds into its validity."""
-    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
-    return start + (end - start) * RENEW_AT
 
 
 def _san(names: tuple[str, ...]) -> x509.SubjectAlternativeName:
@@ -165,7 +157,7 @@ class CertificateAuthority:
             if (
                 _san(names)
                 == cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-                and _now() < renewal_due(cert)
+                and _now() < tls.renewal_due(cert)
                 and cert.issuer == self.cert.subject
             ):
                 key_pem = key_path.read_bytes()

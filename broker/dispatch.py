@@ -175,7 +175,8 @@ class Dispatcher:
             NoAgentAvailable: When the job is sealed to no live connection.
             Overloaded: When the tenant's queue is full.
         """
-        if not any(cid in self._connections for cid in job.envelopes):
+        tenant_conns = self._by_tenant.get(job.tenant, {})
+        if not any(cid in tenant_conns for cid in job.envelopes):
             raise NoAgentAvailable(f"no agent is connected for {job.domain}")
         queue = self._queues.setdefault(job.tenant, deque())
         if len(queue) >= self._queue_limit:
@@ -235,7 +236,8 @@ class Dispatcher:
                 continue
             if job.deadline <= now:
                 continue  # Its caller answers DEADLINE_EXCEEDED; an agent never sees it.
-            # Least loaded first; a draining connection only when no other can open the job.
+            # Least loaded first; a draining connection only when every other connection that
+            # can open the job is full.
             best: Connection | None = None
             for cid in job.envelopes:
                 conn = conns.get(cid)

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 import grpc
 import structlog
 
-from broker.ca import renewal_due
 from pta import tls
 
 if TYPE_CHECKING:
@@ -61,7 +60,7 @@ class ServerCertificates:
 
     def _current(self) -> tuple[int, ServerIdentity]:
         with self._lock:
-            if datetime.datetime.now(datetime.UTC) >= renewal_due(self.identity.certificate):
+            if datetime.datetime.now(datetime.UTC) >= tls.renewal_due(self.identity.certificate):
                 old = tls.serial_hex(self.identity.certificate)
                 self.identity = self._ca.server_identity(
                     self._data_dir, self._sans, self._lifetime, force=True

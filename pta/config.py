@@ -30,6 +30,7 @@ def parse_endpoint(text: str) -> tuple[str, int]:
         ValueError: When there is no valid port.
     """
     host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:  # noqa: PLR2004
         raise ValueError(f"not a host:port endpoint: {text!r}")
-    return host.strip("[]"), int(port)
+    return host, int(port)

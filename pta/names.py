@@ -38,7 +38,8 @@ def normalize_domain(domain: str) -> str:
         InvalidRequest: When it is not a DNS-style name.
     """
     lowered = domain.strip().lower().rstrip(".")
-    if not _DOMAIN.match(lowered):
+    # ASCII only (IDNs arrive as punycode): lower() would map e.g. the Kelvin sign to "k".
+    if not domain.isascii() or not _DOMAIN.match(lowered):
         raise InvalidRequest(f"not a valid domain name: {lowered[:64]!r}")
     return lowered
 

@@ -22,6 +22,8 @@ INFO_LABEL = b"pta.v1 credential envelope"
 PUBLIC_KEY_BYTES = 32
 #: An envelope holds at most a username and two passwords: anything larger is hostile.
 MAX_ENVELOPE_BYTES = 4096
+#: No name an envelope is bound to comes near this (domains stop at 253 characters).
+MAX_FIELD_BYTES = 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -35,10 +37,16 @@ class EnvelopeContext:
     deadline_unix_ms: int
 
     def info(self) -> bytes:
-        """Encode the binding unambiguously: each field is length-prefixed."""
+        """Encode the binding unambiguously: each field is length-prefixed.
+
+        Raises:
+            EnvelopeRejected: When a field is too long to be part of any real envelope.
+        """
         parts = [INFO_LABEL]
         for text in (self.tenant, self.agent_id, self.request_id, self.domain):
             raw = text.encode()
+            if len(raw) > MAX_FIELD_BYTES:
+                raise EnvelopeRejected("envelope context field too long")
             parts.append(struct.pack(">H", len(raw)) + raw)
         parts.append(struct.pack(">q", self.deadline_unix_ms))
         return b"".join(parts)

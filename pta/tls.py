@@ -18,15 +18,27 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 if TYPE_CHECKING:
+    import datetime
     from collections.abc import Iterable, Mapping
     from pathlib import Path
 
     from cryptography.x509.oid import ObjectIdentifier
 
+#: A certificate is renewed once this share of its validity has passed.
+RENEW_AT = 2 / 3
 PRIVATE_MODE = 0o600
 PUBLIC_MODE = 0o644
 #: The URI SAN of an agent certificate: both names are checked on every Connect.
 AGENT_URI_PREFIX = "spiffe://pta/tenant/"
+
+
+def renewal_due(cert: x509.Certificate) -> datetime.datetime:
+    """Return when a certificate should be replaced: two thirds into its validity.
+
+    Early enough that a failed renewal has a third of the lifetime left to be retried in.
+    """
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    return start + (end - start) * RENEW_AT
 
 
 def new_private_key() -> ec.EllipticCurvePrivateKey:

@@ -1,0 +1,124 @@
+"""The running agent: its current link, and the renewal that replaces it before it expires.
+
+Make-before-break: the renewed identity's link is connected first; only then is the old link
+drained, and it still answers everything sealed to its key before its stream ends. Nothing in
+flight is lost to a rotation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import random
+from typing import TYPE_CHECKING
+
+import grpc
+import structlog
+
+from agent import renewal
+from agent.identity import AgentIdentity
+from agent.link import Link
+from agent.validation import ReplayGuard, Validator
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    from agent.directory import LdapDirectory
+
+log = structlog.get_logger()
+RETRY_INITIAL = 1.0
+RETRY_MAX = 60.0
+#: How often an agent whose certificate expired looks for a new enrolment in its state dir.
+EXPIRED_RECHECK = 60.0
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+class Agent:
+    """Runs links for the agent's identity, renewing it for as long as the agent runs."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        directory_for: Callable[[str], LdapDirectory | None],
+        *,
+        domains: tuple[str, ...],
+        max_in_flight: int,
+    ) -> None:
+        """Prepare; nothing happens until :meth:`run`."""
+        self._state_dir = state_dir
+        self._directory_for = directory_for
+        self._domains = domains
+        self._max_in_flight = max_in_flight
+        self._replay = ReplayGuard()
+        self.link: Link | None = None
+
+    def _link(self, identity: AgentIdentity) -> Link:
+        validator = Validator(identity, self._directory_for, replay=self._replay)
+        return Link(identity, validator, domains=self._domains, max_in_flight=self._max_in_flight)
+
+    async def run(self) -> None:
+        """Serve until cancelled."""
+        async with asyncio.TaskGroup() as group:
+            while True:
+                identity = await self._usable_identity()
+                link = self.link = self._link(identity)
+                group.create_task(link.run())
+                while True:
+                    renewed = await self._renewed(identity)
+                    if renewed is None:  # Expired: wait for the operator to enrol again.
+                        link.drain("certificate expired")
+                        break
+                    renewed.save(self._state_dir)
+                    successor = self._link(renewed)
+                    group.create_task(successor.run())
+                    await successor.connected.wait()
+                    link.drain("certificate renewed")
+                    log.info("agent.rotated", old_serial=link.serial, serial=successor.serial)
+                    link, identity = successor, renewed
+                    self.link = link
+
+    async def _usable_identity(self) -> AgentIdentity:
+        """Load the identity; while its certificate has expired, say what to do and wait."""
+        while True:
+            identity = AgentIdentity.load(self._state_dir)
+            expiry = renewal.expires_at(identity)
+            if expiry > _now():
+                return identity
+            log.error(
+                "agent.certificate_expired",
+                expired_at=expiry.isoformat(),
+                action=(
+                    "enrol again: pta-broker token create --tenant "
+                    f"{identity.tenant}, then pta-agent enroll --broker {identity.broker} "
+                    f"--token TOKEN --state-dir {self._state_dir}"
+                ),
+                recheck_in_seconds=EXPIRED_RECHECK,
+            )
+            await asyncio.sleep(EXPIRED_RECHECK)
+
+    async def _renewed(self, identity: AgentIdentity) -> AgentIdentity | None:
+        """Renew when due, retrying with backoff; None once the certificate has expired."""
+        await asyncio.sleep(max(0.0, (renewal.renew_at(identity) - _now()).total_seconds()))
+        delay = RETRY_INITIAL
+        while True:
+            try:
+                return await renewal.renew(identity)
+            except grpc.aio.AioRpcError as error:
+                left = renewal.life_left(identity, _now())
+                report = log.warning if left < renewal.WARN_BELOW else log.info
+                report(
+                    "agent.renewal_failed",
+                    status=error.code().name,
+                    details=error.details() or "",
+                    life_left=round(left, 3),
+                    expires_at=renewal.expires_at(identity).isoformat(),
+                )
+            remaining = (renewal.expires_at(identity) - _now()).total_seconds()
+            if remaining <= 0:
+                return None
+            await asyncio.sleep(min(random.uniform(delay / 2, delay), remaining))  # noqa: S311
+            delay = min(delay * 2, RETRY_MAX)
