@@ -53,6 +53,13 @@ class _StreamEnded(Exception):
     """The agent closed its side, or went silent: ends the stream's task group."""
 
 
+def _check_envelope_key(raw: bytes) -> None:
+    try:
+        sealing.load_public_key(raw)
+    except ValueError as error:
+        raise InvalidRequest(str(error)) from None
+
+
 def _reason(conn: Connection) -> str:
     if conn.end_error is not None:
         return conn.end_error.message
@@ -94,10 +101,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 raise Unauthenticated("this enrolment token was issued by another broker")
             if len(request.hostname) > MAX_TEXT or len(request.version) > MAX_TEXT:
                 raise InvalidRequest("hostname or version too long")
-            try:
-                sealing.load_public_key(request.envelope_public_key)
-            except ValueError as error:
-                raise InvalidRequest(str(error)) from None
+            _check_envelope_key(request.envelope_public_key)
             agent_id = "agt-" + secrets.token_hex(8)
             # Check the CSR before spending the token; sign it for real only once it is spent.
             self._ca.sign_agent(
@@ -177,10 +181,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         """Issue a new certificate, on a new key, to the agent the caller's certificate names."""
         async with rpc_errors(context):
             record = self._authenticate(context.auth_context())
-            try:
-                sealing.load_public_key(request.envelope_public_key)
-            except ValueError as error:
-                raise InvalidRequest(str(error)) from None
+            _check_envelope_key(request.envelope_public_key)
             cert = self._ca.sign_agent(
                 request.csr_pem,
                 tenant=record.tenant,

@@ -156,13 +156,9 @@ class AgentProcess:
     process: subprocess.Popen[bytes]
     agent_id: str
 
-    @classmethod
-    def start(
-        cls, broker: BrokerProcess, slapd: Slapd, tenant: str, name: str, *extra: str
-    ) -> AgentProcess:
-        """Enrol a new agent for ``tenant`` and run it until the broker sees it connected."""
-        state_dir = broker.data_dir.parent / name
-        log_path = broker.data_dir.parent / f"{name}.log"
+    @staticmethod
+    def enrol(broker: BrokerProcess, tenant: str, state_dir: Path) -> None:
+        """Enrol a new agent of ``tenant`` into ``state_dir`` with a fresh token."""
         enrolled = subprocess.run(
             [
                 str(BIN / "pta-agent"),
@@ -180,8 +176,13 @@ class AgentProcess:
             timeout=30,
         )
         assert enrolled.returncode == 0, enrolled.stderr
-        agent_id = json.loads((state_dir / "agent.json").read_text())["agent_id"]
-        process = subprocess.Popen(
+
+    @staticmethod
+    def launch(
+        state_dir: Path, slapd: Slapd, log_path: Path, *extra: str
+    ) -> subprocess.Popen[bytes]:
+        """Run ``pta-agent run`` for an enrolled state directory, logging to ``log_path``."""
+        return subprocess.Popen(
             [
                 str(BIN / "pta-agent"),
                 "run",
@@ -197,6 +198,17 @@ class AgentProcess:
             stderr=log_path.open("ab"),
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
+
+    @classmethod
+    def start(
+        cls, broker: BrokerProcess, slapd: Slapd, tenant: str, name: str, *extra: str
+    ) -> AgentProcess:
+        """Enrol a new agent for ``tenant`` and run it until the broker sees it connected."""
+        state_dir = broker.data_dir.parent / name
+        log_path = broker.data_dir.parent / f"{name}.log"
+        cls.enrol(broker, tenant, state_dir)
+        agent_id = json.loads((state_dir / "agent.json").read_text())["agent_id"]
+        process = cls.launch(state_dir, slapd, log_path, *extra)
         agent = cls(state_dir=state_dir, log_path=log_path, process=process, agent_id=agent_id)
         wait_for(
             lambda: (
@@ -208,6 +220,19 @@ class AgentProcess:
         assert process.poll() is None, log_path.read_text()[-3000:]
         return agent
 
+    def credentials(self) -> grpc.ChannelCredentials:
+        """This agent's own mutual-TLS credentials, as it dials the agent endpoint."""
+        return agent_credentials(self.state_dir)
+
     def stop(self) -> None:
         """Stop the agent (SIGTERM, then SIGKILL)."""
         _stop(self.process)
+
+
+def agent_credentials(state_dir: Path) -> grpc.ChannelCredentials:
+    """Mutual-TLS channel credentials made of an agent state directory's files."""
+    return grpc.ssl_channel_credentials(
+        (state_dir / "ca.pem").read_bytes(),
+        (state_dir / "tls.key").read_bytes(),
+        (state_dir / "tls.pem").read_bytes(),
+    )

@@ -176,13 +176,7 @@ class TestConnect:
         self, broker: BrokerProcess, agent: AgentProcess
     ) -> None:
         """An agent's certificate cannot open a stream in another agent's name."""
-        identity = agent.state_dir
-        creds = tls.channel_credentials(
-            (identity / "ca.pem").read_bytes(),
-            (identity / "tls.key").read_bytes(),
-            (identity / "tls.pem").read_bytes(),
-        )
-        with grpc.secure_channel(broker.agent, creds) as channel:
+        with grpc.secure_channel(broker.agent, agent.credentials()) as channel:
             call = agent_pb2_grpc.AgentServiceStub(channel).Connect(
                 iter([agent_pb2.AgentMessage(hello=agent_pb2.Hello(agent_id="agt-someone-else"))]),
                 timeout=10,

@@ -67,12 +67,7 @@ class TestAgentEndpoint:
         self, broker: BrokerProcess, agent: AgentProcess
     ) -> None:
         """An enrolled agent's certificate passes the agent endpoint's TLS."""
-        creds = grpc.ssl_channel_credentials(
-            (agent.state_dir / "ca.pem").read_bytes(),
-            (agent.state_dir / "tls.key").read_bytes(),
-            (agent.state_dir / "tls.pem").read_bytes(),
-        )
-        with grpc.secure_channel(broker.agent, creds) as channel:
+        with grpc.secure_channel(broker.agent, agent.credentials()) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service="pta.v1.AgentService"), timeout=10
             )

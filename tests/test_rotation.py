@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import subprocess
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -15,7 +14,7 @@ import pytest
 from pta import tls
 from pta.v1 import agent_pb2, agent_pb2_grpc, outcome_pb2, signin_pb2, signin_pb2_grpc
 from tests.conftest import USERS
-from tests.support import BIN, AgentProcess, BrokerProcess, wait_for
+from tests.support import AgentProcess, BrokerProcess, agent_credentials, wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -130,31 +129,10 @@ class TestExpiry:
     ) -> None:
         """The agent logs the re-enrol command once, and does not dial the broker."""
         state = run_dir / "agent-expired"
-        enrolled = subprocess.run(
-            [
-                str(BIN / "pta-agent"),
-                "enroll",
-                "--broker",
-                rotating.public,
-                "--token",
-                rotating.token("rot"),
-                "--state-dir",
-                str(state),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-        )
-        assert enrolled.returncode == 0
+        AgentProcess.enrol(rotating, "rot", state)
         time.sleep(3.6)  # Past the 3 s lifetime (plus its 0.3 s backdating).
 
-        creds = tls.channel_credentials(
-            (state / "ca.pem").read_bytes(),
-            (state / "tls.key").read_bytes(),
-            (state / "tls.pem").read_bytes(),
-        )
-        with grpc.secure_channel(rotating.agent, creds) as channel:
+        with grpc.secure_channel(rotating.agent, agent_credentials(state)) as channel:
             request = agent_pb2.RenewRequest()
             with pytest.raises(grpc.RpcError) as caught:
                 agent_pb2_grpc.AgentServiceStub(channel).Renew(request, timeout=5)
@@ -162,20 +140,7 @@ class TestExpiry:
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
         log_path = run_dir / "agent-expired.log"
-        process = subprocess.Popen(
-            [
-                str(BIN / "pta-agent"),
-                "run",
-                "--state-dir",
-                str(state),
-                "--ldap-url",
-                slapd.url,
-                "--base-dn",
-                slapd.base_dn,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=log_path.open("ab"),
-        )
+        process = AgentProcess.launch(state, slapd, log_path)
         try:
             wait_for(lambda: "agent.certificate_expired" in log_path.read_text())
             time.sleep(2)
@@ -222,14 +187,8 @@ class TestRevocation:
             broker.sign_in("alice@rev.example", USERS["alice"], timeout=5)
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
-        state = revocable.state_dir
-        creds = tls.channel_credentials(
-            (state / "ca.pem").read_bytes(),
-            (state / "tls.key").read_bytes(),
-            (state / "tls.pem").read_bytes(),
-        )
         with (
-            grpc.secure_channel(broker.agent, creds) as channel,
+            grpc.secure_channel(broker.agent, revocable.credentials()) as channel,
             pytest.raises(grpc.RpcError) as renewal,
         ):
             agent_pb2_grpc.AgentServiceStub(channel).Renew(agent_pb2.RenewRequest(), timeout=5)
