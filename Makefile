@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint proto deps system-deps clean
+.PHONY: demo test bench lint proto deps system-deps clean
 
 $(STAMP): pyproject.toml | system-deps
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: deps system-deps
 ## test: the whole suite, against a real slapd over real gRPC and mTLS
 test: deps system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## bench: end-to-end sign-ins against a direct LDAP bind, same run (not a test)
+bench: deps system-deps
+	$(BIN)/pta-bench $(BENCH_ARGS)
 
 ## lint: ruff (lint and format) and mypy --strict
 lint: deps

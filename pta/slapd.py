@@ -36,7 +36,7 @@ from ldap3.core.exceptions import LDAPException
 from ldap3.utils.dn import escape_rdn, parse_dn
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
 __all__ = ["DirectoryUser", "Slapd", "find_slapd", "free_port", "ssha"]
 
@@ -179,7 +179,7 @@ class Slapd:
 
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - keyword-only knobs, each with a default
         self,
         *,
         users: Sequence[DirectoryUser],
@@ -187,6 +187,7 @@ class Slapd:
         admin_password: str | None = None,
         workdir: Path | None = None,
         slapd_binary: Path | None = None,
+        policy: Mapping[str, str] | None = None,
     ) -> None:
         """Describe the directory; nothing runs until :meth:`start`.
 
@@ -196,6 +197,8 @@ class Slapd:
             admin_password: rootdn password; random (``secrets``) if omitted.
             workdir: Parent of the private temp dir (default: system temp dir).
             slapd_binary: slapd to run (default: :func:`find_slapd`).
+            policy: Attributes that replace the default password policy's (the benchmark
+                turns lockout off: its wrong passwords would lock its users).
 
         Raises:
             ValueError: duplicate uids or an unsupported ``base_dn``.
@@ -218,6 +221,7 @@ class Slapd:
         self.admin_dn = f"cn=admin,{base_dn}"
         self.policy_dn = f"cn=default,ou=policies,{base_dn}"
         self.admin_password = admin_password or secrets.token_urlsafe(24)
+        self._policy: _Attrs = {**_POLICY, **(policy or {})}
         self.url, self.port = "", 0
         self.directory: Path | None = None
         self._workdir, self._binary = workdir, slapd_binary
@@ -226,6 +230,11 @@ class Slapd:
     def __repr__(self) -> str:
         """Show where the server is, never the admin password."""
         return f"Slapd(base_dn={self.base_dn!r}, url={self.url!r})"
+
+    @property
+    def pid(self) -> int | None:
+        """The slapd process id while started (the benchmark reads its CPU counters)."""
+        return self._proc.pid if self._proc is not None else None
 
     def user_dn(self, uid: str) -> str:
         """Return the DN of a user, with the uid escaped as an RDN value."""
@@ -237,7 +246,7 @@ class Slapd:
             _entry(self.base_dn, self._top),
             _entry(self.people_dn, {"objectClass": ou, "ou": "people"}),
             _entry(f"ou=policies,{self.base_dn}", {"objectClass": ou, "ou": "policies"}),
-            _entry(self.policy_dn, _POLICY),
+            _entry(self.policy_dn, self._policy),
         ]
         parts += [
             _entry(

@@ -1,0 +1,342 @@
+"""``pta-bench`` (``make bench``): end-to-end sign-ins against a direct LDAP bind, in one run.
+
+It starts a throwaway slapd with N users, a broker and one or more agents (the real programs, as
+processes), then measures, on the same machine in the same run:
+
+1. the baseline: direct ldap3 binds against that slapd from one process;
+2. sign-ins through client -> broker -> agent -> slapd (mTLS, HPKE) at each concurrency, with
+   one in five passwords wrong and every answer checked (a wrong answer fails the run);
+3. the CPU each process spent per sign-in (its own counters over the measured window).
+
+Ratios, not absolute numbers, are what carry from one machine to another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pta import logging as pta_logging
+from pta.loadgen import Case, LoadSpec, Sample, cases, direct_binds, end_to_end
+from pta.slapd import DirectoryUser, Slapd
+
+BIN = Path(sys.executable).parent
+DOMAIN = "bench.example"
+TICKS = os.sysconf("SC_CLK_TCK")
+#: Wrong passwords would lock the benchmark's users: its directory has no lockout.
+NO_LOCKOUT = {"pwdLockout": "FALSE", "pwdMaxFailure": "0"}
+SETTLE = 1.5  # seconds between starting a phase and its measured window
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseResult:
+    """One measured phase."""
+
+    name: str
+    concurrency: int
+    count: int
+    wrong: int
+    errors: int
+    seconds: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    #: Process name -> CPU milliseconds per sign-in over the window.
+    cpu_ms_per_op: dict[str, float]
+
+    @property
+    def rate(self) -> float:
+        """Operations per second over the measured window."""
+        return self.count / self.seconds
+
+    def as_dict(self) -> dict[str, Any]:
+        """The phase as the JSON report has it."""
+        return {
+            "name": self.name,
+            "concurrency": self.concurrency,
+            "count": self.count,
+            "wrong": self.wrong,
+            "errors": self.errors,
+            "seconds": self.seconds,
+            "per_second": round(self.rate, 1),
+            "p50_ms": round(self.p50_ms, 3),
+            "p95_ms": round(self.p95_ms, 3),
+            "p99_ms": round(self.p99_ms, 3),
+            "cpu_ms_per_op": {k: round(v, 3) for k, v in self.cpu_ms_per_op.items()},
+        }
+
+
+def _percentile(values: list[float], share: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+
+
+def progress(text: str) -> None:
+    """Show the run is alive: one line a phase (stderr, so stdout keeps only the report)."""
+    sys.stderr.write(f"[pta-bench] {text}\n")
+    sys.stderr.flush()
+
+
+class Cluster:
+    """The broker and agents, started as an operator would, stopped whatever happens."""
+
+    def __init__(self, workdir: Path, slapd: Slapd, agents: int) -> None:
+        """Start the broker, a tenant and ``agents`` enrolled, connected agents."""
+        self.workdir = workdir
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        data = workdir / "broker"
+        self._spawn(
+            "broker",
+            "pta-broker",
+            "serve",
+            "--data-dir",
+            str(data),
+            "--listen",
+            "127.0.0.1:0",
+            "--agent-listen",
+            "127.0.0.1:0",
+        )
+        endpoints = data / "endpoints.json"
+        _wait(endpoints.exists, "the broker")
+        info = json.loads(endpoints.read_text())
+        self.public, self.ca = info["public"], Path(info["ca_file"]).read_bytes()
+        self._run(
+            "pta-broker", "tenant", "add", "bench", "--domain", DOMAIN, "--data-dir", str(data)
+        )
+        for n in range(agents):
+            token = self._run(
+                "pta-broker", "token", "create", "--tenant", "bench", "--data-dir", str(data)
+            )
+            state = workdir / f"agent-{n}"
+            self._run(
+                "pta-agent",
+                "enroll",
+                "--broker",
+                self.public,
+                "--token",
+                token,
+                "--state-dir",
+                str(state),
+            )
+            self._spawn(
+                f"agent-{n}",
+                "pta-agent",
+                "run",
+                "--state-dir",
+                str(state),
+                "--ldap-url",
+                slapd.url,
+                "--base-dn",
+                slapd.base_dn,
+            )
+        log = workdir / "broker.log"
+        _wait(lambda: log.read_text().count("agent.connected") >= agents, "the agents")
+
+    def _spawn(self, name: str, program: str, *args: str) -> None:
+        log = (self.workdir / f"{name}.log").open("ab")
+        self.processes[name] = subprocess.Popen(  # noqa: S603 - our own programs
+            [str(BIN / program), *args], stdout=subprocess.DEVNULL, stderr=log
+        )
+
+    def _run(self, program: str, *args: str) -> str:
+        done = subprocess.run(  # noqa: S603 - our own programs
+            [str(BIN / program), *args], capture_output=True, text=True, check=True, timeout=60
+        )
+        return done.stdout.strip()
+
+    def stop(self) -> None:
+        """Stop every process, agents first."""
+        for process in reversed(self.processes.values()):
+            process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _wait(predicate: Any, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _measure(
+    name: str,
+    concurrency: int,
+    pids: dict[str, int],
+    run: Any,
+    duration: float,
+) -> PhaseResult:
+    """Run one phase: ``run(start_at, until)`` returns samples; other processes' CPU is read."""
+    start_at = time.time() + SETTLE
+    until = start_at + duration
+    progress(f"{name}: {concurrency} in flight, {duration:.0f} s ...")
+    pending = run(start_at, until)
+    time.sleep(max(0.0, start_at - time.time()))
+    before = {n: _cpu_seconds(p) for n, p in pids.items()}
+    time.sleep(max(0.0, until - time.time()))
+    after = {n: _cpu_seconds(p) for n, p in pids.items()}
+    samples: list[Sample] = pending()
+    latencies = [x for s in samples for x in s.latencies_ms]
+    count = len(latencies)
+    cpu = {n: after[n] - before[n] for n in pids}
+    cpu["load generator"] = sum(s.cpu_seconds for s in samples)
+    result = PhaseResult(
+        name=name,
+        concurrency=concurrency,
+        count=count,
+        wrong=sum(s.wrong for s in samples),
+        errors=sum(s.errors for s in samples),
+        seconds=duration,
+        p50_ms=statistics.median(latencies) if latencies else 0.0,
+        p95_ms=_percentile(latencies, 0.95),
+        p99_ms=_percentile(latencies, 0.99),
+        cpu_ms_per_op={n: 1000 * v / max(count, 1) for n, v in cpu.items()},
+    )
+    progress(f"{name}: {result.rate:.0f}/s, p50 {result.p50_ms:.2f} ms")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; exit 1 when any answer was wrong."""
+    parser = argparse.ArgumentParser(prog="pta-bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per phase")
+    parser.add_argument("--agents", type=int, default=1, help="agents of the tenant")
+    parser.add_argument("--concurrency", default="1,16,64", help="comma-separated")
+    parser.add_argument("--users", type=int, default=200, help="users in the directory")
+    parser.add_argument(
+        "--load-processes", type=int, default=2, help="processes generating load (at most)"
+    )
+    parser.add_argument("--json", type=Path, help="write the whole result here")
+    args = parser.parse_args(argv)
+    levels = [int(c) for c in args.concurrency.split(",")]
+    pta_logging.configure(level="warning")
+
+    uids = [f"u{n:05d}" for n in range(args.users)]
+    password_of = {uid: f"pw-{uid}-Bench!" for uid in uids}
+    mix: list[Case] = cases(uids, password_of)
+    users = [DirectoryUser(uid=uid, password=password_of[uid]) for uid in uids]
+    workdir = Path(tempfile.mkdtemp(prefix="pta-bench-"))
+    results: list[PhaseResult] = []
+    context = multiprocessing.get_context("spawn")
+    try:
+        with (
+            Slapd(users=users, policy=NO_LOCKOUT) as slapd,
+            ProcessPoolExecutor(args.load_processes, mp_context=context) as pool,
+        ):
+            assert slapd.pid is not None
+            progress(f"slapd with {args.users} users at {slapd.url}; starting broker and agents")
+            dn_of = {uid: slapd.user_dn(uid) for uid in uids}
+            results.append(
+                _measure(
+                    "direct ldap3 bind",
+                    1,
+                    {"slapd": slapd.pid},
+                    lambda start, until: _later(
+                        pool.submit(direct_binds, slapd.url, dn_of, mix, until), start
+                    ),
+                    args.duration,
+                )
+            )
+            cluster = Cluster(workdir, slapd, args.agents)
+            try:
+                pids = {n: p.pid for n, p in cluster.processes.items()} | {"slapd": slapd.pid}
+                for level in levels:
+                    procs = max(1, min(args.load_processes, level // 8))
+                    shares = [level // procs + (i < level % procs) for i in range(procs)]
+
+                    def run(start: float, until: float, shares: list[int] = shares) -> Any:
+                        futures = [
+                            pool.submit(
+                                end_to_end,
+                                LoadSpec(
+                                    target=cluster.public,
+                                    ca=cluster.ca,
+                                    domain=DOMAIN,
+                                    mix=mix[i :: len(shares)],
+                                    concurrency=share,
+                                    start_at=start,
+                                    until=until,
+                                ),
+                            )
+                            for i, share in enumerate(shares)
+                        ]
+                        return lambda: [f.result() for f in futures]
+
+                    results.append(_measure("end to end", level, pids, run, args.duration))
+            finally:
+                cluster.stop()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    report = _report(results, args)
+    sys.stdout.write(report["table"])
+    if args.json:
+        args.json.write_text(
+            json.dumps({k: v for k, v in report.items() if k != "table"}, indent=2)
+        )
+    return 1 if any(r.wrong or r.errors for r in results) else 0
+
+
+def _later(future: Any, _start: float) -> Any:
+    return lambda: [future.result()]
+
+
+def _report(results: list[PhaseResult], args: argparse.Namespace) -> dict[str, Any]:
+    baseline, e2e = results[0], results[1:]
+    best = max(e2e, key=lambda r: r.rate)
+    c1 = next((r for r in e2e if r.concurrency == 1), None)
+    ratio = best.rate / baseline.rate if baseline.rate else 0.0
+    added = (c1.p50_ms - baseline.p50_ms) if c1 else None
+    names = sorted({n for r in results for n in r.cpu_ms_per_op})
+    lines = [
+        f"{'phase':<18} {'in flight':>9} {'per s':>8} {'p50 ms':>8} {'p95 ms':>8} "
+        f"{'p99 ms':>8} {'wrong':>6}  CPU ms per op: " + ", ".join(names),
+    ]
+    for r in results:
+        cpu = ", ".join(f"{r.cpu_ms_per_op.get(n, 0.0):.3f}" for n in names)
+        lines.append(
+            f"{r.name:<18} {r.concurrency:>9} {r.rate:>8.0f} {r.p50_ms:>8.3f} {r.p95_ms:>8.3f} "
+            f"{r.p99_ms:>8.3f} {r.wrong + r.errors:>6}  {cpu}"
+        )
+    lines.append(
+        f"\nthroughput ratio (end to end at {best.concurrency} / direct bind): {ratio:.2f}"
+        "   target >= 0.5, stretch 1.0"
+    )
+    if added is not None:
+        lines.append(f"added p50 at concurrency 1: {added:.3f} ms   target <= 1 ms, stretch 0.5 ms")
+    return {
+        "table": "\n".join(lines) + "\n",
+        "throughput_ratio": round(ratio, 3),
+        "added_p50_ms_c1": None if added is None else round(added, 3),
+        "agents": args.agents,
+        "users": args.users,
+        "duration_s": args.duration,
+        "cpus": os.cpu_count(),
+        "phases": [r.as_dict() for r in results],
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
