@@ -7,6 +7,7 @@ and hidden from ``repr``.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,9 @@ DEFAULT_MAX_IN_FLIGHT = 32
 DEFAULT_POOL_SIZE = 8
 DEFAULT_CONNECT_TIMEOUT = 3.0
 DEFAULT_RECEIVE_TIMEOUT = 5.0
+DEFAULT_DN_CACHE_TTL = 300.0
+DEFAULT_DN_CACHE_SIZE = 10_000
+_ATTRIBUTE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,63}$")
 #: Login attributes whose value is the whole UPN; for the others it is the part before ``@``.
 FULL_NAME_ATTRIBUTES = frozenset({"userprincipalname", "mail"})
 
@@ -42,6 +46,9 @@ class DirectoryConfig:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     receive_timeout: float = DEFAULT_RECEIVE_TIMEOUT
     pool_size: int = DEFAULT_POOL_SIZE
+    #: How long a login name's DN is remembered, and how many are (0 turns the cache off).
+    dn_cache_ttl: float = DEFAULT_DN_CACHE_TTL
+    dn_cache_size: int = DEFAULT_DN_CACHE_SIZE
 
     def __post_init__(self) -> None:
         """Refuse a directory that could never work.
@@ -57,6 +64,8 @@ class DirectoryConfig:
             raise ValueError("a service account needs both a bind DN and a password")
         if self.connect_timeout <= 0 or self.receive_timeout <= 0 or self.pool_size < 1:
             raise ValueError("timeouts and the pool size must be positive")
+        if not _ATTRIBUTE.match(self.login_attribute):
+            raise ValueError(f"not an LDAP attribute name: {self.login_attribute!r}")
         object.__setattr__(self, "domains", tuple(normalize_domain(d) for d in self.domains))
 
     def login_value(self, username: str) -> str:

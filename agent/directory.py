@@ -25,6 +25,7 @@ from ldap3.core import exceptions as ldap_errors
 from ldap3.utils.conv import escape_filter_chars
 
 from agent import outcomes
+from agent.dncache import DnCache
 from pta.errors import DirectoryUnavailable
 from pta.v1 import outcome_pb2
 
@@ -44,6 +45,8 @@ COMMUNICATION_ERRORS = (
     ldap_errors.LDAPSSLConfigurationError,
     OSError,
 )
+#: Bind answers after which a cached DN may be the cause (the user moved or was deleted).
+STALE_DN_OUTCOMES = frozenset({Outcome.INVALID_CREDENTIALS, Outcome.UNKNOWN_USER})
 #: Seconds a server that failed is skipped before it is tried again.
 SERVER_EXHAUST_SECONDS = 10
 
@@ -96,6 +99,7 @@ class LdapDirectory:
             exhaust=SERVER_EXHAUST_SECONDS,  # type: ignore[arg-type]
         )
         self._local = threading.local()
+        self._dns = DnCache(ttl=config.dn_cache_ttl, size=config.dn_cache_size)
         self._executor = ThreadPoolExecutor(config.pool_size, thread_name_prefix="ldap")
 
     def close(self) -> None:
@@ -152,9 +156,31 @@ class LdapDirectory:
             raise DirectoryUnavailable("the directory did not answer") from error
 
     def _verify_on(self, conns: _ThreadConnections, username: str, password: str) -> Verdict:
-        dn = self._find(conns, username)
+        login = self.config.login_value(username)
+        cached = self._dns.get(login)
+        dn = cached or self._find(conns, login)
         if dn is None:
             return Verdict(Outcome.UNKNOWN_USER)
+        verdict = self._bind(conns, dn, password)
+        if cached is None:
+            if verdict.outcome != Outcome.UNKNOWN_USER:
+                self._dns.put(login, dn)
+            return verdict
+        if verdict.outcome not in STALE_DN_OUTCOMES:
+            return verdict
+        # The cached DN may be stale: look again, and bind again only if it moved (the same
+        # DN failing twice would count twice against the user in the directory).
+        self._dns.forget(login)
+        fresh = self._find(conns, login)
+        if fresh is None:
+            return Verdict(Outcome.UNKNOWN_USER)
+        if fresh == dn:
+            self._dns.put(login, dn)
+            return verdict
+        self._dns.put(login, fresh)
+        return self._bind(conns, fresh, password)
+
+    def _bind(self, conns: _ThreadConnections, dn: str, password: str) -> Verdict:
         if conns.user is None:
             conns.user = self._open(None, None, simple=True)
         user = conns.user
@@ -166,8 +192,8 @@ class LdapDirectory:
         result = user.result or {}
         return Verdict(outcomes.from_bind(result.get("result", -1), result.get("message", "")))
 
-    def _find(self, conns: _ThreadConnections, username: str) -> str | None:
-        """Return the DN the login name belongs to; None for none, and for several."""
+    def _find(self, conns: _ThreadConnections, login: str) -> str | None:
+        """Return the DN the login value belongs to; None for none, and for several."""
         if conns.search is None:
             config = self.config
             conns.search = self._open(
@@ -177,8 +203,7 @@ class LdapDirectory:
                 description = (conns.search.result or {}).get("description", "no answer")
                 conns.reset()
                 raise ldap_errors.LDAPCommunicationError(f"service bind failed: {description}")
-        value = escape_filter_chars(self.config.login_value(username))
-        search_filter = f"({escape_filter_chars(self.config.login_attribute)}={value})"
+        search_filter = f"({self.config.login_attribute}={escape_filter_chars(login)})"
         conns.search.search(
             self.config.base_dn,
             search_filter,

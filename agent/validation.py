@@ -93,7 +93,8 @@ class Validator:
             # A bug must cost one sign-in a clear UNAVAILABLE, not the agent its stream.
             log.exception("validation.failed", request_id=request.request_id[:64])
             outcome, message = Outcome.DIRECTORY_UNAVAILABLE, "internal agent error"
-        log.info(
+        # Debug: the broker's signin.completed is the one canonical event per sign-in.
+        log.debug(
             "validation.completed",
             request_id=request.request_id[:64],
             domain=request.domain[:64],

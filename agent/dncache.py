@@ -1,0 +1,69 @@
+"""Where to bind, remembered briefly: login name -> DN, so a sign-in costs one bind, not two.
+
+Only the location is cached, never an answer: every sign-in still binds. A cached DN that has
+gone stale (user renamed, moved or deleted) shows up as a failed bind, after which the caller
+looks the user up again (see :meth:`agent.directory.LdapDirectory`). Bounded in size and age.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+DEFAULT_TTL = 300.0
+DEFAULT_SIZE = 10_000
+
+
+class DnCache:
+    """A thread-safe LRU map with a time to live; the worker threads share one."""
+
+    def __init__(
+        self,
+        *,
+        ttl: float = DEFAULT_TTL,
+        size: int = DEFAULT_SIZE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Create an empty cache holding at most ``size`` names for ``ttl`` seconds each."""
+        self._ttl = ttl
+        self._size = size
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, login: str) -> str | None:
+        """Return the DN remembered for ``login``, if still fresh."""
+        with self._lock:
+            entry = self._entries.get(login)
+            if entry is None:
+                return None
+            expires, dn = entry
+            if expires <= self._clock():
+                del self._entries[login]
+                return None
+            self._entries.move_to_end(login)
+            return dn
+
+    def put(self, login: str, dn: str) -> None:
+        """Remember ``dn`` for ``login``, forgetting the least recently used beyond the bound."""
+        if self._size <= 0:
+            return
+        with self._lock:
+            self._entries[login] = (self._clock() + self._ttl, dn)
+            self._entries.move_to_end(login)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+
+    def forget(self, login: str) -> None:
+        """Drop ``login`` (its DN may be stale)."""
+        with self._lock:
+            self._entries.pop(login, None)
+
+    def __len__(self) -> int:
+        """How many names are remembered (some may have expired)."""
+        return len(self._entries)
