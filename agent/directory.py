@@ -24,7 +24,7 @@ import structlog
 from ldap3.core import exceptions as ldap_errors
 from ldap3.utils.conv import escape_filter_chars
 
-from agent import outcomes
+from agent import outcomes, ppolicy
 from agent.dncache import DnCache
 from pta.errors import DirectoryUnavailable
 from pta.v1 import outcome_pb2
@@ -186,11 +186,19 @@ class LdapDirectory:
         user = conns.user
         user.user, user.password = dn, password
         try:
-            user.bind(read_server_info=False)
+            # The password policy control: OpenLDAP says "expired", "locked" or "must change"
+            # only in the response control (must-change even on a successful bind); AD ignores
+            # it (not critical) and answers with its data subcodes instead.
+            user.bind(read_server_info=False, controls=[ppolicy.request_control()])
         finally:
             user.password = None
         result = user.result or {}
-        return Verdict(outcomes.from_bind(result.get("result", -1), result.get("message", "")))
+        code = result.get("result", -1)
+        policy = ppolicy.parse_response(result.get("controls"))
+        decided = ppolicy.outcome(code, policy)
+        if decided is None:
+            decided = outcomes.from_bind(code, result.get("message", ""))
+        return Verdict(decided, ppolicy.warning_message(policy))
 
     def _find(self, conns: _ThreadConnections, login: str) -> str | None:
         """Return the DN the login value belongs to; None for none, and for several."""

@@ -27,7 +27,13 @@ USERS = {
     "carol": "Carol-pw-3#",
     "o'brien+x,y": "Obrien-pw-4$",
 }
-PASSWORDS: set[str] = set(USERS.values())
+#: Users in a password-policy state, and the outcome their right password gets.
+STATE_USERS = {
+    "locked-out": ("Locked-pw-5%", {"locked": True}, "ACCOUNT_LOCKED"),
+    "must-change": ("Change-pw-6&", {"must_change": True}, "PASSWORD_MUST_CHANGE"),
+    "expired": ("Expired-pw-7*", {"expired": True}, "PASSWORD_EXPIRED"),
+}
+PASSWORDS: set[str] = set(USERS.values()) | {pw for pw, _, _ in STATE_USERS.values()}
 
 
 def remember_password(password: str) -> str:
@@ -69,6 +75,10 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def slapd() -> Iterator[Slapd]:
     """A real OpenLDAP server with the sample users."""
     users = [DirectoryUser(uid=uid, password=pw) for uid, pw in USERS.items()]
+    users += [
+        DirectoryUser(uid=uid, password=pw, **state)  # type: ignore[arg-type]
+        for uid, (pw, state, _) in STATE_USERS.items()
+    ]
     with Slapd(users=users) as server:
         yield server
 

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from pta.v1 import outcome_pb2
-from tests.conftest import DOMAIN, USERS, remember_password
+from tests.conftest import DOMAIN, STATE_USERS, USERS, remember_password
 from tests.support import AgentProcess, BrokerProcess
 
 if TYPE_CHECKING:
@@ -160,3 +160,23 @@ class TestTenantIsolation:
         assert events[acme.request_id]["agent_id"] not in duo_ids
         for agent in duo:
             assert acme.request_id not in agent.log_path.read_text()
+
+
+@pytest.mark.usefixtures("agent")
+class TestPasswordPolicyOutcomes:
+    """OpenLDAP's password policy states reach the user as their own outcomes.
+
+    Not as a wrong password: the authentik#5889 / keycloak#13084 mistake.
+    """
+
+    @pytest.mark.parametrize("uid", list(STATE_USERS), ids=list(STATE_USERS))
+    def test_state_outcome(self, broker: BrokerProcess, uid: str) -> None:
+        """The right password of a locked, must-change or expired account says so."""
+        password, _, expected = STATE_USERS[uid]
+        response = broker.sign_in(f"{uid}@{DOMAIN}", password)
+        assert Outcome.Name(response.outcome) == expected
+
+    def test_wrong_password_of_must_change_user(self, broker: BrokerProcess) -> None:
+        """A wrong password never reveals the account's state (except a lockout)."""
+        response = broker.sign_in(f"must-change@{DOMAIN}", remember_password("not-it-pw"))
+        assert response.outcome == Outcome.INVALID_CREDENTIALS
