@@ -36,7 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="connect to the broker and validate sign-ins")
     run.add_argument("--state-dir")
     run.add_argument("--config", help="TOML file with the same keys (and [[directory]] tables)")
-    run.add_argument("--ldap-url", help="ldap://host:port or ldaps://host:port")
+    run.add_argument(
+        "--ldap-url",
+        action="append",
+        help="ldap://host:port or ldaps://host:port; repeat for failover, in order",
+    )
     run.add_argument("--base-dn", help="where users are searched")
     run.add_argument("--bind-dn", help="service account that searches (default: anonymous)")
     run.add_argument("--bind-password-file", help="file holding the service account's password")

@@ -101,15 +101,16 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
                 raise
             finally:
                 del plaintext
-            true_outcome = _outcome_name(answer.outcome)
-            audit.info(
-                "signin.completed",
-                tenant=tenant,
-                agent_id=answer.agent_id,
-                outcome=true_outcome,
-                duration_ms=_ms(started),
+            audit = audit.bind(
+                tenant=tenant, agent_id=answer.agent_id, outcome=_outcome_name(answer.outcome)
             )
-            return _response(answer, request_id)
+            try:
+                response = _response(answer, request_id)
+            except PtaError as error:
+                audit.info("signin.completed", status=error.code.name, duration_ms=_ms(started))
+                raise
+            audit.info("signin.completed", status="OK", duration_ms=_ms(started))
+            return response
 
     async def check(
         self, tenant: str, domain: str, request_id: str, plaintext: bytes, budget: float

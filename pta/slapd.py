@@ -325,8 +325,27 @@ access to * by * read
             raise
         log.info("slapd.started", url=self.url, seconds=round(time.monotonic() - began, 3))
 
-    def _spawn(self, binary: Path, root: Path) -> None:
-        port, output = free_port(), root / "slapd.log"
+    def pause(self) -> None:
+        """Stop the server process but keep its data and port: a directory outage."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=STOP_TIMEOUT)
+
+    def resume(self) -> None:
+        """Start the paused server again on the same port, with the same data.
+
+        Raises:
+            RuntimeError: When it was never started.
+        """
+        if self.directory is None or not self.port:
+            msg = "slapd was never started"
+            raise RuntimeError(msg)
+        self._spawn(self._binary or find_slapd(), self.directory, self.port)
+
+    def _spawn(self, binary: Path, root: Path, port: int | None = None) -> None:
+        port, output = port or free_port(), root / "slapd.log"
         url = f"ldap://127.0.0.1:{port}"
         argv: list[str | Path] = [binary, "-d", "none", "-f", root / "slapd.conf", "-h", f"{url}/"]
         with output.open("wb") as sink:  # a file, not a pipe: nobody has to drain it
