@@ -179,21 +179,16 @@ class AgentProcess:
 
     @staticmethod
     def launch(
-        state_dir: Path, slapd: Slapd, log_path: Path, *extra: str
+        state_dir: Path, slapd: Slapd | None, log_path: Path, *extra: str
     ) -> subprocess.Popen[bytes]:
-        """Run ``pta-agent run`` for an enrolled state directory, logging to ``log_path``."""
+        """Run ``pta-agent run`` for an enrolled state directory, logging to ``log_path``.
+
+        With ``slapd`` the agent gets one catch-all directory by flags; without, ``extra``
+        must configure its directories (``--config FILE``).
+        """
+        flags = ["--ldap-url", slapd.url, "--base-dn", slapd.base_dn] if slapd else []
         return subprocess.Popen(
-            [
-                str(BIN / "pta-agent"),
-                "run",
-                "--state-dir",
-                str(state_dir),
-                "--ldap-url",
-                slapd.url,
-                "--base-dn",
-                slapd.base_dn,
-                *extra,
-            ],
+            [str(BIN / "pta-agent"), "run", "--state-dir", str(state_dir), *flags, *extra],
             stdout=subprocess.DEVNULL,
             stderr=log_path.open("ab"),
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -201,7 +196,7 @@ class AgentProcess:
 
     @classmethod
     def start(
-        cls, broker: BrokerProcess, slapd: Slapd, tenant: str, name: str, *extra: str
+        cls, broker: BrokerProcess, slapd: Slapd | None, tenant: str, name: str, *extra: str
     ) -> AgentProcess:
         """Enrol a new agent for ``tenant`` and run it until the broker sees it connected."""
         state_dir = broker.data_dir.parent / name

@@ -31,7 +31,13 @@ def ha_agent(broker: BrokerProcess, ha_directory: Slapd) -> Iterator[AgentProces
     """An agent of tenant ``ha`` whose first directory URL has nothing behind it."""
     broker.add_tenant("ha", "ha.example")
     dead = f"ldap://127.0.0.1:{free_port()}"
-    agent = AgentProcess.start(broker, ha_directory, "ha", "agent-ha", "--ldap-url", dead)
+    agent = AgentProcess.start(
+        broker,
+        None,
+        "ha",
+        "agent-ha",
+        *("--ldap-url", dead, "--ldap-url", ha_directory.url, "--base-dn", ha_directory.base_dn),
+    )
     yield agent
     agent.stop()
 
