@@ -20,6 +20,8 @@ from pta import logging as pta_logging
 from pta.errors import PtaError
 
 log = structlog.get_logger()
+#: How long a stopping agent may take to answer what it was sent (a second signal: at once).
+DRAIN_GRACE = 15.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -89,11 +91,19 @@ async def _run(config: AgentConfig) -> int:
     )
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
-    assert task is not None
+    if task is None:  # pragma: no cover - asyncio.run always runs a task
+        raise RuntimeError("no running task")
+    signals = 0
 
     def on_signal(signum: int) -> None:
-        log.info("agent.stopping", signal=signal.Signals(signum).name)
-        task.cancel()
+        nonlocal signals
+        signals += 1
+        if signals == 1:  # Drain: no new work, answer what was sent, then exit.
+            log.info("agent.stopping", signal=signal.Signals(signum).name, drain_s=DRAIN_GRACE)
+            agent.stop()
+            loop.call_later(DRAIN_GRACE, task.cancel)
+        else:
+            task.cancel()
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
@@ -101,10 +111,11 @@ async def _run(config: AgentConfig) -> int:
     try:
         await agent.run()
     except asyncio.CancelledError:
-        return 0
+        log.warning("agent.stopped_before_drained")
     finally:
         for directory in directories:
             directory.close()
+    log.info("agent.stopped")
     return 0
 
 

@@ -8,9 +8,10 @@ flight is lost to a rotation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import random
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import structlog
@@ -21,12 +22,13 @@ from agent.link import Link
 from agent.validation import ReplayGuard, Validator
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Coroutine
     from pathlib import Path
 
     from agent.directory import LdapDirectory
 
 log = structlog.get_logger()
+_T = TypeVar("_T")
 RETRY_INITIAL = 1.0
 RETRY_MAX = 60.0
 #: How often an agent whose certificate expired looks for a new enrolment in its state dir.
@@ -54,21 +56,33 @@ class Agent:
         self._domains = domains
         self._max_in_flight = max_in_flight
         self._replay = ReplayGuard()
+        self._stopping = asyncio.Event()
         self.link: Link | None = None
+
+    def stop(self) -> None:
+        """Drain: ask for no new work, answer what was sent, then let :meth:`run` return."""
+        self._stopping.set()
+        if self.link is not None:
+            self.link.drain("agent stopping")
 
     def _link(self, identity: AgentIdentity) -> Link:
         validator = Validator(identity, self._directory_for, replay=self._replay)
         return Link(identity, validator, domains=self._domains, max_in_flight=self._max_in_flight)
 
     async def run(self) -> None:
-        """Serve until cancelled."""
+        """Serve until stopped (then drained) or cancelled."""
         async with asyncio.TaskGroup() as group:
-            while True:
-                identity = await self._usable_identity()
+            while not self._stopping.is_set():
+                identity = await self._unless_stopping(self._usable_identity())
+                if identity is None:
+                    break
                 link = self.link = self._link(identity)
                 group.create_task(link.run())
                 while True:
-                    renewed = await self._renewed(identity)
+                    renewed = await self._unless_stopping(self._renewed(identity))
+                    if self._stopping.is_set():
+                        link.drain("agent stopping")
+                        break
                     if renewed is None:  # Expired: wait for the operator to enrol again.
                         link.drain("certificate expired")
                         break
@@ -80,6 +94,20 @@ class Agent:
                     log.info("agent.rotated", old_serial=link.serial, serial=successor.serial)
                     link, identity = successor, renewed
                     self.link = link
+
+    async def _unless_stopping(self, work: Coroutine[Any, Any, _T]) -> _T | None:
+        """Await ``work``, or give up on it (None) as soon as the agent is stopping."""
+        task = asyncio.ensure_future(work)
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pending in (task, stopping):
+                if not pending.done():
+                    pending.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await pending
+        return task.result() if task.done() and not task.cancelled() else None
 
     async def _usable_identity(self) -> AgentIdentity:
         """Load the identity; while its certificate has expired, say what to do and wait."""

@@ -14,7 +14,7 @@ import pytest
 import structlog
 
 from pta.slapd import DirectoryUser, Slapd
-from tests.support import AgentProcess, BrokerProcess
+from tests.support import ALICE_PASSWORD, AgentProcess, BrokerProcess
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 DOMAIN = "example.com"
 USERS = {
-    "alice": "Alice-pw-1!",
+    "alice": ALICE_PASSWORD,
     "bob": "Bob-pw-2?",
     "carol": "Carol-pw-3#",
     "o'brien+x,y": "Obrien-pw-4$",

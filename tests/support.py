@@ -7,11 +7,13 @@ search it.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from pta.v1 import signin_pb2, signin_pb2_grpc
+from pta.v1 import outcome_pb2, signin_pb2, signin_pb2_grpc
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
     from pta.slapd import Slapd
 
 BIN = Path(sys.executable).parent
+#: The sample user every load signs in as (see tests/conftest.py USERS).
+ALICE_PASSWORD = "Alice-pw-1!"
 START_TIMEOUT = 15.0
 
 
@@ -231,3 +235,56 @@ def agent_credentials(state_dir: Path) -> grpc.ChannelCredentials:
         (state_dir / "tls.key").read_bytes(),
         (state_dir / "tls.pem").read_bytes(),
     )
+
+
+class SignInLoad:
+    """Sign-ins from several threads until a deadline, every answer checked."""
+
+    def __init__(self, broker: BrokerProcess, domain: str, seconds: float) -> None:
+        """Prepare a load on ``domain`` that stops after ``seconds``."""
+        self.broker = broker
+        self.domain = domain
+        self.stop = time.monotonic() + seconds
+        self.failures: list[str] = []
+        self.answered = 0
+        self._lock = threading.Lock()
+        self._creds = grpc.ssl_channel_credentials(broker.ca_file.read_bytes())
+
+    def run_threads(self, threads: int = 4) -> None:
+        """Run the load from ``threads`` threads, half on fresh channels, half on held ones."""
+        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+            futures = [pool.submit(self.run, fresh_channels=i % 2 == 0) for i in range(threads)]
+            for future in futures:
+                future.result()
+
+    def _one(self, channel: grpc.Channel, uid: str, password: str, expected: int) -> None:
+        try:
+            reply = signin_pb2_grpc.SignInServiceStub(channel).SignIn(
+                signin_pb2.SignInRequest(username=f"{uid}@{self.domain}", password=password),
+                timeout=10,
+            )
+            failure = "" if reply.outcome == expected else str(reply)
+        except grpc.RpcError as error:
+            failure = str(error)
+        with self._lock:
+            self.answered += 1
+            if failure:
+                self.failures.append(failure)
+
+    def run(self, *, fresh_channels: bool) -> None:
+        """Sign in until the deadline: on a fresh channel each time, or on one held channel."""
+        # Wrong passwords go to a user the directory lacks, so no real account locks.
+        cases = [
+            ("alice", ALICE_PASSWORD, outcome_pb2.SUCCESS),
+            ("nobody", "wrong-load-pw", outcome_pb2.INVALID_CREDENTIALS),
+        ]
+        with grpc.secure_channel(self.broker.public, self._creds) as held:
+            i = 0
+            while time.monotonic() < self.stop:
+                uid, password, expected = cases[i % 2]
+                i += 1
+                if fresh_channels:
+                    with grpc.secure_channel(self.broker.public, self._creds) as channel:
+                        self._one(channel, uid, password, expected)
+                else:
+                    self._one(held, uid, password, expected)

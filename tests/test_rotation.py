@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
-import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -12,9 +10,9 @@ import grpc
 import pytest
 
 from pta import tls
-from pta.v1 import agent_pb2, agent_pb2_grpc, outcome_pb2, signin_pb2, signin_pb2_grpc
+from pta.v1 import agent_pb2, agent_pb2_grpc, outcome_pb2
 from tests.conftest import USERS
-from tests.support import AgentProcess, BrokerProcess, agent_credentials, wait_for
+from tests.support import AgentProcess, BrokerProcess, SignInLoad, agent_credentials, wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -48,47 +46,6 @@ def _serial(path: Path) -> str:
     return tls.serial_hex(tls.load_cert(path.read_bytes()))
 
 
-class _Load:
-    """Sign-ins from several threads until a deadline, every answer checked."""
-
-    def __init__(self, broker: BrokerProcess, seconds: float) -> None:
-        self.broker = broker
-        self.stop = time.monotonic() + seconds
-        self.failures: list[str] = []
-        self.answered = 0
-        self._lock = threading.Lock()
-        self._creds = grpc.ssl_channel_credentials(broker.ca_file.read_bytes())
-
-    def _one(self, channel: grpc.Channel, uid: str, password: str, expected: int) -> None:
-        try:
-            reply = signin_pb2_grpc.SignInServiceStub(channel).SignIn(
-                signin_pb2.SignInRequest(username=f"{uid}@rot.example", password=password),
-                timeout=10,
-            )
-            failure = "" if reply.outcome == expected else str(reply)
-        except grpc.RpcError as error:
-            failure = str(error)
-        with self._lock:
-            self.answered += 1
-            if failure:
-                self.failures.append(failure)
-
-    def run(self, *, fresh_channels: bool) -> None:
-        """Sign in until the deadline: on a fresh channel each time, or on one held channel."""
-        # Wrong passwords go to a user the directory lacks, so no real account locks.
-        cases = [("alice", USERS["alice"], Outcome.SUCCESS), ("nobody", "wrong-rot", 2)]
-        with grpc.secure_channel(self.broker.public, self._creds) as held:
-            i = 0
-            while time.monotonic() < self.stop:
-                uid, password, expected = cases[i % 2]
-                i += 1
-                if fresh_channels:
-                    with grpc.secure_channel(self.broker.public, self._creds) as channel:
-                        self._one(channel, uid, password, expected)
-                else:
-                    self._one(held, uid, password, expected)
-
-
 class TestRotationUnderLoad:
     """Sign-ins never fail while agent and broker certificates rotate underneath them."""
 
@@ -96,12 +53,9 @@ class TestRotationUnderLoad:
         """Continuous sign-ins over several rotations: zero failures, a new serial each time."""
         agent = AgentProcess.start(rotating, slapd, "rot", "agent-rot")
         first_serial = _serial(agent.state_dir / "tls.pem")
-        load = _Load(rotating, LOAD_SECONDS)
+        load = SignInLoad(rotating, "rot.example", LOAD_SECONDS)
         try:
-            with concurrent.futures.ThreadPoolExecutor(4) as pool:
-                futures = [pool.submit(load.run, fresh_channels=i < 2) for i in range(4)]
-                for future in futures:
-                    future.result()
+            load.run_threads(4)
             renewals = [
                 e for e in rotating.log_events("agent.renewed") if e["agent_id"] == agent.agent_id
             ]
