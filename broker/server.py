@@ -43,6 +43,8 @@ log = structlog.get_logger()
 ENDPOINTS_FILE = "endpoints.json"
 #: How often the broker looks for revocations made through the CLI.
 MAINTENANCE_TICK = 0.25
+#: How long agent streams get to close once the public endpoint has drained.
+AGENT_STREAM_GRACE = 2.0
 #: How often it reports its live streams for ``pta-broker agents list``.
 STATUS_INTERVAL = 1.0
 SERVICES = (
@@ -72,6 +74,7 @@ class Broker:
         self._health: list[health_aio.HealthServicer] = []
         self._store: Store | None = None
         self._maintenance: asyncio.Task[None] | None = None
+        self._dispatcher: Dispatcher | None = None
 
     async def __aenter__(self) -> Self:
         """Start serving."""
@@ -179,7 +182,11 @@ class Broker:
         return server
 
     async def stop(self) -> None:
-        """Stop taking new calls and give in-flight ones ``grace`` seconds; idempotent."""
+        """Stop taking sign-ins, answer those in flight, then end the agents' streams.
+
+        In-flight sign-ins get ``grace`` seconds; idempotent. The agent endpoint stays up
+        until the public one has drained: the sign-ins still in flight need their agents.
+        """
         if self.state is State.STOPPED:
             return
         self.state = State.STOPPED
@@ -189,7 +196,12 @@ class Broker:
                 await self._maintenance
         for health in self._health:
             await health.enter_graceful_shutdown()
-        await asyncio.gather(*(server.stop(self.config.grace) for server in self._servers))
+        public, agents = self._servers
+        await public.stop(self.config.grace)
+        if self._dispatcher is not None:
+            for conn in self._dispatcher.connections():
+                conn.ended.set()  # Each stream ends cleanly; its agent dials again later.
+        await agents.stop(AGENT_STREAM_GRACE)
         if self._store is not None:
             self._store.report_connections([])
             self._store.close()
