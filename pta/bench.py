@@ -19,7 +19,6 @@ import multiprocessing
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,9 +29,9 @@ from typing import Any
 
 from pta import logging as pta_logging
 from pta.loadgen import Case, LoadSpec, Sample, cases, direct_binds, end_to_end
+from pta.localrun import LocalDeployment
 from pta.slapd import DirectoryUser, Slapd
 
-BIN = Path(sys.executable).parent
 DOMAIN = "bench.example"
 TICKS = os.sysconf("SC_CLK_TCK")
 #: Wrong passwords would lock the benchmark's users: its directory has no lockout.
@@ -94,92 +93,6 @@ def progress(text: str) -> None:
     """Show the run is alive: one line a phase (stderr, so stdout keeps only the report)."""
     sys.stderr.write(f"[pta-bench] {text}\n")
     sys.stderr.flush()
-
-
-class Cluster:
-    """The broker and agents, started as an operator would, stopped whatever happens."""
-
-    def __init__(self, workdir: Path, slapd: Slapd, agents: int) -> None:
-        """Start the broker, a tenant and ``agents`` enrolled, connected agents."""
-        self.workdir = workdir
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        data = workdir / "broker"
-        self._spawn(
-            "broker",
-            "pta-broker",
-            "serve",
-            "--data-dir",
-            str(data),
-            "--listen",
-            "127.0.0.1:0",
-            "--agent-listen",
-            "127.0.0.1:0",
-        )
-        endpoints = data / "endpoints.json"
-        _wait(endpoints.exists, "the broker")
-        info = json.loads(endpoints.read_text())
-        self.public, self.ca = info["public"], Path(info["ca_file"]).read_bytes()
-        self._run(
-            "pta-broker", "tenant", "add", "bench", "--domain", DOMAIN, "--data-dir", str(data)
-        )
-        for n in range(agents):
-            token = self._run(
-                "pta-broker", "token", "create", "--tenant", "bench", "--data-dir", str(data)
-            )
-            state = workdir / f"agent-{n}"
-            self._run(
-                "pta-agent",
-                "enroll",
-                "--broker",
-                self.public,
-                "--token",
-                token,
-                "--state-dir",
-                str(state),
-            )
-            self._spawn(
-                f"agent-{n}",
-                "pta-agent",
-                "run",
-                "--state-dir",
-                str(state),
-                "--ldap-url",
-                slapd.url,
-                "--base-dn",
-                slapd.base_dn,
-            )
-        log = workdir / "broker.log"
-        _wait(lambda: log.read_text().count("agent.connected") >= agents, "the agents")
-
-    def _spawn(self, name: str, program: str, *args: str) -> None:
-        log = (self.workdir / f"{name}.log").open("ab")
-        self.processes[name] = subprocess.Popen(  # noqa: S603 - our own programs
-            [str(BIN / program), *args], stdout=subprocess.DEVNULL, stderr=log
-        )
-
-    def _run(self, program: str, *args: str) -> str:
-        done = subprocess.run(  # noqa: S603 - our own programs
-            [str(BIN / program), *args], capture_output=True, text=True, check=True, timeout=60
-        )
-        return done.stdout.strip()
-
-    def stop(self) -> None:
-        """Stop every process, agents first."""
-        for process in reversed(self.processes.values()):
-            process.terminate()
-        for process in self.processes.values():
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-
-
-def _wait(predicate: Any, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _measure(
@@ -260,8 +173,13 @@ def main(argv: list[str] | None = None) -> int:
                     args.duration,
                 )
             )
-            cluster = Cluster(workdir, slapd, args.agents)
-            try:
+            with LocalDeployment(workdir) as cluster:
+                cluster.start_broker()
+                cluster.broker_cli("tenant", "add", "bench", "--domain", DOMAIN)
+                for n in range(args.agents):
+                    cluster.enrol_agent(f"agent-{n}", "bench")
+                    cluster.run_agent(f"agent-{n}", slapd)
+                ca = cluster.ca_file.read_bytes()
                 pids = {n: p.pid for n, p in cluster.processes.items()} | {"slapd": slapd.pid}
                 for level in levels:
                     procs = max(1, min(args.load_processes, level // 8))
@@ -273,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                                 end_to_end,
                                 LoadSpec(
                                     target=cluster.public,
-                                    ca=cluster.ca,
+                                    ca=ca,
                                     domain=DOMAIN,
                                     mix=mix[i :: len(shares)],
                                     concurrency=share,
@@ -286,8 +204,6 @@ def main(argv: list[str] | None = None) -> int:
                         return lambda: [f.result() for f in futures]
 
                     results.append(_measure("end to end", level, pids, run, args.duration))
-            finally:
-                cluster.stop()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report = _report(results, args)
