@@ -48,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--bind-password-file", help="file holding the service account's password")
     run.add_argument("--login-attribute", help="attribute users sign in with (default uid)")
     run.add_argument("--ca-file", help="CA certificate for ldaps:// or StartTLS")
+    run.add_argument("--kind", choices=["openldap", "ad"], help="directory kind (default openldap)")
+    run.add_argument(
+        "--start-tls", action="store_true", default=None, help="StartTLS on ldap:// URLs"
+    )
     run.add_argument("--max-in-flight", help="validations at once (default 32)")
     run.add_argument("--pool-size", help="LDAP worker threads (default 8)")
     return parser

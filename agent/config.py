@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 ENV_PREFIX = "PTA_AGENT_"
 DEFAULT_LOGIN_ATTRIBUTE = "uid"
+AD_LOGIN_ATTRIBUTE = "userPrincipalName"
+KINDS = frozenset({"openldap", "ad"})
 DEFAULT_MAX_IN_FLIGHT = 32
 DEFAULT_POOL_SIZE = 8
 DEFAULT_CONNECT_TIMEOUT = 3.0
@@ -37,12 +39,17 @@ class DirectoryConfig:
 
     urls: tuple[str, ...]
     base_dn: str
+    #: ``openldap`` or ``ad`` (Active Directory: users sign in by userPrincipalName, a service
+    #: account searches, and the connection must be TLS, verified against ``ca_file``).
+    kind: str = "openldap"
     #: UPN suffixes this directory answers for; empty means every domain of the tenant.
     domains: tuple[str, ...] = ()
     bind_dn: str = ""
     bind_password: str = field(default="", repr=False)
     login_attribute: str = DEFAULT_LOGIN_ATTRIBUTE
     ca_file: Path | None = None
+    #: Upgrade ldap:// connections with StartTLS (verified against ``ca_file``).
+    start_tls: bool = False
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     receive_timeout: float = DEFAULT_RECEIVE_TIMEOUT
     pool_size: int = DEFAULT_POOL_SIZE
@@ -64,9 +71,23 @@ class DirectoryConfig:
             raise ValueError("a service account needs both a bind DN and a password")
         if self.connect_timeout <= 0 or self.receive_timeout <= 0 or self.pool_size < 1:
             raise ValueError("timeouts and the pool size must be positive")
+        if self.kind not in KINDS:
+            raise ValueError(f"directory kind is one of {sorted(KINDS)}, not {self.kind!r}")
+        if self.kind == "ad":
+            self._check_ad()
+        if self.start_tls and self.ca_file is None:
+            raise ValueError("StartTLS needs a ca_file to verify the directory by")
         if not _ATTRIBUTE.match(self.login_attribute):
             raise ValueError(f"not an LDAP attribute name: {self.login_attribute!r}")
         object.__setattr__(self, "domains", tuple(normalize_domain(d) for d in self.domains))
+
+    def _check_ad(self) -> None:
+        # Samba and Windows refuse simple binds in clear text by default, and rightly so.
+        tls = self.start_tls or all(u.startswith("ldaps://") for u in self.urls)
+        if not tls or self.ca_file is None:
+            raise ValueError("Active Directory needs ldaps:// (or StartTLS) and a ca_file")
+        if not self.bind_dn:
+            raise ValueError("Active Directory needs a service account (bind_dn) to search")
 
     def login_value(self, username: str) -> str:
         """Return what to search the login attribute for, given ``user@domain``."""
@@ -107,13 +128,17 @@ def _directory(values: Mapping[str, Any]) -> DirectoryConfig:
     if path := values.get("bind_password_file"):
         password = Path(path).read_text().rstrip("\r\n")
     urls = values.get("ldap_url") or values.get("urls") or ()
+    kind = str(values.get("kind") or "openldap")
+    default_login = AD_LOGIN_ATTRIBUTE if kind == "ad" else DEFAULT_LOGIN_ATTRIBUTE
     return DirectoryConfig(
         urls=tuple([urls] if isinstance(urls, str) else urls),
         base_dn=str(values.get("base_dn") or ""),
+        kind=kind,
+        start_tls=bool(values.get("start_tls")),
         domains=tuple(values.get("domains") or ()),
         bind_dn=str(values.get("bind_dn") or ""),
         bind_password=password,
-        login_attribute=str(values.get("login_attribute") or DEFAULT_LOGIN_ATTRIBUTE),
+        login_attribute=str(values.get("login_attribute") or default_login),
         ca_file=Path(values["ca_file"]) if values.get("ca_file") else None,
         connect_timeout=float(values.get("connect_timeout") or DEFAULT_CONNECT_TIMEOUT),
         receive_timeout=float(values.get("receive_timeout") or DEFAULT_RECEIVE_TIMEOUT),
@@ -147,6 +172,8 @@ def load_config(options: Mapping[str, Any], environ: Mapping[str, str]) -> Agent
             "bind_password_file",
             "login_attribute",
             "ca_file",
+            "kind",
+            "start_tls",
             "max_in_flight",
             "pool_size",
         )

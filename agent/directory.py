@@ -17,7 +17,7 @@ import ssl
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import ldap3
 import structlog
@@ -31,6 +31,8 @@ from pta.errors import DirectoryUnavailable
 from pta.v1 import outcome_pb2
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from agent.config import DirectoryConfig
 
 log = structlog.get_logger()
@@ -46,6 +48,7 @@ COMMUNICATION_ERRORS = (
     ldap_errors.LDAPSSLConfigurationError,
     OSError,
 )
+CONSTRAINT_VIOLATION = 19
 #: Bind answers after which a cached DN may be the cause (the user moved or was deleted).
 STALE_DN_OUTCOMES = frozenset({Outcome.INVALID_CREDENTIALS, Outcome.UNKNOWN_USER})
 #: Seconds a server that failed is skipped before it is tried again.
@@ -56,6 +59,30 @@ SERVER_EXHAUST_SECONDS = 10
 # answered UNAVAILABLE. One pass, no sleep: the agent answers at once and the next sign-in
 # tries again.
 set_config_parameter("POOLING_LOOP_TIMEOUT", 0)
+
+
+#: A bind answer after which the user may still change the password.
+CHANGEABLE_OUTCOMES = frozenset(
+    {Outcome.SUCCESS, Outcome.PASSWORD_MUST_CHANGE, Outcome.PASSWORD_EXPIRED}
+)
+#: AD's password-change failures, by the first 8 hex digits of the message.
+AD_CHANGE_REJECTED = "0000052d"
+AD_CHANGE_BAD_OLD = "00000056"
+
+
+def _change_verdict(result: Mapping[str, Any]) -> Verdict:
+    """What a password change's result means for the user."""
+    code = result.get("result", -1)
+    if code == 0:
+        return Verdict(Outcome.SUCCESS)
+    message = str(result.get("message", ""))
+    policy = ppolicy.parse_response(result.get("controls"))
+    if message[:8].lower() == AD_CHANGE_BAD_OLD or code == outcomes.INVALID_CREDENTIALS_CODE:
+        return Verdict(Outcome.INVALID_CREDENTIALS)
+    if code == CONSTRAINT_VIOLATION or message[:8].lower() == AD_CHANGE_REJECTED:
+        reason = ppolicy.rejection_reason(policy) or message.split(":", 1)[-1].strip()
+        return Verdict(Outcome.PASSWORD_REJECTED, reason[:200])
+    return Verdict(outcomes.from_bind(code, message))
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +151,66 @@ class LdapDirectory:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._verify, username, password)
 
+    async def change_password(self, username: str, old: str, new: str) -> Verdict:
+        """Change ``username``'s password from ``old`` to ``new``, as the user.
+
+        The user binds with the old password first (which also tells a locked or disabled
+        account apart), then changes it: on Active Directory by replacing ``unicodePwd``
+        (delete the old value, add the new one, over TLS), on OpenLDAP with the Password
+        Modify extended operation (RFC 3062) and the password policy control.
+
+        Raises:
+            DirectoryUnavailable: When no server of the directory answered.
+        """
+        if not old or not new:
+            return Verdict(Outcome.INVALID_CREDENTIALS)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._change, username, old, new)
+
+    def _change(self, username: str, old: str, new: str) -> Verdict:
+        conns = self._connections()
+        try:
+            return self._change_on(conns, username, old, new)
+        except COMMUNICATION_ERRORS as error:
+            conns.reset()
+            raise DirectoryUnavailable("the directory did not answer") from error
+
+    def _change_on(self, conns: _ThreadConnections, username: str, old: str, new: str) -> Verdict:
+        login = self.config.login_value(username)
+        dn = self._find(conns, login)
+        if dn is None:
+            return Verdict(Outcome.UNKNOWN_USER)
+        bound = self._bind(conns, dn, old)
+        # Must-change and expired passwords are what a change is for; any other failure stands.
+        if bound.outcome not in CHANGEABLE_OUTCOMES:
+            return bound
+        user = conns.user
+        if user is None or not user.bound:
+            # The directory refused the bind itself (AD's 773/532): change over a fresh
+            # service-account session, the old password proving the user.
+            return bound if self.config.kind != "ad" else self._ad_change(conns, dn, old, new)
+        if self.config.kind == "ad":
+            return self._ad_change(conns, dn, old, new, conn=user)
+        user.extend.standard.modify_password(
+            user=dn, old_password=old, new_password=new, controls=[ppolicy.request_control()]
+        )
+        result = user.result or {}
+        return _change_verdict(result)
+
+    def _ad_change(
+        self,
+        conns: _ThreadConnections,
+        dn: str,
+        old: str,
+        new: str,
+        conn: ldap3.Connection | None = None,
+    ) -> Verdict:
+        target = conn or conns.search
+        if target is None:
+            raise ldap_errors.LDAPCommunicationError("no connection to change the password on")
+        target.extend.microsoft.modify_password(dn, new, old)
+        return _change_verdict(target.result or {})
+
     def _connections(self) -> _ThreadConnections:
         conns: _ThreadConnections | None = getattr(self._local, "conns", None)
         if conns is None:
@@ -144,6 +231,8 @@ class LdapDirectory:
         conn.open(read_server_info=False)
         if conn.socket is not None:
             conn.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.config.start_tls and not conn.start_tls(read_server_info=False):
+            raise ldap_errors.LDAPStartTLSError("StartTLS was refused")
         return conn
 
     def _verify(self, username: str, password: str) -> Verdict:

@@ -261,3 +261,21 @@ def warning_message(policy: PolicyResponse | None) -> str:
         if seconds >= size:
             return f"password expires in {_count(seconds // size, unit)}"
     return "password expires in less than a minute"
+
+
+#: Why the directory refused a new password, in words for the user.
+REJECTION_REASONS: dict[PolicyError, str] = {
+    PolicyError.PASSWORD_MOD_NOT_ALLOWED: "you may not change your password",
+    PolicyError.MUST_SUPPLY_OLD_PASSWORD: "the old password is required",
+    PolicyError.INSUFFICIENT_PASSWORD_QUALITY: "the new password is too simple",
+    PolicyError.PASSWORD_TOO_SHORT: "the new password is too short",
+    PolicyError.PASSWORD_TOO_YOUNG: "the password was changed too recently; try again later",
+    PolicyError.PASSWORD_IN_HISTORY: "the new password was used before",
+}
+
+
+def rejection_reason(policy: PolicyResponse | None) -> str:
+    """Say why a password change was refused, from the policy control; "" when it does not."""
+    if policy is None or policy.error is None:
+        return ""
+    return REJECTION_REASONS.get(policy.error, "")

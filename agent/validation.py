@@ -112,7 +112,12 @@ class Validator:
         directory = self._directory_for(request.domain)
         if directory is None:
             raise EnvelopeRejected(f"this agent has no directory for {request.domain}")
-        verdict = await directory.verify(credentials.username, credentials.password)
+        if credentials.new_password:
+            verdict = await directory.change_password(
+                credentials.username, credentials.password, credentials.new_password
+            )
+        else:
+            verdict = await directory.verify(credentials.username, credentials.password)
         return verdict.outcome, verdict.message
 
     def open(self, request: agent_pb2.ValidationRequest) -> agent_pb2.Credentials:

@@ -48,6 +48,7 @@ MESSAGES: dict[int, str] = {
     Outcome.ACCOUNT_DISABLED: "your account is disabled",
     Outcome.ACCOUNT_EXPIRED: "your account has expired",
     Outcome.ACCOUNT_RESTRICTED: "you may not sign in at this time or from this computer",
+    Outcome.PASSWORD_REJECTED: "the new password does not meet the password policy",
 }
 
 
@@ -73,44 +74,91 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
     ) -> signin_pb2.SignInResponse:
         """Answer one sign-in (see the module docstring)."""
         async with rpc_errors(context):
-            request_id = secrets.token_hex(12)
-            started = time.perf_counter()
-            upn = parse_upn(request.username)
             check_password(request.password)
-            client_ip = _client_ip(request.client_ip)
-            tenant = self._store.tenant_for_domain(upn.domain)
-            audit = log.bind(request_id=request_id, user=str(upn), client_ip=client_ip)
-            if tenant is None:
-                audit.info("signin.completed", outcome="UNKNOWN_DOMAIN", status="NOT_FOUND")
-                raise NotFound(f"no organisation signs in users of {upn.domain}")
-            remaining = context.time_remaining()
-            budget = self._timeout if remaining is None else min(self._timeout, remaining)
-            plaintext = agent_pb2.Credentials(
+            credentials = agent_pb2.Credentials(
                 username=request.username, password=request.password
-            ).SerializeToString()
-            try:
-                answer = await self.check(tenant, upn.domain, request_id, plaintext, budget)
-            except PtaError as error:
-                audit.info(
-                    "signin.completed",
-                    tenant=tenant,
-                    status=error.code.name,
-                    reason=error.message,
-                    duration_ms=_ms(started),
-                )
-                raise
-            finally:
-                del plaintext
-            audit = audit.bind(
-                tenant=tenant, agent_id=answer.agent_id, outcome=_outcome_name(answer.outcome)
             )
-            try:
-                response = _response(answer, request_id)
-            except PtaError as error:
-                audit.info("signin.completed", status=error.code.name, duration_ms=_ms(started))
-                raise
-            audit.info("signin.completed", status="OK", duration_ms=_ms(started))
-            return response
+            outcome, request_id, message = await self._serve(
+                "signin.completed", credentials, request.client_ip, context
+            )
+            return signin_pb2.SignInResponse(
+                outcome=outcome,  # type: ignore[arg-type]
+                request_id=request_id,
+                message=message,
+            )
+
+    async def ChangePassword(  # noqa: N802 - the contract's name
+        self,
+        request: signin_pb2.ChangePasswordRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> signin_pb2.ChangePasswordResponse:
+        """Change a user's password in their directory, as the user, through an agent."""
+        async with rpc_errors(context):
+            check_password(request.old_password)
+            check_password(request.new_password)
+            credentials = agent_pb2.Credentials(
+                username=request.username,
+                password=request.old_password,
+                new_password=request.new_password,
+            )
+            outcome, request_id, message = await self._serve(
+                "password_change.completed", credentials, request.client_ip, context
+            )
+            if outcome == Outcome.SUCCESS:
+                message = "password changed"
+            return signin_pb2.ChangePasswordResponse(
+                outcome=outcome,  # type: ignore[arg-type]
+                request_id=request_id,
+                message=message,
+            )
+
+    async def _serve(
+        self,
+        event: str,
+        credentials: agent_pb2.Credentials,
+        client_ip: str,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> tuple[int, str, str]:
+        """Route, seal, dispatch and await one credential check; audit it as ``event``.
+
+        Returns:
+            The outcome the client may see, the request id, and the message.
+        """
+        request_id = secrets.token_hex(12)
+        started = time.perf_counter()
+        upn = parse_upn(credentials.username)
+        audit = log.bind(request_id=request_id, user=str(upn), client_ip=_client_ip(client_ip))
+        tenant = self._store.tenant_for_domain(upn.domain)
+        if tenant is None:
+            audit.info(event, outcome="UNKNOWN_DOMAIN", status="NOT_FOUND")
+            raise NotFound(f"no organisation signs in users of {upn.domain}")
+        remaining = context.time_remaining()
+        budget = self._timeout if remaining is None else min(self._timeout, remaining)
+        plaintext = credentials.SerializeToString()
+        credentials.Clear()
+        try:
+            answer = await self.check(tenant, upn.domain, request_id, plaintext, budget)
+        except PtaError as error:
+            audit.info(
+                event,
+                tenant=tenant,
+                status=error.code.name,
+                reason=error.message,
+                duration_ms=_ms(started),
+            )
+            raise
+        finally:
+            del plaintext
+        audit = audit.bind(
+            tenant=tenant, agent_id=answer.agent_id, outcome=_outcome_name(answer.outcome)
+        )
+        try:
+            outcome, message = _visible(answer)
+        except PtaError as error:
+            audit.info(event, status=error.code.name, duration_ms=_ms(started))
+            raise
+        audit.info(event, status="OK", duration_ms=_ms(started))
+        return outcome, request_id, message
 
     async def check(
         self, tenant: str, domain: str, request_id: str, plaintext: bytes, budget: float
@@ -179,27 +227,25 @@ def _outcome_name(value: int) -> str:
         return f"UNKNOWN({value})"
 
 
-def _response(answer: Answer, request_id: str) -> signin_pb2.SignInResponse:
-    """Turn an agent's answer into what the client may see.
+def _visible(answer: Answer) -> tuple[int, str]:
+    """Turn an agent's answer into the outcome and message the client may see.
 
     Raises:
         DirectoryUnavailable: The agent could not reach its directory.
-        Unavailable: The agent answered something this broker does not know.
+        Unavailable: The agent refused the request, or answered something unknown here.
     """
     outcome = answer.outcome
     if outcome == Outcome.DIRECTORY_UNAVAILABLE:
         raise DirectoryUnavailable("the organisation's directory is unavailable; try again")
+    if outcome == Outcome.REQUEST_REJECTED:
+        raise Unavailable("the agent refused the request; try again")
     if outcome == Outcome.UNKNOWN_USER:
         outcome = Outcome.INVALID_CREDENTIALS
     base = MESSAGES.get(outcome)
     if base is None:
         raise Unavailable("the agent gave an answer this broker does not understand")
     detail = answer.message if outcome != Outcome.INVALID_CREDENTIALS else ""
-    return signin_pb2.SignInResponse(
-        outcome=outcome,  # type: ignore[arg-type]
-        request_id=request_id,
-        message=f"{base} ({detail})" if detail else base,
-    )
+    return outcome, f"{base} ({detail})" if detail else base
 
 
 def _ms(started: float) -> float:

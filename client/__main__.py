@@ -3,7 +3,8 @@
 Exit codes (stable, for scripts):
    0  SUCCESS                 10  INVALID_CREDENTIALS     11  PASSWORD_EXPIRED
   12  PASSWORD_MUST_CHANGE    13  ACCOUNT_LOCKED          14  ACCOUNT_DISABLED
-  15  ACCOUNT_EXPIRED         16  ACCOUNT_RESTRICTED      19  any other outcome
+  15  ACCOUNT_EXPIRED         16  ACCOUNT_RESTRICTED      17  PASSWORD_REJECTED
+  19  any other outcome
   20  UNAVAILABLE (no agent, directory down)              21  DEADLINE_EXCEEDED
   22  INVALID_ARGUMENT        23  NOT_FOUND (no organisation owns the domain)
   24  RESOURCE_EXHAUSTED      25  UNAUTHENTICATED / PERMISSION_DENIED
@@ -33,6 +34,7 @@ OUTCOME_EXIT: dict[int, int] = {
     Outcome.ACCOUNT_DISABLED: 14,
     Outcome.ACCOUNT_EXPIRED: 15,
     Outcome.ACCOUNT_RESTRICTED: 16,
+    Outcome.PASSWORD_REJECTED: 17,
 }
 OTHER_OUTCOME_EXIT = 19
 STATUS_EXIT: dict[grpc.StatusCode, int] = {
@@ -45,6 +47,7 @@ STATUS_EXIT: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.PERMISSION_DENIED: 25,
 }
 OTHER_STATUS_EXIT = 29
+USAGE_EXIT = 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,28 +66,50 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--client-ip", default="", help="the address the user signs in from")
     parser.add_argument("--timeout", type=float, default=15.0, help="seconds (default 15)")
     parser.add_argument("--json", action="store_true", help="print the response as JSON")
+    parser.add_argument(
+        "--change-password",
+        action="store_true",
+        help="change the password instead (with --password-stdin: old, then new, one a line)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code documented above."""
     args = _parser().parse_args(argv)
-    if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    else:
-        password = getpass.getpass(f"Password for {args.username}: ")
+    password = _secret(args, f"Password for {args.username}: ")
+    new_password = ""
+    if args.change_password:
+        new_password = _secret(args, "New password: ")
+        if not args.password_stdin and getpass.getpass("New password again: ") != new_password:
+            sys.stderr.write("pta-signin: the new passwords differ\n")
+            return USAGE_EXIT
     with open(args.ca_file, "rb") as ca:  # noqa: PTH123 - one read, at start
         credentials = grpc.ssl_channel_credentials(ca.read())
     with grpc.secure_channel(args.broker, credentials, options=rpc.CHANNEL_OPTIONS) as channel:
         stub = signin_pb2_grpc.SignInServiceStub(channel)
-        request = signin_pb2.SignInRequest(
-            username=args.username, password=password, client_ip=args.client_ip
-        )
-        del password
         try:
-            response = stub.SignIn(request, timeout=args.timeout)
+            if args.change_password:
+                response = stub.ChangePassword(
+                    signin_pb2.ChangePasswordRequest(
+                        username=args.username,
+                        old_password=password,
+                        new_password=new_password,
+                        client_ip=args.client_ip,
+                    ),
+                    timeout=args.timeout,
+                )
+            else:
+                response = stub.SignIn(
+                    signin_pb2.SignInRequest(
+                        username=args.username, password=password, client_ip=args.client_ip
+                    ),
+                    timeout=args.timeout,
+                )
         except grpc.RpcError as error:
             return _failed(error, as_json=args.json)
+        finally:
+            del password, new_password
     if args.json:
         sys.stdout.write(
             json.dumps(
@@ -95,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         sys.stdout.write(f"{Outcome.Name(response.outcome)}: {response.message}\n")
     return OUTCOME_EXIT.get(response.outcome, OTHER_OUTCOME_EXIT)
+
+
+def _secret(args: argparse.Namespace, prompt: str) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    return getpass.getpass(prompt)
 
 
 def _failed(error: grpc.RpcError, *, as_json: bool) -> int:

@@ -61,6 +61,9 @@ _POLICY: _Attrs = {
     "pwdGraceAuthNLimit": "0",
     "pwdMustChange": "TRUE",
     "pwdAllowUserChange": "TRUE",
+    "pwdMinLength": "8",
+    "pwdCheckQuality": "2",
+    "pwdInHistory": "3",
 }
 _TOP_CLASSES = {
     "dc": ("dcObject", "organization"),

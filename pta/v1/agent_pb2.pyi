@@ -120,12 +120,14 @@ class ValidationRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., envelope: _Optional[bytes] = ..., deadline_unix_ms: _Optional[int] = ..., domain: _Optional[str] = ...) -> None: ...
 
 class Credentials(_message.Message):
-    __slots__ = ("username", "password")
+    __slots__ = ("username", "password", "new_password")
     USERNAME_FIELD_NUMBER: _ClassVar[int]
     PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    NEW_PASSWORD_FIELD_NUMBER: _ClassVar[int]
     username: str
     password: str
-    def __init__(self, username: _Optional[str] = ..., password: _Optional[str] = ...) -> None: ...
+    new_password: str
+    def __init__(self, username: _Optional[str] = ..., password: _Optional[str] = ..., new_password: _Optional[str] = ...) -> None: ...
 
 class Results(_message.Message):
     __slots__ = ("results",)

@@ -18,6 +18,7 @@ class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DIRECTORY_UNAVAILABLE: _ClassVar[Outcome]
     ACCOUNT_RESTRICTED: _ClassVar[Outcome]
     REQUEST_REJECTED: _ClassVar[Outcome]
+    PASSWORD_REJECTED: _ClassVar[Outcome]
 OUTCOME_UNSPECIFIED: Outcome
 SUCCESS: Outcome
 INVALID_CREDENTIALS: Outcome
@@ -30,3 +31,4 @@ UNKNOWN_USER: Outcome
 DIRECTORY_UNAVAILABLE: Outcome
 ACCOUNT_RESTRICTED: Outcome
 REQUEST_REJECTED: Outcome
+PASSWORD_REJECTED: Outcome

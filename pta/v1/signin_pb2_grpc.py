@@ -40,6 +40,11 @@ class SignInServiceStub:
                 request_serializer=pta_dot_v1_dot_signin__pb2.SignInRequest.SerializeToString,
                 response_deserializer=pta_dot_v1_dot_signin__pb2.SignInResponse.FromString,
                 _registered_method=True)
+        self.ChangePassword = channel.unary_unary(
+                '/pta.v1.SignInService/ChangePassword',
+                request_serializer=pta_dot_v1_dot_signin__pb2.ChangePasswordRequest.SerializeToString,
+                response_deserializer=pta_dot_v1_dot_signin__pb2.ChangePasswordResponse.FromString,
+                _registered_method=True)
 
 
 class SignInServiceServicer:
@@ -55,6 +60,15 @@ class SignInServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ChangePassword(self, request, context):
+        """ChangePassword changes the user's password in their own directory, as the user, through
+        one of their organisation's agents (sealed like a sign-in). A user whose password must be
+        changed can change it here and then sign in.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SignInServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -62,6 +76,11 @@ def add_SignInServiceServicer_to_server(servicer, server):
                     servicer.SignIn,
                     request_deserializer=pta_dot_v1_dot_signin__pb2.SignInRequest.FromString,
                     response_serializer=pta_dot_v1_dot_signin__pb2.SignInResponse.SerializeToString,
+            ),
+            'ChangePassword': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangePassword,
+                    request_deserializer=pta_dot_v1_dot_signin__pb2.ChangePasswordRequest.FromString,
+                    response_serializer=pta_dot_v1_dot_signin__pb2.ChangePasswordResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -92,6 +111,33 @@ class SignInService:
             '/pta.v1.SignInService/SignIn',
             pta_dot_v1_dot_signin__pb2.SignInRequest.SerializeToString,
             pta_dot_v1_dot_signin__pb2.SignInResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangePassword(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pta.v1.SignInService/ChangePassword',
+            pta_dot_v1_dot_signin__pb2.ChangePasswordRequest.SerializeToString,
+            pta_dot_v1_dot_signin__pb2.ChangePasswordResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,128 @@
+"""Self-service password change, written back to the directory by the agent, as the user."""
+
+from __future__ import annotations
+
+import subprocess
+from typing import TYPE_CHECKING
+
+import pytest
+
+from pta.slapd import DirectoryUser, Slapd
+from pta.v1 import outcome_pb2, signin_pb2, signin_pb2_grpc
+from tests.conftest import remember_password
+from tests.support import BIN, AgentProcess, BrokerProcess
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+Outcome = outcome_pb2.Outcome
+PAT = remember_password("Pat-pw-11+")
+PAT_NEW = remember_password("Pat-new-pw-13")
+RENA = remember_password("Rena-pw-12=")
+RENA_NEW = remember_password("Rena-new-pw-14")
+EXPO = remember_password("Expo-pw-15~")
+CARL = remember_password("Carl-pw-16^")
+CARL_NEW = remember_password("Carl-new-pw-17")
+
+
+@pytest.fixture(scope="module")
+def change_directory() -> Iterator[Slapd]:
+    """A slapd of its own (passwords change here), with the default password policy."""
+    users = [
+        DirectoryUser(uid="pat", password=PAT),
+        DirectoryUser(uid="rena", password=RENA, must_change=True),
+        DirectoryUser(uid="expo", password=EXPO, expired=True),
+        DirectoryUser(uid="carl", password=CARL),
+    ]
+    with Slapd(users=users) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def change_agent(broker: BrokerProcess, change_directory: Slapd) -> Iterator[AgentProcess]:
+    """Tenant ``chg`` with one agent on that directory."""
+    broker.add_tenant("chg", "chg.example")
+    agent = AgentProcess.start(broker, change_directory, "chg", "agent-chg")
+    yield agent
+    agent.stop()
+
+
+def change(
+    broker: BrokerProcess, user: str, old: str, new: str
+) -> signin_pb2.ChangePasswordResponse:
+    """Call ChangePassword once."""
+    with broker.channel() as channel:
+        response: signin_pb2.ChangePasswordResponse = signin_pb2_grpc.SignInServiceStub(
+            channel
+        ).ChangePassword(
+            signin_pb2.ChangePasswordRequest(
+                username=f"{user}@chg.example", old_password=old, new_password=new
+            ),
+            timeout=15,
+        )
+    return response
+
+
+@pytest.mark.usefixtures("change_agent")
+class TestChangePassword:
+    """Each answer a password change can get, against a real OpenLDAP with ppolicy."""
+
+    def test_change_then_sign_in(self, broker: BrokerProcess) -> None:
+        """After a change the new password signs in and the old one no longer does."""
+        response = change(broker, "pat", PAT, PAT_NEW)
+        assert (Outcome.Name(response.outcome), response.message) == ("SUCCESS", "password changed")
+        assert broker.sign_in("pat@chg.example", PAT_NEW).outcome == Outcome.SUCCESS
+        assert broker.sign_in("pat@chg.example", PAT).outcome == Outcome.INVALID_CREDENTIALS
+
+    def test_wrong_old_password(self, broker: BrokerProcess) -> None:
+        """A wrong old password changes nothing."""
+        wrong = remember_password("not-carls-pw")
+        assert change(broker, "carl", wrong, CARL_NEW).outcome == Outcome.INVALID_CREDENTIALS
+        assert broker.sign_in("carl@chg.example", CARL).outcome == Outcome.SUCCESS
+
+    @pytest.mark.parametrize(
+        ("new", "reason"),
+        [("Ab1", "too short"), (CARL, "used before")],
+        ids=["too-short", "in-history"],
+    )
+    def test_policy_rejection_says_why(self, broker: BrokerProcess, new: str, reason: str) -> None:
+        """The directory's policy refuses the new password, and the message says why."""
+        response = change(broker, "carl", CARL, new)
+        assert response.outcome == Outcome.PASSWORD_REJECTED
+        assert reason in response.message
+        assert broker.sign_in("carl@chg.example", CARL).outcome == Outcome.SUCCESS
+
+    def test_must_change_user_changes_then_signs_in(self, broker: BrokerProcess) -> None:
+        """A user told to change their password can, and then signs in."""
+        assert broker.sign_in("rena@chg.example", RENA).outcome == Outcome.PASSWORD_MUST_CHANGE
+        assert change(broker, "rena", RENA, RENA_NEW).outcome == Outcome.SUCCESS
+        assert broker.sign_in("rena@chg.example", RENA_NEW).outcome == Outcome.SUCCESS
+
+    def test_expired_without_grace_is_reported(self, broker: BrokerProcess) -> None:
+        """OpenLDAP lets no one bind on an expired password without grace logins: said so."""
+        new = remember_password("Expo-new-pw-18")
+        assert change(broker, "expo", EXPO, new).outcome == Outcome.PASSWORD_EXPIRED
+
+    def test_cli_change_password(self, broker: BrokerProcess) -> None:
+        """``pta-signin --change-password`` reads old and new from stdin and exits 0."""
+        newer = remember_password("Pat-newer-pw-19")
+        done = subprocess.run(
+            [
+                str(BIN / "pta-signin"),
+                "--broker",
+                broker.public,
+                "--ca-file",
+                str(broker.ca_file),
+                "--password-stdin",
+                "--change-password",
+                "pat@chg.example",
+            ],
+            input=f"{PAT_NEW}\n{newer}\n",
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "SUCCESS: password changed" in done.stdout
+        assert broker.sign_in("pat@chg.example", newer).outcome == Outcome.SUCCESS
