@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import random
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import grpc
@@ -35,7 +36,16 @@ HEALTHY_SESSION = 10.0
 WELCOME_TIMEOUT = 10.0
 DEFAULT_HEARTBEAT = 5.0
 
-Outgoing = agent_pb2.ValidationResult | agent_pb2.AgentMessage
+
+@dataclass(slots=True)
+class _Control:
+    """A message other than results; ``written`` is set once it is on the stream."""
+
+    message: agent_pb2.AgentMessage
+    written: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+Outgoing = agent_pb2.ValidationResult | _Control
 
 
 class _StreamEnded(Exception):
@@ -75,7 +85,7 @@ class Link:
         self._draining.set()
         if self._outbox is not None and self.connected.is_set():
             self._outbox.put_nowait(
-                agent_pb2.AgentMessage(draining=agent_pb2.Draining(reason=reason))
+                _Control(agent_pb2.AgentMessage(draining=agent_pb2.Draining(reason=reason)))
             )
 
     async def run(self) -> None:
@@ -164,14 +174,27 @@ class Link:
                 raise _StreamEnded
             kind = message.WhichOneof("kind")
             if kind == "validations":
-                for request in message.validations.requests:
-                    group.create_task(self._answer(request, outbox))
+                # Acknowledge the batch, and check nothing before the acknowledgement is on the
+                # stream: the broker re-sends only what was never acknowledged.
+                requests = list(message.validations.requests)
+                ack = _Control(
+                    agent_pb2.AgentMessage(
+                        acks=agent_pb2.Acks(request_ids=[r.request_id for r in requests])
+                    )
+                )
+                outbox.put_nowait(ack)
+                for request in requests:
+                    group.create_task(self._answer(request, outbox, ack.written))
             elif kind == "drain":
                 log.info("link.drain_requested", reason=message.drain.reason)
 
     async def _answer(
-        self, request: agent_pb2.ValidationRequest, outbox: asyncio.Queue[Outgoing]
+        self,
+        request: agent_pb2.ValidationRequest,
+        outbox: asyncio.Queue[Outgoing],
+        acknowledged: asyncio.Event,
     ) -> None:
+        await acknowledged.wait()
         outbox.put_nowait(await self._validator.validate(request))
 
     async def _write(
@@ -188,17 +211,17 @@ class Link:
                 beat = agent_pb2.Heartbeat(sent_unix_ms=int(time.time() * 1000))
                 await call.write(agent_pb2.AgentMessage(heartbeat=beat))
                 continue
-            if isinstance(first, agent_pb2.AgentMessage):
-                await call.write(first)
-                continue
-            batch = [first]
-            controls: list[agent_pb2.AgentMessage] = []
-            while not outbox.empty():
-                item = outbox.get_nowait()
-                if isinstance(item, agent_pb2.AgentMessage):
+            batch: list[agent_pb2.ValidationResult] = []
+            controls: list[_Control] = []
+            item: Outgoing | None = first
+            while item is not None:
+                if isinstance(item, _Control):
                     controls.append(item)
                 else:
                     batch.append(item)
-            await call.write(agent_pb2.AgentMessage(results=agent_pb2.Results(results=batch)))
-            for control in controls:
-                await call.write(control)
+                item = None if outbox.empty() else outbox.get_nowait()
+            for control in controls:  # Acknowledgements first: checks wait for them.
+                await call.write(control.message)
+                control.written.set()
+            if batch:
+                await call.write(agent_pb2.AgentMessage(results=agent_pb2.Results(results=batch)))

@@ -280,6 +280,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             kind = message.WhichOneof("kind")
             if kind == "results":
                 self._complete(conn, message.results)
+            elif kind == "acks":
+                self._dispatcher.acknowledge(conn, list(message.acks.request_ids))
             elif kind == "draining":
                 log.info(
                     "agent.draining",

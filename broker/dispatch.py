@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from pta.errors import NoAgentAvailable, Overloaded, PtaError
+from pta.errors import NoAgentAvailable, Overloaded, PtaError, Unavailable
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 DEFAULT_QUEUE_LIMIT = 1024
+LOST_AFTER_ACK = (
+    "the agent checking this sign-in was lost after it started; it is not retried (the "
+    "password may have been tried already): sign in again"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +56,8 @@ class Job:
     envelopes: dict[str, bytes]
     future: asyncio.Future[Answer]
     connection_id: str | None = None
+    #: The agent said it may have started checking: never sent to another agent then.
+    acked: bool = False
 
     @property
     def done(self) -> bool:
@@ -122,15 +128,25 @@ class Dispatcher:
     def detach(self, conn: Connection) -> None:
         """Forget a connection whose stream ended, and settle every job it held.
 
-        Jobs it was working on get UNAVAILABLE: the agent may have bound already, and sending
-        the same password again would count twice against the user in the directory. Queued
-        jobs that can no longer go anywhere get UNAVAILABLE at once rather than at the deadline.
+        Jobs it had not acknowledged go to another agent of the tenant that can open them, at
+        once and ahead of the queue. Jobs it had acknowledged get UNAVAILABLE: the agent may have
+        bound already, and sending the same password again could count a wrong password twice
+        against the user in the directory. Queued jobs that can no longer go anywhere get
+        UNAVAILABLE at once rather than at the deadline.
         """
         self._connections.pop(conn.connection_id, None)
         tenant_conns = self._by_tenant.get(conn.tenant, {})
         tenant_conns.pop(conn.connection_id, None)
-        for job in conn.in_flight.values():
-            _fail(job, NoAgentAvailable("the agent handling this sign-in disconnected"))
+        queue = self._queues.setdefault(conn.tenant, deque())
+        for job in reversed(list(conn.in_flight.values())):
+            job.envelopes.pop(conn.connection_id, None)
+            job.connection_id = None
+            if job.acked:
+                _fail(job, Unavailable(LOST_AFTER_ACK))
+            elif any(cid in tenant_conns for cid in job.envelopes):
+                queue.appendleft(job)
+            else:
+                _fail(job, NoAgentAvailable("the agent handling this sign-in disconnected"))
         conn.in_flight.clear()
         self._settle_unroutable(conn.tenant)
         self._pump(conn.tenant)
@@ -183,6 +199,16 @@ class Dispatcher:
             raise Overloaded("too many sign-ins waiting for this organisation's agents")
         queue.append(job)
         self._pump(job.tenant)
+
+    def acknowledge(self, conn: Connection, request_ids: list[str]) -> int:
+        """Mark jobs the connection is about to check; returns how many it really holds."""
+        marked = 0
+        for request_id in request_ids:
+            job = conn.in_flight.get(request_id)
+            if job is not None:
+                job.acked = True
+                marked += 1
+        return marked
 
     def complete(self, conn: Connection, request_id: str, answer: Answer) -> bool:
         """Record a connection's answer to a job it was sent.

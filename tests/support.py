@@ -7,6 +7,7 @@ search it.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import json
@@ -240,10 +241,23 @@ def agent_credentials(state_dir: Path) -> grpc.ChannelCredentials:
 class SignInLoad:
     """Sign-ins from several threads until a deadline, every answer checked."""
 
-    def __init__(self, broker: BrokerProcess, domain: str, seconds: float) -> None:
-        """Prepare a load on ``domain`` that stops after ``seconds``."""
+    def __init__(
+        self,
+        broker: BrokerProcess,
+        domain: str,
+        seconds: float,
+        *,
+        tolerate_unavailable: bool = False,
+    ) -> None:
+        """Prepare a load on ``domain`` that stops after ``seconds``.
+
+        With ``tolerate_unavailable``, an UNAVAILABLE answer (a definite "no answer now") is
+        counted apart instead of as a failure.
+        """
         self.broker = broker
         self.domain = domain
+        self.tolerate_unavailable = tolerate_unavailable
+        self.statuses: collections.Counter[str] = collections.Counter()
         self.stop = time.monotonic() + seconds
         self.failures: list[str] = []
         self.answered = 0
@@ -264,9 +278,13 @@ class SignInLoad:
                 timeout=10,
             )
             failure = "" if reply.outcome == expected else str(reply)
+            status = "OK"
         except grpc.RpcError as error:
-            failure = str(error)
+            status = error.code().name
+            tolerated = self.tolerate_unavailable and status == "UNAVAILABLE"
+            failure = "" if tolerated else f"{status}: {error.details()}"
         with self._lock:
+            self.statuses[status] += 1
             self.answered += 1
             if failure:
                 self.failures.append(failure)

@@ -9,7 +9,7 @@ import pytest
 
 from broker.dispatch import Answer, Connection, Dispatcher, Job
 from pta import sealing
-from pta.errors import NoAgentAvailable, Overloaded
+from pta.errors import NoAgentAvailable, Overloaded, Unavailable
 
 TENANT = "acme"
 OTHER_TENANT = "globex"
@@ -449,6 +449,37 @@ class TestDispatcherDetach:
         dispatcher.detach(a)
         assert [type(failure(job)) for job in jobs] == [NoAgentAvailable, NoAgentAvailable]
         assert a.in_flight == {}
+        assert sent(b) == []
+
+    async def test_unacknowledged_job_goes_to_another_agent(self, dispatcher: Dispatcher) -> None:
+        """A job the lost agent never acknowledged is sent at once to one that can open it."""
+        a, b = make_conn("a"), make_conn("b")
+        dispatcher.attach(a)
+        dispatcher.attach(b)
+        job = make_job("r1", a, b)
+        dispatcher.submit(job)
+        assert job.connection_id == "a"
+        sent(a)
+        dispatcher.detach(a)
+        assert not job.done
+        assert sent(b) == ["r1"]
+        assert job.connection_id == "b"
+        assert "a" not in job.envelopes
+        assert dispatcher.complete(b, "r1", ANSWER)
+        assert job.future.result() == ANSWER
+
+    async def test_acknowledged_job_is_not_sent_again(self, dispatcher: Dispatcher) -> None:
+        """A job the lost agent acknowledged may have been tried: UNAVAILABLE, not re-sent."""
+        a, b = make_conn("a"), make_conn("b")
+        dispatcher.attach(a)
+        dispatcher.attach(b)
+        job = make_job("r1", a, b)
+        dispatcher.submit(job)
+        assert dispatcher.acknowledge(a, ["r1", "not-mine"]) == 1
+        dispatcher.detach(a)
+        error = failure(job)
+        assert isinstance(error, Unavailable)
+        assert not isinstance(error, NoAgentAvailable)
         assert sent(b) == []
 
     async def test_queued_jobs_kept_only_when_routable(self, dispatcher: Dispatcher) -> None:
