@@ -49,7 +49,7 @@ class TestLayering:
             if "ldap3" in _imports(path)
         }
         # The throwaway slapd and the benchmark's direct-bind baseline also speak LDAP.
-        assert users <= {"agent/directory.py", "pta/slapd.py", "pta/loadgen.py"}
+        assert users <= {"agent/directory.py", "pta/slapd.py", "pta/samba.py", "pta/loadgen.py"}
 
     def test_dispatch_has_no_grpc(self) -> None:
         """The dispatcher is pure logic, tested without a network."""
