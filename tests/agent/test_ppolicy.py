@@ -8,9 +8,8 @@ expire or in their grace logins, and check that the bytes decode to the outcome 
 
 from __future__ import annotations
 
-import time
-
 import datetime
+import time
 from typing import TYPE_CHECKING, Any
 
 import ldap3
