@@ -226,7 +226,7 @@ class LdapDirectory:
             # ldap3 packs this into SO_RCVTIMEO as whole seconds.
             receive_timeout=max(1, math.ceil(self.config.receive_timeout)),
             raise_exceptions=False,
-            read_only=True,
+            # Not read-only: a password change on AD is a modify of unicodePwd.
         )
         conn.open(read_server_info=False)
         if conn.socket is not None:

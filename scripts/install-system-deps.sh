@@ -1,6 +1,7 @@
 #!/bin/sh
 # Installs what a fresh Debian machine lacks for the demo, the tests and the bench:
-# Debian's OpenLDAP server and tools, and python3-venv. The demo, tests and bench start their
+# Debian's OpenLDAP server and tools, Samba (an AD domain controller for the AD tests), and
+# python3-venv. The demo, tests and bench start their
 # own private slapd on 127.0.0.1, never the system one: the package's own service is kept from
 # starting during the install (a temporary policy-rc.d), so nothing listens afterwards.
 set -eu
@@ -8,6 +9,10 @@ need=""
 [ -x /usr/sbin/slapd ] || need="$need slapd"
 command -v ldapwhoami >/dev/null 2>&1 || need="$need ldap-utils"
 python3 -c 'import ensurepip, venv' 2>/dev/null || need="$need python3-venv"
+# A real Active Directory domain controller for the AD tests (pta/samba.py: AD_PACKAGES).
+for pkg in samba samba-ad-provision samba-dsdb-modules samba-vfs-modules ldb-tools; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need="$need $pkg"
+done
 [ -n "$need" ] || exit 0
 
 SUDO=""

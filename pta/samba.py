@@ -1,0 +1,696 @@
+"""A throwaway Samba Active Directory domain controller for the demo and the test suite.
+
+Active Directory answers a failed simple bind with a ``data XXX`` subcode (52e bad password, 533
+disabled, 773 must change, 532 expired, 701 account expired, 775 locked, 530 logon hours) that the
+agent has to map to an outcome; only a real AD DC produces them, so this module runs Debian's
+Samba as one, twin of :mod:`pta.slapd`.  Each :class:`SambaDC` is private: a provisioned domain
+restored from a cached tarball into its own temp dir, its own ``smb.conf`` (never
+``/etc/samba/smb.conf``), only the ``ldap`` service, bound to 127.0.0.1 only, and a process group
+that is always killed on exit.
+
+Samba fixes its LDAP ports (389, 636, and 3268/3269 for the global catalog: no ``smb.conf``
+option moves them, see ``source4/ldap_server/ldap_server.c``) and binds only to addresses of real
+interfaces (``interfaces = 127.0.0.2`` gives "no network interfaces found"), so one SambaDC runs
+per machine at a time: :meth:`SambaDC.start` waits for a machine-wide lock.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import contextlib
+import datetime
+import fcntl
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Literal, Self, get_args
+
+import ldap3
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from ldap3.core.exceptions import LDAPException
+from ldap3.utils.dn import escape_rdn
+
+from pta import tls
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+__all__ = [
+    "AD_PACKAGES",
+    "AD_STATES",
+    "AdState",
+    "AdUser",
+    "SambaDC",
+    "find_samba",
+    "install_command",
+    "samba_missing_reason",
+]
+
+log = structlog.get_logger()
+
+AdState = Literal[
+    "normal", "disabled", "must_change", "expired", "account_expired", "locked", "logon_hours"
+]
+AD_STATES: tuple[AdState, ...] = get_args(AdState)
+#: Debian packages a SambaDC needs, installed with ``--no-install-recommends``.  samba only
+#: recommends the ldb modules (dsdb) and ``acl_xattr`` (vfs) that provisioning fails without.
+#: winbind, krb5-user and ldap-utils are not needed: an ldap-only DC opens none of their files.
+AD_PACKAGES = (
+    "samba",
+    "samba-ad-provision",
+    "samba-dsdb-modules",
+    "samba-vfs-modules",
+    "ldb-tools",
+)
+HOST = "127.0.0.1"
+LDAP_PORT, LDAPS_PORT = 389, 636  # fixed by Samba, see the module docstring
+NETBIOS_NAME = "DC"  # not the machine's host name, so the cached domain fits any machine
+LOCKOUT_THRESHOLD = 5  # wrong passwords in a row lock an account (for 30 minutes)
+MIN_PASSWORD_LENGTH = 7  # Samba's default; complexity stays on, as in a fresh AD
+READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 5.0
+LOCK_TIMEOUT = 120.0
+_RECIPE = 1  # bump when provisioning changes: caches made by older code are then ignored
+_PROVISION_PASSWORD = "Provision-only-1"  # noqa: S105 - replaced at every start
+_POLICY = (  # `samba-tool domain passwordsettings set`: defaults but min age 0 and a lockout
+    "--complexity=on",
+    f"--min-pwd-length={MIN_PASSWORD_LENGTH}",
+    "--min-pwd-age=0",  # else users could not change a password set by a test that same day
+    "--max-pwd-age=42",
+    f"--account-lockout-threshold={LOCKOUT_THRESHOLD}",
+    "--account-lockout-duration=30",
+    "--reset-account-lockout-after=30",
+)
+_COMPLEX = "1"  # pwdProperties with DOMAIN_PASSWORD_COMPLEX, what --complexity=on stores
+# DSDB_CONTROL_PASSWORD_BYPASS_LAST_SET_OID: lets pwdLastSet take any value (AD allows only 0
+# and -1).  Samba honours it from local ldb tools only, never over LDAP.
+_BYPASS_LAST_SET = "1.3.6.1.4.1.7165.4.3.20"
+_NORMAL_ACCOUNT, _DISABLED_ACCOUNT = "512", "514"  # userAccountControl, ACCOUNTDISABLE = 2
+_NEVER = "9223372036854775807"  # accountExpires: never
+_LONG_AGO = "125911584000000000"  # 2000-01-01 as FILETIME: beyond any maximum password age
+_FILETIME_EPOCH = 11_644_473_600  # seconds from 1601-01-01 to 1970-01-01
+_DAY = 86_400 * 10**7  # in FILETIME's 100 ns units
+_HOURS = 21  # logonHours: one bit per hour of the week
+_SAM_MAX = 20  # sAMAccountName length limit
+_SAM_FORBIDDEN = set('"/\\[]:;|=,+*?<>@')
+_TAR_XATTRS = ("--xattrs", "--xattrs-include=*", "--acls")  # sysvol carries NT ACLs in xattrs
+_LOCK_FILE = Path(tempfile.gettempdir()) / "pta-samba-dc.lock"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdUser:
+    """One user account created in the domain at start, in one account state.
+
+    Attributes:
+        sam: ``sAMAccountName`` and CN; the UPN is ``sam@upn_suffix``.
+        password: Clear-text password; any length (the policy is bypassed at creation).
+        state: Account state; its bind answer is in the module docstring.
+        mail: Optional ``mail``.
+
+    """
+
+    sam: str
+    password: str = field(repr=False)
+    state: AdState = "normal"
+    mail: str | None = None
+
+    def __post_init__(self) -> None:
+        """Reject what AD would: a sAMAccountName is at most 20 characters, some forbidden."""
+        if not self.sam.strip() or len(self.sam) > _SAM_MAX or _SAM_FORBIDDEN & set(self.sam):
+            msg = f"invalid sAMAccountName {self.sam!r}"
+            raise ValueError(msg)
+        if not self.password:
+            msg = "AdUser.password must not be empty"
+            raise ValueError(msg)
+        if self.state not in AD_STATES:
+            msg = f"unknown state {self.state!r}"
+            raise ValueError(msg)
+
+
+def install_command() -> list[str]:
+    """Return the ``apt-get`` command that installs :data:`AD_PACKAGES`."""
+    return ["apt-get", "install", "-y", "--no-install-recommends", *AD_PACKAGES]
+
+
+def find_samba() -> Path | None:
+    """Locate the ``samba`` daemon, or return None when it is not installed."""
+    for candidate in ("/usr/sbin/samba", shutil.which("samba")):
+        if candidate and os.access(candidate, os.X_OK):
+            return Path(candidate)
+    return None
+
+
+def samba_missing_reason() -> str | None:
+    """Say why no SambaDC can run here (a pytest skip reason), or None when one can."""
+    parts = {
+        "samba": find_samba() is not None and shutil.which("samba-tool") is not None,
+        "samba-ad-provision": Path("/usr/share/samba/setup/provision.ldif").exists(),
+        "samba-dsdb-modules": any(Path("/usr/lib").glob("*/samba/ldb/samba_dsdb.so")),
+        "samba-vfs-modules": any(Path("/usr/lib").glob("*/samba/vfs/acl_xattr.so")),
+        "ldb-tools": shutil.which("ldbmodify") is not None,
+        "tar": shutil.which("tar") is not None,
+    }
+    if missing := [name for name, present in parts.items() if not present]:
+        return (
+            f"Samba AD DC not installed (no {', '.join(missing)}): {shlex.join(install_command())}"
+        )
+    if os.geteuid() != 0:
+        return "a Samba AD DC runs as root only"
+    return None
+
+
+class SambaDC:
+    """Context manager: a private AD DC on 127.0.0.1, in its own temp dir.
+
+    Attributes:
+        ldaps_url: ``ldaps://127.0.0.1:636`` while started, else ``""``.
+        ldap_url: ``ldap://127.0.0.1:389`` (for StartTLS; plain simple binds are refused).
+        directory: The private temp dir (``smb.conf``, database, log) while started.
+        base_dn: The domain's DN, e.g. ``DC=ad,DC=example,DC=com``.
+        upn_suffix: The realm in lower case: UPNs are ``sam@upn_suffix``.
+        admin_dn: The domain Administrator.
+        admin_password: Its password (random unless given).
+        timings: Seconds spent in each step of the last start.
+
+    """
+
+    def __init__(  # noqa: PLR0913 - each option is one fact about the domain
+        self,
+        *,
+        users: Sequence[AdUser],
+        realm: str = "AD.EXAMPLE.COM",
+        domain: str = "AD",
+        admin_password: str | None = None,
+        workdir: Path | None = None,
+        cache_dir: Path | None = None,
+        lock_timeout: float = LOCK_TIMEOUT,
+    ) -> None:
+        r"""Describe the domain; nothing runs until :meth:`start`.
+
+        Args:
+            users: Accounts to create; sAMAccountNames must differ (ignoring case).
+            realm: DNS name of the domain, upper case by convention.
+            domain: NetBIOS name of the domain (``AD\user`` binds).
+            admin_password: Administrator password; random (``secrets``) if omitted.
+            workdir: Parent of the private temp dir (default: system temp dir).
+            cache_dir: Where provisioned domains are cached (default ``~/.cache/pta``).
+            lock_timeout: Seconds to wait for another SambaDC on this machine to stop.
+
+        Raises:
+            ValueError: duplicate users, or a realm or domain AD would refuse.
+
+        """
+        if len({u.sam.casefold() for u in users}) != len(users):
+            msg = "duplicate sAMAccountName in users"
+            raise ValueError(msg)
+        if not re.fullmatch(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+", realm):
+            msg = f"realm must be a dotted DNS name, got {realm!r}"
+            raise ValueError(msg)
+        if not re.fullmatch(r"[A-Za-z0-9-]{1,15}", domain):
+            msg = f"domain must be a NetBIOS name (1-15 letters, digits, -), got {domain!r}"
+            raise ValueError(msg)
+        self.users = tuple(users)
+        self.realm, self.domain = realm.upper(), domain.upper()
+        self.upn_suffix = realm.lower()
+        self.base_dn = ",".join(f"DC={label}" for label in self.upn_suffix.split("."))
+        self.admin_dn = f"CN=Administrator,CN=Users,{self.base_dn}"
+        self.admin_password = admin_password or secrets.token_urlsafe(24)
+        self.ldaps_url = self.ldap_url = ""
+        self.directory: Path | None = None
+        self.timings: dict[str, float] = {}
+        self._workdir, self._cache_dir, self._lock_timeout = workdir, cache_dir, lock_timeout
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock: IO[str] | None = None
+
+    def __repr__(self) -> str:
+        """Show the domain and where it listens, never a password."""
+        return f"SambaDC(realm={self.realm!r}, ldaps_url={self.ldaps_url!r})"
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA certificate that signed the LDAPS certificate (``private/tls/ca.pem``).
+
+        Raises:
+            RuntimeError: not started.
+
+        """
+        return self._root() / "private" / "tls" / "ca.pem"
+
+    def user_dn(self, sam: str) -> str:
+        """Return the DN of a user created from an :class:`AdUser` with this ``sam``."""
+        return f"CN={escape_rdn(sam)},CN=Users,{self.base_dn}"
+
+    def upn(self, sam: str) -> str:
+        """Return the user principal name of a user: ``sam@upn_suffix``."""
+        return f"{sam}@{self.upn_suffix}"
+
+    def set_state(self, sam: str, state: AdState) -> None:
+        """Put a user in an account state now, clearing any other state it was in.
+
+        Raises:
+            RuntimeError: not started, or Samba refused the change.
+            ValueError: unknown state.
+
+        """
+        if state not in AD_STATES:
+            msg = f"unknown state {state!r}"
+            raise ValueError(msg)
+        self._ldbmodify(_modify(self.user_dn(sam), _state(state, _filetime())))
+
+    def add_user(self, user: AdUser) -> None:
+        """Create one more user in a running domain.
+
+        Raises:
+            RuntimeError: not started, or Samba refused the user.
+
+        """
+        self._ldbmodify(self._accounts_ldif([user], admin=False))
+        self.users += (user,)
+
+    def start(self) -> None:
+        """Restore (or first provision) the domain, add the users, run Samba, wait for LDAPS.
+
+        Raises:
+            RuntimeError: already started, Samba missing, another DC holding the ports, or a
+                step failed; Samba's own failures end with the tail of its log.
+
+        """
+        if self.directory is not None:
+            msg = "the domain controller is already started"
+            raise RuntimeError(msg)
+        if reason := samba_missing_reason():
+            raise RuntimeError(reason)
+        began, self.timings = time.monotonic(), {}
+        atexit.register(self.stop)
+        try:
+            self._lock = _machine_lock(self._lock_timeout)
+            _check_ports_free()
+            _remove_stale_dirs(Path(self._workdir or tempfile.gettempdir()))
+            archive = self._cached_domain()
+            self.directory = root = Path(tempfile.mkdtemp(prefix="pta-samba-", dir=self._workdir))
+            with self._timed("restore"):
+                _run(["tar", *_TAR_XATTRS, "-xf", archive, "-C", root])
+            (root / "etc" / "smb.conf").write_text(_smb_conf(root, self.realm, self.domain))
+            _write_tls(root / "private" / "tls", f"{NETBIOS_NAME}.{self.upn_suffix}".lower())
+            with self._timed("users"):
+                self._ldbmodify(self._accounts_ldif(self.users, admin=True))
+            with self._timed("ready"):
+                self._spawn(root)
+        except BaseException:
+            self.stop()
+            raise
+        self.timings["total"] = round(time.monotonic() - began, 3)
+        log.info("samba.started", url=self.ldaps_url, **self.timings)
+
+    def stop(self) -> None:
+        """Kill Samba's whole process group, remove the temp dir, release the machine lock.
+
+        Idempotent; also registered with :mod:`atexit`.  Should even that not run, Samba ends
+        itself: it runs with ``-i``, which stops it when its stdin (a pipe from us) closes.
+        """
+        atexit.unregister(self.stop)
+        proc, self._proc, self.ldaps_url, self.ldap_url = self._proc, None, "", ""
+        if proc is not None:
+            _kill_group(proc)
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.directory = None
+            log.debug("samba.stopped", realm=self.realm)
+        if self._lock is not None:
+            self._lock.close()  # releases the flock
+            self._lock = None
+
+    def __enter__(self) -> Self:
+        """Start the domain controller for the duration of a ``with`` block."""
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Stop the domain controller whatever happened inside the block."""
+        self.stop()
+
+    def _root(self) -> Path:
+        if self.directory is None:
+            msg = "the domain controller is not started"
+            raise RuntimeError(msg)
+        return self.directory
+
+    @contextlib.contextmanager
+    def _timed(self, step: str) -> Iterator[None]:
+        began = time.monotonic()
+        yield
+        self.timings[step] = round(time.monotonic() - began, 3)
+
+    def _cached_domain(self) -> Path:
+        """Return the tarball of a freshly provisioned domain, provisioning it if need be.
+
+        Provisioning takes seconds; untarring a copy, a fraction of one.  The key covers all
+        that shapes the result, the Samba version included.  Callers hold the machine lock,
+        so two processes never provision at once.
+        """
+        version = _run([find_samba() or "samba", "-V"]).strip()
+        facts = [_RECIPE, version, self.realm, self.domain, NETBIOS_NAME, _POLICY]
+        key = hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:16]
+        cache_dir = self._cache_dir or _default_cache_dir()
+        archive = cache_dir / f"samba-{key}.tar"
+        if archive.exists():
+            return archive
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with (
+            self._timed("provision"),
+            tempfile.TemporaryDirectory(prefix="pta-samba-provision-", dir=self._workdir) as tmp,
+        ):
+            target = Path(tmp) / "dc"
+            _provision(target, self.realm, self.domain)
+            partial = cache_dir / f".{archive.name}.{os.getpid()}"
+            _run(["tar", *_TAR_XATTRS, "-cf", partial, "-C", target, "."])
+            partial.replace(archive)
+        log.info("samba.provisioned", archive=str(archive), seconds=self.timings["provision"])
+        return archive
+
+    def _accounts_ldif(self, users: Sequence[AdUser], *, admin: bool) -> str:
+        """LDIF setting the admin password and adding users, in one ldb transaction.
+
+        The password policy is relaxed at its start and restored at its end: Samba applies
+        length and complexity even to local ldb writes, and test passwords need not be strong.
+        Being one transaction, the running server never sees the relaxed policy.
+        """
+        now = _filetime()
+        relaxed = [("pwdProperties", "0"), ("minPwdLength", "0")]
+        parts = [_modify(self.base_dn, relaxed)]
+        if admin:
+            parts.append(
+                _modify(self.admin_dn, [_password(self.admin_password), ("pwdLastSet", str(now))])
+            )
+        for user in users:
+            attrs: list[tuple[str, str | bytes]] = [
+                ("objectClass", "user"),
+                ("sAMAccountName", user.sam),
+                ("userPrincipalName", self.upn(user.sam)),
+                _password(user.password),
+                ("pwdLastSet", str(now)),
+            ]
+            attrs += [("mail", user.mail)] if user.mail else []
+            parts.append(_record(self.user_dn(user.sam), "add", attrs))
+            parts.append(_modify(self.user_dn(user.sam), _state(user.state, now)))
+        strict = [("pwdProperties", _COMPLEX), ("minPwdLength", str(MIN_PASSWORD_LENGTH))]
+        parts.append(_modify(self.base_dn, strict))
+        return "".join(parts)
+
+    def _ldbmodify(self, ldif: str) -> None:
+        """Apply LDIF to ``sam.ldb`` directly, running or not (as ``samba-tool`` does).
+
+        The LDIF goes through stdin, so no password is ever written to a file.
+        """
+        sam_ldb = self._root() / "private" / "sam.ldb"
+        argv = ["ldbmodify", "-H", str(sam_ldb), f"--controls=local_oid:{_BYPASS_LAST_SET}:0"]
+        done = subprocess.run(  # noqa: S603 - fixed argv, no shell
+            argv, input=ldif, capture_output=True, text=True, timeout=60, check=False
+        )
+        if done.returncode != 0:
+            msg = f"ldbmodify failed with {done.returncode}: {_tail(done.stderr + done.stdout)}"
+            raise RuntimeError(msg)
+
+    def _spawn(self, root: Path) -> None:
+        binary, output = find_samba() or Path("samba"), root / "samba.log"
+        conf = root / "etc" / "smb.conf"
+        with output.open("wb") as sink:  # a file, not a pipe: nobody has to drain it
+            self._proc = proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+                [binary, "-i", "-d", "1", "-s", conf],
+                stdin=subprocess.PIPE,  # held open: its EOF at our death stops Samba (-i)
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group, killed whole by stop()
+            )
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not _answers(self.admin_dn, self.admin_password, self.ca_file):
+            if proc.poll() is not None:
+                msg = f"samba exited with {proc.returncode}: {_tail(output.read_text())}"
+                raise RuntimeError(msg)
+            if time.monotonic() > deadline:
+                msg = f"samba did not answer within {READY_TIMEOUT} s: {_tail(output.read_text())}"
+                raise RuntimeError(msg)
+            time.sleep(0.05)
+        self.ldaps_url = f"ldaps://{HOST}:{LDAPS_PORT}"
+        self.ldap_url = f"ldap://{HOST}:{LDAP_PORT}"
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "pta"
+
+
+def _run(argv: Sequence[str | Path], timeout: float = 120) -> str:
+    """Run a tool to completion; fail with its output's tail, never with a password in it."""
+    done = subprocess.run(  # noqa: S603 - argv built here from fixed tool names
+        [str(a) for a in argv], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if done.returncode != 0:
+        tool, output = Path(argv[0]).name, done.stderr + done.stdout
+        msg = f"{tool} failed with {done.returncode}: {_tail(output)}"
+        raise RuntimeError(msg)
+    return done.stdout
+
+
+def _tail(text: str, limit: int = 2000) -> str:
+    return text[-limit:].strip() or "(no output)"
+
+
+def _provision(target: Path, realm: str, domain: str) -> None:
+    """Provision a domain into ``target`` and set its password policy.
+
+    An empty ``--configfile`` keeps ``/etc/samba/smb.conf`` out; the later ``samba-tool`` runs
+    name the provisioned one for the same reason.
+    """
+    target.parent.joinpath("empty.conf").write_text("")
+    _run([
+        "samba-tool", "domain", "provision",
+        f"--configfile={target.parent / 'empty.conf'}",
+        f"--targetdir={target}",
+        f"--realm={realm}",
+        f"--domain={domain}",
+        f"--host-name={NETBIOS_NAME}",
+        "--server-role=dc",
+        "--dns-backend=NONE",
+        f"--adminpass={_PROVISION_PASSWORD}",
+        f"--option=interfaces={HOST}",
+        "--option=bind interfaces only=yes",
+        "--option=server services=ldap",
+    ])  # fmt: skip
+    conf, sam_ldb = target / "etc" / "smb.conf", target / "private" / "sam.ldb"
+    _run(["samba-tool", "domain", "passwordsettings", "set", "-s", conf, "-H", sam_ldb, *_POLICY])
+
+
+def _smb_conf(root: Path, realm: str, domain: str) -> str:
+    """The per-run configuration: the provisioned one's, with every path inside ``root``.
+
+    Only the ``ldap`` service runs (no kdc, dns, smb, rpc): simple binds need nothing else.
+    """
+    return f"""[global]
+	netbios name = {NETBIOS_NAME}
+	realm = {realm}
+	workgroup = {domain}
+	server role = active directory domain controller
+	server services = ldap
+	interfaces = {HOST}
+	bind interfaces only = yes
+	private dir = {root}/private
+	binddns dir = {root}/bind-dns
+	lock directory = {root}
+	state directory = {root}/state
+	cache directory = {root}/cache
+	pid directory = {root}
+	ncalrpc dir = {root}/ncalrpc
+"""
+
+
+def _write_tls(tls_dir: Path, dns_name: str) -> None:
+    """Write a CA and a server certificate valid for 127.0.0.1 where Samba looks for them.
+
+    Samba would make its own, but for ``CN=<host>.<realm>`` with no subjectAltName: a client
+    connecting to 127.0.0.1 and checking the name (ldap3 does, the agent does) rejects it.
+    """
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, key = tls.new_private_key(), tls.new_private_key()
+    ca_name = tls.name("pta throwaway AD CA")
+    start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=30)
+    ca = (
+        x509.CertificateBuilder()
+        .issuer_name(ca_name)
+        .subject_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    names = [x509.DNSName(dns_name), x509.IPAddress(ipaddress.ip_address(HOST))]
+    cert = (
+        x509.CertificateBuilder()
+        .issuer_name(ca_name)
+        .subject_name(tls.name(dns_name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    tls_dir.mkdir(parents=True, exist_ok=True)
+    tls.write_public(tls_dir / "ca.pem", tls.cert_pem(ca))
+    tls.write_public(tls_dir / "cert.pem", tls.cert_pem(cert))
+    tls.write_private(tls_dir / "key.pem", tls.key_pem(key))  # Samba refuses a readable key
+
+
+def _filetime() -> int:
+    """Now, as AD stores times: 100 ns units since 1601-01-01."""
+    return int((time.time() + _FILETIME_EPOCH) * 10**7)
+
+
+def _state(state: AdState, now: int) -> list[tuple[str, str | bytes]]:
+    """Every attribute an account state depends on, so a new state also clears the old one."""
+    return [
+        ("userAccountControl", _DISABLED_ACCOUNT if state == "disabled" else _NORMAL_ACCOUNT),
+        ("pwdLastSet", {"must_change": "0", "expired": _LONG_AGO}.get(state, str(now))),
+        ("accountExpires", str(now - _DAY) if state == "account_expired" else _NEVER),
+        ("lockoutTime", str(now) if state == "locked" else "0"),
+        ("logonHours", bytes(_HOURS) if state == "logon_hours" else b"\xff" * _HOURS),
+    ]
+
+
+def _password(password: str) -> tuple[str, bytes]:
+    """``unicodePwd``: the password in double quotes, UTF-16-LE, as AD requires."""
+    return "unicodePwd", f'"{password}"'.encode("utf-16-le")
+
+
+def _ldif_line(name: str, value: str | bytes) -> str:
+    """Render one LDIF line; bytes and anything not plain ASCII go base64 (RFC 2849)."""
+    if isinstance(value, str) and re.fullmatch(r"[!-9;=?-~][ -~]*(?<! )", value):
+        return f"{name}: {value}\n"
+    raw = value.encode() if isinstance(value, str) else value
+    return f"{name}:: {base64.b64encode(raw).decode('ascii')}\n"
+
+
+def _record(dn: str, changetype: str, lines: Sequence[tuple[str, str | bytes]]) -> str:
+    body = "".join(_ldif_line(name, value) for name, value in lines)
+    return f"{_ldif_line('dn', dn)}changetype: {changetype}\n{body}\n"
+
+
+def _modify(dn: str, changes: Sequence[tuple[str, str | bytes]]) -> str:
+    """An LDIF modify replacing each attribute with one value."""
+    body = "".join(f"replace: {n}\n{_ldif_line(n, v)}-\n" for n, v in changes)
+    return f"{_ldif_line('dn', dn)}changetype: modify\n{body}\n"
+
+
+def _machine_lock(timeout: float) -> IO[str]:
+    """Take the lock that lets one SambaDC at a time own 127.0.0.1's LDAP ports.
+
+    Raises:
+        RuntimeError: another SambaDC still held it after ``timeout`` seconds.
+
+    """
+    handle = _LOCK_FILE.open("a")
+    deadline, waited = time.monotonic() + timeout, False
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                handle.close()
+                msg = f"another SambaDC on this machine held {_LOCK_FILE} for {timeout} s"
+                raise RuntimeError(msg) from None
+            if not waited:
+                log.info("samba.waiting", lock=str(_LOCK_FILE))
+                waited = True
+            time.sleep(0.1)
+        else:
+            return handle
+
+
+def _remove_stale_dirs(parent: Path) -> None:
+    """Remove the temp dirs of SambaDCs whose process was killed before it could clean up.
+
+    Only the holder of the machine lock runs a SambaDC, so under the lock any such dir is stale.
+    """
+    for stale in parent.glob("pta-samba-*"):
+        if stale.is_dir():
+            log.info("samba.stale_dir_removed", path=str(stale))
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _check_ports_free() -> None:
+    """Fail clearly when something else (a system samba or slapd?) holds an LDAP port."""
+    for port in (LDAP_PORT, LDAPS_PORT, 3268, 3269):
+        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=1):
+            msg = f"{HOST}:{port} is taken by another process: Samba can use no other port"
+            raise RuntimeError(msg)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM Samba's process group, SIGKILL what lingers, wait until no member is left."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)  # pid is its own group's id
+    if proc.stdin is not None:
+        proc.stdin.close()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=STOP_TIMEOUT)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while (members := _group_members(proc.pid)) and time.monotonic() < deadline + STOP_TIMEOUT:
+        if time.monotonic() > deadline:  # prefork workers may outlive the root a moment
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        time.sleep(0.01)
+    if members:
+        log.warning("samba.unkillable", pids=members)
+    proc.wait()
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Pids of live (not zombie) processes in a process group, read from ``/proc``."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rpartition(")")[2].split()
+            if fields[0] != "Z" and int(fields[2]) == pgid:
+                members.append(int(stat.parent.name))
+    return members
+
+
+def _answers(dn: str, password: str, ca_file: Path) -> bool:
+    """Whether Samba answers an LDAPS bind as the Administrator right now.
+
+    A fresh ``ldap3.Server`` each time: one that failed to connect marks its address
+    unavailable for five seconds, which would stall start-up that long.
+    """
+    tls_config = ldap3.Tls(ca_certs_file=str(ca_file), validate=ssl.CERT_REQUIRED)
+    server = ldap3.Server(
+        HOST, port=LDAPS_PORT, use_ssl=True, tls=tls_config, get_info=ldap3.NONE, connect_timeout=1
+    )
+    conn = ldap3.Connection(server, dn, password, receive_timeout=5)
+    try:
+        conn.open()
+        return bool(conn.bind())
+    except (OSError, LDAPException):
+        return False
+    finally:
+        with contextlib.suppress(OSError, LDAPException):
+            conn.unbind()

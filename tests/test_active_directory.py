@@ -1,0 +1,142 @@
+"""Sign-ins and password changes against a real Active Directory (Samba AD DC), end to end.
+
+Every AD state the outcome table names is produced on the domain controller and checked by a
+real LDAPS bind through client -> broker -> agent. Skipped, saying why, only where Samba
+cannot run (not installed, or not root); ``make test`` installs it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+from pta.samba import AdUser, SambaDC, samba_missing_reason
+from pta.v1 import outcome_pb2, signin_pb2, signin_pb2_grpc
+from tests.conftest import remember_password
+from tests.support import AgentProcess, BrokerProcess
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+Outcome = outcome_pb2.Outcome
+pytestmark = pytest.mark.skipif(
+    samba_missing_reason() is not None, reason=str(samba_missing_reason())
+)
+
+PASSWORD = remember_password("Ad-pw-20!x")
+NEW_PASSWORD = remember_password("Ad-new-pw-21!y")
+#: sAMAccountName -> (state on the DC, the outcome its right password gets)
+STATES = {
+    "adnormal": ("normal", "SUCCESS"),
+    "addisabled": ("disabled", "ACCOUNT_DISABLED"),
+    "admustchange": ("must_change", "PASSWORD_MUST_CHANGE"),
+    "adexpired": ("expired", "PASSWORD_EXPIRED"),
+    "adacctexpired": ("account_expired", "ACCOUNT_EXPIRED"),
+    "adlocked": ("locked", "ACCOUNT_LOCKED"),
+    "adhours": ("logon_hours", "ACCOUNT_RESTRICTED"),
+}
+EXTRA = ("adchanger", "adchanger2", "adwrong")
+
+
+@pytest.fixture(scope="module")
+def domain_controller() -> Iterator[SambaDC]:
+    """One Samba AD DC for the module, users in every state."""
+    users = [
+        AdUser(sam=sam, password=PASSWORD, state=state)  # type: ignore[arg-type]
+        for sam, (state, _) in STATES.items()
+    ]
+    users += [AdUser(sam=sam, password=PASSWORD) for sam in EXTRA]
+    with SambaDC(users=users) as dc:
+        yield dc
+
+
+@pytest.fixture(scope="module")
+def ad_agent(
+    broker: BrokerProcess, domain_controller: SambaDC, run_dir: Path
+) -> Iterator[AgentProcess]:
+    """Tenant ``adcorp`` owning the AD's UPN suffix, one agent of kind ``ad`` over LDAPS."""
+    dc = domain_controller
+    broker.add_tenant("adcorp", dc.upn_suffix)
+    secret = run_dir / "ad-bind.pw"
+    secret.write_text(dc.admin_password)
+    secret.chmod(0o600)
+    agent = AgentProcess.start(
+        broker,
+        None,
+        "adcorp",
+        "agent-ad",
+        *("--kind", "ad", "--ldap-url", dc.ldaps_url, "--base-dn", dc.base_dn),
+        *("--bind-dn", dc.admin_dn, "--bind-password-file", str(secret)),
+        *("--ca-file", str(dc.ca_file)),
+    )
+    yield agent
+    agent.stop()
+
+
+def _change(broker: BrokerProcess, username: str, old: str, new: str) -> int:
+    with broker.channel() as channel:
+        reply: signin_pb2.ChangePasswordResponse = signin_pb2_grpc.SignInServiceStub(
+            channel
+        ).ChangePassword(
+            signin_pb2.ChangePasswordRequest(username=username, old_password=old, new_password=new),
+            timeout=20,
+        )
+    return reply.outcome
+
+
+@pytest.mark.usefixtures("ad_agent")
+class TestActiveDirectoryOutcomes:
+    """Each AD bind subcode reaches the user as its own outcome."""
+
+    @pytest.mark.parametrize("sam", list(STATES), ids=[s for s, _ in STATES.values()])
+    def test_state(self, broker: BrokerProcess, domain_controller: SambaDC, sam: str) -> None:
+        """The right password of an account in each state gets that state's outcome."""
+        response = broker.sign_in(domain_controller.upn(sam), PASSWORD)
+        assert Outcome.Name(response.outcome) == STATES[sam][1]
+
+    def test_wrong_password(self, broker: BrokerProcess, domain_controller: SambaDC) -> None:
+        """52e: a wrong password."""
+        wrong = remember_password("not-the-ad-pw")
+        response = broker.sign_in(domain_controller.upn("adwrong"), wrong)
+        assert response.outcome == Outcome.INVALID_CREDENTIALS
+
+    def test_unknown_user_told_apart_by_search(
+        self, broker: BrokerProcess, domain_controller: SambaDC
+    ) -> None:
+        """Samba answers 52e for users it lacks: the agent's own search tells them apart."""
+        response = broker.sign_in(f"nobody@{domain_controller.upn_suffix}", PASSWORD)
+        assert response.outcome == Outcome.INVALID_CREDENTIALS
+        (event,) = [
+            e
+            for e in broker.log_events("signin.completed")
+            if e["request_id"] == response.request_id
+        ]
+        assert event["outcome"] == "UNKNOWN_USER"
+
+
+@pytest.mark.usefixtures("ad_agent")
+class TestActiveDirectoryPasswordChange:
+    """unicodePwd changes, as the user, over LDAPS."""
+
+    def test_change_then_sign_in(self, broker: BrokerProcess, domain_controller: SambaDC) -> None:
+        """A normal user changes the password; the new one signs in, the old one does not."""
+        upn = domain_controller.upn("adchanger")
+        assert _change(broker, upn, PASSWORD, NEW_PASSWORD) == Outcome.SUCCESS
+        assert broker.sign_in(upn, NEW_PASSWORD).outcome == Outcome.SUCCESS
+
+    def test_policy_rejection(self, broker: BrokerProcess, domain_controller: SambaDC) -> None:
+        """A new password AD's policy refuses (too short, too simple) is PASSWORD_REJECTED."""
+        upn = domain_controller.upn("adchanger2")
+        assert _change(broker, upn, PASSWORD, "abc") == Outcome.PASSWORD_REJECTED
+        assert broker.sign_in(upn, PASSWORD).outcome == Outcome.SUCCESS
+
+    def test_must_change_user_changes_then_signs_in(
+        self, broker: BrokerProcess, domain_controller: SambaDC
+    ) -> None:
+        """773: the user cannot bind, but can change the password, then sign in."""
+        upn = domain_controller.upn("admustchange")
+        newer = remember_password("Ad-newer-pw-22!z")
+        assert _change(broker, upn, PASSWORD, newer) == Outcome.SUCCESS
+        assert broker.sign_in(upn, newer).outcome == Outcome.SUCCESS
