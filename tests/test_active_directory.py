@@ -32,7 +32,7 @@ STATES = {
     "adnormal": ("normal", "SUCCESS"),
     "addisabled": ("disabled", "ACCOUNT_DISABLED"),
     "admustchange": ("must_change", "PASSWORD_MUST_CHANGE"),
-    "adexpired": ("expired", "PASSWORD_EXPIRED"),
+    "adexpired": ("expired", "PASSWORD_EXPIRED"),  # changed by the last test
     "adacctexpired": ("account_expired", "ACCOUNT_EXPIRED"),
     "adlocked": ("locked", "ACCOUNT_LOCKED"),
     "adhours": ("logon_hours", "ACCOUNT_RESTRICTED"),
@@ -140,3 +140,12 @@ class TestActiveDirectoryPasswordChange:
         newer = remember_password("Ad-newer-pw-22!z")
         assert _change(broker, upn, PASSWORD, newer) == Outcome.SUCCESS
         assert broker.sign_in(upn, newer).outcome == Outcome.SUCCESS
+
+    def test_expired_user_changes_then_signs_in(
+        self, broker: BrokerProcess, domain_controller: SambaDC
+    ) -> None:
+        """532: an expired password can still be changed, then the new one signs in."""
+        upn = domain_controller.upn("adexpired")
+        newest = remember_password("Ad-newest-pw-23!w")
+        assert _change(broker, upn, PASSWORD, newest) == Outcome.SUCCESS
+        assert broker.sign_in(upn, newest).outcome == Outcome.SUCCESS
