@@ -52,6 +52,17 @@ class _StreamEnded(Exception):
     """The broker closed the stream: ends the session's task group."""
 
 
+def _rpc_error(error: BaseException) -> grpc.aio.AioRpcError | None:
+    """The gRPC error behind a failed session, also from inside a task group's group."""
+    if isinstance(error, grpc.aio.AioRpcError):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            if (found := _rpc_error(inner)) is not None:
+                return found
+    return None
+
+
 class Link:
     """Keeps one identity's Connect stream up and feeds its requests to its validator."""
 
@@ -97,10 +108,16 @@ class Link:
             try:
                 await self._session()
                 bound.info("link.closed_by_broker")
-            except grpc.aio.AioRpcError as error:
-                bound.warning(
-                    "link.failed", status=error.code().name, details=error.details() or ""
-                )
+            except Exception as error:  # noqa: BLE001 - whatever broke the stream, dial again
+                rpc_error = _rpc_error(error)
+                if rpc_error is None:
+                    bound.exception("link.crashed")
+                else:
+                    bound.warning(
+                        "link.failed",
+                        status=rpc_error.code().name,
+                        details=rpc_error.details() or "",
+                    )
             finally:
                 self.connected.clear()
                 self._outbox = None

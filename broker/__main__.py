@@ -54,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--heartbeat-interval", help="stream heartbeat interval (default 5s)")
     serve.add_argument("--queue-limit", help="sign-ins a tenant may have waiting (default 1024)")
+    serve.add_argument(
+        "--rate-limit", help="sign-ins a second per client address (default: no limit)"
+    )
+    serve.add_argument("--rate-burst", help="burst allowed above the rate (default: the rate)")
     serve.add_argument("--grace", help="seconds in-flight sign-ins get at shutdown (default 5)")
 
     tenant = commands.add_parser("tenant", help="manage tenants").add_subparsers(

@@ -39,6 +39,9 @@ class BrokerConfig:
     server_cert_lifetime: datetime.timedelta = DEFAULT_SERVER_CERT_LIFETIME
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     queue_limit: int = DEFAULT_QUEUE_LIMIT
+    #: Sign-ins a second per client address (0: no limit), and the burst allowed.
+    rate_limit: float = 0.0
+    rate_burst: float = 0.0
     grace: float = DEFAULT_GRACE
 
     def __post_init__(self) -> None:
@@ -103,5 +106,7 @@ def load_config(options: Mapping[str, object], environ: Mapping[str, str]) -> Br
             pick("heartbeat_interval") or str(DEFAULT_HEARTBEAT_INTERVAL)
         ),
         queue_limit=int(pick("queue_limit") or DEFAULT_QUEUE_LIMIT),
+        rate_limit=float(pick("rate_limit") or 0),
+        rate_burst=float(pick("rate_burst") or 0),
         grace=float(pick("grace") or DEFAULT_GRACE),
     )

@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from broker.agent_link import AgentService
 from broker.ca import CertificateAuthority
 from broker.dispatch import Connection, Dispatcher
+from broker.ratelimit import RateLimiter
 from broker.rotation import ServerCertificates
 from broker.signin import SignInService
 from broker.store import ConnectionStatus, Store
@@ -115,7 +116,12 @@ class Broker:
         )
         if not self.public_port or not self.agent_port:
             raise RuntimeError(f"cannot listen on {config.listen} / {config.agent_listen}")
-        signin = SignInService(store=store, dispatcher=dispatcher, timeout=config.signin_timeout)
+        signin = SignInService(
+            store=store,
+            dispatcher=dispatcher,
+            timeout=config.signin_timeout,
+            limiter=RateLimiter(config.rate_limit, config.rate_burst or None),
+        )
         agent_service = AgentService(
             store=store,
             ca=ca,

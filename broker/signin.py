@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from broker.dispatch import Answer, Dispatcher, Job
+from broker.ratelimit import RateLimiter, peer_address
 from pta import sealing
 from pta.errors import (
     DeadlineExceeded,
@@ -55,14 +56,23 @@ MESSAGES: dict[int, str] = {
 class SignInService(signin_pb2_grpc.SignInServiceServicer):
     """Validates sign-ins through the tenant's agents."""
 
-    def __init__(self, *, store: Store, dispatcher: Dispatcher, timeout: float) -> None:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        dispatcher: Dispatcher,
+        timeout: float,
+        limiter: RateLimiter | None = None,
+    ) -> None:
         """Wire the service to the state store and the dispatcher.
 
         Args:
             store: Where domains are mapped to tenants.
             dispatcher: Where sealed jobs go to agents.
             timeout: The longest a sign-in may take; a client deadline may shorten it.
+            limiter: Per-address rate limit (none when omitted).
         """
+        self._limiter = limiter if limiter is not None else RateLimiter(0)
         self._store = store
         self._dispatcher = dispatcher
         self._timeout = timeout
@@ -127,7 +137,14 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
         request_id = secrets.token_hex(12)
         started = time.perf_counter()
         upn = parse_upn(credentials.username)
-        audit = log.bind(request_id=request_id, user=str(upn), client_ip=_client_ip(client_ip))
+        address = _client_ip(client_ip)
+        audit = log.bind(request_id=request_id, user=str(upn), client_ip=address)
+        try:
+            if self._limiter.enabled:
+                self._limiter.check(address or peer_address(context.peer()))
+        except PtaError as error:
+            audit.info(event, status=error.code.name, reason=error.message)
+            raise
         tenant = self._store.tenant_for_domain(upn.domain)
         if tenant is None:
             audit.info(event, outcome="UNKNOWN_DOMAIN", status="NOT_FOUND")

@@ -1,0 +1,77 @@
+"""Per-address token buckets: ``broker/ratelimit.py`` with a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker.ratelimit import RateLimiter, peer_address
+from pta.errors import Overloaded
+
+
+class FakeClock:
+    """Monotonic time that moves only when told."""
+
+    def __init__(self) -> None:
+        """Start at zero."""
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        """The current fake time."""
+        return self.now
+
+
+class TestRateLimiter:
+    """Bursts pass, the excess is refused, tokens come back with time."""
+
+    def test_burst_then_refused_then_refilled(self) -> None:
+        """``burst`` sign-ins pass at once, the next is refused, one more after 1/rate s."""
+        clock = FakeClock()
+        limiter = RateLimiter(2, 3, clock=clock)
+        for _ in range(3):
+            limiter.check("203.0.113.1")
+        with pytest.raises(Overloaded):
+            limiter.check("203.0.113.1")
+        clock.now = 0.5
+        limiter.check("203.0.113.1")
+        with pytest.raises(Overloaded):
+            limiter.check("203.0.113.1")
+
+    def test_addresses_are_independent(self) -> None:
+        """One address running out does not limit another."""
+        limiter = RateLimiter(1, 1, clock=FakeClock())
+        limiter.check("a")
+        with pytest.raises(Overloaded):
+            limiter.check("a")
+        limiter.check("b")
+
+    def test_off_when_rate_is_zero(self) -> None:
+        """A rate of 0 limits nothing and tracks nothing."""
+        limiter = RateLimiter(0)
+        for _ in range(1000):
+            limiter.check("a")
+        assert not limiter.enabled
+        assert len(limiter) == 0
+
+    def test_memory_is_bounded(self) -> None:
+        """Only the most recently seen addresses are tracked."""
+        limiter = RateLimiter(10, clock=FakeClock(), max_addresses=100)
+        for n in range(1000):
+            limiter.check(f"addr-{n}")
+        assert len(limiter) == 100
+
+
+class TestPeerAddress:
+    """grpc peer strings to addresses."""
+
+    @pytest.mark.parametrize(
+        ("peer", "address"),
+        [
+            ("ipv4:127.0.0.1:5555", "127.0.0.1"),
+            ("ipv6:[::1]:5555", "::1"),
+            ("unix:/tmp/socket", "unix:/tmp/socket"),
+        ],
+        ids=["ipv4", "ipv6", "other"],
+    )
+    def test_peer(self, peer: str, address: str) -> None:
+        """The port is dropped, brackets too."""
+        assert peer_address(peer) == address
