@@ -14,7 +14,7 @@ import enum
 import json
 import sqlite3
 import time
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import grpc
 import structlog
@@ -108,8 +108,8 @@ class Broker:
         )
         dispatcher = self._dispatcher = Dispatcher(queue_limit=config.queue_limit)
 
-        public = self._server(SERVICES)
-        agents = self._server(SERVICES[1:])
+        public = self._server(SERVICES, rpc.PUBLIC_SERVER_OPTIONS)
+        agents = self._server(SERVICES[1:], rpc.SERVER_OPTIONS)
         self.public_port = public.add_secure_port(config.listen, self.certificates.credentials())
         self.agent_port = agents.add_secure_port(
             config.agent_listen, self.certificates.credentials(client_ca=ca.cert_pem)
@@ -173,8 +173,10 @@ class Broker:
             except sqlite3.Error:
                 log.exception("broker.maintenance_failed")
 
-    def _server(self, services: tuple[ServiceDescriptor, ...]) -> grpc.aio.Server:
-        server = grpc.aio.server(options=rpc.SERVER_OPTIONS)
+    def _server(
+        self, services: tuple[ServiceDescriptor, ...], options: list[tuple[str, Any]]
+    ) -> grpc.aio.Server:
+        server = grpc.aio.server(options=options)
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         names = (

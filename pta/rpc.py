@@ -21,9 +21,10 @@ if TYPE_CHECKING:
 
     from google.protobuf.descriptor import ServiceDescriptor
 
-#: Every request and response of the contract is small; anything larger is refused by grpc.
+#: Every sign-in, enrolment and renewal message is small: the public endpoint refuses larger
+#: ones (RESOURCE_EXHAUSTED) before parsing them.
 MAX_MESSAGE_BYTES: Final = 64 * 1024
-#: Server-to-agent batches may carry many envelopes.
+#: Stream messages carry batches of envelopes or results.
 MAX_STREAM_MESSAGE_BYTES: Final = 4 * 1024 * 1024
 
 #: Keepalive that survives idle NATs and load balancers without tripping grpc's
@@ -36,6 +37,11 @@ SERVER_OPTIONS: Final[list[tuple[str, Any]]] = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
+]
+#: The public endpoint: the same, with the small message cap.
+PUBLIC_SERVER_OPTIONS: Final[list[tuple[str, Any]]] = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    *(option for option in SERVER_OPTIONS if option[0] != "grpc.max_receive_message_length"),
 ]
 CHANNEL_OPTIONS: Final[list[tuple[str, Any]]] = [
     ("grpc.max_receive_message_length", MAX_STREAM_MESSAGE_BYTES),

@@ -88,7 +88,7 @@ class TestBadInput:
     def test_oversized_message_is_resource_exhausted(self, broker: BrokerProcess) -> None:
         """A message over the size cap is refused before it is parsed."""
         payload = signin_pb2.SignInRequest(
-            username=f"alice@{DOMAIN}", password="x" * (5 * 1024 * 1024)
+            username=f"alice@{DOMAIN}", password="x" * (100 * 1024)
         ).SerializeToString()
         assert _raw_call(broker, payload) == grpc.StatusCode.RESOURCE_EXHAUSTED
 
