@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pta.names import normalize_domain
+from pta.names import normalize_domain, parse_upn
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -91,9 +91,10 @@ class DirectoryConfig:
 
     def login_value(self, username: str) -> str:
         """Return what to search the login attribute for, given ``user@domain``."""
+        upn = parse_upn(username)  # The domain lower-cased and without a trailing dot.
         if self.login_attribute.lower() in FULL_NAME_ATTRIBUTES:
-            return username
-        return username.rpartition("@")[0]
+            return str(upn)
+        return upn.local
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

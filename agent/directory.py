@@ -51,6 +51,8 @@ COMMUNICATION_ERRORS = (
 CONSTRAINT_VIOLATION = 19
 #: Bind answers after which a cached DN may be the cause (the user moved or was deleted).
 STALE_DN_OUTCOMES = frozenset({Outcome.INVALID_CREDENTIALS, Outcome.UNKNOWN_USER})
+#: Failures after which the directory may have processed the request.
+TIMEOUT_ERRORS = (ldap_errors.LDAPResponseTimeoutError, TimeoutError)
 #: Seconds a server that failed is skipped before it is tried again.
 SERVER_EXHAUST_SECONDS = 10
 
@@ -242,7 +244,9 @@ class LdapDirectory:
             return self._verify_on(conns, username, password)
         except COMMUNICATION_ERRORS as error:
             conns.reset()
-            if not reused:
+            # A timeout may mean the server did try the password: trying it again could count
+            # it twice. Only a connection found dead (closed while idle) is retried.
+            if not reused or isinstance(error, TIMEOUT_ERRORS):
                 raise DirectoryUnavailable("the directory did not answer") from error
         # The server may have closed an idle connection: one fresh try.
         try:

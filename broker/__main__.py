@@ -57,6 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--rate-limit", help="sign-ins a second per client address (default: no limit)"
     )
+    serve.add_argument(
+        "--trusted-proxy",
+        action="append",
+        help="CIDR of a sign-in front end whose requests' client_ip the rate limit believes",
+    )
     serve.add_argument("--rate-burst", help="burst allowed above the rate (default: the rate)")
     serve.add_argument("--grace", help="seconds in-flight sign-ins get at shutdown (default 5)")
 

@@ -20,6 +20,7 @@ from broker.dispatch import Answer, Connection, Dispatcher
 from pta import sealing, tls
 from pta.errors import (
     InvalidRequest,
+    Overloaded,
     PermissionDenied,
     TenantMismatch,
     Unauthenticated,
@@ -45,6 +46,8 @@ MAX_CAPACITY = 1024
 MAX_DOMAINS = 64
 MAX_TEXT = 253
 MAX_MESSAGE_CHARS = 512
+#: An agent needs one stream, two while it rotates its certificate.
+MAX_STREAMS_PER_AGENT = 4
 #: Missing this many heartbeat intervals means the agent is gone.
 MISSED_HEARTBEATS = 3
 
@@ -148,6 +151,10 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             record = self._authenticate(context.auth_context())
             messages = aiter(request_iterator)
             conn = await self._hello(messages, record)
+            streams = sum(c.agent_id == conn.agent_id for c in self._dispatcher.connections())
+            if streams >= MAX_STREAMS_PER_AGENT:
+                # Each stream costs every sign-in of the tenant one more seal.
+                raise Overloaded("this agent has too many streams open")
             await context.write(
                 agent_pb2.BrokerMessage(
                     welcome=agent_pb2.Welcome(

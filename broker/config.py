@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,6 +43,8 @@ class BrokerConfig:
     #: Sign-ins a second per client address (0: no limit), and the burst allowed.
     rate_limit: float = 0.0
     rate_burst: float = 0.0
+    #: Front ends (CIDRs) whose requests' ``client_ip`` the rate limit believes.
+    trusted_proxies: tuple[str, ...] = ()
     grace: float = DEFAULT_GRACE
 
     def __post_init__(self) -> None:
@@ -58,6 +61,8 @@ class BrokerConfig:
             object.__setattr__(self, "agent_listen", f"{host}:{port + 1 if port else 0}")
         if self.signin_timeout <= 0 or self.heartbeat_interval <= 0 or self.grace < 0:
             raise ValueError("timeouts must be positive")
+        for network in self.trusted_proxies:
+            ipaddress.ip_network(network)  # ValueError on a bad CIDR
         if self.queue_limit < 1:
             raise ValueError("queue limit must be at least 1")
 
@@ -108,5 +113,10 @@ def load_config(options: Mapping[str, object], environ: Mapping[str, str]) -> Br
         queue_limit=int(pick("queue_limit") or DEFAULT_QUEUE_LIMIT),
         rate_limit=float(pick("rate_limit") or 0),
         rate_burst=float(pick("rate_burst") or 0),
+        trusted_proxies=_list(options.get("trusted_proxy")),
         grace=float(pick("grace") or DEFAULT_GRACE),
     )
+
+
+def _list(value: object) -> tuple[str, ...]:
+    return tuple(str(v) for v in value) if isinstance(value, list | tuple) else ()

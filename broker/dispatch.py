@@ -227,14 +227,13 @@ class Dispatcher:
         return True
 
     def withdraw(self, job: Job) -> None:
-        """Forget a job whose caller stopped waiting (deadline or cancellation)."""
-        if job.connection_id is not None:
-            conn = self._connections.get(job.connection_id)
-            if conn is not None and conn.in_flight.get(job.request_id) is job:
-                del conn.in_flight[job.request_id]
-                self._pump(conn.tenant)
-                self._end_if_drained(conn)
-        else:
+        """Forget a job whose caller stopped waiting (deadline or cancellation).
+
+        A job an agent is working on keeps its slot until the agent answers (or is lost): the
+        agent is still busy with it, and freeing the slot early would let a slow directory
+        pile up an unbounded backlog at the agent.
+        """
+        if job.connection_id is None:
             queue = self._queues.get(job.tenant)
             if queue is not None and job in queue:
                 queue.remove(job)

@@ -1,14 +1,15 @@
 """Per-address rate limiting: a token bucket for each client address, in bounded memory.
 
-The address is the end user's (``client_ip`` in the request, as the sign-in page saw it) when
-given, else the caller's own. Refusals are immediate RESOURCE_EXHAUSTED answers: nothing is
-sealed, queued or sent to an agent for them.
+The address is the caller's own, or the end user's (``client_ip`` in the request, as the
+sign-in page saw it) when the caller is a trusted front end (``--trusted-proxy``). Refusals
+are immediate RESOURCE_EXHAUSTED answers: nothing is sealed, queued or sent to an agent.
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import TYPE_CHECKING
 
 from pta.errors import Overloaded
@@ -65,6 +66,25 @@ class RateLimiter:
     def __len__(self) -> int:
         """How many addresses are tracked."""
         return len(self._buckets)
+
+
+def client_address(
+    client_ip: str, peer: str, trusted: tuple[IPv4Network | IPv6Network, ...]
+) -> str:
+    """The address to limit: ``client_ip`` only when the caller is a trusted front end.
+
+    Anyone can put any ``client_ip`` in a request; believing it from everyone would let a
+    caller escape its limit, or spend someone else's.
+    """
+    address = peer_address(peer)
+    if client_ip and trusted:
+        try:
+            caller = ip_address(address)
+        except ValueError:
+            return address
+        if any(caller in network for network in trusted):
+            return client_ip
+    return address
 
 
 def peer_address(peer: str) -> str:

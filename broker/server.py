@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import ipaddress
 import json
-import sqlite3
 import time
 from typing import TYPE_CHECKING, Any, Self
 
@@ -121,6 +121,7 @@ class Broker:
             dispatcher=dispatcher,
             timeout=config.signin_timeout,
             limiter=RateLimiter(config.rate_limit, config.rate_burst or None),
+            trusted_proxies=tuple(ipaddress.ip_network(p) for p in config.trusted_proxies),
         )
         agent_service = AgentService(
             store=store,
@@ -170,7 +171,7 @@ class Broker:
                 if time.monotonic() - reported >= STATUS_INTERVAL:
                     reported = time.monotonic()
                     store.report_connections([_status(c) for c in dispatcher.connections()])
-            except sqlite3.Error:
+            except Exception:
                 log.exception("broker.maintenance_failed")
 
     def _server(

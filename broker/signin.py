@@ -11,12 +11,13 @@ import asyncio
 import ipaddress
 import secrets
 import time
+from ipaddress import IPv4Network, IPv6Network
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from broker.dispatch import Answer, Dispatcher, Job
-from broker.ratelimit import RateLimiter, peer_address
+from broker.ratelimit import RateLimiter, client_address
 from pta import sealing
 from pta.errors import (
     DeadlineExceeded,
@@ -63,6 +64,7 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
         dispatcher: Dispatcher,
         timeout: float,
         limiter: RateLimiter | None = None,
+        trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = (),
     ) -> None:
         """Wire the service to the state store and the dispatcher.
 
@@ -71,7 +73,9 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
             dispatcher: Where sealed jobs go to agents.
             timeout: The longest a sign-in may take; a client deadline may shorten it.
             limiter: Per-address rate limit (none when omitted).
+            trusted_proxies: Callers whose ``client_ip`` is believed by the rate limit.
         """
+        self._trusted = trusted_proxies
         self._limiter = limiter if limiter is not None else RateLimiter(0)
         self._store = store
         self._dispatcher = dispatcher
@@ -141,7 +145,7 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
         audit = log.bind(request_id=request_id, user=str(upn), client_ip=address)
         try:
             if self._limiter.enabled:
-                self._limiter.check(address or peer_address(context.peer()))
+                self._limiter.check(client_address(address, context.peer(), self._trusted))
         except PtaError as error:
             audit.info(event, status=error.code.name, reason=error.message)
             raise

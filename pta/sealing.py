@@ -70,7 +70,12 @@ def load_public_key(raw: bytes) -> x25519.X25519PublicKey:
     """
     if len(raw) != PUBLIC_KEY_BYTES:
         raise ValueError("an envelope public key is 32 bytes")
-    return x25519.X25519PublicKey.from_public_bytes(raw)
+    key = x25519.X25519PublicKey.from_public_bytes(raw)
+    try:  # A low-order point (all zeros, say) would make every later seal fail.
+        SUITE.encrypt(b"", key, info=INFO_LABEL)
+    except ValueError:
+        raise ValueError("not a usable X25519 public key") from None
+    return key
 
 
 def private_key_bytes(key: x25519.X25519PrivateKey) -> bytes:

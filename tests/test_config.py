@@ -196,7 +196,7 @@ class TestDirectoryConfig:
             ("cn", "a@b@example.com", "a@b"),
             ("mail", "alice@example.com", "alice@example.com"),
             ("userPrincipalName", "alice@example.com", "alice@example.com"),
-            ("USERPRINCIPALNAME", "Alice@Example.com", "Alice@Example.com"),
+            ("USERPRINCIPALNAME", "Alice@Example.com.", "Alice@example.com"),  # domain normalised
         ],
         ids=["uid", "samaccountname", "uid-split-at-last-at", "mail", "upn", "upn-any-case"],
     )

@@ -56,6 +56,7 @@ def busy(run_dir: Path, slapd: Slapd) -> Iterator[tuple[BrokerProcess, AgentProc
         run_dir,
         "broker-busy",
         *("--queue-limit", str(QUEUE_LIMIT), "--rate-limit", "20", "--rate-burst", "20"),
+        *("--trusted-proxy", "127.0.0.1/32"),
     )
     broker.add_tenant("busy", "busy.example")
     agent = AgentProcess.start(broker, slapd, "busy", "agent-busy", "--max-in-flight", "2")

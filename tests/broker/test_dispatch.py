@@ -596,8 +596,10 @@ class TestDispatcherWithdraw:
         dispatcher.complete(conn, "busy", ANSWER)
         assert sent(conn) == ["busy"]
 
-    async def test_in_flight_job_frees_capacity(self, dispatcher: Dispatcher) -> None:
-        """A withdrawn in-flight job frees its slot, and the waiting job is sent in its place."""
+    async def test_in_flight_job_keeps_its_slot_until_answered(
+        self, dispatcher: Dispatcher
+    ) -> None:
+        """A withdrawn in-flight job holds its slot until the agent answers it (bounded work)."""
         conn = make_conn("a", capacity=1)
         dispatcher.attach(conn)
         job, waiting = make_job("r1", conn), make_job("r2", conn)
@@ -605,9 +607,10 @@ class TestDispatcherWithdraw:
         dispatcher.submit(waiting)
         dispatcher.withdraw(job)
         assert job.future.cancelled()
-        assert sent(conn) == ["r1", "r2"]
+        assert sent(conn) == ["r1"]
+        assert dispatcher.complete(conn, "r1", ANSWER) is True
+        assert sent(conn) == ["r2"]
         assert conn.in_flight == {"r2": waiting}
-        assert dispatcher.complete(conn, "r1", ANSWER) is False
 
     async def test_answered_job_keeps_answer(self, dispatcher: Dispatcher) -> None:
         """Withdrawing a job that already has its answer does not cancel it."""
@@ -620,11 +623,13 @@ class TestDispatcherWithdraw:
         assert job.future.result() == ANSWER
 
     async def test_ends_drained_connection(self, dispatcher: Dispatcher) -> None:
-        """Withdrawing the last job a draining connection held ends its stream."""
+        """A draining connection ends once its last (withdrawn) job is answered."""
         conn = make_conn("a")
         dispatcher.attach(conn)
         job = make_job("r1", conn)
         dispatcher.submit(job)
         dispatcher.drain(conn)
         dispatcher.withdraw(job)
+        assert not conn.ended.is_set()
+        dispatcher.complete(conn, "r1", ANSWER)
         assert conn.ended.is_set()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
-from broker.ratelimit import RateLimiter, peer_address
+from broker.ratelimit import RateLimiter, client_address, peer_address
 from pta.errors import Overloaded
 
 
@@ -75,3 +77,15 @@ class TestPeerAddress:
     def test_peer(self, peer: str, address: str) -> None:
         """The port is dropped, brackets too."""
         assert peer_address(peer) == address
+
+
+class TestClientAddress:
+    """Whose address is limited: the caller's, or the user's when the caller is trusted."""
+
+    def test_untrusted_caller_cannot_choose_the_address(self) -> None:
+        """A request's client_ip is ignored unless the caller is a trusted front end."""
+        trusted = (ipaddress.ip_network("10.1.0.0/16"),)
+        assert client_address("203.0.113.5", "ipv4:198.51.100.7:4000", trusted) == ("198.51.100.7")
+        assert client_address("203.0.113.5", "ipv4:10.1.2.3:4000", trusted) == "203.0.113.5"
+        assert client_address("", "ipv4:10.1.2.3:4000", trusted) == "10.1.2.3"
+        assert client_address("203.0.113.5", "ipv4:10.1.2.3:4000", ()) == "10.1.2.3"
