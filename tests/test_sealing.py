@@ -234,3 +234,12 @@ class TestPrivateKeyFile:
         )
         with pytest.raises(TypeError, match="X25519"):
             sealing.load_private_key(pem)
+
+
+class TestWeakKeys:
+    """Keys that would break sealing for a whole tenant are refused where they come in."""
+
+    def test_low_order_point_is_refused(self) -> None:
+        """The all-zero X25519 point cannot be an agent's envelope key."""
+        with pytest.raises(ValueError, match="usable"):
+            sealing.load_public_key(bytes(32))
