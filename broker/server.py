@@ -216,11 +216,6 @@ class Broker:
             self._store.close()
         log.info("broker.stopped")
 
-    async def wait(self) -> None:
-        """Serve until the servers are stopped."""
-        for server in self._servers:
-            await server.wait_for_termination()
-
 
 def _status(conn: Connection) -> ConnectionStatus:
     return ConnectionStatus(

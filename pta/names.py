@@ -13,7 +13,6 @@ from pta.errors import InvalidRequest
 
 MAX_USERNAME_BYTES = 256
 MAX_PASSWORD_BYTES = 1024
-MAX_DOMAIN_CHARS = 253
 _DOMAIN = re.compile(
     r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$"
 )

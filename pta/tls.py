@@ -6,7 +6,6 @@ is written with :func:`write_private` (mode 0600 from the moment the file exists
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import ssl
@@ -161,17 +160,6 @@ def fetch_server_chain(host: str, port: int, timeout: float = 10.0) -> list[x509
     return [x509.load_der_x509_certificate(c.public_bytes(ssl._ssl.ENCODING_DER)) for c in chain]  # type: ignore[attr-defined]  # noqa: SLF001
 
 
-def server_credentials(
-    key: bytes, chain: bytes, client_ca: bytes | None = None
-) -> grpc.ServerCredentials:
-    """Build server TLS credentials; with ``client_ca`` a client certificate is required."""
-    return grpc.ssl_server_credentials(
-        [(key, chain)],
-        root_certificates=client_ca,
-        require_client_auth=client_ca is not None,
-    )
-
-
 def channel_credentials(
     ca: bytes, key: bytes | None = None, chain: bytes | None = None
 ) -> grpc.ChannelCredentials:
@@ -185,8 +173,3 @@ def peer_certificate(auth_context: Mapping[str, Iterable[bytes]]) -> x509.Certif
     """Return the verified client certificate of an RPC, or None when there is none."""
     pem = next(iter(auth_context.get("x509_pem_cert", ())), None)
     return None if pem is None else load_cert(pem)
-
-
-def sha256_hex(data: bytes) -> str:
-    """Hash helper shared by token and fingerprint code."""
-    return hashlib.sha256(data).hexdigest()

@@ -164,22 +164,7 @@ class AgentProcess:
     @staticmethod
     def enrol(broker: BrokerProcess, tenant: str, state_dir: Path) -> None:
         """Enrol a new agent of ``tenant`` into ``state_dir`` with a fresh token."""
-        enrolled = subprocess.run(
-            [
-                str(BIN / "pta-agent"),
-                "enroll",
-                "--broker",
-                broker.public,
-                "--token",
-                broker.token(tenant),
-                "--state-dir",
-                str(state_dir),
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=30,
-        )
+        enrolled = enrol_cli(broker, broker.token(tenant), state_dir)
         assert enrolled.returncode == 0, enrolled.stderr
 
     @staticmethod
@@ -306,3 +291,48 @@ class SignInLoad:
                         self._one(channel, uid, password, expected)
                 else:
                     self._one(held, uid, password, expected)
+
+
+def enrol_cli(
+    broker: BrokerProcess, token: str, state_dir: Path
+) -> subprocess.CompletedProcess[str]:
+    """Run ``pta-agent enroll`` with ``token``; the caller checks the outcome."""
+    return subprocess.run(
+        [
+            str(BIN / "pta-agent"),
+            "enroll",
+            "--broker",
+            broker.public,
+            "--token",
+            token,
+            "--state-dir",
+            str(state_dir),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+
+
+def signin_cli(
+    broker: BrokerProcess, username: str, stdin: str, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ``pta-signin --password-stdin`` against ``broker``, feeding it ``stdin``."""
+    return subprocess.run(
+        [
+            str(BIN / "pta-signin"),
+            "--broker",
+            broker.public,
+            "--ca-file",
+            str(broker.ca_file),
+            "--password-stdin",
+            *extra,
+            username,
+        ],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import stat
-import subprocess
 import time
 from typing import TYPE_CHECKING
 
@@ -14,29 +13,13 @@ import pytest
 from broker.ca import CertificateAuthority
 from pta import sealing, tls
 from pta.v1 import agent_pb2, agent_pb2_grpc
-from tests.support import BIN, AgentProcess, BrokerProcess
+from tests.support import AgentProcess, BrokerProcess, enrol_cli
 
 if TYPE_CHECKING:
     from pathlib import Path
 
 
-def _enrol(broker: BrokerProcess, token: str, state_dir: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            str(BIN / "pta-agent"),
-            "enroll",
-            "--broker",
-            broker.public,
-            "--token",
-            token,
-            "--state-dir",
-            str(state_dir),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=30,
-    )
+_enrol = enrol_cli
 
 
 class TestTokens:

@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pta.v1 import outcome_pb2
 from tests.conftest import DOMAIN, USERS, remember_password
-from tests.support import BIN, AgentProcess, BrokerProcess
+from tests.support import BIN, AgentProcess, BrokerProcess, signin_cli
 
 Outcome = outcome_pb2.Outcome
 
@@ -74,29 +74,6 @@ class TestAgentEndpoint:
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def signin_cli(
-    broker: BrokerProcess, username: str, password: str, *extra: str
-) -> subprocess.CompletedProcess[str]:
-    """Run ``pta-signin`` with the password on stdin."""
-    return subprocess.run(
-        [
-            str(BIN / "pta-signin"),
-            "--broker",
-            broker.public,
-            "--ca-file",
-            str(broker.ca_file),
-            "--password-stdin",
-            *extra,
-            username,
-        ],
-        input=password + "\n",
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
 @pytest.mark.usefixtures("agent")
 class TestSigninCli:
     """``pta-signin`` prints the outcome and exits with a documented code per outcome."""
@@ -116,13 +93,13 @@ class TestSigninCli:
     ) -> None:
         """Each outcome and status has its own exit code."""
         remember_password(password)
-        result = signin_cli(broker, username, password)
+        result = signin_cli(broker, username, password + "\n")
         assert result.returncode == code, result.stderr
         assert printed in result.stdout + result.stderr
 
     def test_json_output(self, broker: BrokerProcess) -> None:
         """``--json`` prints the response as JSON."""
-        result = signin_cli(broker, f"bob@{DOMAIN}", USERS["bob"], "--json")
+        result = signin_cli(broker, f"bob@{DOMAIN}", USERS["bob"] + "\n", "--json")
         reply = json.loads(result.stdout)
         assert reply["outcome"] == "SUCCESS"
         assert reply["requestId"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from typing import TYPE_CHECKING
 
 import pytest
@@ -10,7 +9,7 @@ import pytest
 from pta.slapd import DirectoryUser, Slapd
 from pta.v1 import outcome_pb2, signin_pb2, signin_pb2_grpc
 from tests.conftest import remember_password
-from tests.support import BIN, AgentProcess, BrokerProcess
+from tests.support import AgentProcess, BrokerProcess, signin_cli
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -106,23 +105,7 @@ class TestChangePassword:
     def test_cli_change_password(self, broker: BrokerProcess) -> None:
         """``pta-signin --change-password`` reads old and new from stdin and exits 0."""
         newer = remember_password("Pat-newer-pw-19")
-        done = subprocess.run(
-            [
-                str(BIN / "pta-signin"),
-                "--broker",
-                broker.public,
-                "--ca-file",
-                str(broker.ca_file),
-                "--password-stdin",
-                "--change-password",
-                "pat@chg.example",
-            ],
-            input=f"{PAT_NEW}\n{newer}\n",
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        done = signin_cli(broker, "pat@chg.example", f"{PAT_NEW}\n{newer}\n", "--change-password")
         assert done.returncode == 0, done.stdout + done.stderr
         assert "SUCCESS: password changed" in done.stdout
         assert broker.sign_in("pat@chg.example", newer).outcome == Outcome.SUCCESS
