@@ -56,18 +56,20 @@ class EnrollResponse(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., tenant: _Optional[str] = ..., certificate_pem: _Optional[str] = ..., ca_chain_pem: _Optional[str] = ..., domains: _Optional[_Iterable[str]] = ..., agent_endpoint: _Optional[str] = ..., agent_port: _Optional[int] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("hello", "results", "heartbeat", "draining", "acks")
+    __slots__ = ("hello", "results", "heartbeat", "draining", "acks", "directory_report")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     ACKS_FIELD_NUMBER: _ClassVar[int]
+    DIRECTORY_REPORT_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     results: Results
     heartbeat: Heartbeat
     draining: Draining
     acks: Acks
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., results: _Optional[_Union[Results, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., draining: _Optional[_Union[Draining, _Mapping]] = ..., acks: _Optional[_Union[Acks, _Mapping]] = ...) -> None: ...
+    directory_report: DirectoryReport
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., results: _Optional[_Union[Results, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., draining: _Optional[_Union[Draining, _Mapping]] = ..., acks: _Optional[_Union[Acks, _Mapping]] = ..., directory_report: _Optional[_Union[DirectoryReport, _Mapping]] = ...) -> None: ...
 
 class BrokerMessage(_message.Message):
     __slots__ = ("welcome", "validations", "heartbeat", "drain")
@@ -170,3 +172,21 @@ class Draining(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     reason: str
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class DirectoryReport(_message.Message):
+    __slots__ = ("policies",)
+    POLICIES_FIELD_NUMBER: _ClassVar[int]
+    policies: _containers.RepeatedCompositeFieldContainer[DirectoryPolicy]
+    def __init__(self, policies: _Optional[_Iterable[_Union[DirectoryPolicy, _Mapping]]] = ...) -> None: ...
+
+class DirectoryPolicy(_message.Message):
+    __slots__ = ("domain", "known", "lockout_threshold", "source")
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_FIELD_NUMBER: _ClassVar[int]
+    LOCKOUT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    domain: str
+    known: bool
+    lockout_threshold: int
+    source: str
+    def __init__(self, domain: _Optional[str] = ..., known: _Optional[bool] = ..., lockout_threshold: _Optional[int] = ..., source: _Optional[str] = ...) -> None: ...

@@ -19,6 +19,9 @@ class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ACCOUNT_RESTRICTED: _ClassVar[Outcome]
     REQUEST_REJECTED: _ClassVar[Outcome]
     PASSWORD_REJECTED: _ClassVar[Outcome]
+    LOCKED_BY_POLICY: _ClassVar[Outcome]
+    MFA_REQUIRED: _ClassVar[Outcome]
+    MFA_NOT_ENROLLED: _ClassVar[Outcome]
 OUTCOME_UNSPECIFIED: Outcome
 SUCCESS: Outcome
 INVALID_CREDENTIALS: Outcome
@@ -32,3 +35,6 @@ DIRECTORY_UNAVAILABLE: Outcome
 ACCOUNT_RESTRICTED: Outcome
 REQUEST_REJECTED: Outcome
 PASSWORD_REJECTED: Outcome
+LOCKED_BY_POLICY: Outcome
+MFA_REQUIRED: Outcome
+MFA_NOT_ENROLLED: Outcome

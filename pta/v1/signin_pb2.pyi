@@ -16,14 +16,46 @@ class SignInRequest(_message.Message):
     def __init__(self, username: _Optional[str] = ..., password: _Optional[str] = ..., client_ip: _Optional[str] = ...) -> None: ...
 
 class SignInResponse(_message.Message):
-    __slots__ = ("outcome", "request_id", "message")
+    __slots__ = ("outcome", "request_id", "message", "token", "token_expires_at", "mfa_challenge_id", "mfa_expires_in_seconds", "retry_after_seconds")
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    MFA_CHALLENGE_ID_FIELD_NUMBER: _ClassVar[int]
+    MFA_EXPIRES_IN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
     outcome: _outcome_pb2.Outcome
     request_id: str
     message: str
-    def __init__(self, outcome: _Optional[_Union[_outcome_pb2.Outcome, str]] = ..., request_id: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+    token: str
+    token_expires_at: int
+    mfa_challenge_id: str
+    mfa_expires_in_seconds: int
+    retry_after_seconds: int
+    def __init__(self, outcome: _Optional[_Union[_outcome_pb2.Outcome, str]] = ..., request_id: _Optional[str] = ..., message: _Optional[str] = ..., token: _Optional[str] = ..., token_expires_at: _Optional[int] = ..., mfa_challenge_id: _Optional[str] = ..., mfa_expires_in_seconds: _Optional[int] = ..., retry_after_seconds: _Optional[int] = ...) -> None: ...
+
+class CompleteMfaRequest(_message.Message):
+    __slots__ = ("challenge_id", "code", "client_ip")
+    CHALLENGE_ID_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_IP_FIELD_NUMBER: _ClassVar[int]
+    challenge_id: str
+    code: str
+    client_ip: str
+    def __init__(self, challenge_id: _Optional[str] = ..., code: _Optional[str] = ..., client_ip: _Optional[str] = ...) -> None: ...
+
+class GetSigningKeysRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetSigningKeysResponse(_message.Message):
+    __slots__ = ("jwks_json", "issuer")
+    JWKS_JSON_FIELD_NUMBER: _ClassVar[int]
+    ISSUER_FIELD_NUMBER: _ClassVar[int]
+    jwks_json: str
+    issuer: str
+    def __init__(self, jwks_json: _Optional[str] = ..., issuer: _Optional[str] = ...) -> None: ...
 
 class ChangePasswordRequest(_message.Message):
     __slots__ = ("username", "old_password", "new_password", "client_ip")
@@ -38,11 +70,13 @@ class ChangePasswordRequest(_message.Message):
     def __init__(self, username: _Optional[str] = ..., old_password: _Optional[str] = ..., new_password: _Optional[str] = ..., client_ip: _Optional[str] = ...) -> None: ...
 
 class ChangePasswordResponse(_message.Message):
-    __slots__ = ("outcome", "request_id", "message")
+    __slots__ = ("outcome", "request_id", "message", "retry_after_seconds")
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
     outcome: _outcome_pb2.Outcome
     request_id: str
     message: str
-    def __init__(self, outcome: _Optional[_Union[_outcome_pb2.Outcome, str]] = ..., request_id: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+    retry_after_seconds: int
+    def __init__(self, outcome: _Optional[_Union[_outcome_pb2.Outcome, str]] = ..., request_id: _Optional[str] = ..., message: _Optional[str] = ..., retry_after_seconds: _Optional[int] = ...) -> None: ...

@@ -45,6 +45,16 @@ class SignInServiceStub:
                 request_serializer=pta_dot_v1_dot_signin__pb2.ChangePasswordRequest.SerializeToString,
                 response_deserializer=pta_dot_v1_dot_signin__pb2.ChangePasswordResponse.FromString,
                 _registered_method=True)
+        self.CompleteMfa = channel.unary_unary(
+                '/pta.v1.SignInService/CompleteMfa',
+                request_serializer=pta_dot_v1_dot_signin__pb2.CompleteMfaRequest.SerializeToString,
+                response_deserializer=pta_dot_v1_dot_signin__pb2.SignInResponse.FromString,
+                _registered_method=True)
+        self.GetSigningKeys = channel.unary_unary(
+                '/pta.v1.SignInService/GetSigningKeys',
+                request_serializer=pta_dot_v1_dot_signin__pb2.GetSigningKeysRequest.SerializeToString,
+                response_deserializer=pta_dot_v1_dot_signin__pb2.GetSigningKeysResponse.FromString,
+                _registered_method=True)
 
 
 class SignInServiceServicer:
@@ -69,6 +79,24 @@ class SignInServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CompleteMfa(self, request, context):
+        """CompleteMfa finishes a sign-in that was answered MFA_REQUIRED: the one-time code from the
+        user's authenticator app (TOTP, RFC 6238). A wrong code is INVALID_CREDENTIALS (and counts
+        toward the lockout); a challenge that expired or was used up is FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSigningKeys(self, request, context):
+        """GetSigningKeys publishes the public keys that sign the tokens of successful sign-ins, as
+        a JSON Web Key Set (RFC 7517). Keys rotate with overlap: a token verifies with the set
+        for as long as it is valid.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SignInServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -81,6 +109,16 @@ def add_SignInServiceServicer_to_server(servicer, server):
                     servicer.ChangePassword,
                     request_deserializer=pta_dot_v1_dot_signin__pb2.ChangePasswordRequest.FromString,
                     response_serializer=pta_dot_v1_dot_signin__pb2.ChangePasswordResponse.SerializeToString,
+            ),
+            'CompleteMfa': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompleteMfa,
+                    request_deserializer=pta_dot_v1_dot_signin__pb2.CompleteMfaRequest.FromString,
+                    response_serializer=pta_dot_v1_dot_signin__pb2.SignInResponse.SerializeToString,
+            ),
+            'GetSigningKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSigningKeys,
+                    request_deserializer=pta_dot_v1_dot_signin__pb2.GetSigningKeysRequest.FromString,
+                    response_serializer=pta_dot_v1_dot_signin__pb2.GetSigningKeysResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -138,6 +176,60 @@ class SignInService:
             '/pta.v1.SignInService/ChangePassword',
             pta_dot_v1_dot_signin__pb2.ChangePasswordRequest.SerializeToString,
             pta_dot_v1_dot_signin__pb2.ChangePasswordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteMfa(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pta.v1.SignInService/CompleteMfa',
+            pta_dot_v1_dot_signin__pb2.CompleteMfaRequest.SerializeToString,
+            pta_dot_v1_dot_signin__pb2.SignInResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSigningKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pta.v1.SignInService/GetSigningKeys',
+            pta_dot_v1_dot_signin__pb2.GetSigningKeysRequest.SerializeToString,
+            pta_dot_v1_dot_signin__pb2.GetSigningKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,
