@@ -18,6 +18,7 @@ from typing import Any
 
 import structlog
 
+from broker import policy_commands
 from broker.ca import CertificateAuthority
 from broker.config import DEFAULT_LISTEN, BrokerConfig, load_config
 from broker.server import Broker
@@ -64,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--rate-burst", help="burst allowed above the rate (default: the rate)")
     serve.add_argument("--grace", help="seconds in-flight sign-ins get at shutdown (default 5)")
+    policy_commands.add_serve_options(serve)
 
     tenant = commands.add_parser("tenant", help="manage tenants").add_subparsers(
         dest="action", required=True
@@ -75,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     listing = tenant.add_parser("list", help="list tenants and their domains")
     listing.add_argument("--json", action="store_true")
     data_dir(listing)
+
+    policy_commands.add_parsers(commands, tenant, data_dir)
 
     token = commands.add_parser("token", help="manage enrolment tokens").add_subparsers(
         dest="action", required=True
@@ -111,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "mfa" and args.action == "keygen":
+            return policy_commands.keygen(args.file)
         if not args.data_dir:
             sys.stderr.write("pta-broker: --data-dir (or PTA_BROKER_DATA_DIR) is required\n")
             return 2
@@ -129,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _manage(args: argparse.Namespace, store: Store, data: Path) -> int:
+    if args.command in ("lockout", "mfa") or (
+        args.command == "tenant" and args.action in ("policy", "show")
+    ):
+        return policy_commands.run(args, store)
     if args.command == "tenant":
         return _tenant(args, store)
     if args.command in ("agent", "agents"):

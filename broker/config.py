@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from broker.signing import DEFAULT_ISSUER, DEFAULT_KEY_LIFETIME, DEFAULT_TOKEN_TTL
 from pta.config import parse_duration, parse_endpoint
 
 if TYPE_CHECKING:
@@ -46,6 +47,14 @@ class BrokerConfig:
     #: Front ends (CIDRs) whose requests' ``client_ip`` the rate limit believes.
     trusted_proxies: tuple[str, ...] = ()
     grace: float = DEFAULT_GRACE
+    #: Tokens of successful sign-ins: their ``iss``, optional ``aud``, and lifetimes.
+    token_issuer: str = DEFAULT_ISSUER
+    token_audience: str = ""
+    token_ttl: float = DEFAULT_TOKEN_TTL
+    signing_key_lifetime: float = DEFAULT_KEY_LIFETIME
+    #: The key that seals TOTP secrets: a file (0600), or the key itself from the environment.
+    mfa_key_file: Path | None = None
+    mfa_key: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         """Refuse values that would make the broker misbehave later rather than now.
@@ -65,6 +74,8 @@ class BrokerConfig:
             ipaddress.ip_network(network)  # ValueError on a bad CIDR
         if self.queue_limit < 1:
             raise ValueError("queue limit must be at least 1")
+        if not 0 < self.token_ttl <= self.signing_key_lifetime:
+            raise ValueError("the token lifetime must be positive and at most the key lifetime")
 
 
 def load_config(options: Mapping[str, object], environ: Mapping[str, str]) -> BrokerConfig:
@@ -115,7 +126,21 @@ def load_config(options: Mapping[str, object], environ: Mapping[str, str]) -> Br
         rate_burst=float(pick("rate_burst") or 0),
         trusted_proxies=_list(options.get("trusted_proxy")),
         grace=float(pick("grace") or DEFAULT_GRACE),
+        token_issuer=pick("token_issuer") or DEFAULT_ISSUER,
+        token_audience=pick("token_audience") or "",
+        token_ttl=parse_duration(pick("token_ttl") or str(DEFAULT_TOKEN_TTL)),
+        signing_key_lifetime=parse_duration(
+            pick("signing_key_lifetime") or str(DEFAULT_KEY_LIFETIME)
+        ),
+        mfa_key_file=mfa_key_file(options, environ),
+        mfa_key=environ.get(ENV_PREFIX + "MFA_KEY", ""),
     )
+
+
+def mfa_key_file(options: Mapping[str, object], environ: Mapping[str, str]) -> Path | None:
+    """Where the MFA key is, by ``--mfa-key-file`` or ``PTA_BROKER_MFA_KEY_FILE``."""
+    name = options.get("mfa_key_file") or environ.get(ENV_PREFIX + "MFA_KEY_FILE")
+    return Path(str(name)) if name else None
 
 
 def _list(value: object) -> tuple[str, ...]:

@@ -25,9 +25,12 @@ from grpc_reflection.v1alpha import reflection
 from broker.agent_link import AgentService
 from broker.ca import CertificateAuthority
 from broker.dispatch import Connection, Dispatcher
+from broker.mfa import MfaKey
+from broker.policy import SignInPolicy
 from broker.ratelimit import RateLimiter
 from broker.rotation import ServerCertificates
 from broker.signin import SignInService
+from broker.signing import TokenSigner
 from broker.store import ConnectionStatus, Store
 from pta import rpc, tls
 from pta.errors import Unauthenticated
@@ -48,6 +51,8 @@ MAINTENANCE_TICK = 0.25
 AGENT_STREAM_GRACE = 2.0
 #: How often it reports its live streams for ``pta-broker agents list``.
 STATUS_INTERVAL = 1.0
+#: How often the sign-in policy forgets stale counters and networks and rotates keys.
+POLICY_UPKEEP_INTERVAL = 60.0
 SERVICES = (
     signin_pb2.DESCRIPTOR.services_by_name["SignInService"],
     agent_pb2.DESCRIPTOR.services_by_name["AgentService"],
@@ -107,6 +112,16 @@ class Broker:
             ca, config.data_dir, config.san, config.server_cert_lifetime
         )
         dispatcher = self._dispatcher = Dispatcher(queue_limit=config.queue_limit)
+        signer = TokenSigner(
+            config.data_dir,
+            issuer=config.token_issuer,
+            audience=config.token_audience,
+            token_ttl=config.token_ttl,
+            key_lifetime=config.signing_key_lifetime,
+        )
+        policy = SignInPolicy(
+            store.policy, signer, mfa_key=MfaKey.load(config.mfa_key_file, config.mfa_key)
+        )
 
         public = self._server(SERVICES, rpc.PUBLIC_SERVER_OPTIONS)
         agents = self._server(SERVICES[1:], rpc.SERVER_OPTIONS)
@@ -119,6 +134,7 @@ class Broker:
         signin = SignInService(
             store=store,
             dispatcher=dispatcher,
+            policy=policy,
             timeout=config.signin_timeout,
             limiter=RateLimiter(config.rate_limit, config.rate_burst or None),
             trusted_proxies=tuple(ipaddress.ip_network(p) for p in config.trusted_proxies),
@@ -141,7 +157,7 @@ class Broker:
             for service in ("", *(s.full_name for s in SERVICES)):
                 await health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self.state = State.SERVING
-        self._maintenance = asyncio.create_task(self._maintain(store, dispatcher))
+        self._maintenance = asyncio.create_task(self._maintain(store, dispatcher, policy))
         host = config.listen.rpartition(":")[0]
         agent_host = config.agent_listen.rpartition(":")[0]
         endpoints = {
@@ -152,17 +168,21 @@ class Broker:
         tls.write_public(config.data_dir / ENDPOINTS_FILE, json.dumps(endpoints).encode())
         log.info("broker.serving", **endpoints, ca_sha256=ca.fingerprint)
 
-    async def _maintain(self, store: Store, dispatcher: Dispatcher) -> None:
+    async def _maintain(self, store: Store, dispatcher: Dispatcher, policy: SignInPolicy) -> None:
         """Apply what operators change through the CLI, and report live streams to them.
 
         The CLI is another process writing the same store: a revocation it records cuts the
-        agent's streams here within one tick.
+        agent's streams here within one tick, and a policy change or an unlock applies as fast.
         """
-        reported = 0.0
+        reported = upkept = 0.0
         while True:
             await asyncio.sleep(MAINTENANCE_TICK)
             try:
+                if time.monotonic() - upkept >= POLICY_UPKEEP_INTERVAL:
+                    upkept = time.monotonic()
+                    policy.upkeep()
                 if store.changed():
+                    policy.reload()
                     revoked = store.revoked_agents()
                     for conn in dispatcher.connections():
                         if conn.agent_id in revoked:

@@ -11,12 +11,14 @@ import asyncio
 import ipaddress
 import secrets
 import time
+from dataclasses import replace
 from ipaddress import IPv4Network, IPv6Network
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from broker.dispatch import Answer, Dispatcher, Job
+from broker.policy import Attempt, SignInPolicy, Verdict
 from broker.ratelimit import RateLimiter, client_address
 from pta import sealing
 from pta.errors import (
@@ -57,11 +59,12 @@ MESSAGES: dict[int, str] = {
 class SignInService(signin_pb2_grpc.SignInServiceServicer):
     """Validates sign-ins through the tenant's agents."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - wiring
         self,
         *,
         store: Store,
         dispatcher: Dispatcher,
+        policy: SignInPolicy,
         timeout: float,
         limiter: RateLimiter | None = None,
         trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = (),
@@ -71,6 +74,7 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
         Args:
             store: Where domains are mapped to tenants.
             dispatcher: Where sealed jobs go to agents.
+            policy: Lockout before a check; MFA and tokens after it.
             timeout: The longest a sign-in may take; a client deadline may shorten it.
             limiter: Per-address rate limit (none when omitted).
             trusted_proxies: Callers whose ``client_ip`` is believed by the rate limit.
@@ -79,6 +83,7 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
         self._limiter = limiter if limiter is not None else RateLimiter(0)
         self._store = store
         self._dispatcher = dispatcher
+        self._policy = policy
         self._timeout = timeout
 
     async def SignIn(  # noqa: N802 - the contract's name
@@ -92,14 +97,48 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
             credentials = agent_pb2.Credentials(
                 username=request.username, password=request.password
             )
-            outcome, request_id, message = await self._serve(
-                "signin.completed", credentials, request.client_ip, context
+            request_id, verdict = await self._serve(
+                "signin.completed", credentials, request.client_ip, context, grant=True
             )
-            return signin_pb2.SignInResponse(
-                outcome=outcome,  # type: ignore[arg-type]
+            return _response(request_id, verdict)
+
+    async def CompleteMfa(  # noqa: N802 - the contract's name
+        self,
+        request: signin_pb2.CompleteMfaRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> signin_pb2.SignInResponse:
+        """Finish a sign-in that was answered MFA_REQUIRED with the user's one-time code."""
+        async with rpc_errors(context):
+            started = time.perf_counter()
+            try:
+                verdict, tenant, subject, request_id = self._policy.complete(
+                    request.challenge_id, request.code
+                )
+            except PtaError as error:
+                log.info("mfa.completed", status=error.code.name, reason=error.message)
+                raise
+            log.info(
+                "mfa.completed",
+                status="OK",
                 request_id=request_id,
-                message=message,
+                tenant=tenant,
+                user=subject,
+                client_ip=_client_ip(request.client_ip),
+                answer=_outcome_name(verdict.outcome),
+                decided_by=verdict.decided_by,
+                duration_ms=_ms(started),
             )
+            return _response(request_id, verdict)
+
+    async def GetSigningKeys(  # noqa: N802 - the contract's name
+        self,
+        request: signin_pb2.GetSigningKeysRequest,  # noqa: ARG002 - it has no fields
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> signin_pb2.GetSigningKeysResponse:
+        """Publish the keys that verify this broker's tokens."""
+        async with rpc_errors(context):
+            signer = self._policy.signer
+            return signin_pb2.GetSigningKeysResponse(jwks_json=signer.jwks(), issuer=signer.issuer)
 
     async def ChangePassword(  # noqa: N802 - the contract's name
         self,
@@ -115,15 +154,16 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
                 password=request.old_password,
                 new_password=request.new_password,
             )
-            outcome, request_id, message = await self._serve(
-                "password_change.completed", credentials, request.client_ip, context
+            request_id, verdict = await self._serve(
+                "password_change.completed", credentials, request.client_ip, context, grant=False
             )
-            if outcome == Outcome.SUCCESS:
-                message = "password changed"
             return signin_pb2.ChangePasswordResponse(
-                outcome=outcome,  # type: ignore[arg-type]
+                outcome=verdict.outcome,  # type: ignore[arg-type]
                 request_id=request_id,
-                message=message,
+                message=(
+                    "password changed" if verdict.outcome == Outcome.SUCCESS else verdict.message
+                ),
+                retry_after_seconds=verdict.retry_after,
             )
 
     async def _serve(
@@ -132,54 +172,99 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
         credentials: agent_pb2.Credentials,
         client_ip: str,
         context: grpc.aio.ServicerContext[Any, Any],
-    ) -> tuple[int, str, str]:
-        """Route, seal, dispatch and await one credential check; audit it as ``event``.
+        *,
+        grant: bool,
+    ) -> tuple[str, Verdict]:
+        """Police, route, seal, dispatch and await one credential check; audit it as ``event``.
+
+        Args:
+            event: The audit event's name.
+            credentials: What to check; cleared once sealed.
+            client_ip: The end user's address as the request gives it.
+            context: The call's context.
+            grant: Whether a right password earns a token (or an MFA challenge).
 
         Returns:
-            The outcome the client may see, the request id, and the message.
+            The request id, and what the client is told.
         """
         request_id = secrets.token_hex(12)
         started = time.perf_counter()
         upn = parse_upn(credentials.username)
         address = _client_ip(client_ip)
+        caller = client_address(address, context.peer(), self._trusted)
         audit = log.bind(request_id=request_id, user=str(upn), client_ip=address)
         try:
             if self._limiter.enabled:
-                self._limiter.check(client_address(address, context.peer(), self._trusted))
+                self._limiter.check(caller)
+            tenant = self._store.tenant_for_domain(upn.domain)
+            if tenant is None:
+                audit = audit.bind(outcome="UNKNOWN_DOMAIN")
+                raise NotFound(f"no organisation signs in users of {upn.domain}")
+            audit = audit.bind(tenant=tenant)
+            remaining = context.time_remaining()
+            budget = self._timeout if remaining is None else min(self._timeout, remaining)
+            deadline = asyncio.get_running_loop().time() + budget
+            admitted = await self._policy.begin(
+                tenant, upn, credentials.password, caller, deadline=deadline
+            )
         except PtaError as error:
             audit.info(event, status=error.code.name, reason=error.message)
             raise
-        tenant = self._store.tenant_for_domain(upn.domain)
-        if tenant is None:
-            audit.info(event, outcome="UNKNOWN_DOMAIN", status="NOT_FOUND")
-            raise NotFound(f"no organisation signs in users of {upn.domain}")
-        remaining = context.time_remaining()
-        budget = self._timeout if remaining is None else min(self._timeout, remaining)
-        plaintext = credentials.SerializeToString()
-        credentials.Clear()
+        if isinstance(admitted, Verdict):
+            credentials.Clear()
+            audit.info(
+                event,
+                status="OK",
+                answer=_outcome_name(admitted.outcome),
+                decided_by=admitted.decided_by,
+                duration_ms=_ms(started),
+            )
+            return request_id, admitted
+        audit = audit.bind(location=admitted.location)
         try:
-            answer = await self.check(tenant, upn.domain, request_id, plaintext, budget)
+            answer = await self._check_admitted(admitted, credentials, request_id, deadline)
+            audit = audit.bind(agent_id=answer.agent_id, outcome=_outcome_name(answer.outcome))
+            outcome, message = _visible(answer)
+            verdict = Verdict(outcome=outcome, message=message, decided_by="directory")
+            if grant and outcome == Outcome.SUCCESS:
+                granted = self._policy.grant(admitted, request_id)
+                verdict = replace(granted, message=message) if granted.token else granted
         except PtaError as error:
             audit.info(
                 event,
-                tenant=tenant,
                 status=error.code.name,
                 reason=error.message,
                 duration_ms=_ms(started),
             )
             raise
+        audit.info(
+            event,
+            status="OK",
+            answer=_outcome_name(verdict.outcome),
+            decided_by=verdict.decided_by,
+            duration_ms=_ms(started),
+        )
+        return request_id, verdict
+
+    async def _check_admitted(
+        self,
+        attempt: Attempt,
+        credentials: agent_pb2.Credentials,
+        request_id: str,
+        deadline: float,
+    ) -> Answer:
+        """Seal and check an admitted attempt; the policy hears the directory's answer."""
+        budget = deadline - asyncio.get_running_loop().time()
+        plaintext = credentials.SerializeToString()
+        credentials.Clear()
+        outcome: int | None = None
+        try:
+            answer = await self.check(attempt.tenant, attempt.domain, request_id, plaintext, budget)
+            outcome = answer.outcome
         finally:
             del plaintext
-        audit = audit.bind(
-            tenant=tenant, agent_id=answer.agent_id, outcome=_outcome_name(answer.outcome)
-        )
-        try:
-            outcome, message = _visible(answer)
-        except PtaError as error:
-            audit.info(event, status=error.code.name, duration_ms=_ms(started))
-            raise
-        audit.info(event, status="OK", duration_ms=_ms(started))
-        return outcome, request_id, message
+            self._policy.end(attempt, outcome)
+        return answer
 
     async def check(
         self, tenant: str, domain: str, request_id: str, plaintext: bytes, budget: float
@@ -228,6 +313,19 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
             raise DeadlineExceeded("no agent answered before the deadline") from None
         finally:
             self._dispatcher.withdraw(job)
+
+
+def _response(request_id: str, verdict: Verdict) -> signin_pb2.SignInResponse:
+    return signin_pb2.SignInResponse(
+        outcome=verdict.outcome,  # type: ignore[arg-type]
+        request_id=request_id,
+        message=verdict.message,
+        token=verdict.token,
+        token_expires_at=verdict.token_expires_at,
+        mfa_challenge_id=verdict.challenge_id,
+        mfa_expires_in_seconds=verdict.challenge_ttl,
+        retry_after_seconds=verdict.retry_after,
+    )
 
 
 def _client_ip(text: str) -> str:

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from broker.policy_store import PolicyStore
 from pta.errors import InvalidRequest, NotFound, Unauthenticated
 from pta.names import normalize_domain
 from pta.tokens import EnrolmentToken, new_token
@@ -143,10 +144,14 @@ class Store:
             data_dir / STORE_FILE, isolation_level=None, check_same_thread=False
         )
         self._db.execute("PRAGMA journal_mode=WAL")
+        # WAL with NORMAL survives a crash of the process (not of the machine) without an fsync
+        # per commit: lockout counters are written on the sign-in path.
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
         (data_dir / STORE_FILE).chmod(0o600)
+        self.policy = PolicyStore(self._db)
         self._domains: dict[str, str] = {}
         self._domains_version = -1
         self._seen_version = -1

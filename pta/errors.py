@@ -14,6 +14,7 @@ holds a password, an envelope, a key or a token.
     │   └── DirectoryUnavailable
     ├── Overloaded ............. RESOURCE_EXHAUSTED
     ├── DeadlineExceeded ....... DEADLINE_EXCEEDED
+    ├── ChallengeExpired ....... FAILED_PRECONDITION
     └── EnvelopeRejected ....... INVALID_ARGUMENT (agent side: never reaches the directory)
 
 Programming errors are ordinary ``RuntimeError``/``TypeError`` and are never mapped: the
@@ -98,6 +99,12 @@ class DeadlineExceeded(PtaError):
     """The sign-in's deadline passed before an agent answered."""
 
     code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class ChallengeExpired(PtaError):
+    """An MFA challenge is unknown, expired or used up: the sign-in must start again."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 class EnvelopeRejected(PtaError):

@@ -118,9 +118,13 @@ class TestTwoAgents:
 
     def test_load_is_shared(self, broker: BrokerProcess, duo: list[AgentProcess]) -> None:
         """Concurrent sign-ins are answered by both agents, every answer right."""
-        # The wrong half goes to a user the directory lacks: 60 wrong passwords for a real one
-        # would lock it out in slapd (ppolicy) for the rest of the run.
-        cases = [("alice", USERS["alice"], Outcome.SUCCESS), ("nobody", "wrong", 2)] * 60
+        # The wrong half goes to users the directory lacks, one attempt each: 60 wrong
+        # passwords for one user would lock it out (the broker's lockout, and slapd's).
+        cases = [
+            case
+            for n in range(60)
+            for case in (("alice", USERS["alice"], Outcome.SUCCESS), (f"nobody{n}", "wrong", 2))
+        ]
         with broker.channel() as _, concurrent.futures.ThreadPoolExecutor(16) as pool:
             futures = [
                 pool.submit(broker.sign_in, f"{uid}@duo.example", pw) for uid, pw, _ in cases

@@ -1,0 +1,108 @@
+"""Smart lockout arithmetic: when wrong passwords lock a user, and for how long.
+
+Pure functions over plain values with the clock passed in, so each rule is tested directly.
+The broker keeps one :class:`Counter` per user *and kind of location* (familiar networks and
+everywhere else apart), so someone guessing from elsewhere cannot lock out a user who signs in
+from the office. Entra's smart lockout is the model: a threshold, then a lockout that grows
+with each further failure; unlike Keycloak's, only wrong passwords and codes count here, never
+a directory outage or a timeout (those say nothing about the password).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+DEFAULT_THRESHOLD = 10
+DEFAULT_DURATION = 60.0
+DEFAULT_MAX_DURATION = 3600.0
+#: A user with no failure for this long starts again from a clean slate.
+FORGET_AFTER = 86400.0
+#: Doubling stops growing here (2**20 minutes is past any sensible cap anyway).
+MAX_DOUBLINGS = 20
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LockoutRule:
+    """A tenant's lockout settings; a threshold of 0 turns the lockout off."""
+
+    threshold: int = DEFAULT_THRESHOLD
+    duration: float = DEFAULT_DURATION
+    max_duration: float = DEFAULT_MAX_DURATION
+    forget_after: float = FORGET_AFTER
+
+    def __post_init__(self) -> None:
+        """Refuse settings that would lock nobody or everybody forever.
+
+        Raises:
+            ValueError: On a negative threshold or a non-positive duration.
+        """
+        if self.threshold < 0:
+            raise ValueError("the lockout threshold cannot be negative (0 turns it off)")
+        if self.duration <= 0 or self.max_duration < self.duration:
+            raise ValueError("lockout durations must be positive, the cap at least the first")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether wrong passwords lock at all."""
+        return self.threshold > 0
+
+
+@dataclass(frozen=True, slots=True)
+class Counter:
+    """One user's failures from one kind of location (wall-clock seconds)."""
+
+    #: Wrong passwords or codes since the last success (or since forgotten).
+    failures: int = 0
+    #: Lockouts so far: the next one lasts ``duration * 2 ** lockouts``, up to the cap.
+    lockouts: int = 0
+    locked_until: float = 0.0
+    last_failure: float = 0.0
+
+    @property
+    def clean(self) -> bool:
+        """Whether there is nothing to remember."""
+        return self.failures == 0 and self.lockouts == 0
+
+
+CLEAN = Counter()
+
+
+def current(counter: Counter, rule: LockoutRule, now: float) -> Counter:
+    """The counter as it stands ``now``: clean again after a long enough quiet spell."""
+    if not counter.clean and now - counter.last_failure > rule.forget_after:
+        return CLEAN
+    return counter
+
+
+def locked_for(counter: Counter, now: float) -> float:
+    """Seconds the user must still wait (0 when not locked)."""
+    return max(0.0, counter.locked_until - now)
+
+
+def attempts_left(counter: Counter, rule: LockoutRule) -> int:
+    """How many more wrong answers may be checked before the lock comes down.
+
+    Once locked, every further failure locks again at once, so one at a time is checked.
+    """
+    if not rule.enabled:
+        return 1 << 30
+    return max(1, rule.threshold - counter.failures)
+
+
+def fail(counter: Counter, rule: LockoutRule, now: float) -> Counter:
+    """Count one wrong password or code; lock when the threshold is reached.
+
+    The first lock lasts ``duration``; each failure after a lock has run out locks again for
+    twice as long, up to ``max_duration``. Only a success (or a quiet ``forget_after``)
+    brings it back down.
+    """
+    if not rule.enabled:
+        return counter
+    counter = current(counter, rule, now)
+    failures = counter.failures + 1
+    if failures < rule.threshold:
+        return replace(counter, failures=failures, last_failure=now)
+    lock = min(rule.duration * 2 ** min(counter.lockouts, MAX_DOUBLINGS), rule.max_duration)
+    return Counter(
+        failures=failures, lockouts=counter.lockouts + 1, locked_until=now + lock, last_failure=now
+    )

@@ -1,0 +1,484 @@
+"""The broker's sign-in policy: smart lockout before a check, MFA and a token after it.
+
+``begin`` runs before anything is sealed: a user locked out from this kind of location, or a
+password that was refused for this user moments ago, is answered here and reaches no agent
+and no directory. ``end`` counts what the directory said (only wrong passwords count; an
+outage, a timeout or a refused envelope never does). ``grant`` turns a right password into
+either a token or, when the tenant wants a second factor, an MFA challenge, which
+``complete`` finishes.
+
+Counters and familiar networks live in memory for the hot path and are written through to
+the store (so they survive a restart); the store is re-read when the CLI changed it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import unicodedata
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+import structlog
+
+from broker import lockout, mfa
+from broker.policy_store import LOCATIONS
+from broker.recent_failures import RecentFailures
+from broker.tenant_policy import TenantPolicy, familiar_prefix, in_networks
+from pta.errors import ChallengeExpired, DeadlineExceeded, InvalidRequest, Unavailable
+from pta.v1 import outcome_pb2
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from broker.policy_store import CounterKey, Location, PolicyStore
+    from broker.signing import TokenSigner
+    from pta.names import Upn
+
+log = structlog.get_logger()
+Outcome = outcome_pb2.Outcome
+#: Answers that prove the password right (the directory checks it before saying these).
+PASSWORD_RIGHT = frozenset(
+    {Outcome.SUCCESS, Outcome.PASSWORD_EXPIRED, Outcome.PASSWORD_MUST_CHANGE}
+)
+#: Answers that count as a wrong guess (an unknown user looks exactly like a wrong password).
+WRONG = frozenset({Outcome.INVALID_CREDENTIALS, Outcome.UNKNOWN_USER})
+#: A familiar network's "last success" is rewritten at most this often.
+FAMILIAR_REFRESH = 3600.0
+MAX_CHALLENGE_ID_CHARS = 64
+
+
+def user_key(upn: Upn) -> str:
+    """The name lockout and MFA know a user by: case and Unicode variants are one user.
+
+    Directories match names without regard to case, so ``Alice`` and ``alice`` must share one
+    counter, or an attacker would get a fresh threshold for every spelling.
+    """
+    return f"{unicodedata.normalize('NFKC', upn.local).casefold()}@{upn.domain}"
+
+
+class DirectoryThreshold(Protocol):
+    """What an agent said about one directory's own lockout."""
+
+    domain: str
+    known: bool
+    lockout_threshold: int
+
+
+@dataclass(slots=True, kw_only=True)
+class Attempt:
+    """A credential check the policy let through, until :meth:`SignInPolicy.end`."""
+
+    tenant: str
+    domain: str
+    user: str
+    subject: str
+    address: str
+    location: Location
+    policy: TenantPolicy
+    #: Keyed hash of the password, remembered if the directory refuses it.
+    digest: bytes = b""
+    ended: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Verdict:
+    """The policy's own answer: a refusal before the check, or what a right password gets."""
+
+    outcome: int
+    message: str
+    #: Why the policy answered (audit): lockout, repeat, mfa, token.
+    decided_by: str
+    retry_after: int = 0
+    token: str = ""
+    token_expires_at: int = 0
+    challenge_id: str = field(default="", repr=False)
+    challenge_ttl: int = 0
+    methods: tuple[str, ...] = ()
+
+
+class SignInPolicy:
+    """Lockout, MFA and tokens for every tenant."""
+
+    def __init__(  # noqa: PLR0913 - wiring, and seams for tests
+        self,
+        store: PolicyStore,
+        signer: TokenSigner,
+        *,
+        mfa_key: mfa.MfaKey | None = None,
+        challenges: mfa.Challenges | None = None,
+        recent: RecentFailures | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """Load the policies, counters and familiar networks from the store."""
+        self._store = store
+        self.signer = signer
+        self._mfa_key = mfa_key
+        self._challenges = challenges or mfa.Challenges()
+        self._recent = recent or RecentFailures()
+        self._clock = clock
+        self._pending: dict[CounterKey, int] = {}
+        self._waiters: dict[CounterKey, list[asyncio.Future[None]]] = {}
+        self._policies: dict[str, TenantPolicy] = {}
+        self._counters: dict[CounterKey, lockout.Counter] = {}
+        self._familiar: dict[tuple[str, str], dict[str, float]] = {}
+        self._directory: dict[str, dict[str, int]] = {}
+        self.reload()
+
+    # State ------------------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Re-read what the CLI may have changed: policies, counters (an unlock), networks."""
+        before = set(self._counters)
+        self._policies = self._store.tenant_policies()
+        self._counters = self._store.counters()
+        self._familiar = self._store.familiar()
+        for tenant, user, _ in before - set(self._counters):
+            self._recent.forget(f"{tenant}\0{user}")
+        for tenant in self._directory:
+            self._check_thresholds(tenant)
+
+    def policy_of(self, tenant: str) -> TenantPolicy:
+        """A tenant's policy (the defaults unless set)."""
+        return self._policies.get(tenant) or _DEFAULT
+
+    def upkeep(self) -> None:
+        """Forget what no rule needs any more; rotate signing keys. Called now and then."""
+        now = self._clock()
+        self._store.forget_counters_before(now - lockout.FORGET_AFTER)
+        self._counters = {
+            key: c
+            for key, c in self._counters.items()
+            if lockout.current(c, self.policy_of(key[0]).lockout, now) is c
+        }
+        tenants = {tenant for tenant, _ in self._familiar}
+        for tenant in tenants:
+            self._store.forget_familiar_before(tenant, now - self.policy_of(tenant).familiar_window)
+        self._familiar = self._store.familiar()
+        self.signer.rotate()
+
+    # Before and after the directory's check --------------------------------------------------
+
+    async def begin(
+        self, tenant: str, upn: Upn, password: str, address: str, *, deadline: float
+    ) -> Attempt | Verdict:
+        """Decide whether a password may be checked at all.
+
+        As many checks of one user run at once as may still fail before the lockout comes
+        down (more could overshoot the threshold at the directory); further ones wait for
+        those to be answered, and are then decided afresh: by then the user may be locked.
+
+        Args:
+            tenant: The user's organisation.
+            upn: The user, as they typed it.
+            password: The password, only to recognise one refused moments ago.
+            address: Where the sign-in comes from.
+            deadline: Event-loop time by which the sign-in must be answered.
+
+        Returns:
+            The attempt to pass to :meth:`end` once the directory answered, or the policy's
+            own answer (locked out, or a password refused moments ago).
+
+        Raises:
+            DeadlineExceeded: When the deadline passes while earlier checks of the user run.
+        """
+        policy = self.policy_of(tenant)
+        user = user_key(upn)
+        location = self._location(tenant, user, address, policy)
+        attempt = Attempt(
+            tenant=tenant,
+            domain=upn.domain,
+            user=user,
+            subject=str(upn),
+            address=address,
+            location=location,
+            policy=policy,
+        )
+        rule = policy.lockout
+        if not rule.enabled:
+            return attempt
+        key = (tenant, user, location)
+        while True:
+            now = self._clock()
+            counter = lockout.current(self._counters.get(key, lockout.CLEAN), rule, now)
+            if (wait := lockout.locked_for(counter, now)) > 0:
+                return _locked(wait)
+            seen, attempt.digest = self._recent.check(f"{tenant}\0{user}", password)
+            if seen:
+                return Verdict(
+                    outcome=Outcome.INVALID_CREDENTIALS,
+                    message="wrong username or password",
+                    decided_by="repeat",
+                )
+            pending = self._pending.get(key, 0)
+            if pending < lockout.attempts_left(counter, rule):
+                self._pending[key] = pending + 1
+                return attempt
+            await self._wait_turn(key, deadline)
+
+    async def _wait_turn(self, key: CounterKey, deadline: float) -> None:
+        """Wait until a check of ``key`` is answered.
+
+        Raises:
+            DeadlineExceeded: When ``deadline`` (event-loop time) passes first.
+        """
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = self._waiters.setdefault(key, [])
+        waiters.append(waiter)
+        try:
+            async with asyncio.timeout_at(deadline):
+                await waiter
+        except TimeoutError:
+            raise DeadlineExceeded("earlier sign-ins of this user took too long") from None
+        finally:
+            if waiter in waiters:
+                waiters.remove(waiter)
+            if not waiters and self._waiters.get(key) is waiters:
+                del self._waiters[key]
+
+    def end(self, attempt: Attempt, outcome: int | None) -> None:
+        """Count what the directory said about an attempt (``None``: no answer at all).
+
+        Only wrong passwords count; answers that prove the password right clear the counter
+        unless a second factor is still to come (then :meth:`grant`'s success does).
+        """
+        if attempt.ended:
+            return
+        attempt.ended = True
+        rule = attempt.policy.lockout
+        if not rule.enabled:
+            return
+        key = (attempt.tenant, attempt.user, attempt.location)
+        pending = self._pending.pop(key, 1) - 1
+        if pending > 0:
+            self._pending[key] = pending
+        for waiter in self._waiters.pop(key, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+        if outcome in WRONG:
+            self._recent.add(f"{attempt.tenant}\0{attempt.user}", attempt.digest)
+            self._fail(key, rule)
+        elif outcome in PASSWORD_RIGHT and not self._wants_mfa(attempt):
+            self._succeed(attempt)
+
+    def grant(self, attempt: Attempt, request_id: str) -> Verdict:
+        """What a right password gets: a token, or an MFA challenge when the policy wants one.
+
+        Raises:
+            Unavailable: When a second factor is required but this broker has no MFA key.
+        """
+        if not self._wants_mfa(attempt):
+            return self._token(attempt.tenant, attempt.subject, request_id, ("pwd",))
+        if self._store.mfa(attempt.tenant, attempt.user) is None:
+            return Verdict(
+                outcome=Outcome.MFA_NOT_ENROLLED,
+                message="a second factor is required and none is enrolled: ask your administrator",
+                decided_by="mfa",
+            )
+        if self._mfa_key is None:
+            log.error("mfa.no_key", tenant=attempt.tenant, fix="serve with --mfa-key-file")
+            raise Unavailable("a second factor is required but cannot be checked now")
+        challenge_id = self._challenges.open(
+            tenant=attempt.tenant,
+            user=attempt.user,
+            subject=attempt.subject,
+            address=attempt.address,
+            location=attempt.location,
+            request_id=request_id,
+        )
+        return Verdict(
+            outcome=Outcome.MFA_REQUIRED,
+            message="enter the code from your authenticator app",
+            decided_by="mfa",
+            challenge_id=challenge_id,
+            challenge_ttl=int(self._challenges.ttl),
+        )
+
+    def complete(self, challenge_id: str, code: str) -> tuple[Verdict, str, str, str]:
+        """Check a second factor for an open challenge.
+
+        Returns:
+            The verdict, and the tenant, subject and request id of the sign-in it finishes.
+
+        Raises:
+            InvalidRequest: When the id or the code is malformed.
+            ChallengeExpired: When the challenge is unknown, expired or used up.
+            Unavailable: When the broker has no MFA key to open the secret with.
+        """
+        if not challenge_id or len(challenge_id) > MAX_CHALLENGE_ID_CHARS:
+            raise InvalidRequest("challenge_id is missing or too long")
+        if not mfa.well_formed_code(code):
+            raise InvalidRequest("the code is six digits")
+        challenge = self._challenges.get(challenge_id)
+        if challenge is None:
+            raise ChallengeExpired("this sign-in has expired or was used up: sign in again")
+        if self._mfa_key is None:
+            raise Unavailable("a second factor is required but cannot be checked now")
+        who = (challenge.tenant, challenge.subject, challenge.request_id)
+        policy = self.policy_of(challenge.tenant)
+        key = (challenge.tenant, challenge.user, challenge.location)
+        now = self._clock()
+        counter = lockout.current(self._counters.get(key, lockout.CLEAN), policy.lockout, now)
+        if (wait := lockout.locked_for(counter, now)) > 0:
+            self._challenges.close(challenge_id)
+            return _locked(wait), *who
+        record = self._store.mfa(challenge.tenant, challenge.user)
+        if record is None:
+            self._challenges.close(challenge_id)
+            return Verdict(
+                outcome=Outcome.MFA_NOT_ENROLLED,
+                message="no second factor is enrolled any more: ask your administrator",
+                decided_by="mfa",
+            ), *who
+        secret = self._mfa_key.open(record.sealed, challenge.tenant, challenge.user)
+        step = mfa.matching_step(secret, code, now, after=record.last_step)
+        if step is not None and self._store.use_mfa_step(challenge.tenant, challenge.user, step):
+            self._challenges.close(challenge_id)
+            attempt = Attempt(
+                tenant=challenge.tenant,
+                domain="",
+                user=challenge.user,
+                subject=challenge.subject,
+                address=challenge.address,
+                location=challenge.location,
+                policy=policy,
+            )
+            self._succeed(attempt)
+            return self._token(
+                challenge.tenant, challenge.subject, challenge.request_id, ("pwd", "otp")
+            ), *who
+        challenge.attempts_left -= 1
+        counter = self._fail(key, policy.lockout)
+        if (wait := lockout.locked_for(counter, now)) > 0:
+            self._challenges.close(challenge_id)
+            return _locked(wait), *who
+        if challenge.attempts_left <= 0:
+            self._challenges.close(challenge_id)
+            left = "sign in again"
+        else:
+            left = f"{challenge.attempts_left} more tries"
+        return Verdict(
+            outcome=Outcome.INVALID_CREDENTIALS,
+            message=f"wrong or already used code ({left})",
+            decided_by="mfa",
+        ), *who
+
+    # Directory thresholds ---------------------------------------------------------------------
+
+    def directory_reported(self, tenant: str, reports: Iterable[DirectoryThreshold]) -> None:
+        """Remember what an agent said of its directories' own lockout; warn when ours is late."""
+        known = self._directory.setdefault(tenant, {})
+        for report in reports:
+            if report.known and report.lockout_threshold > 0:
+                known[report.domain] = report.lockout_threshold
+            else:
+                known.pop(report.domain, None)
+        self._check_thresholds(tenant)
+
+    def _check_thresholds(self, tenant: str) -> None:
+        rule = self.policy_of(tenant).lockout
+        for domain, threshold in sorted(self._directory.get(tenant, {}).items()):
+            if warning := threshold_warning(rule.threshold, threshold):
+                log.warning(
+                    "policy.threshold_not_below_directory",
+                    tenant=tenant,
+                    domain=domain,
+                    broker_threshold=rule.threshold,
+                    directory_threshold=threshold,
+                    advice=warning,
+                )
+
+    # Internals --------------------------------------------------------------------------------
+
+    def _location(self, tenant: str, user: str, address: str, policy: TenantPolicy) -> Location:
+        if in_networks(address, policy.networks):
+            return "familiar"
+        prefix = familiar_prefix(address)
+        seen = self._familiar.get((tenant, user), {}).get(prefix or "")
+        if seen is not None and self._clock() - seen < policy.familiar_window:
+            return "familiar"
+        return "unfamiliar"
+
+    def _wants_mfa(self, attempt: Attempt) -> bool:
+        mode = attempt.policy.mfa
+        return mode == "always" or (mode == "unfamiliar" and attempt.location == "unfamiliar")
+
+    def _fail(self, key: CounterKey, rule: lockout.LockoutRule) -> lockout.Counter:
+        now = self._clock()
+        before = self._counters.get(key, lockout.CLEAN)
+        counter = lockout.fail(before, rule, now)
+        if counter is before:
+            return counter
+        self._counters[key] = counter
+        self._store.save_counter(key, counter)
+        if counter.lockouts > before.lockouts:
+            log.warning(
+                "lockout.locked",
+                tenant=key[0],
+                user=key[1],
+                location=key[2],
+                failures=counter.failures,
+                seconds=round(counter.locked_until - now),
+            )
+        return counter
+
+    def _succeed(self, attempt: Attempt) -> None:
+        """A full success: clear the user's counters and remember the network as familiar."""
+        for location in LOCATIONS:
+            key = (attempt.tenant, attempt.user, location)
+            if self._counters.pop(key, None) is not None:
+                self._store.save_counter(key, lockout.CLEAN)
+        self._recent.forget(f"{attempt.tenant}\0{attempt.user}")
+        prefix = familiar_prefix(attempt.address)
+        if prefix is None:
+            return
+        now = self._clock()
+        networks = self._familiar.setdefault((attempt.tenant, attempt.user), {})
+        if now - networks.get(prefix, float("-inf")) >= FAMILIAR_REFRESH:
+            networks[prefix] = now
+            self._store.save_familiar(attempt.tenant, attempt.user, prefix, now)
+
+    def _token(
+        self, tenant: str, subject: str, request_id: str, methods: tuple[str, ...]
+    ) -> Verdict:
+        issued = self.signer.issue(
+            subject=subject, tenant=tenant, methods=list(methods), jti=request_id
+        )
+        return Verdict(
+            outcome=Outcome.SUCCESS,
+            message="signed in",
+            decided_by="token",
+            token=issued.token,
+            token_expires_at=issued.expires_at,
+            methods=methods,
+        )
+
+
+_DEFAULT = TenantPolicy()
+
+
+def _locked(wait: float) -> Verdict:
+    seconds = max(1, int(wait + 0.999))
+    return Verdict(
+        outcome=Outcome.LOCKED_BY_POLICY,
+        message=f"too many failed attempts: try again in {seconds} s",
+        decided_by="lockout",
+        retry_after=seconds,
+    )
+
+
+def threshold_warning(broker_threshold: int, directory_threshold: int) -> str:
+    """Why the broker's lockout would come too late for the directory's, or ``""``."""
+    if directory_threshold <= 0:
+        return ""
+    if broker_threshold <= 0:
+        return (
+            f"the broker's lockout is off and the directory locks after {directory_threshold}:"
+            " guesses in the cloud can lock users out on premises"
+        )
+    if broker_threshold >= directory_threshold:
+        return (
+            f"set the broker's threshold below the directory's {directory_threshold}"
+            f" (it is {broker_threshold}), or cloud guesses lock users out on premises"
+        )
+    return ""

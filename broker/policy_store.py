@@ -1,0 +1,216 @@
+"""Where the sign-in policy's state persists: policies, counters, networks, MFA secrets.
+
+Tables in the broker's SQLite store, on the store's own connection. Every write is one
+statement (atomic by itself), so the serving broker and the CLI can both write. Nothing about
+a password is kept here (the recent-failure hashes live in memory only), and a TOTP secret
+only sealed under the operator's MFA key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from broker.lockout import Counter
+from broker.tenant_policy import TenantPolicy
+
+if TYPE_CHECKING:
+    import sqlite3
+
+Location = Literal["familiar", "unfamiliar"]
+LOCATIONS: tuple[Location, ...] = ("familiar", "unfamiliar")
+#: (tenant, user key, location)
+CounterKey = tuple[str, str, Location]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tenant_policies (
+    tenant TEXT PRIMARY KEY REFERENCES tenants(name) ON DELETE CASCADE,
+    settings TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS lockouts (
+    tenant TEXT NOT NULL REFERENCES tenants(name) ON DELETE CASCADE,
+    user TEXT NOT NULL,
+    location TEXT NOT NULL,
+    failures INTEGER NOT NULL,
+    lockouts INTEGER NOT NULL,
+    locked_until REAL NOT NULL,
+    last_failure REAL NOT NULL,
+    PRIMARY KEY (tenant, user, location)
+);
+CREATE TABLE IF NOT EXISTS familiar_networks (
+    tenant TEXT NOT NULL REFERENCES tenants(name) ON DELETE CASCADE,
+    user TEXT NOT NULL,
+    prefix TEXT NOT NULL,
+    last_success REAL NOT NULL,
+    PRIMARY KEY (tenant, user, prefix)
+);
+CREATE TABLE IF NOT EXISTS mfa_secrets (
+    tenant TEXT NOT NULL REFERENCES tenants(name) ON DELETE CASCADE,
+    user TEXT NOT NULL,
+    sealed BLOB NOT NULL,
+    last_step INTEGER NOT NULL,
+    enrolled_at REAL NOT NULL,
+    PRIMARY KEY (tenant, user)
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class MfaRecord:
+    """A user's enrolled TOTP authenticator, its secret still sealed."""
+
+    sealed: bytes
+    #: The last TOTP time step accepted: a code of it or an earlier one never works again.
+    last_step: int
+    enrolled_at: float
+
+
+class PolicyStore:
+    """The policy tables, on a connection the :class:`broker.store.Store` opened."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        """Create the tables if needed."""
+        self._db = db
+        db.executescript(SCHEMA)
+
+    # Tenant policies ---------------------------------------------------------------------------
+
+    def tenant_policy(self, tenant: str) -> TenantPolicy:
+        """A tenant's policy (the defaults when it never set one)."""
+        row = self._db.execute(
+            "SELECT settings FROM tenant_policies WHERE tenant = ?", (tenant,)
+        ).fetchone()
+        return TenantPolicy() if row is None else TenantPolicy.from_json(row[0])
+
+    def tenant_policies(self) -> dict[str, TenantPolicy]:
+        """Every tenant's policy that differs from the defaults."""
+        rows = self._db.execute("SELECT tenant, settings FROM tenant_policies")
+        return {tenant: TenantPolicy.from_json(settings) for tenant, settings in rows}
+
+    def set_tenant_policy(self, tenant: str, policy: TenantPolicy) -> None:
+        """Replace a tenant's policy."""
+        self._db.execute(
+            "INSERT INTO tenant_policies (tenant, settings) VALUES (?, ?)"
+            " ON CONFLICT (tenant) DO UPDATE SET settings = excluded.settings",
+            (tenant, policy.to_json()),
+        )
+
+    # Lockout counters --------------------------------------------------------------------------
+
+    def counters(self) -> dict[CounterKey, Counter]:
+        """Every counter that is not clean."""
+        rows = self._db.execute(
+            "SELECT tenant, user, location, failures, lockouts, locked_until, last_failure"
+            " FROM lockouts"
+        )
+        return {
+            (tenant, user, location): Counter(failures, lockouts, locked_until, last)
+            for tenant, user, location, failures, lockouts, locked_until, last in rows
+        }
+
+    def save_counter(self, key: CounterKey, counter: Counter) -> None:
+        """Write one counter (a clean one is deleted)."""
+        if counter.clean:
+            self._db.execute(
+                "DELETE FROM lockouts WHERE tenant = ? AND user = ? AND location = ?", key
+            )
+            return
+        self._db.execute(
+            "INSERT INTO lockouts (tenant, user, location, failures, lockouts, locked_until,"
+            " last_failure) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, user, location)"
+            " DO UPDATE SET failures = excluded.failures, lockouts = excluded.lockouts,"
+            " locked_until = excluded.locked_until, last_failure = excluded.last_failure",
+            (*key, counter.failures, counter.lockouts, counter.locked_until, counter.last_failure),
+        )
+
+    def clear_counters(self, tenant: str, user: str | None = None) -> int:
+        """An administrator's unlock: one user's counters, or a whole tenant's.
+
+        Returns:
+            How many counters were cleared.
+        """
+        if user is None:
+            cursor = self._db.execute("DELETE FROM lockouts WHERE tenant = ?", (tenant,))
+        else:
+            cursor = self._db.execute(
+                "DELETE FROM lockouts WHERE tenant = ? AND user = ?", (tenant, user)
+            )
+        return cursor.rowcount
+
+    def forget_counters_before(self, horizon: float) -> None:
+        """Delete counters whose last failure is older than ``horizon`` and that lock nobody."""
+        self._db.execute(
+            "DELETE FROM lockouts WHERE last_failure < ? AND locked_until < ?", (horizon, horizon)
+        )
+
+    # Familiar networks -------------------------------------------------------------------------
+
+    def familiar(self) -> dict[tuple[str, str], dict[str, float]]:
+        """(tenant, user) -> {network prefix: last successful sign-in from it}."""
+        result: dict[tuple[str, str], dict[str, float]] = {}
+        for tenant, user, prefix, last in self._db.execute(
+            "SELECT tenant, user, prefix, last_success FROM familiar_networks"
+        ):
+            result.setdefault((tenant, user), {})[prefix] = last
+        return result
+
+    def save_familiar(self, tenant: str, user: str, prefix: str, last_success: float) -> None:
+        """Record a successful sign-in from a network."""
+        self._db.execute(
+            "INSERT INTO familiar_networks (tenant, user, prefix, last_success)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT (tenant, user, prefix)"
+            " DO UPDATE SET last_success = excluded.last_success",
+            (tenant, user, prefix, last_success),
+        )
+
+    def forget_familiar_before(self, tenant: str, horizon: float) -> None:
+        """Delete a tenant's networks not signed in from since ``horizon``."""
+        self._db.execute(
+            "DELETE FROM familiar_networks WHERE tenant = ? AND last_success < ?",
+            (tenant, horizon),
+        )
+
+    # MFA ---------------------------------------------------------------------------------------
+
+    def mfa(self, tenant: str, user: str) -> MfaRecord | None:
+        """A user's sealed TOTP secret, if one is enrolled."""
+        row = self._db.execute(
+            "SELECT sealed, last_step, enrolled_at FROM mfa_secrets WHERE tenant = ? AND user = ?",
+            (tenant, user),
+        ).fetchone()
+        return None if row is None else MfaRecord(bytes(row[0]), row[1], row[2])
+
+    def enrol_mfa(self, tenant: str, user: str, sealed: bytes, now: float) -> None:
+        """Store a user's new sealed TOTP secret, replacing any earlier one."""
+        self._db.execute(
+            "INSERT INTO mfa_secrets (tenant, user, sealed, last_step, enrolled_at)"
+            " VALUES (?, ?, ?, 0, ?) ON CONFLICT (tenant, user) DO UPDATE SET"
+            " sealed = excluded.sealed, last_step = 0, enrolled_at = excluded.enrolled_at",
+            (tenant, user, sealed, now),
+        )
+
+    def use_mfa_step(self, tenant: str, user: str, step: int) -> bool:
+        """Spend a TOTP time step: true only if it is later than every step used before.
+
+        One conditional UPDATE, so two brokers' (or two calls') uses of one code cannot both
+        win.
+        """
+        cursor = self._db.execute(
+            "UPDATE mfa_secrets SET last_step = ? WHERE tenant = ? AND user = ? AND last_step < ?",
+            (step, tenant, user, step),
+        )
+        return cursor.rowcount == 1
+
+    def remove_mfa(self, tenant: str, user: str) -> bool:
+        """Remove a user's authenticator; true when there was one."""
+        cursor = self._db.execute(
+            "DELETE FROM mfa_secrets WHERE tenant = ? AND user = ?", (tenant, user)
+        )
+        return cursor.rowcount > 0
+
+    def mfa_users(self, tenant: str) -> list[tuple[str, float]]:
+        """(user, enrolled at) of every user of a tenant with an authenticator."""
+        rows = self._db.execute(
+            "SELECT user, enrolled_at FROM mfa_secrets WHERE tenant = ? ORDER BY user", (tenant,)
+        )
+        return [(user, enrolled_at) for user, enrolled_at in rows]

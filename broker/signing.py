@@ -1,0 +1,187 @@
+"""The tokens applications trust: JWTs signed by the broker, and the key set that verifies them.
+
+Encoding and the JWK format are PyJWT's; the keys are Ed25519 (``EdDSA``) from
+``cryptography``. Each key lives in its own file ``D/signing/<not_before_ms>-<id>.pem``
+(0600): it signs from its ``not_before`` for ``lifetime`` seconds. Rotation overlaps both
+ways: the next key is made and published a third of a lifetime before it starts signing (so
+applications that cache the key set have it before they meet it), and a retired key stays
+published until the last token it signed has expired.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from pta import tls
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+ALGORITHM = "EdDSA"
+SIGNING_DIR = "signing"
+DEFAULT_TOKEN_TTL = 3600.0
+DEFAULT_KEY_LIFETIME = 30 * 86400.0
+DEFAULT_ISSUER = "pta-broker"
+#: Start publishing the next key this far into the current one's life.
+PUBLISH_NEXT_AT = 2 / 3
+#: Rotation is looked at no more often than this (it runs on the sign-in path).
+ROTATION_CHECK = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    """One Ed25519 key and when it signs."""
+
+    kid: str
+    not_before: float
+    key: Ed25519PrivateKey
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    """A signed token and when it expires (Unix seconds)."""
+
+    token: str
+    expires_at: int
+
+
+class TokenSigner:
+    """Signs tokens with the current key; rotates and publishes the keys."""
+
+    def __init__(  # noqa: PLR0913 - each a documented setting
+        self,
+        data_dir: Path,
+        *,
+        issuer: str = DEFAULT_ISSUER,
+        audience: str = "",
+        token_ttl: float = DEFAULT_TOKEN_TTL,
+        key_lifetime: float = DEFAULT_KEY_LIFETIME,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """Load the keys in ``data_dir/signing`` (making the first one if there is none).
+
+        Raises:
+            ValueError: When the token lifetime is not shorter than the key lifetime (a key
+                could then retire while tokens it signed are far from expiry, fine, but a
+                token outliving two rotations means a very long-lived token: refused).
+        """
+        if token_ttl <= 0 or key_lifetime <= 0 or token_ttl > key_lifetime:
+            raise ValueError("token lifetime must be positive and at most the key lifetime")
+        self.issuer = issuer
+        self.audience = audience
+        self.token_ttl = token_ttl
+        self._lifetime = key_lifetime
+        self._clock = clock
+        self._dir = data_dir / SIGNING_DIR
+        self._dir.mkdir(mode=0o700, exist_ok=True)
+        self._keys = sorted(self._load(), key=lambda k: k.not_before)
+        self._jwks = ""
+        self._checked = float("-inf")
+        self.rotate()
+
+    def _load(self) -> list[SigningKey]:
+        keys = []
+        for path in self._dir.glob("*.pem"):
+            stamp, _, kid = path.stem.partition("-")
+            if not stamp.isdigit() or not kid:
+                continue
+            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+            if isinstance(key, Ed25519PrivateKey):
+                keys.append(SigningKey(path.stem, int(stamp) / 1000, key))
+        return keys
+
+    def _create(self, not_before: float) -> SigningKey:
+        kid = f"{int(not_before * 1000)}-{secrets.token_hex(4)}"
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        tls.write_private(self._dir / f"{kid}.pem", pem)
+        made = SigningKey(kid, not_before, key)
+        self._keys.append(made)
+        self._keys.sort(key=lambda k: k.not_before)
+        return made
+
+    def _active(self, now: float) -> SigningKey | None:
+        started = [k for k in self._keys if k.not_before <= now]
+        return started[-1] if started else None
+
+    def rotate(self) -> None:
+        """Make the next key when due, and drop keys no valid token can need any more.
+
+        Cheap when nothing is due; called before each signature and by the broker's upkeep.
+        """
+        now = self._clock()
+        if now - self._checked < ROTATION_CHECK:
+            return
+        self._checked = now
+        active = self._active(now)
+        if active is None or now >= active.not_before + self._lifetime:
+            active = self._create(now)
+        successor_at = active.not_before + self._lifetime
+        due = now >= active.not_before + self._lifetime * PUBLISH_NEXT_AT
+        if due and not any(k.not_before > active.not_before for k in self._keys):
+            self._create(successor_at)
+        keep = []
+        for key in self._keys:
+            later = [k.not_before for k in self._keys if k.not_before > key.not_before]
+            retired_at = min(later) if later else None
+            if retired_at is not None and retired_at <= now and retired_at + self.token_ttl < now:
+                (self._dir / f"{key.kid}.pem").unlink(missing_ok=True)
+                continue
+            keep.append(key)
+        if keep != self._keys or not self._jwks:
+            self._keys = keep
+            self._jwks = json.dumps({"keys": [_jwk(k) for k in self._keys]}, sort_keys=True)
+
+    def jwks(self) -> str:
+        """The published key set, as JSON."""
+        self.rotate()
+        return self._jwks
+
+    def issue(self, *, subject: str, tenant: str, methods: list[str], jti: str) -> IssuedToken:
+        """Sign a token for a user who has just signed in.
+
+        Args:
+            subject: The user's UPN.
+            tenant: Their organisation at the broker.
+            methods: How they proved it (RFC 8176 ``amr``: ``pwd``, ``otp``).
+            jti: The sign-in's request id, so the token and the audit event meet.
+        """
+        self.rotate()
+        now = self._clock()
+        key = self._active(now)
+        if key is None:  # rotate() always leaves an active key; stay explicit anyway.
+            raise RuntimeError("no active signing key")
+        expires = int(now + self.token_ttl)
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "sub": subject,
+            "tenant": tenant,
+            "amr": methods,
+            "iat": int(now),
+            "nbf": int(now),
+            "exp": expires,
+            "jti": jti,
+        }
+        if self.audience:
+            claims["aud"] = self.audience
+        token = jwt.encode(claims, key.key, algorithm=ALGORITHM, headers={"kid": key.kid})
+        return IssuedToken(token, expires)
+
+
+def _jwk(key: SigningKey) -> dict[str, Any]:
+    jwk: dict[str, Any] = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(key.key.public_key()))
+    jwk.update(kid=key.kid, alg=ALGORITHM, use="sig")
+    return jwk
