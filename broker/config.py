@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from broker.mfa import DEFAULT_CHALLENGE_TTL
 from broker.signing import DEFAULT_ISSUER, DEFAULT_KEY_LIFETIME, DEFAULT_TOKEN_TTL
 from pta.config import parse_duration, parse_endpoint
 
@@ -55,6 +56,8 @@ class BrokerConfig:
     #: The key that seals TOTP secrets: a file (0600), or the key itself from the environment.
     mfa_key_file: Path | None = None
     mfa_key: str = field(default="", repr=False)
+    #: How long a right password waits for its second factor.
+    mfa_challenge_ttl: float = DEFAULT_CHALLENGE_TTL
 
     def __post_init__(self) -> None:
         """Refuse values that would make the broker misbehave later rather than now.
@@ -74,6 +77,8 @@ class BrokerConfig:
             ipaddress.ip_network(network)  # ValueError on a bad CIDR
         if self.queue_limit < 1:
             raise ValueError("queue limit must be at least 1")
+        if self.mfa_challenge_ttl <= 0:
+            raise ValueError("the MFA challenge lifetime must be positive")
         if not 0 < self.token_ttl <= self.signing_key_lifetime:
             raise ValueError("the token lifetime must be positive and at most the key lifetime")
 
@@ -134,6 +139,7 @@ def load_config(options: Mapping[str, object], environ: Mapping[str, str]) -> Br
         ),
         mfa_key_file=mfa_key_file(options, environ),
         mfa_key=environ.get(ENV_PREFIX + "MFA_KEY", ""),
+        mfa_challenge_ttl=parse_duration(pick("mfa_challenge_ttl") or str(DEFAULT_CHALLENGE_TTL)),
     )
 
 

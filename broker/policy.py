@@ -129,14 +129,17 @@ class SignInPolicy:
 
     def reload(self) -> None:
         """Re-read what the CLI may have changed: policies, counters (an unlock), networks."""
-        before = set(self._counters)
+        before, policies = set(self._counters), self._policies
         self._policies = self._store.tenant_policies()
         self._counters = self._store.counters()
         self._familiar = self._store.familiar()
-        for tenant, user, _ in before - set(self._counters):
+        for tenant, user, location in before - set(self._counters):
             self._recent.forget(f"{tenant}\0{user}")
-        for tenant in self._directory:
-            self._check_thresholds(tenant)
+            log.info("lockout.cleared", tenant=tenant, user=user, location=location)
+        for tenant, policy in self._policies.items():
+            if policies.get(tenant) != policy:
+                log.info("policy.changed", tenant=tenant, **policy.describe())
+                self._check_thresholds(tenant)
 
     def policy_of(self, tenant: str) -> TenantPolicy:
         """A tenant's policy (the defaults unless set)."""
@@ -294,16 +297,19 @@ class SignInPolicy:
             challenge_ttl=int(self._challenges.ttl),
         )
 
-    def complete(self, challenge_id: str, code: str) -> tuple[Verdict, str, str, str]:
+    def complete(self, challenge_id: str, code: str) -> tuple[Verdict, mfa.Challenge]:
         """Check a second factor for an open challenge.
 
+        A wrong (or already used) code counts toward the lockout like a wrong password; the
+        challenge stays open for its few remaining tries, and closes on anything else.
+
         Returns:
-            The verdict, and the tenant, subject and request id of the sign-in it finishes.
+            The verdict, and the challenge it answers (tenant, user, the sign-in's request id).
 
         Raises:
             InvalidRequest: When the id or the code is malformed.
             ChallengeExpired: When the challenge is unknown, expired or used up.
-            Unavailable: When the broker has no MFA key to open the secret with.
+            Unavailable: When the broker cannot open the user's secret (no or another key).
         """
         if not challenge_id or len(challenge_id) > MAX_CHALLENGE_ID_CHARS:
             raise InvalidRequest("challenge_id is missing or too long")
@@ -312,56 +318,70 @@ class SignInPolicy:
         challenge = self._challenges.get(challenge_id)
         if challenge is None:
             raise ChallengeExpired("this sign-in has expired or was used up: sign in again")
-        if self._mfa_key is None:
-            raise Unavailable("a second factor is required but cannot be checked now")
-        who = (challenge.tenant, challenge.subject, challenge.request_id)
+        verdict = self._check_code(challenge, code)
+        if verdict.outcome != Outcome.INVALID_CREDENTIALS or challenge.attempts_left <= 0:
+            self._challenges.close(challenge_id)
+        return verdict, challenge
+
+    def _check_code(self, challenge: mfa.Challenge, code: str) -> Verdict:
         policy = self.policy_of(challenge.tenant)
         key = (challenge.tenant, challenge.user, challenge.location)
         now = self._clock()
         counter = lockout.current(self._counters.get(key, lockout.CLEAN), policy.lockout, now)
         if (wait := lockout.locked_for(counter, now)) > 0:
-            self._challenges.close(challenge_id)
-            return _locked(wait), *who
+            return _locked(wait)
         record = self._store.mfa(challenge.tenant, challenge.user)
         if record is None:
-            self._challenges.close(challenge_id)
             return Verdict(
                 outcome=Outcome.MFA_NOT_ENROLLED,
                 message="no second factor is enrolled any more: ask your administrator",
                 decided_by="mfa",
-            ), *who
-        secret = self._mfa_key.open(record.sealed, challenge.tenant, challenge.user)
+            )
+        secret = self._secret(challenge, record.sealed)
         step = mfa.matching_step(secret, code, now, after=record.last_step)
         if step is not None and self._store.use_mfa_step(challenge.tenant, challenge.user, step):
-            self._challenges.close(challenge_id)
-            attempt = Attempt(
-                tenant=challenge.tenant,
-                domain="",
-                user=challenge.user,
-                subject=challenge.subject,
-                address=challenge.address,
-                location=challenge.location,
-                policy=policy,
+            self._succeed(
+                Attempt(
+                    tenant=challenge.tenant,
+                    domain="",
+                    user=challenge.user,
+                    subject=challenge.subject,
+                    address=challenge.address,
+                    location=challenge.location,
+                    policy=policy,
+                )
             )
-            self._succeed(attempt)
             return self._token(
                 challenge.tenant, challenge.subject, challenge.request_id, ("pwd", "otp")
-            ), *who
+            )
         challenge.attempts_left -= 1
         counter = self._fail(key, policy.lockout)
         if (wait := lockout.locked_for(counter, now)) > 0:
-            self._challenges.close(challenge_id)
-            return _locked(wait), *who
-        if challenge.attempts_left <= 0:
-            self._challenges.close(challenge_id)
-            left = "sign in again"
-        else:
-            left = f"{challenge.attempts_left} more tries"
+            return _locked(wait)
+        left = (
+            f"{challenge.attempts_left} more tries" if challenge.attempts_left else "sign in again"
+        )
         return Verdict(
             outcome=Outcome.INVALID_CREDENTIALS,
             message=f"wrong or already used code ({left})",
             decided_by="mfa",
-        ), *who
+        )
+
+    def _secret(self, challenge: mfa.Challenge, sealed: bytes) -> bytes:
+        """Open a user's TOTP secret for one check; it is not kept.
+
+        Raises:
+            Unavailable: When this broker has no MFA key, or not the one it was sealed with.
+        """
+        unavailable = Unavailable("a second factor is required but cannot be checked now")
+        if self._mfa_key is None:
+            log.error("mfa.no_key", tenant=challenge.tenant, fix="serve with --mfa-key-file")
+            raise unavailable
+        try:
+            return self._mfa_key.open(sealed, challenge.tenant, challenge.user)
+        except mfa.MfaKeyError:
+            log.exception("mfa.cannot_open_secret", tenant=challenge.tenant, user=challenge.user)
+            raise unavailable from None
 
     # Directory thresholds ---------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--mfa-key-file", help="key sealing TOTP secrets (or PTA_BROKER_MFA_KEY[_FILE])"
     )
+    serve.add_argument("--mfa-challenge-ttl", help="time to enter the code (default 2m)")
 
 
 def add_parsers(

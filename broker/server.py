@@ -25,7 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from broker.agent_link import AgentService
 from broker.ca import CertificateAuthority
 from broker.dispatch import Connection, Dispatcher
-from broker.mfa import MfaKey
+from broker.mfa import Challenges, MfaKey
 from broker.policy import SignInPolicy
 from broker.ratelimit import RateLimiter
 from broker.rotation import ServerCertificates
@@ -120,7 +120,10 @@ class Broker:
             key_lifetime=config.signing_key_lifetime,
         )
         policy = SignInPolicy(
-            store.policy, signer, mfa_key=MfaKey.load(config.mfa_key_file, config.mfa_key)
+            store.policy,
+            signer,
+            mfa_key=MfaKey.load(config.mfa_key_file, config.mfa_key),
+            challenges=Challenges(ttl=config.mfa_challenge_ttl),
         )
 
         public = self._server(SERVICES, rpc.PUBLIC_SERVER_OPTIONS)

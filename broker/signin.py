@@ -111,24 +111,22 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
         async with rpc_errors(context):
             started = time.perf_counter()
             try:
-                verdict, tenant, subject, request_id = self._policy.complete(
-                    request.challenge_id, request.code
-                )
+                verdict, challenge = self._policy.complete(request.challenge_id, request.code)
             except PtaError as error:
                 log.info("mfa.completed", status=error.code.name, reason=error.message)
                 raise
             log.info(
                 "mfa.completed",
                 status="OK",
-                request_id=request_id,
-                tenant=tenant,
-                user=subject,
+                request_id=challenge.request_id,
+                tenant=challenge.tenant,
+                user=challenge.subject,
                 client_ip=_client_ip(request.client_ip),
                 answer=_outcome_name(verdict.outcome),
                 decided_by=verdict.decided_by,
                 duration_ms=_ms(started),
             )
-            return _response(request_id, verdict)
+            return _response(challenge.request_id, verdict)
 
     async def GetSigningKeys(  # noqa: N802 - the contract's name
         self,

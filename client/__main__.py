@@ -1,13 +1,18 @@
 """``pta-signin``: sign a user in through the broker and print the outcome.
 
+When the organisation wants a second factor (MFA_REQUIRED), it asks for the code from the
+user's authenticator app (with --password-stdin: the line after the password) and finishes the
+sign-in with it. On SUCCESS, --json prints the signed token too (or --token alone).
+
 Exit codes (stable, for scripts):
    0  SUCCESS                 10  INVALID_CREDENTIALS     11  PASSWORD_EXPIRED
   12  PASSWORD_MUST_CHANGE    13  ACCOUNT_LOCKED          14  ACCOUNT_DISABLED
   15  ACCOUNT_EXPIRED         16  ACCOUNT_RESTRICTED      17  PASSWORD_REJECTED
-  19  any other outcome
+  18  LOCKED_BY_POLICY (too many failures: wait)          19  any other outcome
   20  UNAVAILABLE (no agent, directory down)              21  DEADLINE_EXCEEDED
   22  INVALID_ARGUMENT        23  NOT_FOUND (no organisation owns the domain)
   24  RESOURCE_EXHAUSTED      25  UNAUTHENTICATED / PERMISSION_DENIED
+  26  FAILED_PRECONDITION (the MFA challenge expired: sign in again)
   29  any other gRPC status    2  usage error
 """
 
@@ -35,6 +40,7 @@ OUTCOME_EXIT: dict[int, int] = {
     Outcome.ACCOUNT_EXPIRED: 15,
     Outcome.ACCOUNT_RESTRICTED: 16,
     Outcome.PASSWORD_REJECTED: 17,
+    Outcome.LOCKED_BY_POLICY: 18,
 }
 OTHER_OUTCOME_EXIT = 19
 STATUS_EXIT: dict[grpc.StatusCode, int] = {
@@ -45,6 +51,7 @@ STATUS_EXIT: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: 24,
     grpc.StatusCode.UNAUTHENTICATED: 25,
     grpc.StatusCode.PERMISSION_DENIED: 25,
+    grpc.StatusCode.FAILED_PRECONDITION: 26,
 }
 OTHER_STATUS_EXIT = 29
 USAGE_EXIT = 2
@@ -66,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--client-ip", default="", help="the address the user signs in from")
     parser.add_argument("--timeout", type=float, default=15.0, help="seconds (default 15)")
     parser.add_argument("--json", action="store_true", help="print the response as JSON")
+    parser.add_argument(
+        "--token", action="store_true", help="on success, print only the signed token"
+    )
     parser.add_argument(
         "--change-password",
         action="store_true",
@@ -89,20 +99,17 @@ def main(argv: list[str] | None = None) -> int:
     with grpc.secure_channel(args.broker, credentials, options=rpc.CHANNEL_OPTIONS) as channel:
         stub = signin_pb2_grpc.SignInServiceStub(channel)
         try:
-            if args.change_password:
-                response = stub.ChangePassword(
-                    signin_pb2.ChangePasswordRequest(
-                        username=args.username,
-                        old_password=password,
-                        new_password=new_password,
+            response = _call(stub, args, password, new_password)
+            if (
+                isinstance(response, signin_pb2.SignInResponse)
+                and response.outcome == Outcome.MFA_REQUIRED
+            ):
+                _say(args, f"MFA_REQUIRED: {response.message}")
+                response = stub.CompleteMfa(
+                    signin_pb2.CompleteMfaRequest(
+                        challenge_id=response.mfa_challenge_id,
+                        code=_code(args),
                         client_ip=args.client_ip,
-                    ),
-                    timeout=args.timeout,
-                )
-            else:
-                response = stub.SignIn(
-                    signin_pb2.SignInRequest(
-                        username=args.username, password=password, client_ip=args.client_ip
                     ),
                     timeout=args.timeout,
                 )
@@ -117,9 +124,49 @@ def main(argv: list[str] | None = None) -> int:
             )
             + "\n"
         )
+    elif args.token and isinstance(response, signin_pb2.SignInResponse) and response.token:
+        sys.stdout.write(f"{response.token}\n")
     else:
         sys.stdout.write(f"{Outcome.Name(response.outcome)}: {response.message}\n")
     return OUTCOME_EXIT.get(response.outcome, OTHER_OUTCOME_EXIT)
+
+
+def _call(
+    stub: signin_pb2_grpc.SignInServiceStub,
+    args: argparse.Namespace,
+    password: str,
+    new_password: str,
+) -> signin_pb2.SignInResponse | signin_pb2.ChangePasswordResponse:
+    if args.change_password:
+        response: signin_pb2.ChangePasswordResponse = stub.ChangePassword(
+            signin_pb2.ChangePasswordRequest(
+                username=args.username,
+                old_password=password,
+                new_password=new_password,
+                client_ip=args.client_ip,
+            ),
+            timeout=args.timeout,
+        )
+        return response
+    answer: signin_pb2.SignInResponse = stub.SignIn(
+        signin_pb2.SignInRequest(
+            username=args.username, password=password, client_ip=args.client_ip
+        ),
+        timeout=args.timeout,
+    )
+    return answer
+
+
+def _code(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().strip()
+    return input("Code from your authenticator app: ").strip()
+
+
+def _say(args: argparse.Namespace, text: str) -> None:
+    """Progress for a person (standard error), silent for scripts that asked for JSON."""
+    if not args.json:
+        sys.stderr.write(text + "\n")
 
 
 def _secret(args: argparse.Namespace, prompt: str) -> str:

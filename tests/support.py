@@ -107,6 +107,17 @@ class BrokerProcess:
             timeout=30,
         )
 
+    @staticmethod
+    def cli_without_data(*args: str) -> subprocess.CompletedProcess[str]:
+        """Run a ``pta-broker`` command that needs no data directory (``mfa keygen``)."""
+        return subprocess.run(
+            [str(BIN / "pta-broker"), *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        )
+
     def add_tenant(self, name: str, *domains: str) -> None:
         """Create a tenant owning ``domains``."""
         self.cli("tenant", "add", name, *(arg for d in domains for arg in ("--domain", d)))

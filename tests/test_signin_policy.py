@@ -1,0 +1,412 @@
+"""The broker's sign-in policy end to end: real broker, agent and slapd, over real mTLS.
+
+Smart lockout (threshold, growth, reset, repeats, familiar networks, outages, restarts, the
+directory's own count), MFA step-up with TOTP, and the tokens applications verify.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+import urllib.parse
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import grpc
+import jwt
+import ldap3
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from broker import mfa
+from pta.slapd import DirectoryUser, Slapd, free_port
+from pta.v1 import outcome_pb2, signin_pb2, signin_pb2_grpc
+from tests.conftest import remember_password
+from tests.support import AgentProcess, BrokerProcess, signin_cli, wait_for
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+Outcome = outcome_pb2.Outcome
+DOMAIN = "guard.example"
+OFFICE = "10.20.0.0/16"
+OFFICE_IP = "10.20.1.5"
+ATTACKER_IP = "198.51.100.66"
+THRESHOLD = 3
+DIRECTORY_THRESHOLD = 5  # pta/slapd.py's default password policy: pwdMaxFailure
+TOKEN_TTL = 2.0
+USERS = {
+    name: remember_password(f"{name.capitalize()}-Pw-9!")
+    for name in (
+        "victim",
+        "grower",
+        "resetter",
+        "repeater",
+        "traveller",
+        "outage",
+        "restarted",
+        "mfa-always",
+        "mfa-none",
+        "mfa-where",
+        "mfa-cli",
+        "holder",
+    )
+}
+
+
+@dataclass
+class Guard:
+    """The module's broker (replaced when a test restarts it), agent and directory."""
+
+    broker: BrokerProcess
+    agent: AgentProcess
+    slapd: Slapd
+    ports: tuple[str, ...]
+    key_file: Path
+
+    def serve_flags(self) -> tuple[str, ...]:
+        """How the broker is started (again)."""
+        return (
+            *self.ports,
+            *("--trusted-proxy", "127.0.0.1/32", "--mfa-key-file", str(self.key_file)),
+            *("--token-ttl", f"{TOKEN_TTL}s", "--mfa-challenge-ttl", "3s"),
+        )
+
+    def set_policy(self, *flags: str) -> None:
+        """Change the tenant's policy and wait until the serving broker applied it."""
+        seen = len(self.broker.log_events("policy.changed"))
+        self.broker.cli("tenant", "policy", "guard", *flags)
+        wait_for(
+            lambda: len(self.broker.log_events("policy.changed")) > seen,
+            what="the broker to apply the policy",
+        )
+
+    def sign_in(self, uid: str, password: str, ip: str = ATTACKER_IP) -> signin_pb2.SignInResponse:
+        """One sign-in of ``uid`` from ``ip`` (believed: the tests' caller is a trusted proxy)."""
+        return self.broker.sign_in(f"{uid}@{DOMAIN}", password, client_ip=ip)
+
+    def failures_in_directory(self, uid: str) -> int:
+        """How many wrong passwords slapd itself has counted for ``uid`` (ppolicy)."""
+        server = ldap3.Server(self.slapd.url, get_info=ldap3.NONE)
+        with ldap3.Connection(
+            server, self.slapd.admin_dn, self.slapd.admin_password, auto_bind=True
+        ) as conn:
+            conn.search(
+                self.slapd.user_dn(uid), "(objectClass=*)", ldap3.BASE, attributes=["pwdFailureTime"]
+            )
+            return len(conn.entries[0].entry_attributes_as_dict.get("pwdFailureTime", []))
+
+
+@pytest.fixture(scope="module")
+def guard(run_dir: Path) -> Iterator[Guard]:
+    """Tenant ``guard``: threshold 3 (below slapd's 5), the office network familiar."""
+    users = [DirectoryUser(uid=uid, password=pw) for uid, pw in USERS.items()]
+    key_file = run_dir / "guard-mfa.key"
+    made = BrokerProcess.cli_without_data("mfa", "keygen", str(key_file))
+    assert made.returncode == 0, made.stderr
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    ports = (
+        *("--listen", f"127.0.0.1:{free_port()}"),
+        *("--agent-listen", f"127.0.0.1:{free_port()}"),
+    )
+    with Slapd(users=users) as slapd:
+        guard = Guard(None, None, slapd, ports, key_file)  # type: ignore[arg-type]
+        guard.broker = BrokerProcess.start(run_dir, "broker-guard", *guard.serve_flags())
+        guard.broker.add_tenant("guard", DOMAIN)
+        guard.broker.cli(
+            "tenant", "policy", "guard", "--lockout-threshold", str(THRESHOLD),
+            "--familiar-network", OFFICE,
+        )  # fmt: skip
+        guard.agent = AgentProcess.start(guard.broker, slapd, "guard", "agent-guard")
+        yield guard
+        guard.agent.stop()
+        guard.broker.stop()
+
+
+def _outcomes(replies: list[signin_pb2.SignInResponse]) -> list[str]:
+    return [Outcome.Name(r.outcome) for r in replies]
+
+
+class TestSmartLockout:
+    """Checked before anything is sent to an agent."""
+
+    def test_brute_force_stops_at_the_threshold(self, guard: Guard) -> None:
+        """100 guesses: 3 reach the directory (below its own 5), 97 are refused by the broker."""
+        replies = [guard.sign_in("victim", f"guess-{n}") for n in range(100)]
+        outcomes = _outcomes(replies)
+        assert outcomes[:THRESHOLD] == ["INVALID_CREDENTIALS"] * THRESHOLD
+        assert outcomes[THRESHOLD:] == ["LOCKED_BY_POLICY"] * (100 - THRESHOLD)
+        assert all(0 < r.retry_after_seconds <= 60 for r in replies[THRESHOLD:])
+        reached = guard.failures_in_directory("victim")
+        print(f"\nbrute force: 100 guesses, {reached} reached the directory")  # noqa: T201
+        assert reached == THRESHOLD < DIRECTORY_THRESHOLD
+        # The user, from the office, is neither locked by the broker nor by the directory.
+        assert guard.sign_in("victim", USERS["victim"], ip=OFFICE_IP).outcome == Outcome.SUCCESS
+        refused = [
+            e
+            for e in guard.broker.log_events("signin.completed")
+            if e.get("user") == f"victim@{DOMAIN}" and e.get("decided_by") == "lockout"
+        ]
+        assert len(refused) == 100 - THRESHOLD
+        assert all("agent_id" not in e for e in refused)
+
+    def test_lockout_grows_with_each_further_failure(self, guard: Guard) -> None:
+        """1 s, then 2 s, then the 3 s cap; each time one more guess reaches the directory."""
+        guard.set_policy("--lockout-duration", "1s", "--lockout-max", "3s")
+        try:
+            waits = []
+            for n in range(THRESHOLD + 2):
+                reply = guard.sign_in("grower", f"guess-{n}")
+                assert reply.outcome == Outcome.INVALID_CREDENTIALS
+                if n >= THRESHOLD - 1:
+                    locked = guard.sign_in("grower", f"more-{n}")
+                    assert locked.outcome == Outcome.LOCKED_BY_POLICY
+                    waits.append(locked.retry_after_seconds)
+                    time.sleep(locked.retry_after_seconds + 0.2)
+            assert waits == [1, 2, 3]
+            assert guard.failures_in_directory("grower") == THRESHOLD + 2
+        finally:
+            guard.set_policy("--lockout-duration", "60s", "--lockout-max", "1h")
+
+    def test_success_resets_the_count(self, guard: Guard) -> None:
+        """Failures short of the threshold are forgotten by a right password."""
+        for round_ in range(3):
+            for n in range(THRESHOLD - 1):
+                assert guard.sign_in("resetter", f"r{round_}-{n}").outcome == (
+                    Outcome.INVALID_CREDENTIALS
+                )
+            assert guard.sign_in("resetter", USERS["resetter"]).outcome == Outcome.SUCCESS
+
+    def test_the_same_wrong_password_is_not_counted_again(self, guard: Guard) -> None:
+        """Ten times one typo is one failure, at the broker and at the directory."""
+        replies = [guard.sign_in("repeater", "Repeater-Pw-9?") for _ in range(10)]
+        assert _outcomes(replies) == ["INVALID_CREDENTIALS"] * 10
+        assert guard.failures_in_directory("repeater") == 1
+        repeats = [
+            e
+            for e in guard.broker.log_events("signin.completed")
+            if e.get("user") == f"repeater@{DOMAIN}" and e.get("decided_by") == "repeat"
+        ]
+        assert len(repeats) == 9
+        assert guard.sign_in("repeater", USERS["repeater"]).outcome == Outcome.SUCCESS
+
+    def test_a_network_signed_in_from_becomes_familiar(self, guard: Guard) -> None:
+        """Guesses from elsewhere lock only elsewhere: home, where the user signed in, works."""
+        home = "203.0.113.40"
+        assert guard.sign_in("traveller", USERS["traveller"], ip=home).outcome == Outcome.SUCCESS
+        for n in range(THRESHOLD):
+            guard.sign_in("traveller", f"guess-{n}")
+        assert guard.sign_in("traveller", "guess-x").outcome == Outcome.LOCKED_BY_POLICY
+        neighbour = "203.0.113.41"  # The same /24.
+        reply = guard.sign_in("traveller", USERS["traveller"], ip=neighbour)
+        assert reply.outcome == Outcome.SUCCESS
+
+    def test_directory_outages_never_count(self, guard: Guard) -> None:
+        """Sign-ins while the directory is down get UNAVAILABLE and move no counter."""
+        guard.slapd.pause()
+        try:
+            for n in range(THRESHOLD + 2):
+                with pytest.raises(grpc.RpcError) as raised:
+                    guard.sign_in("outage", f"guess-{n}")
+                assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        finally:
+            guard.slapd.resume()
+        wait_for(
+            lambda: _answers(guard, "outage", USERS["outage"]) == "SUCCESS",
+            what="the directory to answer again",
+        )
+        for n in range(THRESHOLD - 1):
+            assert guard.sign_in("outage", f"after-{n}").outcome == Outcome.INVALID_CREDENTIALS
+        listed = guard.broker.cli("lockout", "list", "--tenant", "guard").stdout
+        assert f"outage@{DOMAIN}\tunfamiliar\tfailures {THRESHOLD - 1}" in listed
+
+    def test_lockouts_survive_a_restart_and_an_admin_clears_them(self, guard: Guard) -> None:
+        """The counters are in the store; ``pta-broker lockout clear`` unlocks within a tick."""
+        for n in range(THRESHOLD):
+            guard.sign_in("restarted", f"guess-{n}", ip=OFFICE_IP)
+        assert guard.sign_in("restarted", "x", ip=OFFICE_IP).outcome == Outcome.LOCKED_BY_POLICY
+        connected = len(guard.broker.log_events("agent.connected"))
+        guard.broker.stop()
+        guard.broker = BrokerProcess.start(
+            guard.broker.data_dir.parent, "broker-guard", *guard.serve_flags()
+        )
+        reply = guard.sign_in("restarted", USERS["restarted"], ip=OFFICE_IP)
+        assert reply.outcome == Outcome.LOCKED_BY_POLICY
+        shown = guard.broker.cli("tenant", "show", "guard").stdout
+        assert f"restarted@{DOMAIN}" in shown
+        cleared = len(guard.broker.log_events("lockout.cleared"))
+        guard.broker.cli("lockout", "clear", "--tenant", "guard", f"Restarted@{DOMAIN}")
+        wait_for(lambda: len(guard.broker.log_events("lockout.cleared")) > cleared)
+        wait_for(lambda: len(guard.broker.log_events("agent.connected")) > connected, timeout=40)
+        reply = guard.sign_in("restarted", USERS["restarted"], ip=OFFICE_IP)
+        assert reply.outcome == Outcome.SUCCESS
+
+    def test_spellings_of_a_name_share_one_counter(self, guard: Guard) -> None:
+        """``VICTIM`` is ``victim``: changing case buys an attacker no fresh threshold."""
+        reply = guard.sign_in("VICTIM", "another-guess")
+        assert reply.outcome == Outcome.LOCKED_BY_POLICY
+
+
+def _answers(guard: Guard, uid: str, password: str) -> str:
+    try:
+        return str(Outcome.Name(guard.sign_in(uid, password, ip=OFFICE_IP).outcome))
+    except grpc.RpcError as error:
+        return str(error.code().name)
+
+
+def _enrol(guard: Guard, uid: str) -> bytes:
+    """Enrol ``uid``'s authenticator with the CLI; return the secret its URI carries."""
+    enrolled = guard.broker.cli(
+        "mfa", "enroll", "--tenant", "guard", f"{uid}@{DOMAIN}", "--mfa-key-file",
+        str(guard.key_file),
+    )  # fmt: skip
+    uri = urllib.parse.urlparse(enrolled.stdout.strip())
+    assert uri.scheme == "otpauth"
+    secret = urllib.parse.parse_qs(uri.query)["secret"][0]
+    return base64.b32decode(secret + "=" * (-len(secret) % 8))
+
+
+def _complete(guard: Guard, challenge: str, code: str) -> signin_pb2.SignInResponse:
+    with guard.broker.channel() as channel:
+        reply: signin_pb2.SignInResponse = signin_pb2_grpc.SignInServiceStub(channel).CompleteMfa(
+            signin_pb2.CompleteMfaRequest(challenge_id=challenge, code=code), timeout=10
+        )
+        return reply
+
+
+def _verify(guard: Guard, token: str) -> dict[str, object]:
+    """Verify a token as an application does: with the published key set."""
+    with guard.broker.channel() as channel:
+        keys = signin_pb2_grpc.SignInServiceStub(channel).GetSigningKeys(
+            signin_pb2.GetSigningKeysRequest(), timeout=10
+        )
+    key = jwt.PyJWKSet.from_json(keys.jwks_json)[jwt.get_unverified_header(token)["kid"]]
+    claims: dict[str, object] = jwt.decode(
+        token, key, algorithms=["EdDSA"], issuer=keys.issuer, options={"require": ["exp"]}
+    )
+    return claims
+
+
+class TestMfa:
+    """A right password is stepped up when the tenant's policy says so."""
+
+    @pytest.fixture
+    def always(self, guard: Guard) -> Iterator[None]:
+        """The tenant wants a second factor on every sign-in, for one test."""
+        guard.set_policy("--mfa", "always")
+        yield
+        guard.set_policy("--mfa", "never")
+
+    @pytest.mark.usefixtures("always")
+    def test_good_code_then_wrong_reused_and_expired(self, guard: Guard) -> None:
+        """A good code signs in (amr pwd+otp); a wrong or used one does not; challenges expire."""
+        secret = _enrol(guard, "mfa-always")
+        first = guard.sign_in("mfa-always", USERS["mfa-always"])
+        assert first.outcome == Outcome.MFA_REQUIRED
+        assert first.mfa_challenge_id and not first.token
+        assert 0 < first.mfa_expires_in_seconds <= 3
+        wrong = _complete(guard, first.mfa_challenge_id, "000000")
+        if mfa.code_at(secret, time.time()) == "000000":  # pragma: no cover - one in a million
+            pytest.skip("the right code happened to be 000000")
+        assert wrong.outcome == Outcome.INVALID_CREDENTIALS
+        code = mfa.code_at(secret, time.time())
+        good = _complete(guard, first.mfa_challenge_id, code)
+        assert good.outcome == Outcome.SUCCESS, good.message
+        assert _verify(guard, good.token)["amr"] == ["pwd", "otp"]
+        assert good.request_id == first.request_id
+
+        second = guard.sign_in("mfa-always", USERS["mfa-always"])
+        reused = _complete(guard, second.mfa_challenge_id, code)
+        assert reused.outcome == Outcome.INVALID_CREDENTIALS
+        with pytest.raises(grpc.RpcError) as answered:
+            _complete(guard, first.mfa_challenge_id, mfa.code_at(secret, time.time() + 30))
+        assert answered.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+        third = guard.sign_in("mfa-always", USERS["mfa-always"])
+        time.sleep(3.2)
+        with pytest.raises(grpc.RpcError) as expired:
+            _complete(guard, third.mfa_challenge_id, mfa.code_at(secret, time.time() + 30))
+        assert expired.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+    @pytest.mark.usefixtures("always")
+    def test_wrong_codes_count_toward_lockout(self, guard: Guard) -> None:
+        """Three wrong codes: the challenge is used up and the user locked like three guesses."""
+        _enrol(guard, "holder")
+        challenge = guard.sign_in("holder", USERS["holder"]).mfa_challenge_id
+        answers = [_complete(guard, challenge, f"{n:06d}").outcome for n in (111111, 222222, 333333)]
+        assert answers[-1] == Outcome.LOCKED_BY_POLICY
+        assert guard.sign_in("holder", USERS["holder"]).outcome == Outcome.LOCKED_BY_POLICY
+        guard.broker.cli("lockout", "clear", "--tenant", "guard", f"holder@{DOMAIN}")
+
+    @pytest.mark.usefixtures("always")
+    def test_no_authenticator_means_no_sign_in(self, guard: Guard) -> None:
+        """Required and not enrolled: MFA_NOT_ENROLLED, no token."""
+        reply = guard.sign_in("mfa-none", USERS["mfa-none"])
+        assert reply.outcome == Outcome.MFA_NOT_ENROLLED
+        assert not reply.token
+
+    def test_only_unfamiliar_locations_are_stepped_up(self, guard: Guard) -> None:
+        """Policy ``unfamiliar``: the office signs in with a password, elsewhere needs a code."""
+        secret = _enrol(guard, "mfa-where")
+        guard.set_policy("--mfa", "unfamiliar")
+        try:
+            office = guard.sign_in("mfa-where", USERS["mfa-where"], ip=OFFICE_IP)
+            assert office.outcome == Outcome.SUCCESS
+            assert _verify(guard, office.token)["amr"] == ["pwd"]
+            away = guard.sign_in("mfa-where", USERS["mfa-where"], ip="192.0.2.77")
+            assert away.outcome == Outcome.MFA_REQUIRED
+            done = _complete(guard, away.mfa_challenge_id, mfa.code_at(secret, time.time()))
+            assert done.outcome == Outcome.SUCCESS
+            # Once the code was right there, that network is familiar.
+            again = guard.sign_in("mfa-where", USERS["mfa-where"], ip="192.0.2.78")
+            assert again.outcome == Outcome.SUCCESS
+        finally:
+            guard.set_policy("--mfa", "never")
+
+    @pytest.mark.usefixtures("always")
+    def test_pta_signin_asks_for_the_code(self, guard: Guard) -> None:
+        """``pta-signin`` reads the code after the password and prints the outcome."""
+        secret = _enrol(guard, "mfa-cli")
+        code = mfa.code_at(secret, time.time())
+        done = signin_cli(
+            guard.broker, f"mfa-cli@{DOMAIN}", f"{USERS['mfa-cli']}\n{code}\n", "--token"
+        )
+        assert done.returncode == 0, done.stderr
+        assert "MFA_REQUIRED" in done.stderr
+        assert _verify(guard, done.stdout.strip())["sub"] == f"mfa-cli@{DOMAIN}"
+
+
+class TestTokens:
+    """What an application receives, and how it checks it."""
+
+    def test_token_verifies_with_the_published_key(self, guard: Guard) -> None:
+        """Subject, tenant, methods, issue and expiry time; signed by a published key."""
+        reply = guard.sign_in("resetter", USERS["resetter"], ip=OFFICE_IP)
+        claims = _verify(guard, reply.token)
+        assert claims["sub"] == f"resetter@{DOMAIN}"
+        assert claims["tenant"] == "guard"
+        assert claims["amr"] == ["pwd"]
+        assert claims["jti"] == reply.request_id
+        assert claims["exp"] == reply.token_expires_at
+        assert 0 < reply.token_expires_at - int(claims["iat"]) <= TOKEN_TTL  # type: ignore[call-overload]
+
+    def test_token_fails_after_expiry(self, guard: Guard) -> None:
+        """After its lifetime the same token is refused."""
+        token = guard.sign_in("resetter", USERS["resetter"], ip=OFFICE_IP).token
+        time.sleep(TOKEN_TTL + 1.1)
+        with pytest.raises(jwt.ExpiredSignatureError):
+            _verify(guard, token)
+
+    def test_token_fails_with_another_key(self, guard: Guard) -> None:
+        """A key that is not the broker's does not verify its tokens."""
+        token = guard.sign_in("resetter", USERS["resetter"], ip=OFFICE_IP).token
+        impostor = Ed25519PrivateKey.generate().public_key()
+        with pytest.raises(jwt.InvalidSignatureError):
+            jwt.decode(token, impostor, algorithms=["EdDSA"])
+
+    def test_keys_are_private_files(self, guard: Guard) -> None:
+        """The signing keys are on disk readable by the broker's user only."""
+        keys = list((guard.broker.data_dir / "signing").glob("*.pem"))
+        assert keys
+        assert all(k.stat().st_mode & 0o777 == 0o600 for k in keys)
