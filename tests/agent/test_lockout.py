@@ -13,13 +13,15 @@ from agent.config import DirectoryConfig
 from agent.directory import LdapDirectory
 from agent.lockout import LockoutPolicy, PolicyReporter
 from pta.slapd import Slapd, free_port
-from pta.v1 import agent_pb2
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
 
+    from pta.v1 import agent_pb2
+
 POLICY_DN = "cn=default,ou=policies,dc=example,dc=com"
 STRICT_DN = "cn=strict,ou=policies,dc=example,dc=com"
+AD_SOURCE = "AD lockoutThreshold on DC=ad,DC=example"
 
 
 def _attrs(max_failure: str | None, lockout_flag: str | None) -> Mapping[str, Sequence[str]]:
@@ -58,7 +60,9 @@ class TestFromPpolicy:
             ("cn=lax,dc=example,dc=com", _attrs("1", "FALSE")),
         ]
         policy = lockout.from_ppolicy(entries, "under dc=example,dc=com")
-        assert policy == LockoutPolicy(True, 3, f"pwdMaxFailure on {STRICT_DN}")
+        assert policy == LockoutPolicy(
+            known=True, threshold=3, source=f"pwdMaxFailure on {STRICT_DN}"
+        )
 
     def test_none_locks(self) -> None:
         """Several entries, none locking: 0."""
@@ -85,8 +89,8 @@ class TestFromAd:
     @pytest.mark.parametrize(
         ("values", "expected"),
         [
-            (["5"], LockoutPolicy(True, 5, "AD lockoutThreshold on DC=ad,DC=example")),
-            (["0"], LockoutPolicy(True, 0, "AD lockoutThreshold on DC=ad,DC=example")),
+            (["5"], LockoutPolicy(known=True, threshold=5, source=f"{AD_SOURCE}")),
+            (["0"], LockoutPolicy(known=True, threshold=0, source=f"{AD_SOURCE}")),
             ([], lockout.unknown("lockoutThreshold not readable on DC=ad,DC=example")),
             (["x"], lockout.unknown("lockoutThreshold is not a count on DC=ad,DC=example")),
             (
@@ -114,9 +118,35 @@ def _set_max_failure(server: Slapd, value: str) -> None:
     )
     assert conn.bind()
     try:
-        assert conn.modify(server.policy_dn, {"pwdMaxFailure": [(ldap3.MODIFY_REPLACE, [value])]})
+        changes = {"pwdMaxFailure": [(ldap3.MODIFY_REPLACE, [value])]}
+        assert conn.modify(server.policy_dn, changes)  # type: ignore[no-untyped-call]  # bare stub
     finally:
         conn.unbind()
+
+
+class Sent:
+    """Collects the reports the loop sends, and wakes a test waiting for the n-th."""
+
+    def __init__(self) -> None:
+        """Nothing sent yet."""
+        self.reports: list[agent_pb2.DirectoryReport] = []
+        self._grew = asyncio.Event()
+
+    def __call__(self, report: agent_pb2.DirectoryReport) -> None:
+        """Keep one report (the loop's ``send``)."""
+        self.reports.append(report)
+        self._grew.set()
+
+    async def wait_for(self, count: int) -> None:
+        """Wait until ``count`` reports were sent (5 s at most)."""
+        async with asyncio.timeout(5):
+            while len(self.reports) < count:
+                self._grew.clear()
+                await self._grew.wait()
+
+    def thresholds(self) -> list[int]:
+        """Every sent policy's threshold, in order."""
+        return [p.lockout_threshold for r in self.reports for p in r.policies]
 
 
 class TestReporting:
@@ -146,20 +176,18 @@ class TestReporting:
     async def test_sent_again_only_when_changed(self, own_slapd: Slapd) -> None:
         """Re-reads that find the same policy send nothing; a changed one is sent."""
         directory = LdapDirectory(DirectoryConfig(urls=(own_slapd.url,), base_dn=own_slapd.base_dn))
-        sent: list[agent_pb2.DirectoryReport] = []
+        sent = Sent()
         loop = asyncio.create_task(
             lockout.keep_reporting(
-                PolicyReporter(lambda _: directory), ["example.com"], sent.append, interval=0.02
+                PolicyReporter(lambda _: directory), ["example.com"], sent, interval=0.02
             )
         )
         try:
             await asyncio.sleep(0.3)  # Many re-reads, one report.
-            assert [p.lockout_threshold for r in sent for p in r.policies] == [5]
+            assert sent.thresholds() == [5]
             await asyncio.to_thread(_set_max_failure, own_slapd, "3")
-            async with asyncio.timeout(5):
-                while len(sent) < 2:
-                    await asyncio.sleep(0.02)
-            assert [p.lockout_threshold for r in sent for p in r.policies] == [5, 3]
+            await sent.wait_for(2)
+            assert sent.thresholds() == [5, 3]
         finally:
             loop.cancel()
             directory.close()
@@ -178,19 +206,17 @@ class TestReporting:
                 raise RuntimeError("first read breaks")
             return directory
 
-        sent: list[agent_pb2.DirectoryReport] = []
+        sent = Sent()
         loop = asyncio.create_task(
             lockout.keep_reporting(
-                PolicyReporter(directory_for), ["example.com"], sent.append, interval=0.02
+                PolicyReporter(directory_for), ["example.com"], sent, interval=0.02
             )
         )
         try:
-            async with asyncio.timeout(5):
-                while not sent:
-                    await asyncio.sleep(0.02)
+            await sent.wait_for(1)
         finally:
             loop.cancel()
             directory.close()
         with pytest.raises(asyncio.CancelledError):
             await loop
-        assert sent[0].policies[0].lockout_threshold == 5
+        assert sent.thresholds() == [5]
