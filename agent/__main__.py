@@ -47,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--bind-dn", help="service account that searches (default: anonymous)")
     run.add_argument("--bind-password-file", help="file holding the service account's password")
     run.add_argument("--login-attribute", help="attribute users sign in with (default uid)")
+    run.add_argument(
+        "--password-policy-dn",
+        help="OpenLDAP ppolicy entry to report the lockout threshold of (default: search)",
+    )
     run.add_argument("--ca-file", help="CA certificate for ldaps:// or StartTLS")
     run.add_argument("--kind", choices=["openldap", "ad"], help="directory kind (default openldap)")
     run.add_argument(

@@ -47,6 +47,9 @@ class DirectoryConfig:
     bind_dn: str = ""
     bind_password: str = field(default="", repr=False)
     login_attribute: str = DEFAULT_LOGIN_ATTRIBUTE
+    #: OpenLDAP only: the ppolicy entry whose lockout threshold the broker is told about;
+    #: empty means the lowest of every ``pwdPolicy`` entry found under ``base_dn``.
+    password_policy_dn: str = ""
     ca_file: Path | None = None
     #: Upgrade ldap:// connections with StartTLS (verified against ``ca_file``).
     start_tls: bool = False
@@ -77,6 +80,10 @@ class DirectoryConfig:
             self._check_ad()
         if self.start_tls and self.ca_file is None:
             raise ValueError("StartTLS needs a ca_file to verify the directory by")
+        if self.password_policy_dn and self.kind == "ad":
+            raise ValueError(
+                "password_policy_dn is for OpenLDAP: AD's threshold is read from the domain"
+            )
         if not _ATTRIBUTE.match(self.login_attribute):
             raise ValueError(f"not an LDAP attribute name: {self.login_attribute!r}")
         object.__setattr__(self, "domains", tuple(normalize_domain(d) for d in self.domains))
@@ -140,6 +147,7 @@ def _directory(values: Mapping[str, Any]) -> DirectoryConfig:
         bind_dn=str(values.get("bind_dn") or ""),
         bind_password=password,
         login_attribute=str(values.get("login_attribute") or default_login),
+        password_policy_dn=str(values.get("password_policy_dn") or ""),
         ca_file=Path(values["ca_file"]) if values.get("ca_file") else None,
         connect_timeout=float(values.get("connect_timeout") or DEFAULT_CONNECT_TIMEOUT),
         receive_timeout=float(values.get("receive_timeout") or DEFAULT_RECEIVE_TIMEOUT),
@@ -172,6 +180,7 @@ def load_config(options: Mapping[str, Any], environ: Mapping[str, str]) -> Agent
             "bind_dn",
             "bind_password_file",
             "login_attribute",
+            "password_policy_dn",
             "ca_file",
             "kind",
             "start_tls",

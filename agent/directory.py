@@ -25,13 +25,13 @@ from ldap3.core import exceptions as ldap_errors
 from ldap3.utils.config import set_config_parameter
 from ldap3.utils.conv import escape_filter_chars
 
-from agent import outcomes, ppolicy
+from agent import lockout, outcomes, ppolicy
 from agent.dncache import DnCache
 from pta.errors import DirectoryUnavailable
 from pta.v1 import outcome_pb2
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     from agent.config import DirectoryConfig
 
@@ -55,6 +55,9 @@ STALE_DN_OUTCOMES = frozenset({Outcome.INVALID_CREDENTIALS, Outcome.UNKNOWN_USER
 TIMEOUT_ERRORS = (ldap_errors.LDAPResponseTimeoutError, TimeoutError)
 #: Seconds a server that failed is skipped before it is tried again.
 SERVER_EXHAUST_SECONDS = 10
+#: At most this many ``pwdPolicy`` entries are read when searching the base DN for them.
+POLICY_SEARCH_LIMIT = 100
+_POLICY_ATTRIBUTES = ("pwdMaxFailure", "pwdLockout")
 
 # ldap3's server pool sleeps this long after every pass over its servers, the last one too
 # (10 s by default): a directory that is down would hold each sign-in for 10 s before it is
@@ -85,6 +88,10 @@ def _change_verdict(result: Mapping[str, Any]) -> Verdict:
         reason = ppolicy.rejection_reason(policy) or message.split(":", 1)[-1].strip()
         return Verdict(Outcome.PASSWORD_REJECTED, reason[:200])
     return Verdict(outcomes.from_bind(code, message))
+
+
+class _PolicyUnreadable(Exception):
+    """The directory answered, but not with the policy: the reason is safe to report."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +175,58 @@ class LdapDirectory:
             return Verdict(Outcome.INVALID_CREDENTIALS)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._change, username, old, new)
+
+    async def lockout_policy(self) -> lockout.LockoutPolicy:
+        """Read after how many wrong passwords this directory locks an account.
+
+        Runs on the sign-in worker threads, over their search connection (the service
+        account, or anonymous); what is read where is in :mod:`agent.lockout`. Never raises
+        for the directory's sake: a failure is a policy with ``known`` false saying why.
+        """
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._lockout_policy)
+
+    def _lockout_policy(self) -> lockout.LockoutPolicy:
+        policy = self._read_lockout(self._connections())
+        if not policy.known:
+            log.info("directory.lockout_unknown", base_dn=self.config.base_dn, reason=policy.source)
+        return policy
+
+    def _read_lockout(self, conns: _ThreadConnections) -> lockout.LockoutPolicy:
+        retry = conns.search is not None  # The server may have closed an idle connection.
+        while True:
+            try:
+                search = self._searcher(conns)
+                if self.config.kind == "ad":
+                    return self._ad_lockout(search)
+                return self._ppolicy_lockout(search)
+            except COMMUNICATION_ERRORS as error:
+                conns.reset()
+                if not retry:
+                    return lockout.unknown(f"could not read: {str(error)[:160]}")
+                retry = False
+            except _PolicyUnreadable as error:
+                return lockout.unknown(str(error))
+            except ldap_errors.LDAPException as error:
+                return lockout.unknown(f"could not read: LDAP error {type(error).__name__}")
+
+    def _ad_lockout(self, conn: ldap3.Connection) -> lockout.LockoutPolicy:
+        root = _entries(conn, "", "(objectClass=*)", ["defaultNamingContext"])
+        naming = root[0][1].get("defaultnamingcontext", []) if root else []
+        if not naming:
+            raise _PolicyUnreadable("the rootDSE names no defaultNamingContext")
+        domain = _entries(conn, naming[0], "(objectClass=*)", ["lockoutThreshold"])
+        return lockout.from_ad(
+            naming[0], domain[0][1].get("lockoutthreshold", []) if domain else []
+        )
+
+    def _ppolicy_lockout(self, conn: ldap3.Connection) -> lockout.LockoutPolicy:
+        if dn := self.config.password_policy_dn:
+            entries = _entries(conn, dn, "(objectClass=pwdPolicy)", _POLICY_ATTRIBUTES)
+            return lockout.from_ppolicy(entries, f"at {dn}")
+        base = self.config.base_dn
+        entries = _entries(conn, base, "(objectClass=pwdPolicy)", _POLICY_ATTRIBUTES, subtree=True)
+        return lockout.from_ppolicy(entries, f"under {base}")
 
     def _change(self, username: str, old: str, new: str) -> Verdict:
         conns = self._connections()
@@ -300,8 +359,8 @@ class LdapDirectory:
             decided = outcomes.from_bind(code, result.get("message", ""))
         return Verdict(decided, ppolicy.warning_message(policy))
 
-    def _find(self, conns: _ThreadConnections, login: str) -> str | None:
-        """Return the DN the login value belongs to; None for none, and for several."""
+    def _searcher(self, conns: _ThreadConnections) -> ldap3.Connection:
+        """The thread's search connection (service account or anonymous), bound."""
         if conns.search is None:
             config = self.config
             conns.search = self._open(
@@ -311,19 +370,61 @@ class LdapDirectory:
                 description = (conns.search.result or {}).get("description", "no answer")
                 conns.reset()
                 raise ldap_errors.LDAPCommunicationError(f"service bind failed: {description}")
+        return conns.search
+
+    def _find(self, conns: _ThreadConnections, login: str) -> str | None:
+        """Return the DN the login value belongs to; None for none, and for several."""
+        search = self._searcher(conns)
         search_filter = f"({self.config.login_attribute}={escape_filter_chars(login)})"
-        conns.search.search(
+        search.search(
             self.config.base_dn,
             search_filter,
             ldap3.SUBTREE,
             attributes=[],
             size_limit=2,
         )
-        code = (conns.search.result or {}).get("result", -1)
+        code = (search.result or {}).get("result", -1)
         if code not in (0, 4, 32):  # success, sizeLimitExceeded, noSuchObject
             raise ldap_errors.LDAPCommunicationError(f"search failed with result {code}")
-        entries = [e for e in conns.search.response or [] if e.get("type") == "searchResEntry"]
+        entries = [e for e in search.response or [] if e.get("type") == "searchResEntry"]
         if len(entries) > 1:
             log.warning("directory.ambiguous_login", login_attribute=self.config.login_attribute)
             return None
         return str(entries[0]["dn"]) if entries else None
+
+
+def _entries(
+    conn: ldap3.Connection,
+    base: str,
+    search_filter: str,
+    attributes: Sequence[str],
+    *,
+    subtree: bool = False,
+) -> list[lockout.Entry]:
+    """Search for a policy: the entries found, attribute names lower-cased, values as text.
+
+    Raises:
+        _PolicyUnreadable: When the directory refused (no such entry, no rights).
+    """
+    conn.search(
+        base,
+        search_filter,
+        ldap3.SUBTREE if subtree else ldap3.BASE,
+        attributes=list(attributes),
+        size_limit=POLICY_SEARCH_LIMIT,
+    )
+    result = conn.result or {}
+    if result.get("result", -1) not in (0, 4):  # success, sizeLimitExceeded (some entries)
+        reason = result.get("description") or result.get("result")
+        raise _PolicyUnreadable(f"{reason} reading {base or 'the rootDSE'}")
+    return [
+        (
+            str(entry["dn"]),
+            {
+                name.lower(): [bytes(v).decode(errors="replace") for v in values]
+                for name, values in (entry.get("raw_attributes") or {}).items()
+            },
+        )
+        for entry in conn.response or []
+        if entry.get("type") == "searchResEntry"
+    ]

@@ -2,9 +2,10 @@
 
 A :class:`Link` is one identity's stream. Each session: dial the agent endpoint with that
 identity's certificate, say hello, then run a reader (validation requests in, each checked in
-its own task) and a writer (results out, several per message when several are ready,
-heartbeats when idle) until the stream ends; then wait a jittered, growing delay and dial
-again. A drained link (its identity was renewed, or the agent stops) tells the broker, answers
+its own task), a writer (results out, several per message when several are ready,
+heartbeats when idle) and a reporter (the directories' lockout thresholds, once and when they
+change: :mod:`agent.lockout`) until the stream ends; then wait a jittered, growing delay and
+dial again. A drained link (its identity was renewed, or the agent stops) tells the broker, answers
 what it was sent, and ends when the broker closes the stream.
 """
 
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 import grpc
 import structlog
 
+from agent import lockout
 from pta import __version__, rpc, tls
 from pta.v1 import agent_pb2, agent_pb2_grpc
 
@@ -73,6 +75,7 @@ class Link:
         *,
         domains: tuple[str, ...],
         max_in_flight: int,
+        reporter: lockout.PolicyReporter | None = None,
     ) -> None:
         """Prepare the link; nothing is dialled until :meth:`run`.
 
@@ -81,9 +84,11 @@ class Link:
             validator: Answers each validation request.
             domains: The domains to offer in hello; empty means all of the tenant's.
             max_in_flight: How many requests the broker may send at once.
+            reporter: Reads the directories' lockout policies for the broker (None: none).
         """
         self.identity = identity
         self._validator = validator
+        self._reporter = reporter
         self._domains = domains
         self._max_in_flight = max_in_flight
         self.connected = asyncio.Event()
@@ -174,6 +179,17 @@ class Link:
                 async with asyncio.TaskGroup() as group:
                     group.create_task(self._read(call, group, outbox))
                     group.create_task(self._write(call, outbox, heartbeat))
+                    if self._reporter is not None:
+                        # Runs beside the reader: a slow directory delays no sign-in.
+                        group.create_task(
+                            lockout.keep_reporting(
+                                self._reporter,
+                                tuple(welcome.domains),
+                                lambda report: outbox.put_nowait(
+                                    _Control(agent_pb2.AgentMessage(directory_report=report))
+                                ),
+                            )
+                        )
             except* _StreamEnded:
                 pass
             finally:

@@ -19,6 +19,7 @@ import structlog
 from agent import renewal
 from agent.identity import AgentIdentity
 from agent.link import Link
+from agent.lockout import PolicyReporter
 from agent.validation import ReplayGuard, Validator
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ class Agent:
         self._domains = domains
         self._max_in_flight = max_in_flight
         self._replay = ReplayGuard()
+        self._reporter = PolicyReporter(directory_for)
         self._stopping = asyncio.Event()
         self.link: Link | None = None
 
@@ -67,7 +69,13 @@ class Agent:
 
     def _link(self, identity: AgentIdentity) -> Link:
         validator = Validator(identity, self._directory_for, replay=self._replay)
-        return Link(identity, validator, domains=self._domains, max_in_flight=self._max_in_flight)
+        return Link(
+            identity,
+            validator,
+            domains=self._domains,
+            max_in_flight=self._max_in_flight,
+            reporter=self._reporter,
+        )
 
     async def run(self) -> None:
         """Serve until stopped (then drained) or cancelled."""

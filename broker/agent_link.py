@@ -3,7 +3,9 @@
 Connect authenticates the stream by the client certificate (the agent endpoint's TLS already
 required one from our CA), checks the tenant and agent it names against the store, then runs
 a reader and a writer until either side ends. Whatever ends it, the connection is detached and
-every job it held is settled.
+every job it held is settled. Besides results, the reader takes the agent's directory reports
+(each domain's lockout threshold), keeps them in the store and hands them to the broker's
+sign-in policy; nothing an agent puts in one ends its stream.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from broker.dispatch import Answer, Connection, Dispatcher
+from broker.store import ReportedPolicy
 from pta import sealing, tls
 from pta.errors import (
     InvalidRequest,
@@ -31,12 +34,12 @@ from pta.tokens import parse_token
 from pta.v1 import agent_pb2, agent_pb2_grpc
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterable, Mapping
+    from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 
     import grpc
 
     from broker.ca import CertificateAuthority
-    from broker.store import CertificateRecord, Store
+    from broker.store import CertificateRecord, DirectoryPolicyRecord, Store
 
 log = structlog.get_logger()
 
@@ -46,6 +49,13 @@ MAX_CAPACITY = 1024
 MAX_DOMAINS = 64
 MAX_TEXT = 253
 MAX_MESSAGE_CHARS = 512
+#: A directory policy's ``source`` is for operators: a DN and a few words.
+MAX_SOURCE_CHARS = 256
+#: Directory reports closer together on one stream are dropped: each costs a store write, and
+#: an agent sends one per stream and then at most one per 10 minutes.
+MIN_REPORT_INTERVAL = 1.0
+#: How many foreign domains one warning names.
+_FOREIGN_SHOWN = 8
 #: An agent needs one stream, two while it rotates its certificate.
 MAX_STREAMS_PER_AGENT = 4
 #: Missing this many heartbeat intervals means the agent is gone.
@@ -61,6 +71,51 @@ def _check_envelope_key(raw: bytes) -> None:
         sealing.load_public_key(raw)
     except ValueError as error:
         raise InvalidRequest(str(error)) from None
+
+
+def accepted_policies(conn: Connection, report: agent_pb2.DirectoryReport) -> list[ReportedPolicy]:
+    """The policies of a report the broker keeps, whatever the agent sent.
+
+    At most :data:`MAX_DOMAINS` are looked at; only the connection's own domains are kept
+    (others are logged), each once (the first wins); ``source`` is cut to
+    :data:`MAX_SOURCE_CHARS`.
+    """
+    if len(report.policies) > MAX_DOMAINS:
+        log.warning(
+            "directory.report_truncated",
+            tenant=conn.tenant,
+            agent_id=conn.agent_id,
+            policies=len(report.policies),
+            kept=MAX_DOMAINS,
+        )
+    kept: dict[str, ReportedPolicy] = {}
+    foreign: list[str] = []
+    for policy in report.policies[:MAX_DOMAINS]:
+        try:
+            domain = normalize_domain(policy.domain)
+        except InvalidRequest:
+            domain = ""
+        if domain not in conn.domains:
+            foreign.append(policy.domain[:64])
+            continue
+        kept.setdefault(
+            domain,
+            ReportedPolicy(
+                domain=domain,
+                known=policy.known,
+                lockout_threshold=policy.lockout_threshold if policy.known else 0,
+                source=policy.source[:MAX_SOURCE_CHARS],
+            ),
+        )
+    if foreign:
+        log.warning(
+            "directory.foreign_domains_reported",
+            tenant=conn.tenant,
+            agent_id=conn.agent_id,
+            count=len(foreign),
+            domains=foreign[:_FOREIGN_SHOWN],
+        )
+    return list(kept.values())
 
 
 def _reason(conn: Connection) -> str:
@@ -82,8 +137,14 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         heartbeat_interval: float,
         agent_endpoint: str,
         agent_port: int,
+        on_directory_report: Callable[[str, list[DirectoryPolicyRecord]], None] | None = None,
     ) -> None:
-        """Wire the service (see :class:`broker.config.BrokerConfig` for the values)."""
+        """Wire the service (see :class:`broker.config.BrokerConfig` for the values).
+
+        ``on_directory_report(tenant, records)`` is called with each directory report once it
+        is stored: the sign-in policy checks there that its own lockout trips first.
+        """
+        self._on_directory_report = on_directory_report
         self._store = store
         self._ca = ca
         self._dispatcher = dispatcher
@@ -274,6 +335,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self, messages: AsyncIterator[agent_pb2.AgentMessage], conn: Connection
     ) -> None:
         silence = self._heartbeat * MISSED_HEARTBEATS
+        last_report = -MIN_REPORT_INTERVAL
         while True:
             try:
                 async with asyncio.timeout(silence):
@@ -297,9 +359,36 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                     reason=message.draining.reason[:MAX_TEXT],
                 )
                 self._dispatcher.drain(conn)
+            elif kind == "directory_report":
+                if time.monotonic() - last_report < MIN_REPORT_INTERVAL:
+                    log.warning("directory.report_too_soon", agent_id=conn.agent_id)
+                    continue
+                last_report = time.monotonic()
+                self._directory_report(conn, message.directory_report)
             elif kind == "hello":
                 raise InvalidRequest("hello may be sent only once")
             # Heartbeats only prove liveness; kinds from newer agents are ignored.
+
+    def _directory_report(self, conn: Connection, report: agent_pb2.DirectoryReport) -> None:
+        """Store a report and pass it on; a failure here is logged, never ends the stream."""
+        try:
+            policies = accepted_policies(conn, report)
+            if not policies:
+                return
+            records = self._store.record_directory_policies(conn.tenant, conn.agent_id, policies)
+            for record in records:
+                log.info(
+                    "directory.policy_reported",
+                    tenant=record.tenant,
+                    agent_id=record.agent_id,
+                    domain=record.domain,
+                    known=record.known,
+                    lockout_threshold=record.lockout_threshold,
+                )
+            if self._on_directory_report is not None:
+                self._on_directory_report(conn.tenant, records)
+        except Exception:  # Sign-ins ride on this stream: a report must not cost it.
+            log.exception("directory.report_failed", tenant=conn.tenant, agent_id=conn.agent_id)
 
     def _complete(self, conn: Connection, results: agent_pb2.Results) -> None:
         for result in results.results:

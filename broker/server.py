@@ -150,6 +150,8 @@ class Broker:
             heartbeat_interval=config.heartbeat_interval,
             agent_endpoint=config.agent_endpoint,
             agent_port=self.agent_port,
+            # The sign-in policy's "cloud threshold not below the directory's" check, to come.
+            on_directory_report=None,
         )
         rpc.add_service(public, SERVICES[0], signin)
         for server in (public, agents):

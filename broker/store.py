@@ -1,5 +1,6 @@
-"""The broker's persistent state: tenants, their verified domains, agents, certificates, tokens.
+"""The broker's persistent state: tenants, domains, agents, certificates, tokens, policies.
 
+The policies are what each agent last said about its directories' lockout thresholds.
 SQLite in the data directory is the embedded default. It holds no secret: tokens are stored as
 hashes, and an agent is known by the public halves of its keys only. The CLI writes to the same
 file while the broker serves; the broker notices through SQLite's ``data_version``.
@@ -20,7 +21,7 @@ from pta.names import normalize_domain
 from pta.tokens import EnrolmentToken, new_token
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
     from pathlib import Path
 
 STORE_FILE = "pta.sqlite3"
@@ -68,6 +69,16 @@ CREATE TABLE IF NOT EXISTS certificates (
     envelope_public_key BLOB NOT NULL,
     issued_at REAL NOT NULL,
     not_after REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS directory_policies (
+    tenant TEXT NOT NULL REFERENCES tenants(name) ON DELETE CASCADE,
+    domain TEXT NOT NULL,
+    agent_id TEXT NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+    known INTEGER NOT NULL,
+    lockout_threshold INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    reported_at REAL NOT NULL,
+    PRIMARY KEY (tenant, domain, agent_id)
 );
 """
 
@@ -122,6 +133,32 @@ class TokenRecord:
     created_at: float
     expires_at: float
     used_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReportedPolicy:
+    """What an agent says one domain's directory does with wrong passwords."""
+
+    domain: str
+    #: False when the agent could not read it: then the threshold says nothing (stored as 0).
+    known: bool
+    #: Failed binds after which the directory locks the account; 0 means never.
+    lockout_threshold: int
+    #: Where the agent read it, or why it could not, for operators.
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryPolicyRecord:
+    """A domain's directory lockout policy as one agent of the tenant last reported it."""
+
+    tenant: str
+    domain: str
+    agent_id: str
+    known: bool
+    lockout_threshold: int
+    source: str
+    reported_at: float
 
 
 def check_tenant_name(name: str) -> str:
@@ -379,6 +416,67 @@ class Store:
                 serial=row[6],
                 not_after=row[7],
                 connections=streams.get(row[0], []),
+            )
+            for row in rows
+        ]
+
+    # Directory lockout policies ---------------------------------------------------------------
+
+    def record_directory_policies(
+        self, tenant: str, agent_id: str, policies: Sequence[ReportedPolicy]
+    ) -> list[DirectoryPolicyRecord]:
+        """Keep an agent's report, replacing what it reported before.
+
+        A report covers every domain the agent serves, so a domain it no longer reports is
+        forgotten for that agent. Domains must differ (the caller checked them).
+
+        Returns:
+            The records as stored.
+        """
+        now = time.time()
+        records = [
+            DirectoryPolicyRecord(
+                tenant=tenant,
+                domain=p.domain,
+                agent_id=agent_id,
+                known=p.known,
+                lockout_threshold=p.lockout_threshold if p.known else 0,
+                source=p.source,
+                reported_at=now,
+            )
+            for p in policies
+        ]
+        with self._transaction():
+            self._db.execute(
+                "DELETE FROM directory_policies WHERE tenant = ? AND agent_id = ?",
+                (tenant, agent_id),
+            )
+            self._db.executemany(
+                "INSERT INTO directory_policies (tenant, domain, agent_id, known,"
+                " lockout_threshold, source, reported_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (r.tenant, r.domain, r.agent_id, r.known, r.lockout_threshold, r.source, now)
+                    for r in records
+                ],
+            )
+        return records
+
+    def directory_policies(self, tenant: str) -> list[DirectoryPolicyRecord]:
+        """Every agent's last report for ``tenant``'s domains, by domain then agent."""
+        rows = self._db.execute(
+            "SELECT tenant, domain, agent_id, known, lockout_threshold, source, reported_at"
+            " FROM directory_policies WHERE tenant = ? ORDER BY domain, agent_id",
+            (tenant,),
+        )
+        return [
+            DirectoryPolicyRecord(
+                tenant=row[0],
+                domain=row[1],
+                agent_id=row[2],
+                known=bool(row[3]),
+                lockout_threshold=row[4],
+                source=row[5],
+                reported_at=row[6],
             )
             for row in rows
         ]

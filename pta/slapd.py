@@ -191,6 +191,7 @@ class Slapd:
         workdir: Path | None = None,
         slapd_binary: Path | None = None,
         policy: Mapping[str, str] | None = None,
+        private_policies: bool = False,
     ) -> None:
         """Describe the directory; nothing runs until :meth:`start`.
 
@@ -202,6 +203,9 @@ class Slapd:
             slapd_binary: slapd to run (default: :func:`find_slapd`).
             policy: Attributes that replace the default password policy's (the benchmark
                 turns lockout off: its wrong passwords would lock its users).
+            private_policies: Let only bound users (a service account) read
+                ``ou=policies``, as a deployment that hides its policies from anonymous
+                readers; by default everyone reads everything but passwords.
 
         Raises:
             ValueError: duplicate uids or an unsupported ``base_dn``.
@@ -225,6 +229,7 @@ class Slapd:
         self.policy_dn = f"cn=default,ou=policies,{base_dn}"
         self.admin_password = admin_password or secrets.token_urlsafe(24)
         self._policy: _Attrs = {**_POLICY, **(policy or {})}
+        self._private_policies = private_policies
         self.url, self.port = "", 0
         self.directory: Path | None = None
         self._workdir, self._binary = workdir, slapd_binary
@@ -273,6 +278,8 @@ class Slapd:
 
     def _conf(self, root: Path) -> str:
         schemas = "".join(f"include /etc/ldap/schema/{s}.schema\n" for s in _SCHEMAS)
+        policies = _quote(f"ou=policies,{self.base_dn}")
+        private = f"access to dn.subtree={policies} by users read by * none\n"
         return f"""{schemas}
 pidfile {_quote(root / "slapd.pid")}
 argsfile {_quote(root / "slapd.args")}
@@ -292,7 +299,7 @@ ppolicy_default {_quote(self.policy_dn)}
 ppolicy_use_lockout
 
 access to attrs=userPassword by self write by anonymous auth by * none
-access to * by * read
+{private if self._private_policies else ""}access to * by * read
 """
 
     def start(self) -> None:

@@ -22,11 +22,13 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from broker.store import Store
 from pta.v1 import outcome_pb2, signin_pb2, signin_pb2_grpc
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from broker.store import DirectoryPolicyRecord
     from pta.slapd import Slapd
 
 BIN = Path(sys.executable).parent
@@ -134,6 +136,24 @@ class BrokerProcess:
     def stop(self) -> None:
         """Stop the broker (SIGTERM, then SIGKILL)."""
         _stop(self.process)
+
+    def directory_policies(self, tenant: str, agent_id: str) -> dict[str, DirectoryPolicyRecord]:
+        """An agent's last directory report as the broker stored it, by domain."""
+        store = Store(self.data_dir)  # SQLite: read beside the serving broker, as the CLI does.
+        try:
+            return {r.domain: r for r in store.directory_policies(tenant) if r.agent_id == agent_id}
+        finally:
+            store.close()
+
+    def wait_for_policies(
+        self, tenant: str, agent_id: str, domains: set[str]
+    ) -> dict[str, DirectoryPolicyRecord]:
+        """Wait until the agent's stored report covers exactly ``domains``; return it."""
+        wait_for(
+            lambda: set(self.directory_policies(tenant, agent_id)) == domains,
+            what=f"{agent_id}'s directory report",
+        )
+        return self.directory_policies(tenant, agent_id)
 
     @contextlib.contextmanager
     def channel(self) -> Iterator[grpc.Channel]:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pta.samba import AdUser, SambaDC, samba_missing_reason
+from pta.samba import LOCKOUT_THRESHOLD, AdUser, SambaDC, samba_missing_reason
 from pta.v1 import outcome_pb2, signin_pb2, signin_pb2_grpc
 from tests.conftest import remember_password
 from tests.support import AgentProcess, BrokerProcess
@@ -114,6 +114,20 @@ class TestActiveDirectoryOutcomes:
             if e["request_id"] == response.request_id
         ]
         assert event["outcome"] == "UNKNOWN_USER"
+
+
+class TestActiveDirectoryLockoutPolicy:
+    """The agent tells the broker the domain's lockout threshold."""
+
+    def test_domain_threshold_reported(
+        self, broker: BrokerProcess, domain_controller: SambaDC, ad_agent: AgentProcess
+    ) -> None:
+        """The domain object's lockoutThreshold, read as the service account, is reported."""
+        dc = domain_controller
+        policies = broker.wait_for_policies("adcorp", ad_agent.agent_id, {dc.upn_suffix})
+        policy = policies[dc.upn_suffix]
+        assert (policy.known, policy.lockout_threshold) == (True, LOCKOUT_THRESHOLD)
+        assert policy.source.lower() == f"ad lockoutthreshold on {dc.base_dn}".lower()
 
 
 @pytest.mark.usefixtures("ad_agent")

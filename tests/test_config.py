@@ -157,6 +157,17 @@ class TestDirectoryConfig:
             ({"connect_timeout": 0.0}, "must be positive"),
             ({"receive_timeout": -1.0}, "must be positive"),
             ({"pool_size": 0}, "must be positive"),
+            (
+                {
+                    "kind": "ad",
+                    "urls": ("ldaps://dc.example.com",),
+                    "ca_file": Path("ca.pem"),
+                    "bind_dn": BIND_DN,
+                    "bind_password": BIND_PASSWORD,
+                    "password_policy_dn": "cn=default,ou=policies," + BASE_DN,
+                },
+                "password_policy_dn is for OpenLDAP",
+            ),
         ],
         ids=[
             "no-urls",
@@ -168,6 +179,7 @@ class TestDirectoryConfig:
             "zero-connect-timeout",
             "negative-receive-timeout",
             "empty-pool",
+            "policy-dn-on-ad",
         ],
     )
     def test_invalid(self, overrides: dict[str, Any], message: str) -> None:
@@ -284,6 +296,7 @@ connect_timeout = 1.5
 [[directory]]
 ldap_url = "ldap://ldap.other.example"
 base_dn = "dc=other,dc=example"
+password_policy_dn = "cn=strict,ou=policies,dc=other,dc=example"
 """
         )
         return path
@@ -303,6 +316,8 @@ base_dn = "dc=other,dc=example"
         assert second.urls == ("ldap://ldap.other.example",)
         assert second.domains == ()
         assert (second.bind_dn, second.bind_password, second.ca_file) == ("", "", None)
+        assert first.password_policy_dn == ""
+        assert second.password_policy_dn == "cn=strict,ou=policies,dc=other,dc=example"
         assert config.directory_for("example.com") is first
         assert config.directory_for("elsewhere.example") is second
 
@@ -355,6 +370,15 @@ base_dn = "dc=other,dc=example"
         )
         (only,) = config.directories
         assert (only.urls, only.base_dn, only.login_attribute) == ((URL,), BASE_DN, "mail")
+
+    def test_password_policy_dn_by_flag_and_variable(self, tmp_path: Path) -> None:
+        """``--password-policy-dn`` (or its variable) names the catch-all's ppolicy entry."""
+        policy_dn = "cn=default,ou=policies," + BASE_DN
+        flags = {"state_dir": str(tmp_path), "ldap_url": URL, "base_dn": BASE_DN}
+        by_flag = load_config({**flags, "password_policy_dn": policy_dn}, {})
+        by_variable = load_config(flags, {"PTA_AGENT_PASSWORD_POLICY_DN": policy_dn})
+        assert by_flag.directories[0].password_policy_dn == policy_dn
+        assert by_variable.directories[0].password_policy_dn == policy_dn
 
     def test_state_dir_required(self) -> None:
         """Without a state directory from any source, loading fails."""

@@ -1,0 +1,144 @@
+"""``agent/directory.py``: reading a directory's lockout policy, against real slapd servers."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from agent.config import DirectoryConfig
+from agent.directory import LdapDirectory
+from pta.slapd import DirectoryUser, Slapd, free_port
+from tests.conftest import remember_password
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from agent.lockout import LockoutPolicy
+
+SERVICE_PASSWORD = remember_password("Svc-policy-pw-1!")
+
+
+@pytest.fixture(scope="module")
+def private_slapd() -> Iterator[Slapd]:
+    """A slapd whose policies only bound users (its service account ``svc``) may read."""
+    users = [DirectoryUser(uid="svc", password=SERVICE_PASSWORD)]
+    with Slapd(users=users, private_policies=True) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def unlocking_slapd() -> Iterator[Slapd]:
+    """A slapd whose default policy counts failures but never locks."""
+    with Slapd(users=[], policy={"pwdLockout": "FALSE"}) as server:
+        yield server
+
+
+async def _read(**values: Any) -> LockoutPolicy:
+    directory = LdapDirectory(DirectoryConfig(**values))
+    try:
+        return await directory.lockout_policy()
+    finally:
+        directory.close()
+
+
+class TestLockoutPolicy:
+    """What :meth:`LdapDirectory.lockout_policy` reads, and what it makes of failures."""
+
+    async def test_searched_under_base_dn(self, slapd: Slapd) -> None:
+        """Without a policy DN, the pwdPolicy entries under the base DN are found."""
+        policy = await _read(urls=(slapd.url,), base_dn=slapd.base_dn)
+        assert (policy.known, policy.threshold) == (True, 5)
+        assert policy.source == f"pwdMaxFailure on {slapd.policy_dn}"
+
+    async def test_named_policy_dn(self, slapd: Slapd) -> None:
+        """``password_policy_dn`` is read as it is named."""
+        policy = await _read(
+            urls=(slapd.url,), base_dn=slapd.base_dn, password_policy_dn=slapd.policy_dn
+        )
+        assert (policy.known, policy.threshold) == (True, 5)
+        assert slapd.policy_dn in policy.source
+
+    async def test_lockout_false_never_locks(self, unlocking_slapd: Slapd) -> None:
+        """``pwdLockout: FALSE`` means 0 (never locks), whatever pwdMaxFailure says."""
+        policy = await _read(urls=(unlocking_slapd.url,), base_dn=unlocking_slapd.base_dn)
+        assert (policy.known, policy.threshold) == (True, 0)
+        assert policy.source == f"pwdLockout FALSE on {unlocking_slapd.policy_dn}"
+
+    @pytest.mark.parametrize(
+        ("where", "reason"),
+        [
+            ("no-policy-under-base", "no readable pwdPolicy entry"),
+            ("missing-policy-dn", "noSuchObject"),
+            ("missing-base-dn", "noSuchObject"),
+        ],
+        ids=["no-policy-under-base", "missing-policy-dn", "missing-base-dn"],
+    )
+    async def test_absent_is_unknown(self, slapd: Slapd, where: str, reason: str) -> None:
+        """No policy entry where the agent looks: known false, and the reason says why."""
+        values: dict[str, Any] = {
+            "no-policy-under-base": {"base_dn": slapd.people_dn},
+            "missing-policy-dn": {
+                "base_dn": slapd.base_dn,
+                "password_policy_dn": f"cn=missing,ou=policies,{slapd.base_dn}",
+            },
+            "missing-base-dn": {"base_dn": "dc=elsewhere,dc=example"},
+        }[where]
+        policy = await _read(urls=(slapd.url,), **values)
+        assert (policy.known, policy.threshold) == (False, 0)
+        assert reason in policy.source
+
+    async def test_hidden_from_anonymous(self, private_slapd: Slapd) -> None:
+        """Policies an anonymous search cannot see are unknown, not "never locks"."""
+        policy = await _read(urls=(private_slapd.url,), base_dn=private_slapd.base_dn)
+        assert not policy.known
+        named = await _read(
+            urls=(private_slapd.url,),
+            base_dn=private_slapd.base_dn,
+            password_policy_dn=private_slapd.policy_dn,
+        )
+        assert not named.known
+
+    async def test_service_account_reads_hidden_policy(self, private_slapd: Slapd) -> None:
+        """The service account the agent searches with reads what anonymous cannot."""
+        policy = await _read(
+            urls=(private_slapd.url,),
+            base_dn=private_slapd.base_dn,
+            bind_dn=private_slapd.user_dn("svc"),
+            bind_password=SERVICE_PASSWORD,
+        )
+        assert (policy.known, policy.threshold) == (True, 5)
+
+    async def test_wrong_service_password_is_unknown(self, private_slapd: Slapd) -> None:
+        """A service account the directory refuses: unknown, the password nowhere in it."""
+        wrong = remember_password("Svc-wrong-pw-2!")
+        policy = await _read(
+            urls=(private_slapd.url,),
+            base_dn=private_slapd.base_dn,
+            bind_dn=private_slapd.user_dn("svc"),
+            bind_password=wrong,
+        )
+        assert not policy.known
+        assert "invalidCredentials" in policy.source
+        assert wrong not in policy.source
+
+    async def test_directory_down_is_unknown(self) -> None:
+        """Nothing listening: unknown at once, no exception."""
+        policy = await _read(urls=(f"ldap://127.0.0.1:{free_port()}",), base_dn="dc=example,dc=com")
+        assert not policy.known
+        assert policy.source.startswith("could not read")
+
+    async def test_dropped_connection_is_replaced(self, unlocking_slapd: Slapd) -> None:
+        """A search connection the server dropped while idle is reopened once, not reported."""
+        directory = LdapDirectory(
+            DirectoryConfig(
+                urls=(unlocking_slapd.url,), base_dn=unlocking_slapd.base_dn, pool_size=1
+            )
+        )
+        try:
+            assert (await directory.lockout_policy()).known
+            unlocking_slapd.pause()
+            unlocking_slapd.resume()
+            assert (await directory.lockout_policy()).known
+        finally:
+            directory.close()
