@@ -17,12 +17,11 @@ import asyncio
 import time
 import unicodedata
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import structlog
 
 from broker import lockout, mfa
-from broker.policy_store import LOCATIONS
 from broker.recent_failures import RecentFailures
 from broker.tenant_policy import TenantPolicy, familiar_prefix, in_networks
 from pta.errors import ChallengeExpired, DeadlineExceeded, InvalidRequest, Unavailable
@@ -33,6 +32,7 @@ if TYPE_CHECKING:
 
     from broker.policy_store import CounterKey, Location, PolicyStore
     from broker.signing import TokenSigner
+    from broker.store import DirectoryPolicyRecord
     from pta.names import Upn
 
 log = structlog.get_logger()
@@ -55,14 +55,6 @@ def user_key(upn: Upn) -> str:
     counter, or an attacker would get a fresh threshold for every spelling.
     """
     return f"{unicodedata.normalize('NFKC', upn.local).casefold()}@{upn.domain}"
-
-
-class DirectoryThreshold(Protocol):
-    """What an agent said about one directory's own lockout."""
-
-    domain: str
-    known: bool
-    lockout_threshold: int
 
 
 @dataclass(slots=True, kw_only=True)
@@ -114,8 +106,9 @@ class SignInPolicy:
         self._store = store
         self.signer = signer
         self._mfa_key = mfa_key
-        self._challenges = challenges or mfa.Challenges()
-        self._recent = recent or RecentFailures()
+        # Not `or`: both have a length, and an empty one is falsy.
+        self._challenges = mfa.Challenges() if challenges is None else challenges
+        self._recent = RecentFailures() if recent is None else recent
         self._clock = clock
         self._pending: dict[CounterKey, int] = {}
         self._waiters: dict[CounterKey, list[asyncio.Future[None]]] = {}
@@ -385,7 +378,7 @@ class SignInPolicy:
 
     # Directory thresholds ---------------------------------------------------------------------
 
-    def directory_reported(self, tenant: str, reports: Iterable[DirectoryThreshold]) -> None:
+    def directory_reported(self, tenant: str, reports: Iterable[DirectoryPolicyRecord]) -> None:
         """Remember what an agent said of its directories' own lockout; warn when ours is late."""
         known = self._directory.setdefault(tenant, {})
         for report in reports:
@@ -443,11 +436,14 @@ class SignInPolicy:
         return counter
 
     def _succeed(self, attempt: Attempt) -> None:
-        """A full success: clear the user's counters and remember the network as familiar."""
-        for location in LOCATIONS:
-            key = (attempt.tenant, attempt.user, location)
-            if self._counters.pop(key, None) is not None:
-                self._store.save_counter(key, lockout.CLEAN)
+        """A full success: clear the counter of its kind of location; the network is familiar.
+
+        Only that kind's: the user signing in at the office must not hand someone guessing
+        from elsewhere a fresh set of guesses.
+        """
+        key = (attempt.tenant, attempt.user, attempt.location)
+        if self._counters.pop(key, None) is not None:
+            self._store.save_counter(key, lockout.CLEAN)
         self._recent.forget(f"{attempt.tenant}\0{attempt.user}")
         prefix = familiar_prefix(attempt.address)
         if prefix is None:

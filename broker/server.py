@@ -125,6 +125,8 @@ class Broker:
             mfa_key=MfaKey.load(config.mfa_key_file, config.mfa_key),
             challenges=Challenges(ttl=config.mfa_challenge_ttl),
         )
+        for tenant in store.tenants():  # What agents said before a restart still holds.
+            policy.directory_reported(tenant, store.directory_policies(tenant))
 
         public = self._server(SERVICES, rpc.PUBLIC_SERVER_OPTIONS)
         agents = self._server(SERVICES[1:], rpc.SERVER_OPTIONS)
@@ -150,8 +152,7 @@ class Broker:
             heartbeat_interval=config.heartbeat_interval,
             agent_endpoint=config.agent_endpoint,
             agent_port=self.agent_port,
-            # The sign-in policy's "cloud threshold not below the directory's" check, to come.
-            on_directory_report=None,
+            on_directory_report=policy.directory_reported,
         )
         rpc.add_service(public, SERVICES[0], signin)
         for server in (public, agents):

@@ -51,6 +51,8 @@ USERS = {
         "mfa-where",
         "mfa-cli",
         "holder",
+        "spelled",
+        "twice",
     )
 }
 
@@ -93,7 +95,10 @@ class Guard:
             server, self.slapd.admin_dn, self.slapd.admin_password, auto_bind=True
         ) as conn:
             conn.search(
-                self.slapd.user_dn(uid), "(objectClass=*)", ldap3.BASE, attributes=["pwdFailureTime"]
+                self.slapd.user_dn(uid),
+                "(objectClass=*)",
+                ldap3.BASE,
+                attributes=["pwdFailureTime"],
             )
             return len(conn.entries[0].entry_attributes_as_dict.get("pwdFailureTime", []))
 
@@ -242,10 +247,36 @@ class TestSmartLockout:
         reply = guard.sign_in("restarted", USERS["restarted"], ip=OFFICE_IP)
         assert reply.outcome == Outcome.SUCCESS
 
+    def test_the_directory_threshold_is_shown_and_a_late_cloud_one_warned(
+        self, guard: Guard
+    ) -> None:
+        """The agent reports slapd's 5; the broker warns once its own threshold is not lower."""
+        wait_for(
+            lambda: "locks after 5" in guard.broker.cli("tenant", "show", "guard").stdout,
+            what="the agent's report of the directory's threshold",
+        )
+        assert "WARNING" not in guard.broker.cli("tenant", "show", "guard").stdout
+        guard.set_policy("--lockout-threshold", str(DIRECTORY_THRESHOLD))
+        try:
+            shown = guard.broker.cli("tenant", "show", "guard").stdout
+            assert "WARNING: set the broker's threshold below the directory's 5" in shown
+            warned = guard.broker.log_events("policy.threshold_not_below_directory")
+            assert any(e.get("tenant") == "guard" for e in warned)
+        finally:
+            guard.set_policy("--lockout-threshold", str(THRESHOLD))
+
     def test_spellings_of_a_name_share_one_counter(self, guard: Guard) -> None:
-        """``VICTIM`` is ``victim``: changing case buys an attacker no fresh threshold."""
-        reply = guard.sign_in("VICTIM", "another-guess")
-        assert reply.outcome == Outcome.LOCKED_BY_POLICY
+        """``Spelled``, ``SPELLED``, ``spelled``: changing case buys no fresh threshold."""
+        for n, name in enumerate(("Spelled", "SPELLED", "spelled")):
+            assert guard.sign_in(name, f"guess-{n}").outcome == Outcome.INVALID_CREDENTIALS
+        assert guard.sign_in("sPeLlEd", "guess-4").outcome == Outcome.LOCKED_BY_POLICY
+
+    def test_a_success_resets_only_its_own_kind_of_location(self, guard: Guard) -> None:
+        """The user signing in at the office does not hand the attacker fresh guesses."""
+        for n in range(THRESHOLD):
+            guard.sign_in("twice", f"guess-{n}")
+        assert guard.sign_in("twice", USERS["twice"], ip=OFFICE_IP).outcome == Outcome.SUCCESS
+        assert guard.sign_in("twice", "guess-x").outcome == Outcome.LOCKED_BY_POLICY
 
 
 def _answers(guard: Guard, uid: str, password: str) -> str:
@@ -304,7 +335,8 @@ class TestMfa:
         secret = _enrol(guard, "mfa-always")
         first = guard.sign_in("mfa-always", USERS["mfa-always"])
         assert first.outcome == Outcome.MFA_REQUIRED
-        assert first.mfa_challenge_id and not first.token
+        assert first.mfa_challenge_id
+        assert not first.token
         assert 0 < first.mfa_expires_in_seconds <= 3
         wrong = _complete(guard, first.mfa_challenge_id, "000000")
         if mfa.code_at(secret, time.time()) == "000000":  # pragma: no cover - one in a million
@@ -334,7 +366,9 @@ class TestMfa:
         """Three wrong codes: the challenge is used up and the user locked like three guesses."""
         _enrol(guard, "holder")
         challenge = guard.sign_in("holder", USERS["holder"]).mfa_challenge_id
-        answers = [_complete(guard, challenge, f"{n:06d}").outcome for n in (111111, 222222, 333333)]
+        answers = [
+            _complete(guard, challenge, f"{n:06d}").outcome for n in (111111, 222222, 333333)
+        ]
         assert answers[-1] == Outcome.LOCKED_BY_POLICY
         assert guard.sign_in("holder", USERS["holder"]).outcome == Outcome.LOCKED_BY_POLICY
         guard.broker.cli("lockout", "clear", "--tenant", "guard", f"holder@{DOMAIN}")
