@@ -95,3 +95,39 @@ class TestBadInput:
     def test_still_serving_after_all_that(self, broker: BrokerProcess) -> None:
         """After every bad request above, sign-ins still work."""
         assert broker.sign_in(f"carol@{DOMAIN}", USERS["carol"]).outcome == Outcome.SUCCESS
+
+
+def _complete(broker: BrokerProcess, challenge_id: str, code: str) -> grpc.StatusCode:
+    with broker.channel() as channel:
+        call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+            "/pta.v1.SignInService/CompleteMfa"
+        )
+        request = signin_pb2.CompleteMfaRequest(challenge_id=challenge_id, code=code)
+        with pytest.raises(grpc.RpcError) as caught:
+            call(request.SerializeToString(), timeout=10)
+    code_: grpc.StatusCode = caught.value.code()
+    return code_
+
+
+class TestBadMfaInput:
+    """CompleteMfa refuses malformed or unknown challenges with a clear status."""
+
+    @pytest.mark.parametrize(
+        ("challenge_id", "code", "status"),
+        [
+            ("", "123456", grpc.StatusCode.INVALID_ARGUMENT),
+            ("c" * 65, "123456", grpc.StatusCode.INVALID_ARGUMENT),
+            ("made-up", "12345", grpc.StatusCode.INVALID_ARGUMENT),
+            ("made-up", "12345a", grpc.StatusCode.INVALID_ARGUMENT),
+            ("made-up", "\uff11" * 6, grpc.StatusCode.INVALID_ARGUMENT),  # fullwidth digit one
+            ("made-up", "123456", grpc.StatusCode.FAILED_PRECONDITION),
+            ("x" * (100 * 1024), "123456", grpc.StatusCode.RESOURCE_EXHAUSTED),
+        ],
+        ids=["no-id", "long-id", "short-code", "letter", "fullwidth-digits", "unknown", "huge"],
+    )
+    def test_refused_with_status(
+        self, broker: BrokerProcess, challenge_id: str, code: str, status: grpc.StatusCode
+    ) -> None:
+        """Each gets its status, and the broker keeps serving."""
+        assert _complete(broker, challenge_id, code) == status
+        assert broker.sign_in(f"bob@{DOMAIN}", USERS["bob"]).outcome == Outcome.SUCCESS
