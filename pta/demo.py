@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import shutil
 import signal
 import statistics
 import sys
 import tempfile
 import time
+import urllib.parse
 from pathlib import Path
 
 import grpc
+import jwt
+from cryptography.hazmat.primitives.hashes import SHA1
+from cryptography.hazmat.primitives.twofactor.totp import TOTP
 
 from pta import logging as pta_logging
 from pta.localrun import BIN, LocalDeployment
@@ -36,6 +41,11 @@ SIGN_INS = (
     ("mallory", "Anything-1", "a user the directory does not have"),
     ("bob", "Builder-2024", "another user"),
 )
+OFFICE = "10.0.0.0/8"
+OFFICE_IP = "10.1.2.3"
+ATTACKER = "198.51.100.7"
+#: The serving broker applies a CLI change within a quarter of a second.
+POLICY_APPLIES = 0.5
 RATE_SECONDS = 2.0
 RATE_CONCURRENCY = 16
 
@@ -84,7 +94,10 @@ def _story(demo: LocalDeployment, slapd: Slapd, *, keep_running: bool) -> None:
         say(f"    user {user.uid}@{DOMAIN}  password {user.password}")
 
     step("broker (the cloud side): pta-broker serve")
-    demo.start_broker()
+    mfa_key = demo.workdir / "mfa.key"
+    demo.run("pta-broker", "mfa", "keygen", str(mfa_key))
+    # The demo's client stands in for a sign-in front end, whose client_ip the broker believes.
+    demo.start_broker("--mfa-key-file", str(mfa_key), "--trusted-proxy", "127.0.0.1/32")
     public, ca_file = demo.public, str(demo.ca_file)
     say(f"    public endpoint {public} (sign-ins, enrolment), agent endpoint {demo.agent_endpoint}")
     say(f"    its CA certificate, for clients: {ca_file}")
@@ -111,6 +124,8 @@ def _story(demo: LocalDeployment, slapd: Slapd, *, keep_running: bool) -> None:
     count, p50 = asyncio.run(_rate(public, demo.ca_file.read_bytes()))
     say(f"    {count / RATE_SECONDS:.0f} sign-ins/s, median {p50:.2f} ms (`make bench` measures)")
 
+    _policy_story(demo, public, ca_file)
+
     step("try it yourself")
     say(f"    {BIN / 'pta-signin'} --broker {public} --ca-file {ca_file} alice@{DOMAIN}")
     say(f"    {BIN / 'grpcurl'} -cacert {ca_file} {public} list")
@@ -126,6 +141,75 @@ def _story(demo: LocalDeployment, slapd: Slapd, *, keep_running: bool) -> None:
         while demo.alive():
             time.sleep(0.5)
         raise RuntimeError("a process stopped unexpectedly")
+
+
+def _signin(
+    demo: LocalDeployment, public: str, ca_file: str, user: str, stdin: str, *extra: str
+) -> tuple[int, str]:
+    return demo.attempt(
+        "pta-signin",
+        *("--broker", public, "--ca-file", ca_file, "--password-stdin", *extra),
+        f"{user}@{DOMAIN}",
+        stdin=stdin,
+    )
+
+
+def _policy_story(demo: LocalDeployment, public: str, ca_file: str) -> None:
+    step("smart lockout: pta-broker tenant policy demo --lockout-threshold 3")
+    demo.broker_cli(
+        "tenant", "policy", "demo", "--lockout-threshold", "3", "--familiar-network", OFFICE
+    )
+    time.sleep(POLICY_APPLIES)
+    for line in demo.broker_cli("tenant", "show", "demo").splitlines():
+        if "directory" in line or "WARNING" in line:
+            say(f"    {line.strip()}  (reported by the agent)")
+    for n in range(5):
+        code, answer = _signin(
+            demo, public, ca_file, "bob", f"guess-{n}\n", "--client-ip", ATTACKER
+        )
+        say(f"    bob from {ATTACKER}, guess {n + 1}: {answer}  [exit {code}]")
+    code, answer = _signin(demo, public, ca_file, "bob", "Builder-2024\n", "--client-ip", OFFICE_IP)
+    say(f"    bob from the office {OFFICE_IP}, right password: {answer}  [exit {code}]")
+    say("    3 guesses reached the directory (it locks after 5); the rest never left the broker")
+
+    step("MFA step-up from unfamiliar places: --mfa unfamiliar, pta-broker mfa enroll")
+    demo.broker_cli("tenant", "policy", "demo", "--mfa", "unfamiliar")
+    uri = demo.broker_cli(
+        "mfa", "enroll", "--tenant", "demo", f"alice@{DOMAIN}", "--mfa-key-file",
+        str(demo.workdir / "mfa.key"),
+    )  # fmt: skip
+    shown = uri.splitlines()[0].split("?")[0]
+    say(f"    {shown}?secret=…  (shown once; its QR code goes into the user's phone)")
+    time.sleep(POLICY_APPLIES)
+    code, answer = _signin(
+        demo, public, ca_file, "alice", f"Wonderland-42\n{_phone(uri)}\n",
+        "--client-ip", "192.0.2.10", "--token",
+    )  # fmt: skip
+    say(f"    alice from 192.0.2.10: MFA_REQUIRED, the demo types the phone's code  [exit {code}]")
+
+    step("the token the application gets, checked against GetSigningKeys")
+    if code == 0:
+        for name, value in _verified(public, ca_file, answer).items():
+            say(f"    {name:>6}: {value}")
+
+
+def _phone(uri: str) -> str:
+    """What an authenticator app shows now for the ``otpauth://`` URI (the demo's phone)."""
+    query = urllib.parse.parse_qs(urllib.parse.urlparse(uri.splitlines()[0]).query)
+    secret = query["secret"][0]
+    key = base64.b32decode(secret + "=" * (-len(secret) % 8))
+    return TOTP(key, 6, SHA1(), 30).generate(int(time.time())).decode()  # noqa: S303 - RFC 6238
+
+
+def _verified(public: str, ca_file: str, token: str) -> dict[str, object]:
+    credentials = grpc.ssl_channel_credentials(Path(ca_file).read_bytes())
+    with grpc.secure_channel(public, credentials) as channel:
+        keys = signin_pb2_grpc.SignInServiceStub(channel).GetSigningKeys(
+            signin_pb2.GetSigningKeysRequest(), timeout=10
+        )
+    key = jwt.PyJWKSet.from_json(keys.jwks_json)[jwt.get_unverified_header(token)["kid"]]
+    claims: dict[str, object] = jwt.decode(token, key, algorithms=["EdDSA"], issuer=keys.issuer)
+    return claims
 
 
 async def _rate(public: str, ca: bytes) -> tuple[int, float]:

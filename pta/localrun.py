@@ -88,7 +88,7 @@ class LocalDeployment:
             raise RuntimeError(f"{program} {args[0]} failed: {output[-500:]}")
         return output
 
-    def start_broker(self) -> None:
+    def start_broker(self, *extra: str) -> None:
         """Start the broker on free loopback ports and wait until it serves."""
         broker = self.spawn(
             "broker",
@@ -100,6 +100,7 @@ class LocalDeployment:
             "127.0.0.1:0",
             "--agent-listen",
             "127.0.0.1:0",
+            *extra,
         )
         endpoints = self.data_dir / "endpoints.json"
         wait_until(lambda: endpoints.exists() or broker.poll() is not None, "the broker")
