@@ -42,6 +42,14 @@ def remember_password(password: str) -> str:
     return password
 
 
+def remember_secret(secret: str) -> str:
+    """Register another secret (an MFA key or TOTP secret, a challenge id, a token) for the scan.
+
+    None of them may reach a log or a file either; the scan treats them like passwords.
+    """
+    return remember_password(secret)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Run tests marked ``scan_last`` after all others: they inspect what the run left."""
     items.sort(key=lambda item: item.get_closest_marker("scan_last") is not None)

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from broker import mfa
 from pta.slapd import DirectoryUser, Slapd, free_port
 from pta.v1 import outcome_pb2, signin_pb2, signin_pb2_grpc
-from tests.conftest import remember_password
+from tests.conftest import remember_password, remember_secret
 from tests.support import AgentProcess, BrokerProcess, signin_cli, wait_for
 
 if TYPE_CHECKING:
@@ -104,13 +104,15 @@ class Guard:
 
 
 @pytest.fixture(scope="module")
-def guard(run_dir: Path) -> Iterator[Guard]:
+def guard(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guard]:
     """Tenant ``guard``: threshold 3 (below slapd's 5), the office network familiar."""
     users = [DirectoryUser(uid=uid, password=pw) for uid, pw in USERS.items()]
-    key_file = run_dir / "guard-mfa.key"
+    # The key file lives outside the run directory: everything in that is scanned for secrets.
+    key_file = tmp_path_factory.mktemp("keys") / "guard-mfa.key"
     made = BrokerProcess.cli_without_data("mfa", "keygen", str(key_file))
     assert made.returncode == 0, made.stderr
     assert key_file.stat().st_mode & 0o777 == 0o600
+    remember_secret(key_file.read_text().strip())
     ports = (
         *("--listen", f"127.0.0.1:{free_port()}"),
         *("--agent-listen", f"127.0.0.1:{free_port()}"),
@@ -294,11 +296,12 @@ def _enrol(guard: Guard, uid: str) -> bytes:
     )  # fmt: skip
     uri = urllib.parse.urlparse(enrolled.stdout.strip())
     assert uri.scheme == "otpauth"
-    secret = urllib.parse.parse_qs(uri.query)["secret"][0]
+    secret = remember_secret(urllib.parse.parse_qs(uri.query)["secret"][0])
     return base64.b32decode(secret + "=" * (-len(secret) % 8))
 
 
 def _complete(guard: Guard, challenge: str, code: str) -> signin_pb2.SignInResponse:
+    remember_secret(challenge)
     with guard.broker.channel() as channel:
         reply: signin_pb2.SignInResponse = signin_pb2_grpc.SignInServiceStub(channel).CompleteMfa(
             signin_pb2.CompleteMfaRequest(challenge_id=challenge, code=code), timeout=10
@@ -308,6 +311,7 @@ def _complete(guard: Guard, challenge: str, code: str) -> signin_pb2.SignInRespo
 
 def _verify(guard: Guard, token: str) -> dict[str, object]:
     """Verify a token as an application does: with the published key set."""
+    remember_secret(token)  # A bearer credential: no log or file may hold it either.
     with guard.broker.channel() as channel:
         keys = signin_pb2_grpc.SignInServiceStub(channel).GetSigningKeys(
             signin_pb2.GetSigningKeysRequest(), timeout=10
