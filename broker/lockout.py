@@ -68,8 +68,12 @@ CLEAN = Counter()
 
 
 def current(counter: Counter, rule: LockoutRule, now: float) -> Counter:
-    """The counter as it stands ``now``: clean again after a long enough quiet spell."""
-    if not counter.clean and now - counter.last_failure > rule.forget_after:
+    """The counter as it stands ``now``: clean again after a long enough quiet spell.
+
+    A lock still running is never forgotten, however long the spell (a cap may exceed it).
+    """
+    quiet = now - counter.last_failure > rule.forget_after
+    if not counter.clean and quiet and counter.locked_until <= now:
         return CLEAN
     return counter
 

@@ -85,6 +85,7 @@ class TokenSigner:
         self._dir.mkdir(mode=0o700, exist_ok=True)
         self._keys = sorted(self._load(), key=lambda k: k.not_before)
         self._jwks = ""
+        self._published: list[str] = []
         self._checked = float("-inf")
         self.rotate()
 
@@ -141,9 +142,11 @@ class TokenSigner:
                 (self._dir / f"{key.kid}.pem").unlink(missing_ok=True)
                 continue
             keep.append(key)
-        if keep != self._keys or not self._jwks:
-            self._keys = keep
-            self._jwks = json.dumps({"keys": [_jwk(k) for k in self._keys]}, sort_keys=True)
+        self._keys = keep
+        # Compare by kid: _create() adds to the list in place, so the list itself says nothing.
+        if [k.kid for k in keep] != self._published:
+            self._published = [k.kid for k in keep]
+            self._jwks = json.dumps({"keys": [_jwk(k) for k in keep]}, sort_keys=True)
 
     def jwks(self) -> str:
         """The published key set, as JSON."""

@@ -91,14 +91,16 @@ class TenantPolicy:
         kept = {k: v for k, v in changes.items() if k in known}
         if "familiar_networks" in kept:
             kept["familiar_networks"] = tuple(kept["familiar_networks"])
+        if "familiar_window" in kept:
+            kept["familiar_window"] = _seconds(kept["familiar_window"])
         if "mfa" in kept:
             kept["mfa"] = cast("MfaMode", str(kept["mfa"]))
         return replace(
             self,
             lockout=LockoutRule(
                 threshold=int(rule["threshold"]),
-                duration=float(rule["duration"]),
-                max_duration=float(rule["max_duration"]),
+                duration=_seconds(rule["duration"]),
+                max_duration=_seconds(rule["max_duration"]),
             ),
             **kept,
         )
@@ -109,11 +111,36 @@ class TenantPolicy:
         return described
 
 
-def familiar_prefix(address: str) -> str | None:
-    """The network a successful sign-in from ``address`` makes familiar; None if no IP."""
+def _seconds(value: object) -> float:
+    """A number of seconds from the CLI or the stored JSON.
+
+    Raises:
+        ValueError: When it is not a number.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"not a number of seconds: {value!r}")  # noqa: TRY004 - a bad setting
+    return float(value)
+
+
+def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address as an IP; an IPv4-mapped IPv6 address (``::ffff:a.b.c.d``) as its IPv4.
+
+    Dual-stack front ends report IPv4 clients that way: left mapped, every IPv4 client would
+    share one IPv6 /48 (``::/48``) and be "familiar" together.
+    """
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def familiar_prefix(address: str) -> str | None:
+    """The network a successful sign-in from ``address`` makes familiar; None if no IP."""
+    ip = _ip(address)
+    if ip is None:
         return None
     bits = FAMILIAR_PREFIX_V4 if ip.version == 4 else FAMILIAR_PREFIX_V6  # noqa: PLR2004
     return str(ipaddress.ip_network(f"{ip}/{bits}", strict=False))
@@ -123,8 +150,5 @@ def in_networks(address: str, networks: tuple[Network, ...]) -> bool:
     """Whether ``address`` lies in one of ``networks``."""
     if not networks:
         return False
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in net for net in networks)
+    ip = _ip(address)
+    return ip is not None and any(ip in net for net in networks)
