@@ -254,8 +254,12 @@ class SignInPolicy:
         if outcome in WRONG:
             self._recent.add(f"{attempt.tenant}\0{attempt.user}", attempt.digest)
             self._fail(key, rule)
-        elif outcome in PASSWORD_RIGHT and not self._wants_mfa(attempt):
-            self._succeed(attempt)
+        elif outcome in PASSWORD_RIGHT:
+            # The directory just took a password: one refused before may be the new one (a
+            # user who tried it, then changed to it), so no refusal is remembered past this.
+            self._recent.forget(f"{attempt.tenant}\0{attempt.user}")
+            if not self._wants_mfa(attempt):
+                self._succeed(attempt)
 
     def grant(self, attempt: Attempt, request_id: str) -> Verdict:
         """What a right password gets: a token, or an MFA challenge when the policy wants one.

@@ -391,6 +391,17 @@ class TestSignInPolicyRepeats:
         await succeed(policy)
         await admitted(policy, "Wrong-1")
 
+    async def test_repeat_forgotten_when_the_password_changes(
+        self, store: Store, policy: SignInPolicy
+    ) -> None:
+        """A password tried, then changed to, works at once, second factor pending or not."""
+        configure(store, policy, mfa="always")
+        attempt = await admitted(policy, "New-pw-1!")
+        policy.end(attempt, Outcome.INVALID_CREDENTIALS)
+        change = await admitted(policy, RIGHT)  # ChangePassword: old RIGHT -> New-pw-1!
+        policy.end(change, Outcome.SUCCESS)
+        await admitted(policy, "New-pw-1!")
+
     async def test_repeat_forgotten_after_ttl(self, policy: SignInPolicy, clock: FakeClock) -> None:
         """A refused password is a repeat only for a while."""
         attempt = await admitted(policy, "Wrong-1")
