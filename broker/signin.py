@@ -205,34 +205,21 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
             admitted = await self._policy.begin(
                 tenant, upn, credentials.password, caller, deadline=deadline
             )
-        except PtaError as error:
-            audit.info(event, status=error.code.name, reason=error.message)
-            raise
-        if isinstance(admitted, Verdict):
-            credentials.Clear()
-            audit.info(
-                event,
-                status="OK",
-                answer=_outcome_name(admitted.outcome),
-                decided_by=admitted.decided_by,
-                duration_ms=_ms(started),
-            )
-            return request_id, admitted
-        audit = audit.bind(location=admitted.location)
-        try:
-            answer = await self._check_admitted(admitted, credentials, request_id, deadline)
-            audit = audit.bind(agent_id=answer.agent_id, outcome=_outcome_name(answer.outcome))
-            outcome, message = _visible(answer)
-            verdict = Verdict(outcome=outcome, message=message, decided_by="directory")
-            if grant and outcome == Outcome.SUCCESS:
-                granted = self._policy.grant(admitted, request_id)
-                verdict = replace(granted, message=message) if granted.token else granted
+            if isinstance(admitted, Verdict):  # Decided before any agent: locked, or a repeat.
+                credentials.Clear()
+                verdict = admitted
+            else:
+                audit = audit.bind(location=admitted.location)
+                answer = await self._check_admitted(admitted, credentials, request_id, deadline)
+                audit = audit.bind(agent_id=answer.agent_id, outcome=_outcome_name(answer.outcome))
+                outcome, message = _visible(answer)
+                verdict = Verdict(outcome=outcome, message=message, decided_by="directory")
+                if grant and outcome == Outcome.SUCCESS:
+                    granted = self._policy.grant(admitted, request_id)
+                    verdict = replace(granted, message=message) if granted.token else granted
         except PtaError as error:
             audit.info(
-                event,
-                status=error.code.name,
-                reason=error.message,
-                duration_ms=_ms(started),
+                event, status=error.code.name, reason=error.message, duration_ms=_ms(started)
             )
             raise
         audit.info(
