@@ -58,6 +58,16 @@ class Job:
     connection_id: str | None = None
     #: The agent said it may have started checking: never sent to another agent then.
     acked: bool = False
+    #: Told, once, what became of the job in the end: the agent's outcome, or None when no
+    #: agent will ever answer it. Later than the future when the caller stopped waiting first:
+    #: an agent that has the job may still bind, and the lockout must hear what it found.
+    settled: Callable[[int | None], None] | None = None
+
+    def settle(self, outcome: int | None) -> None:
+        """Report the job's final fate (once)."""
+        callback, self.settled = self.settled, None
+        if callback is not None:
+            callback(outcome)
 
     @property
     def done(self) -> bool:
@@ -143,7 +153,7 @@ class Dispatcher:
             job.connection_id = None
             if job.acked:
                 _fail(job, Unavailable(LOST_AFTER_ACK))
-            elif any(cid in tenant_conns for cid in job.envelopes):
+            elif any(cid in tenant_conns for cid in job.envelopes) and not job.done:
                 queue.appendleft(job)
             else:
                 _fail(job, NoAgentAvailable("the agent handling this sign-in disconnected"))
@@ -222,6 +232,7 @@ class Dispatcher:
             return False
         if not job.future.done():
             job.future.set_result(answer)
+        job.settle(answer.outcome)
         self._pump(conn.tenant)
         self._end_if_drained(conn)
         return True
@@ -240,6 +251,7 @@ class Dispatcher:
                 for cid in job.envelopes:
                     if (conn := self._connections.get(cid)) is not None:
                         self._end_if_drained(conn)
+            job.settle(None)  # Never sent: no agent will check it.
         if not job.future.done():
             job.future.cancel()
 
@@ -257,10 +269,10 @@ class Dispatcher:
         waiting: deque[Job] = deque()
         while queue:
             job = queue.popleft()
-            if job.done:
+            if job.done or job.deadline <= now:
+                # Its caller answers (DEADLINE_EXCEEDED, most likely); an agent never sees it.
+                job.settle(None)
                 continue
-            if job.deadline <= now:
-                continue  # Its caller answers DEADLINE_EXCEEDED; an agent never sees it.
             # Least loaded first; a draining connection only when every other connection that
             # can open the job is full.
             best: Connection | None = None
@@ -300,5 +312,7 @@ class Dispatcher:
 
 
 def _fail(job: Job, error: PtaError) -> None:
+    """Answer a job with ``error``: no agent will check it (or can say whether it did)."""
     if not job.future.done():
         job.future.set_exception(error)
+    job.settle(None)

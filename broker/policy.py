@@ -14,6 +14,7 @@ the store (so they survive a restart); the store is re-read when the CLI changed
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import unicodedata
 from dataclasses import dataclass, field
@@ -48,13 +49,25 @@ FAMILIAR_REFRESH = 3600.0
 MAX_CHALLENGE_ID_CHARS = 64
 
 
-def user_key(upn: Upn) -> str:
-    """The name lockout and MFA know a user by: case and Unicode variants are one user.
+#: Characters LDAP's string matching maps to nothing (RFC 4518 §2.2): soft hyphen, zero-width
+#: and joiner characters, word joiner, byte order mark, variation selectors' common range.
+_IGNORED = dict.fromkeys(
+    [0x00AD, 0x034F, 0x180B, 0x180C, 0x180D, 0x180E, 0x200B, 0x200C, 0x200D, 0x2060, 0xFEFF]
+)
+_IGNORED.update(dict.fromkeys(range(0xFE00, 0xFE10)))
+_SPACES = re.compile(r"\s+")
 
-    Directories match names without regard to case, so ``Alice`` and ``alice`` must share one
-    counter, or an attacker would get a fresh threshold for every spelling.
+
+def user_key(upn: Upn) -> str:
+    """The name lockout and MFA know a user by: every spelling the directory matches is one.
+
+    Directories compare names the LDAP way (RFC 4518): without regard to case, with leading
+    and trailing spaces dropped and inner runs of spaces as one, and some invisible characters
+    ignored. Each such spelling must share one counter, or an attacker would get a fresh
+    threshold for every spelling (`` alice``, ``alice ``, ``Alice``, ``ali\u200bce``).
     """
-    return f"{unicodedata.normalize('NFKC', upn.local).casefold()}@{upn.domain}"
+    local = unicodedata.normalize("NFKC", upn.local.translate(_IGNORED))
+    return f"{_SPACES.sub(' ', local).strip().casefold()}@{upn.domain}"
 
 
 @dataclass(slots=True, kw_only=True)
@@ -185,7 +198,7 @@ class SignInPolicy:
             tenant=tenant,
             domain=upn.domain,
             user=user,
-            subject=str(upn),
+            subject=user,
             address=address,
             location=location,
             policy=policy,

@@ -8,6 +8,7 @@ exists; the audit event keeps the true outcome.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import secrets
 import time
@@ -35,6 +36,8 @@ from pta.names import check_password, parse_upn
 from pta.v1 import agent_pb2, outcome_pb2, signin_pb2, signin_pb2_grpc
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import grpc
 
     from broker.store import Store
@@ -242,55 +245,88 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
         budget = deadline - asyncio.get_running_loop().time()
         plaintext = credentials.SerializeToString()
         credentials.Clear()
-        outcome: int | None = None
         try:
-            answer = await self.check(attempt.tenant, attempt.domain, request_id, plaintext, budget)
-            outcome = answer.outcome
+            # The policy hears the agent's real answer, even one that comes after the caller
+            # stopped waiting: the directory counted that password whether or not we waited.
+            return await self.check(
+                attempt.tenant,
+                attempt.domain,
+                request_id,
+                plaintext,
+                budget,
+                settled=functools.partial(self._policy.end, attempt),
+            )
         finally:
             del plaintext
-            self._policy.end(attempt, outcome)
-        return answer
 
-    async def check(
-        self, tenant: str, domain: str, request_id: str, plaintext: bytes, budget: float
+    async def check(  # noqa: PLR0913 - one sign-in's facts, by name
+        self,
+        tenant: str,
+        domain: str,
+        request_id: str,
+        plaintext: bytes,
+        budget: float,
+        *,
+        settled: Callable[[int | None], None] | None = None,
     ) -> Answer:
         """Seal ``plaintext`` to each candidate connection, dispatch, await the one answer.
+
+        Args:
+            tenant: The tenant whose agents may check it.
+            domain: The user's domain (which agents serve it).
+            request_id: The sign-in's id, bound into each envelope.
+            plaintext: The serialised credentials; sealed, never kept.
+            budget: Seconds to wait for the answer.
+            settled: Called exactly once with what became of the check in the end: the
+                agent's outcome, even one that arrives after ``budget`` ran out, or None when
+                no agent checked it.
 
         Raises:
             NoAgentAvailable: No agent of the tenant serving the domain is connected.
             Overloaded: The tenant's queue is full.
             DeadlineExceeded: No answer within ``budget`` seconds.
         """
+        loop = asyncio.get_running_loop()
         conns = self._dispatcher.candidates(tenant, domain)
         if not conns:
+            if settled is not None:
+                settled(None)
             raise NoAgentAvailable(f"no agent is connected for {domain}")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + budget
-        deadline_ms = int((time.time() + budget) * 1000)
-        envelopes = {
-            conn.connection_id: sealing.seal(
-                plaintext,
-                conn.envelope_key,
-                sealing.EnvelopeContext(
-                    tenant=tenant,
-                    agent_id=conn.agent_id,
-                    request_id=request_id,
-                    domain=domain,
-                    deadline_unix_ms=deadline_ms,
-                ),
+        job: Job | None = None
+        try:
+            deadline = loop.time() + budget
+            deadline_ms = int((time.time() + budget) * 1000)
+            envelopes = {
+                conn.connection_id: sealing.seal(
+                    plaintext,
+                    conn.envelope_key,
+                    sealing.EnvelopeContext(
+                        tenant=tenant,
+                        agent_id=conn.agent_id,
+                        request_id=request_id,
+                        domain=domain,
+                        deadline_unix_ms=deadline_ms,
+                    ),
+                )
+                for conn in conns
+            }
+            job = Job(
+                request_id=request_id,
+                tenant=tenant,
+                domain=domain,
+                deadline=deadline,
+                deadline_unix_ms=deadline_ms,
+                envelopes=envelopes,
+                future=loop.create_future(),
+                settled=settled,
             )
-            for conn in conns
-        }
-        job = Job(
-            request_id=request_id,
-            tenant=tenant,
-            domain=domain,
-            deadline=deadline,
-            deadline_unix_ms=deadline_ms,
-            envelopes=envelopes,
-            future=loop.create_future(),
-        )
-        self._dispatcher.submit(job)
+            self._dispatcher.submit(job)
+        except BaseException:
+            if job is not None:
+                job.settled = None
+            if settled is not None:  # Never dispatched: no agent will check it.
+                settled(None)
+            raise
         try:
             async with asyncio.timeout_at(deadline):
                 return await job.future

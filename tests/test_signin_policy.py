@@ -7,6 +7,7 @@ directory's own count), MFA step-up with TOTP, and the tokens applications verif
 from __future__ import annotations
 
 import base64
+import contextlib
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -53,6 +54,8 @@ USERS = {
         "holder",
         "spelled",
         "twice",
+        "spaced",
+        "hasty",
     )
 }
 
@@ -272,6 +275,33 @@ class TestSmartLockout:
         for n, name in enumerate(("Spelled", "SPELLED", "spelled")):
             assert guard.sign_in(name, f"guess-{n}").outcome == Outcome.INVALID_CREDENTIALS
         assert guard.sign_in("sPeLlEd", "guess-4").outcome == Outcome.LOCKED_BY_POLICY
+
+    def test_spaces_and_invisible_characters_buy_no_fresh_threshold(self, guard: Guard) -> None:
+        """Spellings slapd matches as one name (spaces, case, zero-width) share one counter."""
+        for n, name in enumerate((" spaced", "spaced  ", "  SPACED ")):
+            assert guard.sign_in(name, f"guess-{n}").outcome == Outcome.INVALID_CREDENTIALS
+        for name in ("spaced", "spa\u200bced", "Spaced"):
+            assert guard.sign_in(name, "guess-x").outcome == Outcome.LOCKED_BY_POLICY
+        assert guard.failures_in_directory("spaced") == THRESHOLD
+
+    def test_callers_that_give_up_early_still_have_their_guesses_counted(
+        self, guard: Guard
+    ) -> None:
+        """Guesses whose caller timed out are counted by what the agent found.
+
+        The agent may bind after the caller's deadline; the directory counts that, so the
+        broker must too, and must not let more through meanwhile.
+        """
+        for n in range(10):
+            with contextlib.suppress(grpc.RpcError):
+                guard.broker.sign_in(
+                    f"hasty@{DOMAIN}", f"guess-{n}", timeout=0.005, client_ip=ATTACKER_IP
+                )
+        wait_for(
+            lambda: guard.sign_in("hasty", "guess-y").outcome == Outcome.LOCKED_BY_POLICY,
+            what="the late answers to be counted",
+        )
+        assert guard.failures_in_directory("hasty") <= THRESHOLD
 
     def test_a_success_resets_only_its_own_kind_of_location(self, guard: Guard) -> None:
         """The user signing in at the office does not hand the attacker fresh guesses."""

@@ -633,3 +633,81 @@ class TestDispatcherWithdraw:
         assert not conn.ended.is_set()
         dispatcher.complete(conn, "r1", ANSWER)
         assert conn.ended.is_set()
+
+
+class TestJobSettlement:
+    """Each job reports once what became of it: the lockout counts what agents really did."""
+
+    def _watched(self, job: Job) -> list[int | None]:
+        fates: list[int | None] = []
+        job.settled = fates.append
+        return fates
+
+    async def test_answer_after_the_caller_gave_up_still_settles(
+        self, dispatcher: Dispatcher
+    ) -> None:
+        """An agent's late answer (the caller timed out) is still reported, once."""
+        conn = make_conn("a")
+        dispatcher.attach(conn)
+        job = make_job("r1", conn)
+        fates = self._watched(job)
+        dispatcher.submit(job)
+        dispatcher.withdraw(job)  # The caller's deadline passed; the agent still has it.
+        assert fates == []
+        wrong = Answer(outcome=2, message="", agent_id="agent-a")
+        assert dispatcher.complete(conn, "r1", wrong)
+        assert fates == [2]
+        dispatcher.complete(conn, "r1", wrong)
+        assert fates == [2]
+
+    async def test_withdrawn_before_sending_settles_none(self, dispatcher: Dispatcher) -> None:
+        """A job that never left the queue was checked by no one."""
+        conn = make_conn("a")
+        dispatcher.attach(conn)
+        dispatcher.submit(make_job("busy", conn))
+        job = make_job("r2", conn)
+        fates = self._watched(job)
+        dispatcher.submit(job)
+        dispatcher.withdraw(job)
+        assert fates == [None]
+
+    async def test_expired_in_the_queue_settles_none(
+        self, dispatcher: Dispatcher, clock: FakeClock
+    ) -> None:
+        """A job whose deadline passed while queued is dropped unsent, and says so."""
+        conn = make_conn("a")
+        dispatcher.attach(conn)
+        first = make_job("busy", conn)
+        dispatcher.submit(first)
+        job = make_job("r3", conn, deadline=NOW + 1)
+        fates = self._watched(job)
+        dispatcher.submit(job)
+        clock.now = NOW + 2
+        dispatcher.complete(conn, "busy", ANSWER)
+        assert fates == [None]
+        assert sent(conn) == ["busy"]
+
+    async def test_lost_agent_settles_none(self, dispatcher: Dispatcher) -> None:
+        """An acknowledged job of a lost agent: nobody can say what it did; not counted."""
+        conn = make_conn("a")
+        dispatcher.attach(conn)
+        job = make_job("r4", conn)
+        fates = self._watched(job)
+        dispatcher.submit(job)
+        dispatcher.acknowledge(conn, ["r4"])
+        dispatcher.detach(conn)
+        assert fates == [None]
+        assert isinstance(failure(job), Unavailable)
+
+    async def test_requeued_job_settles_when_answered(self, dispatcher: Dispatcher) -> None:
+        """An unacknowledged job moves to another agent and settles with that one's answer."""
+        a, b = make_conn("a"), make_conn("b")
+        dispatcher.attach(a)
+        job = make_job("r5", a, b)
+        fates = self._watched(job)
+        dispatcher.submit(job)
+        dispatcher.attach(b)
+        dispatcher.detach(a)
+        assert fates == []
+        dispatcher.complete(b, "r5", ANSWER)
+        assert fates == [ANSWER.outcome]

@@ -242,11 +242,31 @@ class TestUserKey:
             ("\uff21\uff2c\uff29\uff23\uff25@example.com", "alice@example.com"),
             ("STRASSE@example.com", "strasse@example.com"),
             ("straße@example.com", "strasse@example.com"),
+            (" alice@example.com", "alice@example.com"),
+            ("alice  @example.com", "alice@example.com"),
+            ("  ALICE  @example.com", "alice@example.com"),
+            ("alice   smith@example.com", "alice smith@example.com"),
+            ("ali\u200bce@example.com", "alice@example.com"),
+            ("ali\u00adce@example.com", "alice@example.com"),
+            ("\ufeffalice@example.com", "alice@example.com"),
         ],
-        ids=["plain", "mixed-case", "fullwidth", "upper", "sharp-s"],
+        ids=[
+            "plain",
+            "mixed-case",
+            "fullwidth",
+            "upper",
+            "sharp-s",
+            "leading-space",
+            "trailing-spaces",
+            "both",
+            "inner-run",
+            "zero-width-space",
+            "soft-hyphen",
+            "bom",
+        ],
     )
     def test_user_key(self, typed: str, key: str) -> None:
-        """Case and Unicode compatibility variants of a name are one user."""
+        """Every spelling LDAP matching treats as the same name is one user (RFC 4518)."""
         assert user_key(parse_upn(typed)) == key
 
 
@@ -608,12 +628,12 @@ class TestSignInPolicyGrant:
         assert verdict.token_expires_at == got["exp"] == int(clock.now + signer.token_ttl)
         assert verdict.challenge_id == ""
 
-    async def test_subject_as_typed(self, policy: SignInPolicy, signer: TokenSigner) -> None:
-        """The token's subject is the UPN as the user typed it, not the lockout key."""
-        upn = parse_upn("Alice@example.com")
+    async def test_subject_is_canonical(self, policy: SignInPolicy, signer: TokenSigner) -> None:
+        """The token's subject is one name per user, however it was typed: apps key on it."""
+        upn = parse_upn(" Alice @example.com")
         attempt = await admitted(policy, RIGHT, upn=upn)
         policy.end(attempt, Outcome.SUCCESS)
-        assert claims(signer, policy.grant(attempt, "req-1").token)["sub"] == "Alice@example.com"
+        assert claims(signer, policy.grant(attempt, "req-1").token)["sub"] == "alice@example.com"
 
     @pytest.mark.usefixtures("phone")
     async def test_challenge_when_always_and_enrolled(
