@@ -17,7 +17,7 @@ import asyncio
 import re
 import time
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import structlog
@@ -83,6 +83,8 @@ class Attempt:
     policy: TenantPolicy
     #: Keyed hash of the password, remembered if the directory refuses it.
     digest: bytes = b""
+    #: A right TOTP code came with it (a password change under an MFA policy).
+    second_factor: bool = False
     ended: bool = False
 
 
@@ -333,23 +335,40 @@ class SignInPolicy:
             self._challenges.close(challenge_id)
         return verdict, challenge
 
-    def _check_code(self, challenge: mfa.Challenge, code: str) -> Verdict:
-        policy = self.policy_of(challenge.tenant)
-        key = (challenge.tenant, challenge.user, challenge.location)
-        now = self._clock()
-        counter = lockout.current(self._counters.get(key, lockout.CLEAN), policy.lockout, now)
-        if (wait := lockout.locked_for(counter, now)) > 0:
-            return _locked(wait)
-        record = self._store.mfa(challenge.tenant, challenge.user)
-        if record is None:
+    def second_factor(self, attempt: Attempt, code: str) -> Verdict | None:
+        """Check the code a password change carries, when the policy wants one here.
+
+        A change of password is an account takeover if a stolen password is enough, so it
+        needs the same second factor a sign-in would; the code comes with the change itself
+        (nothing waits between two calls, no password is held), and is checked before the
+        old password reaches the directory.
+
+        Returns:
+            None to go ahead (no code wanted, or the right one: its step is spent), else the
+            answer: MFA_REQUIRED without a code, a wrong code (counted), locked, not enrolled.
+
+        Raises:
+            InvalidRequest: When the code is not six digits.
+            Unavailable: When the broker cannot open the user's secret.
+        """
+        if not self._wants_mfa(attempt):
+            return None
+        if not code:
             return Verdict(
-                outcome=Outcome.MFA_NOT_ENROLLED,
-                message="no second factor is enrolled any more: ask your administrator",
+                outcome=Outcome.MFA_REQUIRED,
+                message="changing the password needs the code from your authenticator app",
                 decided_by="mfa",
             )
-        secret = self._secret(challenge, record.sealed)
-        step = mfa.matching_step(secret, code, now, after=record.last_step)
-        if step is not None and self._store.use_mfa_step(challenge.tenant, challenge.user, step):
+        if not mfa.well_formed_code(code):
+            raise InvalidRequest("the code is six digits")
+        verdict = self._verify_code(attempt.tenant, attempt.user, attempt.location, code)
+        if verdict is None:
+            attempt.second_factor = True
+        return verdict
+
+    def _check_code(self, challenge: mfa.Challenge, code: str) -> Verdict:
+        verdict = self._verify_code(challenge.tenant, challenge.user, challenge.location, code)
+        if verdict is None:
             self._succeed(
                 Attempt(
                     tenant=challenge.tenant,
@@ -358,26 +377,52 @@ class SignInPolicy:
                     subject=challenge.subject,
                     address=challenge.address,
                     location=challenge.location,
-                    policy=policy,
+                    policy=self.policy_of(challenge.tenant),
                 )
             )
             return self._token(
                 challenge.tenant, challenge.subject, challenge.request_id, ("pwd", "otp")
             )
+        if verdict.outcome != Outcome.INVALID_CREDENTIALS:
+            return verdict
         challenge.attempts_left -= 1
-        counter = self._fail(key, policy.lockout)
-        if (wait := lockout.locked_for(counter, now)) > 0:
-            return _locked(wait)
         left = (
             f"{challenge.attempts_left} more tries" if challenge.attempts_left else "sign in again"
         )
+        return replace(verdict, message=f"{verdict.message} ({left})")
+
+    def _verify_code(self, tenant: str, user: str, location: Location, code: str) -> Verdict | None:
+        """None when ``code`` is right (its time step is then spent); else the answer.
+
+        A wrong or already used code counts toward the lockout like a wrong password.
+        """
+        rule = self.policy_of(tenant).lockout
+        key = (tenant, user, location)
+        now = self._clock()
+        counter = lockout.current(self._counters.get(key, lockout.CLEAN), rule, now)
+        if (wait := lockout.locked_for(counter, now)) > 0:
+            return _locked(wait)
+        record = self._store.mfa(tenant, user)
+        if record is None:
+            return Verdict(
+                outcome=Outcome.MFA_NOT_ENROLLED,
+                message="a second factor is required and none is enrolled: ask your administrator",
+                decided_by="mfa",
+            )
+        secret = self._secret(tenant, user, record.sealed)
+        step = mfa.matching_step(secret, code, now, after=record.last_step)
+        if step is not None and self._store.use_mfa_step(tenant, user, step):
+            return None
+        counter = self._fail(key, rule)
+        if (wait := lockout.locked_for(counter, now)) > 0:
+            return _locked(wait)
         return Verdict(
             outcome=Outcome.INVALID_CREDENTIALS,
-            message=f"wrong or already used code ({left})",
+            message="wrong or already used code",
             decided_by="mfa",
         )
 
-    def _secret(self, challenge: mfa.Challenge, sealed: bytes) -> bytes:
+    def _secret(self, tenant: str, user: str, sealed: bytes) -> bytes:
         """Open a user's TOTP secret for one check; it is not kept.
 
         Raises:
@@ -385,12 +430,12 @@ class SignInPolicy:
         """
         unavailable = Unavailable("a second factor is required but cannot be checked now")
         if self._mfa_key is None:
-            log.error("mfa.no_key", tenant=challenge.tenant, fix="serve with --mfa-key-file")
+            log.error("mfa.no_key", tenant=tenant, fix="serve with --mfa-key-file")
             raise unavailable
         try:
-            return self._mfa_key.open(sealed, challenge.tenant, challenge.user)
+            return self._mfa_key.open(sealed, tenant, user)
         except mfa.MfaKeyError:
-            log.exception("mfa.cannot_open_secret", tenant=challenge.tenant, user=challenge.user)
+            log.exception("mfa.cannot_open_secret", tenant=tenant, user=user)
             raise unavailable from None
 
     # Directory thresholds ---------------------------------------------------------------------
@@ -430,6 +475,8 @@ class SignInPolicy:
         return "unfamiliar"
 
     def _wants_mfa(self, attempt: Attempt) -> bool:
+        if attempt.second_factor:
+            return False
         mode = attempt.policy.mfa
         return mode == "always" or (mode == "unfamiliar" and attempt.location == "unfamiliar")
 

@@ -113,6 +113,7 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
         """Finish a sign-in that was answered MFA_REQUIRED with the user's one-time code."""
         async with rpc_errors(context):
             started = time.perf_counter()
+            client_ip = _client_ip(request.client_ip)  # Refused before the code is spent.
             try:
                 verdict, challenge = self._policy.complete(request.challenge_id, request.code)
             except PtaError as error:
@@ -124,7 +125,7 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
                 request_id=challenge.request_id,
                 tenant=challenge.tenant,
                 user=challenge.subject,
-                client_ip=_client_ip(request.client_ip),
+                client_ip=client_ip,
                 answer=_outcome_name(verdict.outcome),
                 decided_by=verdict.decided_by,
                 duration_ms=_ms(started),
@@ -156,7 +157,12 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
                 new_password=request.new_password,
             )
             request_id, verdict = await self._serve(
-                "password_change.completed", credentials, request.client_ip, context, grant=False
+                "password_change.completed",
+                credentials,
+                request.client_ip,
+                context,
+                grant=False,
+                mfa_code=request.mfa_code,
             )
             return signin_pb2.ChangePasswordResponse(
                 outcome=verdict.outcome,  # type: ignore[arg-type]
@@ -167,7 +173,7 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
                 retry_after_seconds=verdict.retry_after,
             )
 
-    async def _serve(
+    async def _serve(  # noqa: PLR0913 - the call's parts, by name
         self,
         event: str,
         credentials: agent_pb2.Credentials,
@@ -175,6 +181,7 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
         *,
         grant: bool,
+        mfa_code: str | None = None,
     ) -> tuple[str, Verdict]:
         """Police, route, seal, dispatch and await one credential check; audit it as ``event``.
 
@@ -184,6 +191,8 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
             client_ip: The end user's address as the request gives it.
             context: The call's context.
             grant: Whether a right password earns a token (or an MFA challenge).
+            mfa_code: A password change's TOTP code (None for a sign-in): checked first
+                when the policy wants a second factor.
 
         Returns:
             The request id, and what the client is told.
@@ -208,7 +217,9 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
             admitted = await self._policy.begin(
                 tenant, upn, credentials.password, caller, deadline=deadline
             )
-            if isinstance(admitted, Verdict):  # Decided before any agent: locked, or a repeat.
+            if isinstance(admitted, Attempt) and mfa_code is not None:
+                admitted = self._second_factor(admitted, mfa_code)
+            if isinstance(admitted, Verdict):  # Decided before any agent: locked, a repeat…
                 credentials.Clear()
                 verdict = admitted
             else:
@@ -233,6 +244,18 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
             duration_ms=_ms(started),
         )
         return request_id, verdict
+
+    def _second_factor(self, attempt: Attempt, code: str) -> Attempt | Verdict:
+        """The attempt, if its code is right or none is wanted; else the policy's answer."""
+        try:
+            verdict = self._policy.second_factor(attempt, code)
+        except BaseException:
+            self._policy.end(attempt, None)
+            raise
+        if verdict is None:
+            return attempt
+        self._policy.end(attempt, None)  # Nothing reached the directory.
+        return verdict
 
     async def _check_admitted(
         self,

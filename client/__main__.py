@@ -100,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         stub = signin_pb2_grpc.SignInServiceStub(channel)
         try:
             response = _call(stub, args, password, new_password)
+            if args.change_password and response.outcome == Outcome.MFA_REQUIRED:
+                _say(args, f"MFA_REQUIRED: {response.message}")
+                response = _call(stub, args, password, new_password, _code(args))
             if (
                 isinstance(response, signin_pb2.SignInResponse)
                 and response.outcome == Outcome.MFA_REQUIRED
@@ -136,6 +139,7 @@ def _call(
     args: argparse.Namespace,
     password: str,
     new_password: str,
+    mfa_code: str = "",
 ) -> signin_pb2.SignInResponse | signin_pb2.ChangePasswordResponse:
     if args.change_password:
         response: signin_pb2.ChangePasswordResponse = stub.ChangePassword(
@@ -144,6 +148,7 @@ def _call(
                 old_password=password,
                 new_password=new_password,
                 client_ip=args.client_ip,
+                mfa_code=mfa_code,
             ),
             timeout=args.timeout,
         )

@@ -56,6 +56,7 @@ USERS = {
         "twice",
         "spaced",
         "hasty",
+        "mfa-change",
     )
 }
 
@@ -431,6 +432,28 @@ class TestMfa:
             assert again.outcome == Outcome.SUCCESS
         finally:
             guard.set_policy("--mfa", "never")
+
+    @pytest.mark.usefixtures("always")
+    def test_a_password_change_needs_the_code_too(self, guard: Guard) -> None:
+        """A stolen password alone cannot change the password: MFA_REQUIRED, nothing changed."""
+        secret = _enrol(guard, "mfa-change")
+        new = remember_password("Changed-Pw-77!")
+        with guard.broker.channel() as channel:
+            reply = signin_pb2_grpc.SignInServiceStub(channel).ChangePassword(
+                signin_pb2.ChangePasswordRequest(
+                    username=f"mfa-change@{DOMAIN}",
+                    old_password=USERS["mfa-change"],
+                    new_password=new,
+                ),
+                timeout=10,
+            )
+        assert reply.outcome == Outcome.MFA_REQUIRED
+        code = mfa.code_at(secret, time.time())
+        stdin = f"{USERS['mfa-change']}\n{new}\n{code}\n"
+        done = signin_cli(guard.broker, f"mfa-change@{DOMAIN}", stdin, "--change-password")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "password changed" in done.stdout
+        assert guard.sign_in("mfa-change", new).outcome == Outcome.MFA_REQUIRED  # The new one.
 
     @pytest.mark.usefixtures("always")
     def test_pta_signin_asks_for_the_code(self, guard: Guard) -> None:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from pta.v1 import outcome_pb2 as pta_dot_v1_dot_outcome__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13pta/v1/signin.proto\x12\x06pta.v1\x1a\x14pta/v1/outcome.proto\"F\n\rSignInRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x11\n\tclient_ip\x18\x03 \x01(\t\"\xd7\x01\n\x0eSignInResponse\x12 \n\x07outcome\x18\x01 \x01(\x0e\x32\x0f.pta.v1.Outcome\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\r\n\x05token\x18\x04 \x01(\t\x12\x18\n\x10token_expires_at\x18\x05 \x01(\x03\x12\x18\n\x10mfa_challenge_id\x18\x06 \x01(\t\x12\x1e\n\x16mfa_expires_in_seconds\x18\x07 \x01(\r\x12\x1b\n\x13retry_after_seconds\x18\x08 \x01(\r\"K\n\x12\x43ompleteMfaRequest\x12\x14\n\x0c\x63hallenge_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x11\n\tclient_ip\x18\x03 \x01(\t\"\x17\n\x15GetSigningKeysRequest\";\n\x16GetSigningKeysResponse\x12\x11\n\tjwks_json\x18\x01 \x01(\t\x12\x0e\n\x06issuer\x18\x02 \x01(\t\"h\n\x15\x43hangePasswordRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x14\n\x0cold_password\x18\x02 \x01(\t\x12\x14\n\x0cnew_password\x18\x03 \x01(\t\x12\x11\n\tclient_ip\x18\x04 \x01(\t\"|\n\x16\x43hangePasswordResponse\x12 \n\x07outcome\x18\x01 \x01(\x0e\x32\x0f.pta.v1.Outcome\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x1b\n\x13retry_after_seconds\x18\x04 \x01(\r2\xad\x02\n\rSignInService\x12\x37\n\x06SignIn\x12\x15.pta.v1.SignInRequest\x1a\x16.pta.v1.SignInResponse\x12O\n\x0e\x43hangePassword\x12\x1d.pta.v1.ChangePasswordRequest\x1a\x1e.pta.v1.ChangePasswordResponse\x12\x41\n\x0b\x43ompleteMfa\x12\x1a.pta.v1.CompleteMfaRequest\x1a\x16.pta.v1.SignInResponse\x12O\n\x0eGetSigningKeys\x12\x1d.pta.v1.GetSigningKeysRequest\x1a\x1e.pta.v1.GetSigningKeysResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13pta/v1/signin.proto\x12\x06pta.v1\x1a\x14pta/v1/outcome.proto\"F\n\rSignInRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x11\n\tclient_ip\x18\x03 \x01(\t\"\xd7\x01\n\x0eSignInResponse\x12 \n\x07outcome\x18\x01 \x01(\x0e\x32\x0f.pta.v1.Outcome\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\r\n\x05token\x18\x04 \x01(\t\x12\x18\n\x10token_expires_at\x18\x05 \x01(\x03\x12\x18\n\x10mfa_challenge_id\x18\x06 \x01(\t\x12\x1e\n\x16mfa_expires_in_seconds\x18\x07 \x01(\r\x12\x1b\n\x13retry_after_seconds\x18\x08 \x01(\r\"K\n\x12\x43ompleteMfaRequest\x12\x14\n\x0c\x63hallenge_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x11\n\tclient_ip\x18\x03 \x01(\t\"\x17\n\x15GetSigningKeysRequest\";\n\x16GetSigningKeysResponse\x12\x11\n\tjwks_json\x18\x01 \x01(\t\x12\x0e\n\x06issuer\x18\x02 \x01(\t\"z\n\x15\x43hangePasswordRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x14\n\x0cold_password\x18\x02 \x01(\t\x12\x14\n\x0cnew_password\x18\x03 \x01(\t\x12\x11\n\tclient_ip\x18\x04 \x01(\t\x12\x10\n\x08mfa_code\x18\x05 \x01(\t\"|\n\x16\x43hangePasswordResponse\x12 \n\x07outcome\x18\x01 \x01(\x0e\x32\x0f.pta.v1.Outcome\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x1b\n\x13retry_after_seconds\x18\x04 \x01(\r2\xad\x02\n\rSignInService\x12\x37\n\x06SignIn\x12\x15.pta.v1.SignInRequest\x1a\x16.pta.v1.SignInResponse\x12O\n\x0e\x43hangePassword\x12\x1d.pta.v1.ChangePasswordRequest\x1a\x1e.pta.v1.ChangePasswordResponse\x12\x41\n\x0b\x43ompleteMfa\x12\x1a.pta.v1.CompleteMfaRequest\x1a\x16.pta.v1.SignInResponse\x12O\n\x0eGetSigningKeys\x12\x1d.pta.v1.GetSigningKeysRequest\x1a\x1e.pta.v1.GetSigningKeysResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,9 +43,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSIGNINGKEYSRESPONSE']._serialized_start=445
   _globals['_GETSIGNINGKEYSRESPONSE']._serialized_end=504
   _globals['_CHANGEPASSWORDREQUEST']._serialized_start=506
-  _globals['_CHANGEPASSWORDREQUEST']._serialized_end=610
-  _globals['_CHANGEPASSWORDRESPONSE']._serialized_start=612
-  _globals['_CHANGEPASSWORDRESPONSE']._serialized_end=736
-  _globals['_SIGNINSERVICE']._serialized_start=739
-  _globals['_SIGNINSERVICE']._serialized_end=1040
+  _globals['_CHANGEPASSWORDREQUEST']._serialized_end=628
+  _globals['_CHANGEPASSWORDRESPONSE']._serialized_start=630
+  _globals['_CHANGEPASSWORDRESPONSE']._serialized_end=754
+  _globals['_SIGNINSERVICE']._serialized_start=757
+  _globals['_SIGNINSERVICE']._serialized_end=1058
 # @@protoc_insertion_point(module_scope)

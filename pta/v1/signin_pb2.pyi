@@ -58,16 +58,18 @@ class GetSigningKeysResponse(_message.Message):
     def __init__(self, jwks_json: _Optional[str] = ..., issuer: _Optional[str] = ...) -> None: ...
 
 class ChangePasswordRequest(_message.Message):
-    __slots__ = ("username", "old_password", "new_password", "client_ip")
+    __slots__ = ("username", "old_password", "new_password", "client_ip", "mfa_code")
     USERNAME_FIELD_NUMBER: _ClassVar[int]
     OLD_PASSWORD_FIELD_NUMBER: _ClassVar[int]
     NEW_PASSWORD_FIELD_NUMBER: _ClassVar[int]
     CLIENT_IP_FIELD_NUMBER: _ClassVar[int]
+    MFA_CODE_FIELD_NUMBER: _ClassVar[int]
     username: str
     old_password: str
     new_password: str
     client_ip: str
-    def __init__(self, username: _Optional[str] = ..., old_password: _Optional[str] = ..., new_password: _Optional[str] = ..., client_ip: _Optional[str] = ...) -> None: ...
+    mfa_code: str
+    def __init__(self, username: _Optional[str] = ..., old_password: _Optional[str] = ..., new_password: _Optional[str] = ..., client_ip: _Optional[str] = ..., mfa_code: _Optional[str] = ...) -> None: ...
 
 class ChangePasswordResponse(_message.Message):
     __slots__ = ("outcome", "request_id", "message", "retry_after_seconds")

@@ -962,3 +962,52 @@ class TestThresholdWarning:
             assert contains in warning
         else:
             assert warning == ""
+
+
+class TestSecondFactorForChanges:
+    """A password change under an MFA policy carries its code; checked before the directory."""
+
+    async def test_not_wanted(self, policy: SignInPolicy) -> None:
+        """Policy "never": no code is asked for."""
+        assert policy.second_factor(await admitted(policy, RIGHT), "") is None
+
+    async def test_missing_code(self, store: Store, policy: SignInPolicy) -> None:
+        """Wanted and missing: MFA_REQUIRED, and no challenge to complete."""
+        configure(store, policy, mfa="always")
+        verdict = policy.second_factor(await admitted(policy, RIGHT), "")
+        assert verdict is not None
+        assert verdict.outcome == Outcome.MFA_REQUIRED
+        assert verdict.challenge_id == ""
+
+    async def test_malformed_code(self, store: Store, policy: SignInPolicy) -> None:
+        """Not six digits: INVALID_ARGUMENT."""
+        configure(store, policy, mfa="always")
+        with pytest.raises(InvalidRequest):
+            policy.second_factor(await admitted(policy, RIGHT), "12ab56")
+
+    async def test_wrong_code_counts(
+        self, store: Store, policy: SignInPolicy, phone: Phone
+    ) -> None:
+        """A wrong code is a failure toward the lockout."""
+        configure(store, policy, mfa="always", lockout_threshold=3)
+        attempt = await admitted(policy, RIGHT)
+        verdict = policy.second_factor(attempt, phone.wrong_code())
+        assert verdict is not None
+        assert verdict.outcome == Outcome.INVALID_CREDENTIALS
+        policy.end(attempt, None)
+        assert failures(store) == 1
+
+    async def test_right_code_then_success_resets(
+        self, store: Store, policy: SignInPolicy, phone: Phone
+    ) -> None:
+        """The right code lets the change through, and its success clears the counter."""
+        configure(store, policy, mfa="always", lockout_threshold=5)
+        await fail(policy, 2)
+        attempt = await admitted(policy, RIGHT)
+        assert policy.second_factor(attempt, phone.code()) is None
+        policy.end(attempt, Outcome.SUCCESS)
+        assert failures(store) == 0
+        again = await admitted(policy, RIGHT)
+        verdict = policy.second_factor(again, phone.code())
+        assert verdict is not None  # The same code never works twice.
+        assert verdict.outcome == Outcome.INVALID_CREDENTIALS
