@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from broker import lockout, mfa
+from broker.policy_store import LOCATIONS
 from broker.recent_failures import RecentFailures
 from broker.tenant_policy import TenantPolicy, familiar_prefix, in_networks
 from pta.errors import ChallengeExpired, DeadlineExceeded, InvalidRequest, Unavailable
@@ -46,6 +47,8 @@ PASSWORD_RIGHT = frozenset(
 WRONG = frozenset({Outcome.INVALID_CREDENTIALS, Outcome.UNKNOWN_USER})
 #: A familiar network's "last success" is rewritten at most this often.
 FAMILIAR_REFRESH = 3600.0
+#: Directories locking after this many failures or more keep one try for familiar places.
+DIRECTORY_RESERVE_FROM = 4
 MAX_CHALLENGE_ID_CHARS = 64
 
 
@@ -126,7 +129,7 @@ class SignInPolicy:
         self._recent = RecentFailures() if recent is None else recent
         self._clock = clock
         self._pending: dict[CounterKey, int] = {}
-        self._waiters: dict[CounterKey, list[asyncio.Future[None]]] = {}
+        self._waiters: dict[tuple[str, str], list[asyncio.Future[None]]] = {}
         self._policies: dict[str, TenantPolicy] = {}
         self._counters: dict[CounterKey, lockout.Counter] = {}
         self._familiar: dict[tuple[str, str], dict[str, float]] = {}
@@ -141,9 +144,9 @@ class SignInPolicy:
         self._policies = self._store.tenant_policies()
         self._counters = self._store.counters()
         self._familiar = self._store.familiar()
-        for tenant, user, location in before - set(self._counters):
+        for tenant, user in sorted({(t, u) for t, u, _ in before - set(self._counters)}):
             self._recent.forget(f"{tenant}\0{user}")
-            log.info("lockout.cleared", tenant=tenant, user=user, location=location)
+            log.info("lockout.cleared", tenant=tenant, user=user)
         for tenant, policy in self._policies.items():
             if policies.get(tenant) != policy:
                 log.info("policy.changed", tenant=tenant, **policy.describe())
@@ -208,7 +211,8 @@ class SignInPolicy:
         rule = policy.lockout
         if not rule.enabled:
             return attempt
-        key = (tenant, user, location)
+        key: CounterKey = (tenant, user, location)
+        budget = self._directory_budget(tenant, upn.domain, location)
         while True:
             now = self._clock()
             counter = lockout.current(self._counters.get(key, lockout.CLEAN), rule, now)
@@ -222,13 +226,20 @@ class SignInPolicy:
                     decided_by="repeat",
                 )
             pending = self._pending.get(key, 0)
-            if pending < lockout.attempts_left(counter, rule):
+            in_flight = sum(self._pending.get((tenant, user, kind), 0) for kind in LOCATIONS)
+            sent = lockout.current(
+                self._counters.get((tenant, user, "directory"), lockout.CLEAN), rule, now
+            )
+            if budget is not None and sent.failures + in_flight >= budget:
+                if not in_flight:
+                    return _guarded(sent.last_failure + rule.forget_after - now)
+            elif pending < lockout.attempts_left(counter, rule):
                 self._pending[key] = pending + 1
                 return attempt
-            await self._wait_turn(key, deadline)
+            await self._wait_turn((tenant, user), deadline)
 
-    async def _wait_turn(self, key: CounterKey, deadline: float) -> None:
-        """Wait until a check of ``key`` is answered.
+    async def _wait_turn(self, key: tuple[str, str], deadline: float) -> None:
+        """Wait until a check of the user ``key`` (tenant, user) is answered.
 
         Raises:
             DeadlineExceeded: When ``deadline`` (event-loop time) passes first.
@@ -263,16 +274,21 @@ class SignInPolicy:
         pending = self._pending.pop(key, 1) - 1
         if pending > 0:
             self._pending[key] = pending
-        for waiter in self._waiters.pop(key, ()):
+        for waiter in self._waiters.pop((attempt.tenant, attempt.user), ()):
             if not waiter.done():
                 waiter.set_result(None)
+        sent_key: CounterKey = (attempt.tenant, attempt.user, "directory")
         if outcome in WRONG:
             self._recent.add(f"{attempt.tenant}\0{attempt.user}", attempt.digest)
             self._fail(key, rule)
+            now = self._clock()
+            sent = lockout.current(self._counters.get(sent_key, lockout.CLEAN), rule, now)
+            self._save(sent_key, lockout.Counter(failures=sent.failures + 1, last_failure=now))
         elif outcome in PASSWORD_RIGHT:
-            # The directory just took a password: one refused before may be the new one (a
-            # user who tried it, then changed to it), so no refusal is remembered past this.
+            # The directory just took a password: its own count of failures starts again, and
+            # one refused before may be the new one (a user who tried it, then changed to it).
             self._recent.forget(f"{attempt.tenant}\0{attempt.user}")
+            self._save(sent_key, lockout.CLEAN)
             if not self._wants_mfa(attempt):
                 self._succeed(attempt)
 
@@ -480,14 +496,36 @@ class SignInPolicy:
         mode = attempt.policy.mfa
         return mode == "always" or (mode == "unfamiliar" and attempt.location == "unfamiliar")
 
+    def _save(self, key: CounterKey, counter: lockout.Counter) -> None:
+        """Keep a counter in memory and in the store (a clean one is forgotten in both)."""
+        if counter.clean:
+            if self._counters.pop(key, None) is not None:
+                self._store.save_counter(key, counter)
+            return
+        self._counters[key] = counter
+        self._store.save_counter(key, counter)
+
+    def _directory_budget(self, tenant: str, domain: str, location: Location) -> int | None:
+        """How many wrong passwords may be in the directory's count at once (None: unknown).
+
+        One short of the directory's own lockout, so that the cloud can never lock a user out
+        on premises, however the broker's own counters stand (two kinds of location, a lock
+        that ran out and let one more through). Unfamiliar places stop one earlier still, so
+        that the user's own last try is theirs.
+        """
+        threshold = self._directory.get(tenant, {}).get(domain)
+        if not threshold:
+            return None
+        reserve = 1 if location == "unfamiliar" and threshold >= DIRECTORY_RESERVE_FROM else 0
+        return threshold - 1 - reserve
+
     def _fail(self, key: CounterKey, rule: lockout.LockoutRule) -> lockout.Counter:
         now = self._clock()
         before = self._counters.get(key, lockout.CLEAN)
         counter = lockout.fail(before, rule, now)
         if counter is before:
             return counter
-        self._counters[key] = counter
-        self._store.save_counter(key, counter)
+        self._save(key, counter)
         if counter.lockouts > before.lockouts:
             log.warning(
                 "lockout.locked",
@@ -505,9 +543,7 @@ class SignInPolicy:
         Only that kind's: the user signing in at the office must not hand someone guessing
         from elsewhere a fresh set of guesses.
         """
-        key = (attempt.tenant, attempt.user, attempt.location)
-        if self._counters.pop(key, None) is not None:
-            self._store.save_counter(key, lockout.CLEAN)
+        self._save((attempt.tenant, attempt.user, attempt.location), lockout.CLEAN)
         self._recent.forget(f"{attempt.tenant}\0{attempt.user}")
         prefix = familiar_prefix(attempt.address)
         if prefix is None:
@@ -543,6 +579,19 @@ def _locked(wait: float) -> Verdict:
         outcome=Outcome.LOCKED_BY_POLICY,
         message=f"too many failed attempts: try again in {seconds} s",
         decided_by="lockout",
+        retry_after=seconds,
+    )
+
+
+def _guarded(wait: float) -> Verdict:
+    seconds = max(1, int(wait + 0.999))
+    return Verdict(
+        outcome=Outcome.LOCKED_BY_POLICY,
+        message=(
+            "too many failed attempts: one more would lock the account in the organisation's"
+            " directory; try again later, or ask an administrator"
+        ),
+        decided_by="directory_guard",
         retry_after=seconds,
     )
 

@@ -19,8 +19,11 @@ if TYPE_CHECKING:
 
 Location = Literal["familiar", "unfamiliar"]
 LOCATIONS: tuple[Location, ...] = ("familiar", "unfamiliar")
-#: (tenant, user key, location)
-CounterKey = tuple[str, str, Location]
+#: What a counter counts: wrong answers from one kind of location, or ("directory") wrong
+#: passwords sent to the directory since it last took one of the user's.
+CounterKind = Literal["familiar", "unfamiliar", "directory"]
+#: (tenant, user key, kind)
+CounterKey = tuple[str, str, CounterKind]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tenant_policies (

@@ -162,23 +162,37 @@ class TestSmartLockout:
         assert len(refused) == 100 - THRESHOLD
         assert all("agent_id" not in e for e in refused)
 
-    def test_lockout_grows_with_each_further_failure(self, guard: Guard) -> None:
-        """1 s, then 2 s, then the 3 s cap; each time one more guess reaches the directory."""
-        guard.set_policy("--lockout-duration", "1s", "--lockout-max", "3s")
+    def test_lockout_grows_and_the_directory_is_never_locked(self, guard: Guard) -> None:
+        """Locks of 1 s, 2 s, then the 3 s cap; then the guard stops guesses short of slapd's.
+
+        One guess reaches the directory each time a lock runs out; one more would leave slapd a
+        single failure from locking, so the broker sends none.
+        """
+        guard.set_policy(
+            *("--lockout-threshold", "1", "--lockout-duration", "1s", "--lockout-max", "3s")
+        )
         try:
             waits = []
-            for n in range(THRESHOLD + 2):
+            for n in range(3):
                 reply = guard.sign_in("grower", f"guess-{n}")
                 assert reply.outcome == Outcome.INVALID_CREDENTIALS
-                if n >= THRESHOLD - 1:
-                    locked = guard.sign_in("grower", f"more-{n}")
-                    assert locked.outcome == Outcome.LOCKED_BY_POLICY
-                    waits.append(locked.retry_after_seconds)
-                    time.sleep(locked.retry_after_seconds + 0.2)
+                locked = guard.sign_in("grower", f"more-{n}")
+                assert locked.outcome == Outcome.LOCKED_BY_POLICY
+                waits.append(locked.retry_after_seconds)
+                time.sleep(locked.retry_after_seconds + 0.2)
             assert waits == [1, 2, 3]
-            assert guard.failures_in_directory("grower") == THRESHOLD + 2
+            guarded = guard.sign_in("grower", "guess-after")
+            assert guarded.outcome == Outcome.LOCKED_BY_POLICY
+            assert "directory" in guarded.message
+            # Unfamiliar places stop at slapd's 5 - 2; the office keeps the last try.
+            assert guard.failures_in_directory("grower") == DIRECTORY_THRESHOLD - 2
+            office = guard.sign_in("grower", USERS["grower"], ip=OFFICE_IP)
+            assert office.outcome == Outcome.SUCCESS
         finally:
-            guard.set_policy("--lockout-duration", "60s", "--lockout-max", "1h")
+            guard.set_policy(
+                *("--lockout-threshold", str(THRESHOLD), "--lockout-duration", "60s"),
+                *("--lockout-max", "1h"),
+            )
 
     def test_success_resets_the_count(self, guard: Guard) -> None:
         """Failures short of the threshold are forgotten by a right password."""

@@ -300,7 +300,8 @@ class TestSignInPolicyLockout:
         assert store.policy.counters() == {
             (TENANT, ALICE_KEY, "unfamiliar"): Counter(
                 failures=3, lockouts=1, locked_until=clock.now + 60, last_failure=clock.now
-            )
+            ),
+            (TENANT, ALICE_KEY, "directory"): Counter(failures=3, last_failure=clock.now),
         }
 
     async def test_unknown_user_counts(self, store: Store, policy: SignInPolicy) -> None:
@@ -521,7 +522,8 @@ class TestSignInPolicyState:
         """``clear_counters`` then ``reload`` unlocks, and forgets the refused passwords."""
         configure(store, policy, lockout_threshold=2)
         passwords = await fail(policy, 2)
-        assert store.policy.clear_counters(TENANT, ALICE_KEY) == 1
+        # Its unfamiliar counter, and its count of failures sent to the directory.
+        assert store.policy.clear_counters(TENANT, ALICE_KEY) == 2
         assert (await refused(policy, RIGHT)).outcome == Outcome.LOCKED_BY_POLICY
         with structlog.testing.capture_logs() as logs:
             policy.reload()
@@ -1011,3 +1013,61 @@ class TestSecondFactorForChanges:
         verdict = policy.second_factor(again, phone.code())
         assert verdict is not None  # The same code never works twice.
         assert verdict.outcome == Outcome.INVALID_CREDENTIALS
+
+
+class TestDirectoryGuard:
+    """The broker never lets the directory's own count reach its lockout."""
+
+    @pytest.fixture
+    def reported(self, policy: SignInPolicy) -> SignInPolicy:
+        """The agent said: the directory locks after 5."""
+        policy.directory_reported(TENANT, [report(5)])
+        return policy
+
+    async def test_unfamiliar_stops_two_short(self, store: Store, reported: SignInPolicy) -> None:
+        """From elsewhere: 3 wrong passwords reach a directory that locks at 5, then no more."""
+        configure(store, reported, lockout_threshold=10)
+        await fail(reported, 3)
+        verdict = await refused(reported, "Another-1")
+        assert verdict.outcome == Outcome.LOCKED_BY_POLICY
+        assert verdict.decided_by == "directory_guard"
+        assert verdict.retry_after > 0
+
+    async def test_familiar_keeps_the_last_try(self, store: Store, reported: SignInPolicy) -> None:
+        """The office may still try once more (4), never the 5th that would lock."""
+        configure(store, reported, lockout_threshold=10, familiar_networks=[OFFICE_NET])
+        await fail(reported, 3)
+        await fail(reported, 1, address=OFFICE)
+        verdict = await refused(reported, "Another-2", address=OFFICE)
+        assert verdict.decided_by == "directory_guard"
+
+    async def test_directory_success_starts_again(
+        self, store: Store, reported: SignInPolicy
+    ) -> None:
+        """A password the directory takes resets its count, and so the guard's."""
+        configure(store, reported, lockout_threshold=10, familiar_networks=[OFFICE_NET])
+        await fail(reported, 3)
+        attempt = await admitted(reported, RIGHT, OFFICE)
+        reported.end(attempt, Outcome.SUCCESS)
+        await fail(reported, 3)
+
+    async def test_unknown_threshold_no_guard(self, store: Store, policy: SignInPolicy) -> None:
+        """Without a report, only the broker's own threshold applies."""
+        configure(store, policy, lockout_threshold=10)
+        await fail(policy, 6)
+        await admitted(policy, "Another-3")
+
+    async def test_in_flight_checks_count_against_it(
+        self, store: Store, reported: SignInPolicy
+    ) -> None:
+        """Checks still running count: a fourth waits for them, then is decided afresh."""
+        configure(store, reported, lockout_threshold=10)
+        running = [await admitted(reported, f"Flight-{n}") for n in range(3)]
+        fourth = asyncio.ensure_future(begin(reported, "Flight-3"))
+        await asyncio.sleep(0)
+        assert not fourth.done()
+        for attempt in running:
+            reported.end(attempt, Outcome.INVALID_CREDENTIALS)
+        verdict = await fourth
+        assert isinstance(verdict, Verdict)
+        assert verdict.decided_by == "directory_guard"
