@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             return _manage(args, store, data)
         finally:
             store.close()
-    except (PtaError, ValueError) as error:
+    except (PtaError, ValueError, OSError) as error:  # OSError: a key or data file missing
         sys.stderr.write(f"pta-broker: {getattr(error, 'message', error)}\n")
         return 1
 

@@ -26,7 +26,13 @@ from broker import lockout, mfa
 from broker.policy_store import LOCATIONS
 from broker.recent_failures import RecentFailures
 from broker.tenant_policy import TenantPolicy, familiar_prefix, in_networks
-from pta.errors import ChallengeExpired, DeadlineExceeded, InvalidRequest, Unavailable
+from pta.errors import (
+    ChallengeExpired,
+    DeadlineExceeded,
+    InvalidRequest,
+    Overloaded,
+    Unavailable,
+)
 from pta.v1 import outcome_pb2
 
 if TYPE_CHECKING:
@@ -47,6 +53,10 @@ PASSWORD_RIGHT = frozenset(
 WRONG = frozenset({Outcome.INVALID_CREDENTIALS, Outcome.UNKNOWN_USER})
 #: A familiar network's "last success" is rewritten at most this often.
 FAMILIAR_REFRESH = 3600.0
+#: Sign-ins of one user waiting their turn; more are refused (each wake-up wakes them all).
+MAX_WAITING_PER_USER = 32
+#: Counters kept; past this the least recently failing unlocked ones are forgotten.
+MAX_COUNTERS = 200_000
 #: Directories locking after this many failures or more keep one try for familiar places.
 DIRECTORY_RESERVE_FROM = 4
 MAX_CHALLENGE_ID_CHARS = 64
@@ -133,7 +143,9 @@ class SignInPolicy:
         self._policies: dict[str, TenantPolicy] = {}
         self._counters: dict[CounterKey, lockout.Counter] = {}
         self._familiar: dict[tuple[str, str], dict[str, float]] = {}
+        #: tenant -> domain -> the lowest threshold its agents reported; and each report.
         self._directory: dict[str, dict[str, int]] = {}
+        self._reports: dict[str, dict[tuple[str, str], int]] = {}
         self.reload()
 
     # State ------------------------------------------------------------------------------------
@@ -195,6 +207,7 @@ class SignInPolicy:
 
         Raises:
             DeadlineExceeded: When the deadline passes while earlier checks of the user run.
+            Overloaded: When too many sign-ins of the user wait already.
         """
         policy = self.policy_of(tenant)
         user = user_key(upn)
@@ -243,9 +256,12 @@ class SignInPolicy:
 
         Raises:
             DeadlineExceeded: When ``deadline`` (event-loop time) passes first.
+            Overloaded: When too many wait for this user already.
         """
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiters = self._waiters.setdefault(key, [])
+        if len(waiters) >= MAX_WAITING_PER_USER:
+            raise Overloaded("too many sign-ins of this user at once; try again")
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiters.append(waiter)
         try:
             async with asyncio.timeout_at(deadline):
@@ -458,12 +474,17 @@ class SignInPolicy:
 
     def directory_reported(self, tenant: str, reports: Iterable[DirectoryPolicyRecord]) -> None:
         """Remember what an agent said of its directories' own lockout; warn when ours is late."""
-        known = self._directory.setdefault(tenant, {})
+        by_agent = self._reports.setdefault(tenant, {})
         for report in reports:
+            key = (report.domain, report.agent_id)
             if report.known and report.lockout_threshold > 0:
-                known[report.domain] = report.lockout_threshold
-            else:
-                known.pop(report.domain, None)
+                by_agent[key] = report.lockout_threshold
+            else:  # This agent cannot tell (any more); another agent's word still stands.
+                by_agent.pop(key, None)
+        lowest: dict[str, int] = {}
+        for (domain, _), threshold in by_agent.items():
+            lowest[domain] = min(threshold, lowest.get(domain, threshold))
+        self._directory[tenant] = lowest
         self._check_thresholds(tenant)
 
     def _check_thresholds(self, tenant: str) -> None:
@@ -504,6 +525,23 @@ class SignInPolicy:
             return
         self._counters[key] = counter
         self._store.save_counter(key, counter)
+        if len(self._counters) > MAX_COUNTERS:
+            self._shed()
+
+    def _shed(self) -> None:
+        """Forget the tenth of unlocked counters that failed longest ago: memory stays bounded.
+
+        Only a flood of distinct names gets here (each wrong one costs a counter for a day);
+        rate limiting (``--rate-limit``) keeps it from getting here at all.
+        """
+        now = self._clock()
+        unlocked = sorted(
+            (c.last_failure, k) for k, c in self._counters.items() if c.locked_until <= now
+        )
+        for _, key in unlocked[: max(1, len(self._counters) // 10)]:
+            del self._counters[key]
+            self._store.save_counter(key, lockout.CLEAN)
+        log.warning("lockout.counters_shed", kept=len(self._counters))
 
     def _directory_budget(self, tenant: str, domain: str, location: Location) -> int | None:
         """How many wrong passwords may be in the directory's count at once (None: unknown).

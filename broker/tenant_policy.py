@@ -17,9 +17,12 @@ MfaMode = Literal["never", "always", "unfamiliar"]
 MFA_MODES: tuple[str, ...] = get_args(MfaMode)
 #: A network a user signed in from successfully stays familiar this long.
 DEFAULT_FAMILIAR_WINDOW = 30 * 86400.0
-#: A successful sign-in makes its whole /24 (IPv4) or /48 (IPv6) familiar: one site's range.
+#: A successful sign-in makes its whole /24 (IPv4) or /56 (IPv6) familiar: one site's range
+#: (a /48 can hold a whole mobile carrier's subscribers).
 FAMILIAR_PREFIX_V4 = 24
-FAMILIAR_PREFIX_V6 = 48
+FAMILIAR_PREFIX_V6 = 56
+#: Configured familiar networks may not be wider than this: 0.0.0.0/0 would end the notion.
+MIN_NETWORK_PREFIX = {4: 8, 6: 16}
 #: The most networks a tenant may list.
 MAX_NETWORKS = 256
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -49,6 +52,9 @@ class TenantPolicy:
         if len(self.familiar_networks) > MAX_NETWORKS:
             raise ValueError(f"at most {MAX_NETWORKS} familiar networks")
         nets = tuple(ipaddress.ip_network(n, strict=False) for n in self.familiar_networks)
+        for net in nets:
+            if net.prefixlen < MIN_NETWORK_PREFIX[net.version]:
+                raise ValueError(f"{net} is too wide to be one organisation's network")
         object.__setattr__(self, "networks", nets)
         object.__setattr__(self, "familiar_networks", tuple(str(n) for n in nets))
 

@@ -8,6 +8,7 @@ policy signs verify with PyJWT as an application would verify them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import time
 from typing import TYPE_CHECKING, Any
@@ -18,12 +19,25 @@ import structlog
 
 from broker import mfa
 from broker.lockout import Counter
-from broker.policy import Attempt, SignInPolicy, Verdict, threshold_warning, user_key
+from broker.policy import (
+    MAX_WAITING_PER_USER,
+    Attempt,
+    SignInPolicy,
+    Verdict,
+    threshold_warning,
+    user_key,
+)
 from broker.recent_failures import RecentFailures
 from broker.signing import TokenSigner
 from broker.store import DirectoryPolicyRecord, Store
 from broker.tenant_policy import TenantPolicy
-from pta.errors import ChallengeExpired, DeadlineExceeded, InvalidRequest, Unavailable
+from pta.errors import (
+    ChallengeExpired,
+    DeadlineExceeded,
+    InvalidRequest,
+    Overloaded,
+    Unavailable,
+)
 from pta.names import Upn, parse_upn
 from pta.v1 import outcome_pb2
 
@@ -1071,3 +1085,46 @@ class TestDirectoryGuard:
         verdict = await fourth
         assert isinstance(verdict, Verdict)
         assert verdict.decided_by == "directory_guard"
+
+
+class TestBounds:
+    """What a flood can make the policy hold stays bounded."""
+
+    async def test_waiting_per_user_is_capped(self, store: Store, policy: SignInPolicy) -> None:
+        """Past the cap, a further sign-in of the same user is refused at once."""
+        configure(store, policy, lockout_threshold=1)
+        first = await admitted(policy, "Wait-0")
+        waiting = [
+            asyncio.ensure_future(begin(policy, f"Wait-{n}"))
+            for n in range(1, MAX_WAITING_PER_USER + 1)
+        ]
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded):
+            await begin(policy, "Wait-extra")
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+        policy.end(first, None)
+        assert policy._waiters == {}
+
+    async def test_counters_are_shed_past_the_cap(
+        self, store: Store, policy: SignInPolicy, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A flood of names sheds the oldest unlocked counters; a locked one is kept."""
+        monkeypatch.setattr("broker.policy.MAX_COUNTERS", 20)
+        configure(store, policy, lockout_threshold=2)
+        await fail(policy, 2)  # Alice: locked.
+        for n in range(30):
+            await fail(policy, 1, upn=parse_upn(f"sprayed{n}@example.com"))
+            assert len(policy._counters) <= 20
+        counters = store.policy.counters()
+        assert len(counters) <= 20
+        assert (TENANT, ALICE_KEY, "unfamiliar") in counters
+        assert (await refused(policy, RIGHT)).outcome == Outcome.LOCKED_BY_POLICY
+
+    async def test_one_agent_cannot_unsay_another(self, policy: SignInPolicy) -> None:
+        """An agent that cannot read the threshold leaves another agent's report standing."""
+        policy.directory_reported(TENANT, [report(5)])
+        other = dataclasses.replace(report(0, known=False), agent_id="agent-b")
+        policy.directory_reported(TENANT, [other])
+        assert policy._directory[TENANT][DOMAIN] == 5

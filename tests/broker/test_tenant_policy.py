@@ -205,7 +205,7 @@ class TestTenantPolicyUpdated:
 
 
 class TestFamiliarPrefix:
-    """The network a success makes familiar: the /24 or /48 around the address."""
+    """The network a success makes familiar: the /24 or /56 around the address."""
 
     @pytest.mark.parametrize(
         ("address", "prefix"),
@@ -213,8 +213,8 @@ class TestFamiliarPrefix:
             ("203.0.113.7", "203.0.113.0/24"),
             ("203.0.113.255", "203.0.113.0/24"),
             ("10.1.2.3", "10.1.2.0/24"),
-            ("2001:db8:1:2::7", "2001:db8:1::/48"),
-            ("2001:db8:1:ffff:ffff::1", "2001:db8:1::/48"),
+            ("2001:db8:1:2::7", "2001:db8:1::/56"),
+            ("2001:db8:1:ff:ffff::1", "2001:db8:1::/56"),
             ("", None),
             ("unix:/tmp/socket", None),
             ("203.0.113.7:443", None),
@@ -225,7 +225,7 @@ class TestFamiliarPrefix:
             "ipv4-broadcast-end",
             "ipv4-private",
             "ipv6",
-            "ipv6-same-48",
+            "ipv6-same-56",
             "empty",
             "not-an-ip",
             "with-port",
@@ -233,7 +233,7 @@ class TestFamiliarPrefix:
         ],
     )
     def test_familiar_prefix(self, address: str, prefix: str | None) -> None:
-        """IPv4 → its /24, IPv6 → its /48, anything else → None."""
+        """IPv4 → its /24, IPv6 → its /56, anything else → None."""
         assert familiar_prefix(address) == prefix
 
     def test_neighbours_share_a_prefix(self) -> None:
@@ -267,3 +267,21 @@ class TestInNetworks:
     def test_no_networks(self) -> None:
         """With no networks configured nothing is inside."""
         assert not in_networks("10.1.2.3", ())
+
+
+class TestNetworkWidth:
+    """A familiar network is one organisation's, not the internet."""
+
+    @pytest.mark.parametrize(
+        "network",
+        ["0.0.0.0/0", "10.0.0.0/7", "::/0", "2000::/3"],
+        ids=["v4-all", "v4-7", "v6-all", "v6-3"],
+    )
+    def test_too_wide_refused(self, network: str) -> None:
+        """Wider than /8 (IPv4) or /16 (IPv6) is refused."""
+        with pytest.raises(ValueError, match="too wide"):
+            TenantPolicy(familiar_networks=(network,))
+
+    def test_widest_allowed(self) -> None:
+        """A /8 and a /16 are fine."""
+        assert TenantPolicy(familiar_networks=("10.0.0.0/8", "2001:db8::/16")).networks
