@@ -1,11 +1,12 @@
 """The agent's outbound streams to the broker, each kept up for as long as it is wanted.
 
 A :class:`Link` is one identity's stream. Each session: dial the agent endpoint with that
-identity's certificate, say hello, then run a reader (validation requests in, each checked in
-its own task) and a writer (results out, several per message when several are ready,
-heartbeats when idle) until the stream ends; then wait a jittered, growing delay and dial
-again. A drained link (its identity was renewed, or the agent stops) tells the broker, answers
-what it was sent, and ends when the broker closes the stream.
+identity's certificate, say hello, then run a reader (validation requests in, each batch
+acknowledged and then checked in a task of its own) and a writer (acknowledgements and results
+out, together in one message when both are waiting, heartbeats when idle) until the stream
+ends; then wait a jittered, growing delay and dial again. A drained link (its identity was
+renewed, or the agent stops) tells the broker, answers what it was sent, and ends when the
+broker closes the stream.
 """
 
 from __future__ import annotations
@@ -39,13 +40,20 @@ DEFAULT_HEARTBEAT = 5.0
 
 @dataclass(slots=True)
 class _Control:
-    """A message other than results; ``written`` is set once it is on the stream."""
+    """A message other than results or acknowledgements (draining)."""
 
     message: agent_pb2.AgentMessage
+
+
+@dataclass(slots=True)
+class _Ack:
+    """A batch to acknowledge; ``written`` is set once the acknowledgement is on the stream."""
+
+    request_ids: list[str]
     written: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-Outgoing = agent_pb2.ValidationResult | _Control
+Outgoing = list[agent_pb2.ValidationResult] | _Control | _Ack
 
 
 class _StreamEnded(Exception):
@@ -173,7 +181,11 @@ class Link:
             try:
                 async with asyncio.TaskGroup() as group:
                     group.create_task(self._read(call, group, outbox))
-                    group.create_task(self._write(call, outbox, heartbeat))
+                    group.create_task(
+                        self._write(
+                            call, outbox, heartbeat, acks_in_results=welcome.acks_in_results
+                        )
+                    )
             except* _StreamEnded:
                 pass
             finally:
@@ -194,32 +206,36 @@ class Link:
                 # Acknowledge the batch, and check nothing before the acknowledgement is on the
                 # stream: the broker re-sends only what was never acknowledged.
                 requests = list(message.validations.requests)
-                ack = _Control(
-                    agent_pb2.AgentMessage(
-                        acks=agent_pb2.Acks(request_ids=[r.request_id for r in requests])
-                    )
-                )
+                ack = _Ack([r.request_id for r in requests])
                 outbox.put_nowait(ack)
-                for request in requests:
-                    group.create_task(self._answer(request, outbox, ack.written))
+                group.create_task(self._answer(requests, outbox, ack.written))
             elif kind == "drain":
                 log.info("link.drain_requested", reason=message.drain.reason)
 
     async def _answer(
         self,
-        request: agent_pb2.ValidationRequest,
+        requests: list[agent_pb2.ValidationRequest],
         outbox: asyncio.Queue[Outgoing],
         acknowledged: asyncio.Event,
     ) -> None:
+        """Check one batch once its acknowledgement is written: one task, one hand-off."""
         await acknowledged.wait()
-        outbox.put_nowait(await self._validator.validate(request))
+        outbox.put_nowait(await self._validator.validate_batch(requests))
 
     async def _write(
         self,
         call: grpc.aio.StreamStreamCall[agent_pb2.AgentMessage, agent_pb2.BrokerMessage],
         outbox: asyncio.Queue[Outgoing],
         heartbeat: float,
+        *,
+        acks_in_results: bool,
     ) -> None:
+        """Write what is waiting, in as few messages as the broker understands.
+
+        Acknowledgements waiting together go in one list; with results waiting too, and a
+        broker that reads ``Results.acks``, in the results' message. Either way a batch is
+        checked only once the write carrying its acknowledgement has returned.
+        """
         while True:
             try:
                 async with asyncio.timeout(heartbeat):
@@ -228,17 +244,32 @@ class Link:
                 beat = agent_pb2.Heartbeat(sent_unix_ms=int(time.time() * 1000))
                 await call.write(agent_pb2.AgentMessage(heartbeat=beat))
                 continue
-            batch: list[agent_pb2.ValidationResult] = []
+            results: list[agent_pb2.ValidationResult] = []
+            acks: list[_Ack] = []
             controls: list[_Control] = []
             item: Outgoing | None = first
             while item is not None:
-                if isinstance(item, _Control):
+                if isinstance(item, _Ack):
+                    acks.append(item)
+                elif isinstance(item, _Control):
                     controls.append(item)
                 else:
-                    batch.append(item)
+                    results.extend(item)
                 item = None if outbox.empty() else outbox.get_nowait()
-            for control in controls:  # Acknowledgements first: checks wait for them.
+            for control in controls:
                 await call.write(control.message)
-                control.written.set()
-            if batch:
-                await call.write(agent_pb2.AgentMessage(results=agent_pb2.Results(results=batch)))
+            acked = [request_id for ack in acks for request_id in ack.request_ids]
+            if acked and not (results and acks_in_results):
+                await call.write(agent_pb2.AgentMessage(acks=agent_pb2.Acks(request_ids=acked)))
+                acked = []
+                _written(acks)  # Checks may start while the results are written.
+            if results:
+                await call.write(
+                    agent_pb2.AgentMessage(results=agent_pb2.Results(results=results, acks=acked))
+                )
+            _written(acks)
+
+
+def _written(acks: list[_Ack]) -> None:
+    for ack in acks:
+        ack.written.set()

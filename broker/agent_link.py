@@ -161,6 +161,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                         tenant=conn.tenant,
                         domains=sorted(conn.domains),
                         heartbeat_interval_ms=int(self._heartbeat * 1000),
+                        acks_in_results=True,
                     )
                 )
             )
@@ -286,6 +287,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             conn.last_seen = time.time()
             kind = message.WhichOneof("kind")
             if kind == "results":
+                if message.results.acks:  # Acknowledgements first, as if sent before.
+                    self._dispatcher.acknowledge(conn, list(message.results.acks))
                 self._complete(conn, message.results)
             elif kind == "acks":
                 self._dispatcher.acknowledge(conn, list(message.acks.request_ids))
