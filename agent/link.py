@@ -36,6 +36,9 @@ BACKOFF_MAX = 30.0
 HEALTHY_SESSION = 10.0
 WELCOME_TIMEOUT = 10.0
 DEFAULT_HEARTBEAT = 5.0
+#: While other batches are being checked, wait this long for their results before writing, so
+#: that one stream message carries several. With nothing else in progress, write at once.
+COALESCE_SECONDS = 0.001
 
 
 @dataclass(slots=True)
@@ -97,6 +100,8 @@ class Link:
         self.connected = asyncio.Event()
         self._draining = asyncio.Event()
         self._outbox: asyncio.Queue[Outgoing] | None = None
+        #: Batches acknowledged whose results are not in the outbox yet.
+        self._checking = 0
         self.serial = tls.serial_hex(tls.load_cert(identity.cert_pem))
 
     def drain(self, reason: str) -> None:
@@ -220,7 +225,12 @@ class Link:
     ) -> None:
         """Check one batch once its acknowledgement is written: one task, one hand-off."""
         await acknowledged.wait()
-        outbox.put_nowait(await self._validator.validate_batch(requests))
+        self._checking += 1
+        try:
+            results = await self._validator.validate_batch(requests)
+        finally:
+            self._checking -= 1
+        outbox.put_nowait(results)
 
     async def _write(
         self,
@@ -244,6 +254,8 @@ class Link:
                 beat = agent_pb2.Heartbeat(sent_unix_ms=int(time.time() * 1000))
                 await call.write(agent_pb2.AgentMessage(heartbeat=beat))
                 continue
+            if self._checking:  # More results are on their way: let them join this message.
+                await asyncio.sleep(COALESCE_SECONDS)
             results: list[agent_pb2.ValidationResult] = []
             acks: list[_Ack] = []
             controls: list[_Control] = []

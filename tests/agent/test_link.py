@@ -36,13 +36,20 @@ def _result(request_id: str) -> agent_pb2.ValidationResult:
     return agent_pb2.ValidationResult(request_id=request_id, outcome=Outcome.SUCCESS)
 
 
+def _bare_link() -> Any:
+    """A link with only what its writer reads: no batch being checked."""
+    link: Any = Link.__new__(Link)
+    link._checking = 0
+    return link
+
+
 async def _write_all(items: Iterable[Outgoing], *, acks_in_results: bool) -> FakeCall:
     """Queue ``items``, let the writer drain them, then stop it."""
     call = FakeCall()
     outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
     for item in items:
         outbox.put_nowait(item)
-    link: Any = Link.__new__(Link)  # _write needs no state of the link
+    link = _bare_link()
     writer = asyncio.create_task(link._write(call, outbox, 60.0, acks_in_results=acks_in_results))
     for _ in range(20):
         await asyncio.sleep(0)
@@ -99,7 +106,7 @@ class TestWriter:
         waiter = asyncio.create_task(check())
         outbox.put_nowait([_result("r0")])
         outbox.put_nowait(ack)
-        link: Any = Link.__new__(Link)
+        link = _bare_link()
         writer = asyncio.create_task(link._write(call, outbox, 60.0, acks_in_results=True))
         await waiter
         writer.cancel()
@@ -113,3 +120,20 @@ class TestWriter:
         draining = agent_pb2.AgentMessage(draining=agent_pb2.Draining(reason="stopping"))
         call = await _write_all([_Control(draining)], acks_in_results=True)
         assert call.written == [draining]
+
+    async def test_results_wait_briefly_while_others_are_checked(self) -> None:
+        """With a batch still being checked, its results join the message if they come soon."""
+        call = FakeCall()
+        outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
+        link = _bare_link()
+        link._checking = 1
+        writer = asyncio.create_task(link._write(call, outbox, 60.0, acks_in_results=True))
+        outbox.put_nowait([_result("r1")])
+        await asyncio.sleep(0)
+        outbox.put_nowait([_result("r2")])  # Within the coalescing window.
+        link._checking = 0
+        await asyncio.sleep(0.05)  # Far past the window: the message is written.
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer
+        assert [r.request_id for r in call.written[0].results.results] == ["r1", "r2"]
