@@ -1,12 +1,13 @@
 """The agent's outbound streams to the broker, each kept up for as long as it is wanted.
 
 A :class:`Link` is one identity's stream. Each session: dial the agent endpoint with that
-identity's certificate, say hello, then run a reader (validation requests in, each checked in
-its own task), a writer (results out, several per message when several are ready,
-heartbeats when idle) and a reporter (the directories' lockout thresholds, once and when they
-change: :mod:`agent.lockout`) until the stream ends; then wait a jittered, growing delay and
-dial again. A drained link (its identity was renewed, or the agent stops) tells the broker, answers
-what it was sent, and ends when the broker closes the stream.
+identity's certificate, say hello, then run a reader (validation requests in, each batch
+acknowledged and then checked in a task of its own), a writer (acknowledgements and results
+out, together in one message when both are waiting, heartbeats when idle) and a reporter (the
+directories' lockout thresholds, once and when they change: :mod:`agent.lockout`) until the
+stream ends; then wait a jittered, growing delay and dial again. A drained link (its identity
+was renewed, or the agent stops) tells the broker, answers what it was sent, and ends when the
+broker closes the stream.
 """
 
 from __future__ import annotations
@@ -37,17 +38,27 @@ BACKOFF_MAX = 30.0
 HEALTHY_SESSION = 10.0
 WELCOME_TIMEOUT = 10.0
 DEFAULT_HEARTBEAT = 5.0
+#: While other batches are being checked, wait this long for their results before writing, so
+#: that one stream message carries several. With nothing else in progress, write at once.
+COALESCE_SECONDS = 0.001
 
 
 @dataclass(slots=True)
 class _Control:
-    """A message other than results; ``written`` is set once it is on the stream."""
+    """A message other than results or acknowledgements (draining)."""
 
     message: agent_pb2.AgentMessage
+
+
+@dataclass(slots=True)
+class _Ack:
+    """A batch to acknowledge; ``written`` is set once the acknowledgement is on the stream."""
+
+    request_ids: list[str]
     written: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-Outgoing = agent_pb2.ValidationResult | _Control
+Outgoing = list[agent_pb2.ValidationResult] | _Control | _Ack
 
 
 class _StreamEnded(Exception):
@@ -94,6 +105,8 @@ class Link:
         self.connected = asyncio.Event()
         self._draining = asyncio.Event()
         self._outbox: asyncio.Queue[Outgoing] | None = None
+        #: Batches acknowledged whose results are not in the outbox yet.
+        self._checking = 0
         self.serial = tls.serial_hex(tls.load_cert(identity.cert_pem))
 
     def drain(self, reason: str) -> None:
@@ -178,7 +191,11 @@ class Link:
             try:
                 async with asyncio.TaskGroup() as group:
                     group.create_task(self._read(call, group, outbox))
-                    group.create_task(self._write(call, outbox, heartbeat))
+                    group.create_task(
+                        self._write(
+                            call, outbox, heartbeat, acks_in_results=welcome.acks_in_results
+                        )
+                    )
                     if self._reporter is not None:
                         # Runs beside the reader: a slow directory delays no sign-in.
                         group.create_task(
@@ -210,32 +227,41 @@ class Link:
                 # Acknowledge the batch, and check nothing before the acknowledgement is on the
                 # stream: the broker re-sends only what was never acknowledged.
                 requests = list(message.validations.requests)
-                ack = _Control(
-                    agent_pb2.AgentMessage(
-                        acks=agent_pb2.Acks(request_ids=[r.request_id for r in requests])
-                    )
-                )
+                ack = _Ack([r.request_id for r in requests])
                 outbox.put_nowait(ack)
-                for request in requests:
-                    group.create_task(self._answer(request, outbox, ack.written))
+                group.create_task(self._answer(requests, outbox, ack.written))
             elif kind == "drain":
                 log.info("link.drain_requested", reason=message.drain.reason)
 
     async def _answer(
         self,
-        request: agent_pb2.ValidationRequest,
+        requests: list[agent_pb2.ValidationRequest],
         outbox: asyncio.Queue[Outgoing],
         acknowledged: asyncio.Event,
     ) -> None:
+        """Check one batch once its acknowledgement is written: one task, one hand-off."""
         await acknowledged.wait()
-        outbox.put_nowait(await self._validator.validate(request))
+        self._checking += 1
+        try:
+            results = await self._validator.validate_batch(requests)
+        finally:
+            self._checking -= 1
+        outbox.put_nowait(results)
 
     async def _write(
         self,
         call: grpc.aio.StreamStreamCall[agent_pb2.AgentMessage, agent_pb2.BrokerMessage],
         outbox: asyncio.Queue[Outgoing],
         heartbeat: float,
+        *,
+        acks_in_results: bool,
     ) -> None:
+        """Write what is waiting, in as few messages as the broker understands.
+
+        Acknowledgements waiting together go in one list; with results waiting too, and a
+        broker that reads ``Results.acks``, in the results' message. Either way a batch is
+        checked only once the write carrying its acknowledgement has returned.
+        """
         while True:
             try:
                 async with asyncio.timeout(heartbeat):
@@ -244,17 +270,34 @@ class Link:
                 beat = agent_pb2.Heartbeat(sent_unix_ms=int(time.time() * 1000))
                 await call.write(agent_pb2.AgentMessage(heartbeat=beat))
                 continue
-            batch: list[agent_pb2.ValidationResult] = []
+            if self._checking:  # More results are on their way: let them join this message.
+                await asyncio.sleep(COALESCE_SECONDS)
+            results: list[agent_pb2.ValidationResult] = []
+            acks: list[_Ack] = []
             controls: list[_Control] = []
             item: Outgoing | None = first
             while item is not None:
-                if isinstance(item, _Control):
+                if isinstance(item, _Ack):
+                    acks.append(item)
+                elif isinstance(item, _Control):
                     controls.append(item)
                 else:
-                    batch.append(item)
+                    results.extend(item)
                 item = None if outbox.empty() else outbox.get_nowait()
-            for control in controls:  # Acknowledgements first: checks wait for them.
+            for control in controls:
                 await call.write(control.message)
-                control.written.set()
-            if batch:
-                await call.write(agent_pb2.AgentMessage(results=agent_pb2.Results(results=batch)))
+            acked = [request_id for ack in acks for request_id in ack.request_ids]
+            if acked and not (results and acks_in_results):
+                await call.write(agent_pb2.AgentMessage(acks=agent_pb2.Acks(request_ids=acked)))
+                acked = []
+                _written(acks)  # Checks may start while the results are written.
+            if results:
+                await call.write(
+                    agent_pb2.AgentMessage(results=agent_pb2.Results(results=results, acks=acked))
+                )
+            _written(acks)
+
+
+def _written(acks: list[_Ack]) -> None:
+    for ack in acks:
+        ack.written.set()

@@ -88,6 +88,11 @@ class PolicyResponse:
     grace_logins_remaining: int | None = None
 
 
+#: An empty SEQUENCE: the response slapd sends with every bind that has nothing to say.
+EMPTY_VALUE = b"\x30\x00"
+NO_POLICY = PolicyResponse()
+
+
 def _context(number: int, *, constructed: bool = False) -> tag.Tag:
     form = tag.tagFormatConstructed if constructed else tag.tagFormatSimple
     return tag.Tag(tag.tagClassContext, form, number)
@@ -166,6 +171,8 @@ def parse_response(controls: Mapping[str, object] | None) -> PolicyResponse | No
         if controls and CONTROL_OID in controls:
             log.debug("ppolicy.control_without_value")
         return None
+    if raw == EMPTY_VALUE:  # What nearly every bind gets: skip pyasn1 (≈ 30 µs).
+        return NO_POLICY
     try:
         value, rest = decoder.decode(raw, asn1Spec=_RESPONSE_VALUE)
         policy = _response(value)

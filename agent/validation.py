@@ -7,19 +7,21 @@ reaches the directory.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING
 
 import structlog
 from google.protobuf.message import DecodeError
 
+from agent.directory import Check
 from pta import sealing
 from pta.errors import DirectoryUnavailable, EnvelopeRejected, PtaError
 from pta.names import parse_upn
 from pta.v1 import agent_pb2, outcome_pb2
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from agent.directory import LdapDirectory
     from agent.identity import AgentIdentity
@@ -74,51 +76,76 @@ class Validator:
 
     async def validate(self, request: agent_pb2.ValidationRequest) -> agent_pb2.ValidationResult:
         """Answer one request; never raises for anything the request contains."""
-        started = time.perf_counter()
-        try:
-            outcome, message = await self._validate(request)
-        except EnvelopeRejected as error:
-            log.warning(
-                "validation.rejected", request_id=request.request_id[:64], reason=error.message
-            )
-            outcome, message = Outcome.REQUEST_REJECTED, error.message
-        except DirectoryUnavailable as error:
-            log.warning(
-                "validation.directory_unavailable",
-                request_id=request.request_id,
-                reason=repr(error.__cause__),
-            )
-            outcome, message = Outcome.DIRECTORY_UNAVAILABLE, error.message
-        except Exception:
-            # A bug must cost one sign-in a clear UNAVAILABLE, not the agent its stream.
-            log.exception("validation.failed", request_id=request.request_id[:64])
-            outcome, message = Outcome.DIRECTORY_UNAVAILABLE, "internal agent error"
-        # Debug: the broker's signin.completed is the one canonical event per sign-in.
-        log.debug(
-            "validation.completed",
-            request_id=request.request_id[:64],
-            domain=request.domain[:64],
-            outcome=Outcome.Name(outcome),
-            duration_ms=round((time.perf_counter() - started) * 1000, 3),
-        )
-        return agent_pb2.ValidationResult(
-            request_id=request.request_id, outcome=outcome, message=message
-        )
+        return (await self.validate_batch([request]))[0]
 
-    async def _validate(
-        self, request: agent_pb2.ValidationRequest
-    ) -> tuple[outcome_pb2.Outcome, str]:
+    async def validate_batch(
+        self, requests: Sequence[agent_pb2.ValidationRequest]
+    ) -> list[agent_pb2.ValidationResult]:
+        """Answer a batch, in order: envelopes opened here, each directory's checks in one go.
+
+        Never raises for anything a request contains: a request that fails gets its own answer
+        (REQUEST_REJECTED, DIRECTORY_UNAVAILABLE) and the others are still checked.
+        """
+        started = time.perf_counter()
+        answers: list[tuple[outcome_pb2.Outcome, str] | None] = [None] * len(requests)
+        work: dict[LdapDirectory, list[tuple[int, Check]]] = {}
+        for index, request in enumerate(requests):
+            try:
+                directory, check = self._check_for(request)
+            except Exception as error:  # noqa: BLE001 - answered as this request's failure
+                answers[index] = _failure(request, error)
+                continue
+            work.setdefault(directory, []).append((index, check))
+        batches = list(work.items())
+        work.clear()
+        verdicts = await asyncio.gather(
+            *(directory.check_all([check for _, check in items]) for directory, items in batches),
+            return_exceptions=True,
+        )
+        for (_, items), done in zip(batches, verdicts, strict=True):
+            if isinstance(done, BaseException) and not isinstance(done, Exception):
+                raise done
+            # When the hand-off itself failed, that failure answers each of its checks.
+            answered = [done] * len(items) if isinstance(done, Exception) else done
+            for (index, _), verdict in zip(items, answered, strict=True):
+                answers[index] = (
+                    _failure(requests[index], verdict)
+                    if isinstance(verdict, Exception)
+                    else (verdict.outcome, verdict.message)
+                )
+        del batches
+        results = []
+        for request, answer in zip(requests, answers, strict=True):
+            outcome, message = answer or (Outcome.DIRECTORY_UNAVAILABLE, "internal agent error")
+            # Debug: the broker's signin.completed is the one canonical event per sign-in.
+            log.debug(
+                "validation.completed",
+                request_id=request.request_id[:64],
+                domain=request.domain[:64],
+                outcome=Outcome.Name(outcome),
+                batch=len(requests),
+                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            )
+            results.append(
+                agent_pb2.ValidationResult(
+                    request_id=request.request_id, outcome=outcome, message=message
+                )
+            )
+        return results
+
+    def _check_for(self, request: agent_pb2.ValidationRequest) -> tuple[LdapDirectory, Check]:
+        """Open a request and say which directory checks what.
+
+        Raises:
+            EnvelopeRejected: For any request this agent must not act on.
+        """
         credentials = self.open(request)
         directory = self._directory_for(request.domain)
         if directory is None:
             raise EnvelopeRejected(f"this agent has no directory for {request.domain}")
-        if credentials.new_password:
-            verdict = await directory.change_password(
-                credentials.username, credentials.password, credentials.new_password
-            )
-        else:
-            verdict = await directory.verify(credentials.username, credentials.password)
-        return verdict.outcome, verdict.message
+        check = Check(credentials.username, credentials.password, credentials.new_password)
+        credentials.Clear()
+        return directory, check
 
     def open(self, request: agent_pb2.ValidationRequest) -> agent_pb2.Credentials:
         """Open a request's envelope, refusing replays, expired requests and forgeries.
@@ -150,3 +177,22 @@ class Validator:
         if upn.domain != request.domain:
             raise EnvelopeRejected("envelope user is not of the request's domain")
         return credentials
+
+
+def _failure(
+    request: agent_pb2.ValidationRequest, error: Exception
+) -> tuple[outcome_pb2.Outcome, str]:
+    """The answer to a request whose check failed with ``error``, logged."""
+    if isinstance(error, EnvelopeRejected):
+        log.warning("validation.rejected", request_id=request.request_id[:64], reason=error.message)
+        return Outcome.REQUEST_REJECTED, error.message
+    if isinstance(error, DirectoryUnavailable):
+        log.warning(
+            "validation.directory_unavailable",
+            request_id=request.request_id[:64],
+            reason=repr(error.__cause__),
+        )
+        return Outcome.DIRECTORY_UNAVAILABLE, error.message
+    # A bug must cost one sign-in a clear UNAVAILABLE, not the agent its stream.
+    log.error("validation.failed", request_id=request.request_id[:64], exc_info=error)
+    return Outcome.DIRECTORY_UNAVAILABLE, "internal agent error"

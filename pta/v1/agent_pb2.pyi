@@ -96,14 +96,16 @@ class Hello(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., version: _Optional[str] = ..., domains: _Optional[_Iterable[str]] = ..., max_in_flight: _Optional[int] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("tenant", "domains", "heartbeat_interval_ms")
+    __slots__ = ("tenant", "domains", "heartbeat_interval_ms", "acks_in_results")
     TENANT_FIELD_NUMBER: _ClassVar[int]
     DOMAINS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    ACKS_IN_RESULTS_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     domains: _containers.RepeatedScalarFieldContainer[str]
     heartbeat_interval_ms: int
-    def __init__(self, tenant: _Optional[str] = ..., domains: _Optional[_Iterable[str]] = ..., heartbeat_interval_ms: _Optional[int] = ...) -> None: ...
+    acks_in_results: bool
+    def __init__(self, tenant: _Optional[str] = ..., domains: _Optional[_Iterable[str]] = ..., heartbeat_interval_ms: _Optional[int] = ..., acks_in_results: _Optional[bool] = ...) -> None: ...
 
 class Validations(_message.Message):
     __slots__ = ("requests",)
@@ -140,10 +142,12 @@ class Acks(_message.Message):
     def __init__(self, request_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Results(_message.Message):
-    __slots__ = ("results",)
+    __slots__ = ("results", "acks")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    ACKS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[ValidationResult]
-    def __init__(self, results: _Optional[_Iterable[_Union[ValidationResult, _Mapping]]] = ...) -> None: ...
+    acks: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, results: _Optional[_Iterable[_Union[ValidationResult, _Mapping]]] = ..., acks: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ValidationResult(_message.Message):
     __slots__ = ("request_id", "outcome", "message")

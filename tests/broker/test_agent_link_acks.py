@@ -1,0 +1,112 @@
+"""The broker's reading of an agent stream (``broker/agent_link.py``): acks inside results.
+
+The reader runs against a real dispatcher and a scripted stream of agent messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+from broker.agent_link import AgentService
+from broker.dispatch import Connection, Dispatcher, Job
+from pta import sealing
+from pta.errors import NoAgentAvailable, Unavailable
+from pta.v1 import agent_pb2, outcome_pb2
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+TENANT = "acme"
+DOMAIN = "example.com"
+KEY = sealing.generate_key().public_key()
+
+
+def _conn(connection_id: str) -> Connection:
+    return Connection(
+        connection_id=connection_id,
+        agent_id=f"agent-{connection_id}",
+        tenant=TENANT,
+        domains=frozenset({DOMAIN}),
+        capacity=4,
+        envelope_key=KEY,
+    )
+
+
+def _job(request_id: str, *conns: Connection) -> Job:
+    loop = asyncio.get_running_loop()
+    return Job(
+        request_id=request_id,
+        tenant=TENANT,
+        domain=DOMAIN,
+        deadline=loop.time() + 30,
+        deadline_unix_ms=0,
+        envelopes={c.connection_id: b"sealed" for c in conns},
+        future=loop.create_future(),
+    )
+
+
+async def _stream(*messages: agent_pb2.AgentMessage) -> AsyncIterator[agent_pb2.AgentMessage]:
+    for message in messages:
+        yield message
+    await asyncio.sleep(3600)  # The agent stays connected.
+
+
+class TestAcksInResults:
+    """Acknowledgements carried by a results message count as acknowledgements."""
+
+    async def test_welcome_says_so(self) -> None:
+        """The flag the agent waits for before it piggy-backs (field of Welcome)."""
+        assert "acks_in_results" in agent_pb2.Welcome.DESCRIPTOR.fields_by_name
+
+    async def test_acked_in_results_is_not_sent_again(self) -> None:
+        """r2, acknowledged inside r1's results, is UNAVAILABLE when the agent is lost."""
+        dispatcher = Dispatcher()
+        a, b = _conn("a"), _conn("b")
+        dispatcher.attach(a)
+        dispatcher.attach(b)
+        first, second = _job("r1", a, b), _job("r2", a, b)
+        dispatcher.submit(first)
+        dispatcher.submit(second)
+        assert {first.connection_id, second.connection_id} == {"a", "b"}
+        mine = first if first.connection_id == "a" else second
+        other = second if mine is first else first
+        service: Any = AgentService.__new__(AgentService)
+        service._dispatcher = dispatcher
+        service._heartbeat = 60.0
+        results = agent_pb2.Results(acks=[mine.request_id])
+        reader = asyncio.create_task(
+            service._receive(_stream(agent_pb2.AgentMessage(results=results)), a)
+        )
+        for _ in range(5):
+            await asyncio.sleep(0)
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        assert mine.acked
+        assert not other.acked
+        dispatcher.detach(a)
+        error = mine.future.exception()
+        assert isinstance(error, Unavailable)
+        assert not isinstance(error, NoAgentAvailable)
+
+    async def test_acks_read_before_results(self) -> None:
+        """A job acknowledged and answered in the same message gets its answer."""
+        dispatcher = Dispatcher()
+        a = _conn("a")
+        dispatcher.attach(a)
+        job = _job("r1", a)
+        dispatcher.submit(job)
+        service: Any = AgentService.__new__(AgentService)
+        service._dispatcher = dispatcher
+        service._heartbeat = 60.0
+        result = agent_pb2.ValidationResult(request_id="r1", outcome=outcome_pb2.SUCCESS)
+        message = agent_pb2.AgentMessage(results=agent_pb2.Results(results=[result], acks=["r1"]))
+        reader = asyncio.create_task(service._receive(_stream(message), a))
+        answer = await asyncio.wait_for(job.future, 5)
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        assert answer.outcome == outcome_pb2.SUCCESS
+        assert a.in_flight == {}
