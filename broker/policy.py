@@ -505,8 +505,10 @@ class SignInPolicy:
     def _location(self, tenant: str, user: str, address: str, policy: TenantPolicy) -> Location:
         if in_networks(address, policy.networks):
             return "familiar"
-        prefix = familiar_prefix(address)
-        seen = self._familiar.get((tenant, user), {}).get(prefix or "")
+        learned = self._familiar.get((tenant, user))
+        if not learned:
+            return "unfamiliar"
+        seen = learned.get(familiar_prefix(address) or "")
         if seen is not None and self._clock() - seen < policy.familiar_window:
             return "familiar"
         return "unfamiliar"

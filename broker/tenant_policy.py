@@ -6,6 +6,7 @@ with ``pta-broker tenant policy``. Tenants that never set one get the defaults.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 from dataclasses import dataclass, field, fields, replace
@@ -26,6 +27,8 @@ MIN_NETWORK_PREFIX = {4: 8, 6: 16}
 #: The most networks a tenant may list.
 MAX_NETWORKS = 256
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: Addresses whose parsing is remembered: sign-ins come from the same addresses again and again.
+ADDRESS_CACHE = 4096
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -128,6 +131,7 @@ def _seconds(value: object) -> float:
     return float(value)
 
 
+@functools.lru_cache(maxsize=ADDRESS_CACHE)
 def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """The address as an IP; an IPv4-mapped IPv6 address (``::ffff:a.b.c.d``) as its IPv4.
 
@@ -143,6 +147,7 @@ def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return ip
 
 
+@functools.lru_cache(maxsize=ADDRESS_CACHE)
 def familiar_prefix(address: str) -> str | None:
     """The network a successful sign-in from ``address`` makes familiar; None if no IP."""
     ip = _ip(address)
