@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from agent.config import DirectoryConfig
-from agent.directory import LdapDirectory
+from agent.directory import Check, LdapDirectory
+from pta.errors import DirectoryUnavailable
 from pta.slapd import DirectoryUser, Slapd, free_port
-from tests.conftest import remember_password
+from pta.v1 import outcome_pb2
+from tests.conftest import USERS, remember_password
+
+Outcome = outcome_pb2.Outcome
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -142,3 +150,68 @@ class TestLockoutPolicy:
             assert (await directory.lockout_policy()).known
         finally:
             directory.close()
+
+
+class TestCheckAll:
+    """A batch of checks is answered in order, its checks spread over the worker threads."""
+
+    async def test_answers_in_order(self, slapd: Slapd) -> None:
+        """Right and wrong (unknown) users, mixed: each check gets its own verdict, in order."""
+        directory = LdapDirectory(
+            DirectoryConfig(urls=(slapd.url,), base_dn=slapd.base_dn, pool_size=3)
+        )
+        users = {"alice": USERS["alice"], "bob": USERS["bob"], "carol": USERS["carol"]}
+        checks = [
+            Check(f"{uid}@example.com", pw) if n % 2 == 0 else Check(f"nobody{n}@example.com", "x")
+            for n, (uid, pw) in enumerate(list(users.items()) * 3)
+        ]
+        try:
+            verdicts = await directory.check_all(checks)
+        finally:
+            directory.close()
+        expected = [
+            Outcome.SUCCESS if n % 2 == 0 else Outcome.UNKNOWN_USER for n in range(len(checks))
+        ]
+        assert [getattr(v, "outcome", v) for v in verdicts] == expected
+
+    async def test_a_slow_directory_does_not_serialise_the_batch(self) -> None:
+        """Against a server that never answers, a batch's checks wait side by side.
+
+        Each worker thread opens its own connection: with the checks side by side the silent
+        server is dialled four times at once; one after another, a receive timeout apart.
+        """
+        with socket.create_server(("127.0.0.1", 0)) as silent:
+            held: list[socket.socket] = []
+            dialled: list[float] = []
+
+            def accept() -> None:
+                silent.settimeout(0.2)
+                deadline = time.monotonic() + 10
+                while len(held) < 4 and time.monotonic() < deadline:
+                    with contextlib.suppress(TimeoutError):
+                        held.append(silent.accept()[0])
+                        dialled.append(time.monotonic())
+
+            acceptor = threading.Thread(target=accept, daemon=True)
+            acceptor.start()
+            port = silent.getsockname()[1]
+            directory = LdapDirectory(
+                DirectoryConfig(
+                    urls=(f"ldap://127.0.0.1:{port}",),
+                    base_dn="dc=example,dc=com",
+                    pool_size=4,
+                    receive_timeout=2.0,
+                )
+            )
+            try:
+                verdicts = await directory.check_all(
+                    [Check(f"user{n}@example.com", "pw") for n in range(4)]
+                )
+            finally:
+                directory.close()
+                acceptor.join(timeout=15)
+                for conn in held:
+                    conn.close()
+        assert all(isinstance(v, DirectoryUnavailable) for v in verdicts), verdicts
+        assert len(dialled) == 4
+        assert max(dialled) - min(dialled) < 1.0  # Serially they would be 2 s apart.
