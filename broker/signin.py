@@ -2,7 +2,8 @@
 
 The password lives here only long enough to be sealed, once per agent connection that may
 check it; from then on only envelopes exist. The answer the client sees hides whether a user
-exists; the audit event keeps the true outcome.
+exists; the audit event keeps the true outcome. ``SignInStream`` carries many sign-ins over
+one call (``broker/signin_stream.py``); each of them takes the same path as ``SignIn``.
 """
 
 from __future__ import annotations

@@ -284,7 +284,12 @@ class TestOutcomes:
     def test_answers_share_messages(self, lane: Lane) -> None:
         """Items that complete together come back together: fewer messages than items."""
         with lane.stream() as stream:
-            stream.send(*(item(n, f"nobody{n}@nobody-owns.example", "pw-x") for n in range(50)))
+            stream.send(
+                *(
+                    item(n, f"nobody{n}@nobody-owns.example", remember_password("Unowned-Pw-4"))
+                    for n in range(50)
+                )
+            )
             assert {code_of(a) for a in stream.take(50).values()} == {Code.NOT_FOUND}
             stream.half_close()
             assert stream.ended() == Code.OK
@@ -376,7 +381,12 @@ class TestLimits:
         with lane.stream() as stream:
             with lane.frozen():
                 stream.send(item(1, f"sam@{OPEN}", USERS["sam"]))
-                stream.send(*(item(n, f"x{n}@{OPEN}", "pw-huge") for n in range(10, 310)))
+                stream.send(
+                    *(
+                        item(n, f"x{n}@{OPEN}", remember_password("Huge-Batch-Pw-3"))
+                        for n in range(10, 310)
+                    )
+                )
                 time.sleep(0.3)
             assert _outcome(stream.take(1)[1]) == "SUCCESS"
             assert stream.ended() == Code.INVALID_ARGUMENT
@@ -451,7 +461,12 @@ class TestPolicy:
         with lane.stream() as stream:
             stream.send(
                 *(
-                    item(n, f"nobody{n}@nobody-owns.example", "pw-r", client_ip="192.0.2.9")
+                    item(
+                        n,
+                        f"nobody{n}@nobody-owns.example",
+                        remember_password("Rate-Pw-5"),
+                        client_ip="192.0.2.9",
+                    )
                     for n in range(RATE + 10)
                 )
             )
