@@ -314,7 +314,7 @@ class TestDeadlines:
             for item_id, seconds in ((2, 0.5), (3, 0.5), (4, 1.2)):
                 at, answer = answers[item_id]
                 assert code_of(answer) == Code.DEADLINE_EXCEEDED
-                assert seconds - 0.05 < at - sent < seconds + 0.4, (item_id, at - sent)
+                assert seconds - 0.05 < at - sent < seconds + 0.8, (item_id, at - sent)
             stream.send(item(5, f"sam@{OPEN}", USERS["sam"]))
             assert _outcome(stream.take(1)[5]) == "SUCCESS"
             stream.half_close()
