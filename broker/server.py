@@ -81,6 +81,7 @@ class Broker:
         self._store: Store | None = None
         self._maintenance: asyncio.Task[None] | None = None
         self._dispatcher: Dispatcher | None = None
+        self._signin: SignInService | None = None
 
     async def __aenter__(self) -> Self:
         """Start serving."""
@@ -136,7 +137,7 @@ class Broker:
         )
         if not self.public_port or not self.agent_port:
             raise RuntimeError(f"cannot listen on {config.listen} / {config.agent_listen}")
-        signin = SignInService(
+        signin = self._signin = SignInService(
             store=store,
             dispatcher=dispatcher,
             policy=policy,
@@ -232,6 +233,8 @@ class Broker:
         for health in self._health:
             await health.enter_graceful_shutdown()
         public, agents = self._servers
+        if self._signin is not None:
+            self._signin.close_streams()  # Each answers what it has read, then ends.
         await public.stop(self.config.grace)
         if self._dispatcher is not None:
             for conn in self._dispatcher.connections():

@@ -2,7 +2,8 @@
 
 The password lives here only long enough to be sealed, once per agent connection that may
 check it; from then on only envelopes exist. The answer the client sees hides whether a user
-exists; the audit event keeps the true outcome.
+exists; the audit event keeps the true outcome. ``SignInStream`` carries many sign-ins over
+one call (``broker/signin_stream.py``); each of them takes the same path as ``SignIn``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import structlog
 from broker.dispatch import Answer, Dispatcher, Job
 from broker.policy import Attempt, SignInPolicy, Verdict
 from broker.ratelimit import RateLimiter, client_address
+from broker.signin_stream import SignInStreamSession
 from pta import sealing
 from pta.errors import (
     DeadlineExceeded,
@@ -36,7 +38,7 @@ from pta.names import check_password, parse_upn
 from pta.v1 import agent_pb2, outcome_pb2, signin_pb2, signin_pb2_grpc
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import AsyncIterator, Callable
 
     import grpc
 
@@ -88,6 +90,8 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
         self._dispatcher = dispatcher
         self._policy = policy
         self._timeout = timeout
+        self._streams: set[SignInStreamSession] = set()
+        self._closing = False
 
     async def SignIn(  # noqa: N802 - the contract's name
         self,
@@ -96,14 +100,72 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
     ) -> signin_pb2.SignInResponse:
         """Answer one sign-in (see the module docstring)."""
         async with rpc_errors(context):
-            check_password(request.password)
-            credentials = agent_pb2.Credentials(
-                username=request.username, password=request.password
+            return await self.sign_in(
+                request, peer=context.peer(), deadline=self._deadline(context.time_remaining())
             )
-            request_id, verdict = await self._serve(
-                "signin.completed", credentials, request.client_ip, context, grant=True
+
+    async def SignInStream(  # noqa: N802 - the contract's name
+        self,
+        requests: AsyncIterator[signin_pb2.SignInBatch],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> None:
+        """Answer the sign-ins of a stream, each as :meth:`SignIn` would (see the proto)."""
+        async with rpc_errors(context):
+            session = SignInStreamSession(
+                self.sign_in,
+                peer=context.peer(),
+                timeout=self._timeout,
+                stream_remaining=context.time_remaining(),
             )
-            return _response(request_id, verdict)
+            self._streams.add(session)
+            if self._closing:
+                session.stop_reading()
+            try:
+                await session.run(requests, context.write)
+            finally:
+                self._streams.discard(session)
+
+    def close_streams(self) -> None:
+        """Stop reading every open sign-in stream: the broker is shutting down.
+
+        Each stream answers the items it has read and then ends with UNAVAILABLE.
+        """
+        self._closing = True
+        for session in self._streams:
+            session.stop_reading()
+
+    async def sign_in(
+        self, request: signin_pb2.SignInRequest, *, peer: str, deadline: float
+    ) -> signin_pb2.SignInResponse:
+        """One sign-in, whichever call carried it.
+
+        Args:
+            request: What the client sent.
+            peer: The caller's address as grpc names it (``ipv4:1.2.3.4:5``).
+            deadline: Event-loop time by which it must be answered.
+
+        Returns:
+            The response (a wrong password is an outcome).
+
+        Raises:
+            PtaError: When there is no definite answer: its status says why.
+        """
+        check_password(request.password)
+        credentials = agent_pb2.Credentials(username=request.username, password=request.password)
+        request_id, verdict = await self._serve(
+            "signin.completed",
+            credentials,
+            request.client_ip,
+            peer=peer,
+            deadline=deadline,
+            grant=True,
+        )
+        return _response(request_id, verdict)
+
+    def _deadline(self, remaining: float | None) -> float:
+        """Event-loop time at which a call with ``remaining`` seconds (or none) is answered."""
+        budget = self._timeout if remaining is None else min(self._timeout, remaining)
+        return asyncio.get_running_loop().time() + budget
 
     async def CompleteMfa(  # noqa: N802 - the contract's name
         self,
@@ -160,7 +222,8 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
                 "password_change.completed",
                 credentials,
                 request.client_ip,
-                context,
+                peer=context.peer(),
+                deadline=self._deadline(context.time_remaining()),
                 grant=False,
                 mfa_code=request.mfa_code,
             )
@@ -178,8 +241,9 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
         event: str,
         credentials: agent_pb2.Credentials,
         client_ip: str,
-        context: grpc.aio.ServicerContext[Any, Any],
         *,
+        peer: str,
+        deadline: float,
         grant: bool,
         mfa_code: str | None = None,
     ) -> tuple[str, Verdict]:
@@ -189,7 +253,9 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
             event: The audit event's name.
             credentials: What to check; cleared once sealed.
             client_ip: The end user's address as the request gives it.
-            context: The call's context.
+            peer: The caller's address as grpc names it (the rate limit's key, unless the
+                caller is a trusted proxy and ``client_ip`` is given).
+            deadline: Event-loop time by which the answer is due.
             grant: Whether a right password earns a token (or an MFA challenge).
             mfa_code: A password change's TOTP code (None for a sign-in): checked first
                 when the policy wants a second factor.
@@ -201,7 +267,7 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
         started = time.perf_counter()
         upn = parse_upn(credentials.username)
         address = _client_ip(client_ip)
-        caller = client_address(address, context.peer(), self._trusted)
+        caller = client_address(address, peer, self._trusted)
         audit = log.bind(request_id=request_id, user=str(upn), client_ip=address)
         try:
             if self._limiter.enabled:
@@ -211,9 +277,6 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
                 audit = audit.bind(outcome="UNKNOWN_DOMAIN")
                 raise NotFound(f"no organisation signs in users of {upn.domain}")
             audit = audit.bind(tenant=tenant)
-            remaining = context.time_remaining()
-            budget = self._timeout if remaining is None else min(self._timeout, remaining)
-            deadline = asyncio.get_running_loop().time() + budget
             admitted = await self._policy.begin(
                 tenant, upn, credentials.password, caller, deadline=deadline
             )

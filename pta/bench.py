@@ -5,7 +5,9 @@ processes), then measures, on the same machine in the same run:
 
 1. the baseline: direct ldap3 binds against that slapd from one process;
 2. sign-ins through client -> broker -> agent -> slapd (mTLS, HPKE) at each concurrency, with
-   one in five passwords wrong and every answer checked (a wrong answer fails the run);
+   one in five passwords wrong and every answer checked (a wrong answer fails the run), over
+   each API: a unary ``SignIn`` call per sign-in, and ``SignInStream`` (one stream per load
+   process, several sign-ins per message);
 3. the CPU each process spent per sign-in (its own counters over the measured window).
 
 Ratios, not absolute numbers, are what carry from one machine to another.
@@ -14,6 +16,7 @@ Ratios, not absolute numbers, are what carry from one machine to another.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import multiprocessing
 import os
@@ -28,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from pta import logging as pta_logging
-from pta.loadgen import Case, LoadSpec, Sample, cases, direct_binds, end_to_end
+from pta.loadgen import APIS, Case, LoadSpec, Sample, cases, direct_binds, end_to_end
 from pta.localrun import LocalDeployment
 from pta.slapd import DirectoryUser, Slapd
 
@@ -38,6 +41,7 @@ TICKS = os.sysconf("SC_CLK_TCK")
 #: its tenant at the broker, below).
 NO_LOCKOUT = {"pwdLockout": "FALSE", "pwdMaxFailure": "0"}
 SETTLE = 1.5  # seconds between starting a phase and its measured window
+PHASE_NAMES = {"unary": "end to end", "stream": "end to end stream"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +50,8 @@ class PhaseResult:
 
     name: str
     concurrency: int
+    #: "unary" or "stream"; None for the direct-bind baseline.
+    api: str | None
     count: int
     wrong: int
     errors: int
@@ -65,6 +71,7 @@ class PhaseResult:
         """The phase as the JSON report has it."""
         return {
             "name": self.name,
+            "api": self.api,
             "concurrency": self.concurrency,
             "count": self.count,
             "wrong": self.wrong,
@@ -96,12 +103,14 @@ def progress(text: str) -> None:
     sys.stderr.flush()
 
 
-def _measure(
+def _measure(  # noqa: PLR0913 - one phase's facts, by name
     name: str,
     concurrency: int,
     pids: dict[str, int],
     run: Any,
     duration: float,
+    *,
+    api: str | None = None,
 ) -> PhaseResult:
     """Run one phase: ``run(start_at, until)`` returns samples; other processes' CPU is read."""
     start_at = time.time() + SETTLE
@@ -120,6 +129,7 @@ def _measure(
     result = PhaseResult(
         name=name,
         concurrency=concurrency,
+        api=api,
         count=count,
         wrong=sum(s.wrong for s in samples),
         errors=sum(s.errors for s in samples),
@@ -143,9 +153,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--load-processes", type=int, default=2, help="processes generating load (at most)"
     )
+    parser.add_argument(
+        "--api",
+        default=",".join(APIS),
+        help="comma-separated: unary (SignIn), stream (SignInStream)",
+    )
     parser.add_argument("--json", type=Path, help="write the whole result here")
     args = parser.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
+    apis = [a for a in APIS if a in args.api.split(",")]
+    if not apis or set(args.api.split(",")) - set(APIS):
+        parser.error(f"--api takes a comma-separated list of {', '.join(APIS)}")
     pta_logging.configure(level="warning")
 
     uids = [f"u{n:05d}" for n in range(args.users)]
@@ -185,11 +203,15 @@ def main(argv: list[str] | None = None) -> int:
                     cluster.run_agent(f"agent-{n}", slapd)
                 ca = cluster.ca_file.read_bytes()
                 pids = {n: p.pid for n, p in cluster.processes.items()} | {"slapd": slapd.pid}
-                for level in levels:
+                # Each level over each API in turn: the two are measured minutes apart at
+                # most, on a machine whose speed drifts.
+                for level, api in itertools.product(levels, apis):
                     procs = max(1, min(args.load_processes, level // 8))
                     shares = [level // procs + (i < level % procs) for i in range(procs)]
 
-                    def run(start: float, until: float, shares: list[int] = shares) -> Any:
+                    def run(
+                        start: float, until: float, shares: list[int] = shares, api: str = api
+                    ) -> Any:
                         futures = [
                             pool.submit(
                                 end_to_end,
@@ -201,13 +223,16 @@ def main(argv: list[str] | None = None) -> int:
                                     concurrency=share,
                                     start_at=start,
                                     until=until,
+                                    api=api,
                                 ),
                             )
                             for i, share in enumerate(shares)
                         ]
                         return lambda: [f.result() for f in futures]
 
-                    results.append(_measure("end to end", level, pids, run, args.duration))
+                    results.append(
+                        _measure(PHASE_NAMES[api], level, pids, run, args.duration, api=api)
+                    )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report = _report(results, args)
@@ -223,12 +248,22 @@ def _later(future: Any, _start: float) -> Any:
     return lambda: [future.result()]
 
 
-def _report(results: list[PhaseResult], args: argparse.Namespace) -> dict[str, Any]:
-    baseline, e2e = results[0], results[1:]
-    best = max(e2e, key=lambda r: r.rate)
-    c1 = next((r for r in e2e if r.concurrency == 1), None)
+def _ratios(
+    baseline: PhaseResult, phases: list[PhaseResult]
+) -> tuple[PhaseResult | None, float | None, float | None]:
+    """The best phase, its throughput over the baseline's, and the added p50 at 1 in flight."""
+    if not phases:
+        return None, None, None
+    best = max(phases, key=lambda r: r.rate)
     ratio = best.rate / baseline.rate if baseline.rate else 0.0
+    c1 = next((r for r in phases if r.concurrency == 1), None)
     added = (c1.p50_ms - baseline.p50_ms) if c1 else None
+    return best, ratio, added
+
+
+def _report(results: list[PhaseResult], args: argparse.Namespace) -> dict[str, Any]:
+    baseline = results[0]
+    by_api = {api: [r for r in results[1:] if r.api == api] for api in APIS}
     names = sorted({n for r in results for n in r.cpu_ms_per_op})
     lines = [
         f"{'phase':<18} {'in flight':>9} {'per s':>8} {'p50 ms':>8} {'p95 ms':>8} "
@@ -240,16 +275,28 @@ def _report(results: list[PhaseResult], args: argparse.Namespace) -> dict[str, A
             f"{r.name:<18} {r.concurrency:>9} {r.rate:>8.0f} {r.p50_ms:>8.3f} {r.p95_ms:>8.3f} "
             f"{r.p99_ms:>8.3f} {r.wrong + r.errors:>6}  {cpu}"
         )
-    lines.append(
-        f"\nthroughput ratio (end to end at {best.concurrency} / direct bind): {ratio:.2f}"
-        "   target >= 0.5, stretch 1.0"
-    )
-    if added is not None:
-        lines.append(f"added p50 at concurrency 1: {added:.3f} ms   target <= 1 ms, stretch 0.5 ms")
+    report: dict[str, Any] = {}
+    lines.append("")
+    for api in APIS:
+        best, ratio, added = _ratios(baseline, by_api[api])
+        suffix = "" if api == "unary" else f"_{api}"
+        report[f"throughput_ratio{suffix}"] = None if ratio is None else round(ratio, 3)
+        report[f"added_p50_ms_c1{suffix}"] = None if added is None else round(added, 3)
+        if best is None or ratio is None:
+            continue
+        lines.append(
+            f"{api:<6} throughput ratio (end to end at {best.concurrency} / direct bind): "
+            f"{ratio:.2f}   target >= 0.5, stretch 1.0"
+        )
+        if added is not None:
+            lines.append(
+                f"{api:<6} added p50 at concurrency 1: {added:.3f} ms   "
+                "target <= 1 ms, stretch 0.5 ms"
+            )
     return {
         "table": "\n".join(lines) + "\n",
-        "throughput_ratio": round(ratio, 3),
-        "added_p50_ms_c1": None if added is None else round(added, 3),
+        **report,
+        "apis": [api for api in APIS if by_api[api]],
         "agents": args.agents,
         "users": args.users,
         "duration_s": args.duration,

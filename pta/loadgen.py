@@ -3,7 +3,9 @@
 Each end-to-end load process runs its own event loop and gRPC channel, waits for a common
 start time, keeps ``concurrency`` sign-ins in flight until the end time, checks every answer
 against the outcome it expects, and reports latencies and its own CPU time. Several processes
-share the load when one would be the bottleneck.
+share the load when one would be the bottleneck. The sign-ins go through one of two APIs:
+``unary`` (a ``SignIn`` call each) or ``stream`` (one ``SignInStream`` per process, as a
+front end multiplexing its users would hold, several sign-ins per message).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import asyncio
 import resource
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import ldap3
@@ -24,6 +26,9 @@ if TYPE_CHECKING:
 
 Outcome = outcome_pb2.Outcome
 BAD_EVERY = 5  # One sign-in in five uses a wrong password.
+APIS = ("unary", "stream")
+TIMEOUT = 10.0
+WARM_UP_ID = 2**63
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +100,103 @@ class LoadSpec:
     concurrency: int
     start_at: float
     until: float
+    api: str = "unary"
 
 
 def end_to_end(spec: LoadSpec) -> Sample:
     """Keep ``concurrency`` sign-ins in flight from ``start_at`` to ``until`` (wall clock)."""
-    return asyncio.run(_end_to_end(spec))
+    return asyncio.run(_end_to_end_stream(spec) if spec.api == "stream" else _end_to_end(spec))
+
+
+def _expected(good: bool) -> int:  # noqa: FBT001 - the case's own flag
+    return Outcome.SUCCESS if good else Outcome.INVALID_CREDENTIALS
+
+
+async def _end_to_end_stream(spec: LoadSpec) -> Sample:
+    """As :func:`_end_to_end`, over one ``SignInStream``: refill as answers come back."""
+    requests = [
+        (
+            signin_pb2.SignInRequest(username=f"{c.uid}@{spec.domain}", password=c.password),
+            c.good,
+        )
+        for c in spec.mix
+    ]
+    async with grpc.aio.secure_channel(
+        spec.target, grpc.ssl_channel_credentials(spec.ca)
+    ) as channel:
+        stub = signin_pb2_grpc.SignInServiceStub(channel)
+        await stub.SignIn(requests[0][0], timeout=TIMEOUT)  # Connect and warm up.
+        load = _StreamLoad(stub.SignInStream(), requests, spec)
+        warm = signin_pb2.SignInItem(id=WARM_UP_ID, request=requests[0][0])
+        await load.call.write(signin_pb2.SignInBatch(items=[warm]))
+        await load.call.read()
+        await asyncio.sleep(max(0.0, spec.start_at - time.time()))
+        cpu = _cpu()
+        async with asyncio.TaskGroup() as group:
+            writer = group.create_task(load.write())
+            try:
+                await load.read()
+            except grpc.aio.AioRpcError:
+                writer.cancel()
+        load.sample.errors += len(load.waiting)  # Never answered: the stream ended early.
+        load.sample.cpu_seconds = _cpu() - cpu
+    return load.sample
+
+
+class _StreamLoad:
+    """One stream's writer (fills the free slots, one message) and reader (checks answers)."""
+
+    def __init__(
+        self,
+        call: Any,
+        requests: list[tuple[signin_pb2.SignInRequest, bool]],
+        spec: LoadSpec,
+    ) -> None:
+        self.call = call
+        self.requests = requests
+        self.spec = spec
+        self.sample = Sample()
+        #: id -> (when sent, whether the password is right)
+        self.waiting: dict[int, tuple[float, bool]] = {}
+        self.room = asyncio.Event()
+
+    async def write(self) -> None:
+        next_id = 0
+        while time.time() < self.spec.until:
+            free = self.spec.concurrency - len(self.waiting)
+            if free <= 0:
+                self.room.clear()
+                await self.room.wait()
+                continue
+            items = []
+            now = time.perf_counter()
+            for _ in range(free):
+                request, good = self.requests[next_id % len(self.requests)]
+                self.waiting[next_id] = (now, good)
+                items.append(
+                    signin_pb2.SignInItem(
+                        id=next_id, request=request, timeout_ms=int(TIMEOUT * 1000)
+                    )
+                )
+                next_id += 1
+            try:
+                await self.call.write(signin_pb2.SignInBatch(items=items))
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                return  # The stream ended: what it lost counts as errors.
+        await self.call.done_writing()
+
+    async def read(self) -> None:
+        while (message := await self.call.read()) is not grpc.aio.EOF:
+            now = time.perf_counter()
+            for answer in message.answers:
+                started, good = self.waiting.pop(answer.id)
+                if answer.WhichOneof("result") != "response":
+                    self.sample.errors += 1
+                    continue
+                self.sample.latencies_ms.append((now - started) * 1000)
+                if answer.response.outcome != _expected(good):
+                    self.sample.wrong += 1
+            self.room.set()
 
 
 async def _end_to_end(spec: LoadSpec) -> Sample:
@@ -112,7 +209,7 @@ async def _end_to_end(spec: LoadSpec) -> Sample:
             (signin_pb2.SignInRequest(username=f"{c.uid}@{domain}", password=c.password), c.good)
             for c in mix
         ]
-        await stub.SignIn(requests[0][0], timeout=10)  # Connect and warm up before the clock.
+        await stub.SignIn(requests[0][0], timeout=TIMEOUT)  # Connect and warm up first.
         await asyncio.sleep(max(0.0, start_at - time.time()))
         cpu = _cpu()
 
@@ -123,13 +220,12 @@ async def _end_to_end(spec: LoadSpec) -> Sample:
                 i += concurrency
                 started = time.perf_counter()
                 try:
-                    reply = await stub.SignIn(request, timeout=10)
+                    reply = await stub.SignIn(request, timeout=TIMEOUT)
                 except grpc.aio.AioRpcError:
                     sample.errors += 1
                     continue
                 sample.latencies_ms.append((time.perf_counter() - started) * 1000)
-                expected = Outcome.SUCCESS if good else Outcome.INVALID_CREDENTIALS
-                if reply.outcome != expected:
+                if reply.outcome != _expected(good):
                     sample.wrong += 1
 
         await asyncio.gather(*(worker(n) for n in range(concurrency)))

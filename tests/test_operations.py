@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from typing import Any
 
 import grpc
 import pytest
@@ -28,6 +29,16 @@ def grpcurl(broker: BrokerProcess, *args: str, data: str | None = None) -> str:
     return result.stdout
 
 
+def _json_stream(text: str) -> list[dict[str, list[dict[str, Any]]]]:
+    """The JSON objects grpcurl printed one after the other (one per stream message)."""
+    decoder, found, at = json.JSONDecoder(), [], 0
+    while at < len(text.rstrip()):
+        value, end = decoder.raw_decode(text, at)
+        found.append(value)
+        at = end + len(text[end:]) - len(text[end:].lstrip())
+    return found
+
+
 class TestGrpcurl:
     """Reflection and health are always on; grpcurl needs nothing but the CA file."""
 
@@ -42,6 +53,10 @@ class TestGrpcurl:
         """``grpcurl describe`` shows the SignIn method and its messages."""
         text = grpcurl(broker, "describe", "pta.v1.SignInService")
         assert "rpc SignIn ( .pta.v1.SignInRequest ) returns ( .pta.v1.SignInResponse )" in text
+        assert (
+            "rpc SignInStream ( stream .pta.v1.SignInBatch ) "
+            "returns ( stream .pta.v1.SignInAnswers )" in text
+        )
         assert "string username" in grpcurl(broker, "describe", "pta.v1.SignInRequest")
 
     def test_health_check(self, broker: BrokerProcess) -> None:
@@ -58,6 +73,19 @@ class TestGrpcurl:
         reply = json.loads(grpcurl(broker, "pta.v1.SignInService/SignIn", data=body))
         assert reply["outcome"] == "SUCCESS"
         assert reply["request_id"]  # grpcurl prints the proto's own field names
+
+    @pytest.mark.usefixtures("agent")
+    def test_sign_in_stream_with_grpcurl(self, broker: BrokerProcess) -> None:
+        """The stream works from grpcurl too: messages in, answers by id out, then OK."""
+        items = [
+            {"id": "1", "request": {"username": f"bob@{DOMAIN}", "password": USERS["bob"]}},
+            {"id": "2", "request": {"username": "bob", "password": USERS["bob"]}},
+        ]
+        body = json.dumps({"items": items})
+        reply = grpcurl(broker, "pta.v1.SignInService/SignInStream", data=body)
+        answers = {a["id"]: a for message in _json_stream(reply) for a in message["answers"]}
+        assert answers["1"]["response"]["outcome"] == "SUCCESS"
+        assert answers["2"]["status"]["code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
 
 
 class TestAgentEndpoint:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from pta.v1 import outcome_pb2 as pta_dot_v1_dot_outcome__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13pta/v1/signin.proto\x12\x06pta.v1\x1a\x14pta/v1/outcome.proto\"F\n\rSignInRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x11\n\tclient_ip\x18\x03 \x01(\t\"\xd7\x01\n\x0eSignInResponse\x12 \n\x07outcome\x18\x01 \x01(\x0e\x32\x0f.pta.v1.Outcome\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\r\n\x05token\x18\x04 \x01(\t\x12\x18\n\x10token_expires_at\x18\x05 \x01(\x03\x12\x18\n\x10mfa_challenge_id\x18\x06 \x01(\t\x12\x1e\n\x16mfa_expires_in_seconds\x18\x07 \x01(\r\x12\x1b\n\x13retry_after_seconds\x18\x08 \x01(\r\"K\n\x12\x43ompleteMfaRequest\x12\x14\n\x0c\x63hallenge_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x11\n\tclient_ip\x18\x03 \x01(\t\"\x17\n\x15GetSigningKeysRequest\";\n\x16GetSigningKeysResponse\x12\x11\n\tjwks_json\x18\x01 \x01(\t\x12\x0e\n\x06issuer\x18\x02 \x01(\t\"z\n\x15\x43hangePasswordRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x14\n\x0cold_password\x18\x02 \x01(\t\x12\x14\n\x0cnew_password\x18\x03 \x01(\t\x12\x11\n\tclient_ip\x18\x04 \x01(\t\x12\x10\n\x08mfa_code\x18\x05 \x01(\t\"|\n\x16\x43hangePasswordResponse\x12 \n\x07outcome\x18\x01 \x01(\x0e\x32\x0f.pta.v1.Outcome\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x1b\n\x13retry_after_seconds\x18\x04 \x01(\r2\xad\x02\n\rSignInService\x12\x37\n\x06SignIn\x12\x15.pta.v1.SignInRequest\x1a\x16.pta.v1.SignInResponse\x12O\n\x0e\x43hangePassword\x12\x1d.pta.v1.ChangePasswordRequest\x1a\x1e.pta.v1.ChangePasswordResponse\x12\x41\n\x0b\x43ompleteMfa\x12\x1a.pta.v1.CompleteMfaRequest\x1a\x16.pta.v1.SignInResponse\x12O\n\x0eGetSigningKeys\x12\x1d.pta.v1.GetSigningKeysRequest\x1a\x1e.pta.v1.GetSigningKeysResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13pta/v1/signin.proto\x12\x06pta.v1\x1a\x14pta/v1/outcome.proto\"F\n\rSignInRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x11\n\tclient_ip\x18\x03 \x01(\t\"\xd7\x01\n\x0eSignInResponse\x12 \n\x07outcome\x18\x01 \x01(\x0e\x32\x0f.pta.v1.Outcome\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\r\n\x05token\x18\x04 \x01(\t\x12\x18\n\x10token_expires_at\x18\x05 \x01(\x03\x12\x18\n\x10mfa_challenge_id\x18\x06 \x01(\t\x12\x1e\n\x16mfa_expires_in_seconds\x18\x07 \x01(\r\x12\x1b\n\x13retry_after_seconds\x18\x08 \x01(\r\"0\n\x0bSignInBatch\x12!\n\x05items\x18\x01 \x03(\x0b\x32\x12.pta.v1.SignInItem\"T\n\nSignInItem\x12\n\n\x02id\x18\x01 \x01(\x04\x12&\n\x07request\x18\x02 \x01(\x0b\x32\x15.pta.v1.SignInRequest\x12\x12\n\ntimeout_ms\x18\x03 \x01(\r\"6\n\rSignInAnswers\x12%\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x14.pta.v1.SignInAnswer\"r\n\x0cSignInAnswer\x12\n\n\x02id\x18\x01 \x01(\x04\x12*\n\x08response\x18\x02 \x01(\x0b\x32\x16.pta.v1.SignInResponseH\x00\x12 \n\x06status\x18\x03 \x01(\x0b\x32\x0e.pta.v1.StatusH\x00\x42\x08\n\x06result\"\'\n\x06Status\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"K\n\x12\x43ompleteMfaRequest\x12\x14\n\x0c\x63hallenge_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x11\n\tclient_ip\x18\x03 \x01(\t\"\x17\n\x15GetSigningKeysRequest\";\n\x16GetSigningKeysResponse\x12\x11\n\tjwks_json\x18\x01 \x01(\t\x12\x0e\n\x06issuer\x18\x02 \x01(\t\"z\n\x15\x43hangePasswordRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x14\n\x0cold_password\x18\x02 \x01(\t\x12\x14\n\x0cnew_password\x18\x03 \x01(\t\x12\x11\n\tclient_ip\x18\x04 \x01(\t\x12\x10\n\x08mfa_code\x18\x05 \x01(\t\"|\n\x16\x43hangePasswordResponse\x12 \n\x07outcome\x18\x01 \x01(\x0e\x32\x0f.pta.v1.Outcome\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x1b\n\x13retry_after_seconds\x18\x04 \x01(\r2\xed\x02\n\rSignInService\x12\x37\n\x06SignIn\x12\x15.pta.v1.SignInRequest\x1a\x16.pta.v1.SignInResponse\x12>\n\x0cSignInStream\x12\x13.pta.v1.SignInBatch\x1a\x15.pta.v1.SignInAnswers(\x01\x30\x01\x12O\n\x0e\x43hangePassword\x12\x1d.pta.v1.ChangePasswordRequest\x1a\x1e.pta.v1.ChangePasswordResponse\x12\x41\n\x0b\x43ompleteMfa\x12\x1a.pta.v1.CompleteMfaRequest\x1a\x16.pta.v1.SignInResponse\x12O\n\x0eGetSigningKeys\x12\x1d.pta.v1.GetSigningKeysRequest\x1a\x1e.pta.v1.GetSigningKeysResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,16 +36,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIGNINREQUEST']._serialized_end=123
   _globals['_SIGNINRESPONSE']._serialized_start=126
   _globals['_SIGNINRESPONSE']._serialized_end=341
-  _globals['_COMPLETEMFAREQUEST']._serialized_start=343
-  _globals['_COMPLETEMFAREQUEST']._serialized_end=418
-  _globals['_GETSIGNINGKEYSREQUEST']._serialized_start=420
-  _globals['_GETSIGNINGKEYSREQUEST']._serialized_end=443
-  _globals['_GETSIGNINGKEYSRESPONSE']._serialized_start=445
-  _globals['_GETSIGNINGKEYSRESPONSE']._serialized_end=504
-  _globals['_CHANGEPASSWORDREQUEST']._serialized_start=506
-  _globals['_CHANGEPASSWORDREQUEST']._serialized_end=628
-  _globals['_CHANGEPASSWORDRESPONSE']._serialized_start=630
-  _globals['_CHANGEPASSWORDRESPONSE']._serialized_end=754
-  _globals['_SIGNINSERVICE']._serialized_start=757
-  _globals['_SIGNINSERVICE']._serialized_end=1058
+  _globals['_SIGNINBATCH']._serialized_start=343
+  _globals['_SIGNINBATCH']._serialized_end=391
+  _globals['_SIGNINITEM']._serialized_start=393
+  _globals['_SIGNINITEM']._serialized_end=477
+  _globals['_SIGNINANSWERS']._serialized_start=479
+  _globals['_SIGNINANSWERS']._serialized_end=533
+  _globals['_SIGNINANSWER']._serialized_start=535
+  _globals['_SIGNINANSWER']._serialized_end=649
+  _globals['_STATUS']._serialized_start=651
+  _globals['_STATUS']._serialized_end=690
+  _globals['_COMPLETEMFAREQUEST']._serialized_start=692
+  _globals['_COMPLETEMFAREQUEST']._serialized_end=767
+  _globals['_GETSIGNINGKEYSREQUEST']._serialized_start=769
+  _globals['_GETSIGNINGKEYSREQUEST']._serialized_end=792
+  _globals['_GETSIGNINGKEYSRESPONSE']._serialized_start=794
+  _globals['_GETSIGNINGKEYSRESPONSE']._serialized_end=853
+  _globals['_CHANGEPASSWORDREQUEST']._serialized_start=855
+  _globals['_CHANGEPASSWORDREQUEST']._serialized_end=977
+  _globals['_CHANGEPASSWORDRESPONSE']._serialized_start=979
+  _globals['_CHANGEPASSWORDRESPONSE']._serialized_end=1103
+  _globals['_SIGNINSERVICE']._serialized_start=1106
+  _globals['_SIGNINSERVICE']._serialized_end=1471
 # @@protoc_insertion_point(module_scope)

@@ -1,6 +1,8 @@
 from pta.v1 import outcome_pb2 as _outcome_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -34,6 +36,46 @@ class SignInResponse(_message.Message):
     mfa_expires_in_seconds: int
     retry_after_seconds: int
     def __init__(self, outcome: _Optional[_Union[_outcome_pb2.Outcome, str]] = ..., request_id: _Optional[str] = ..., message: _Optional[str] = ..., token: _Optional[str] = ..., token_expires_at: _Optional[int] = ..., mfa_challenge_id: _Optional[str] = ..., mfa_expires_in_seconds: _Optional[int] = ..., retry_after_seconds: _Optional[int] = ...) -> None: ...
+
+class SignInBatch(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[SignInItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[SignInItem, _Mapping]]] = ...) -> None: ...
+
+class SignInItem(_message.Message):
+    __slots__ = ("id", "request", "timeout_ms")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    request: SignInRequest
+    timeout_ms: int
+    def __init__(self, id: _Optional[int] = ..., request: _Optional[_Union[SignInRequest, _Mapping]] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
+class SignInAnswers(_message.Message):
+    __slots__ = ("answers",)
+    ANSWERS_FIELD_NUMBER: _ClassVar[int]
+    answers: _containers.RepeatedCompositeFieldContainer[SignInAnswer]
+    def __init__(self, answers: _Optional[_Iterable[_Union[SignInAnswer, _Mapping]]] = ...) -> None: ...
+
+class SignInAnswer(_message.Message):
+    __slots__ = ("id", "response", "status")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    response: SignInResponse
+    status: Status
+    def __init__(self, id: _Optional[int] = ..., response: _Optional[_Union[SignInResponse, _Mapping]] = ..., status: _Optional[_Union[Status, _Mapping]] = ...) -> None: ...
+
+class Status(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class CompleteMfaRequest(_message.Message):
     __slots__ = ("challenge_id", "code", "client_ip")

@@ -40,6 +40,11 @@ class SignInServiceStub:
                 request_serializer=pta_dot_v1_dot_signin__pb2.SignInRequest.SerializeToString,
                 response_deserializer=pta_dot_v1_dot_signin__pb2.SignInResponse.FromString,
                 _registered_method=True)
+        self.SignInStream = channel.stream_stream(
+                '/pta.v1.SignInService/SignInStream',
+                request_serializer=pta_dot_v1_dot_signin__pb2.SignInBatch.SerializeToString,
+                response_deserializer=pta_dot_v1_dot_signin__pb2.SignInAnswers.FromString,
+                _registered_method=True)
         self.ChangePassword = channel.unary_unary(
                 '/pta.v1.SignInService/ChangePassword',
                 request_serializer=pta_dot_v1_dot_signin__pb2.ChangePasswordRequest.SerializeToString,
@@ -65,6 +70,40 @@ class SignInServiceServicer:
         """SignIn checks a username and password against the organisation's own directory,
         through one of its agents. A wrong password is an outcome, not an error; a gRPC error
         status means no definite answer could be had (no agent, deadline, directory down).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SignInStream(self, request_iterator, context):
+        """SignInStream is SignIn for high-volume front ends (a sign-in tier or gateway that
+        multiplexes many users over one long-lived stream): several sign-ins per message in both
+        directions, so the cost of a gRPC call is paid per message, not per sign-in. Each item is
+        checked exactly as SignIn checks it (rate limit, tenant, lockout, MFA, token, audit).
+
+        - Each item gets exactly one SignInAnswer with its `id`: a SignInResponse, or a Status
+        saying why there is none (the codes SignIn would end with: INVALID_ARGUMENT, NOT_FOUND,
+        UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED …). A wrong password, a lockout or
+        an MFA step-up is an outcome in the response, as for SignIn. No per-item failure ends
+        the stream.
+        - Answers come as they complete, in any order, several per message when several are
+        ready; the broker never holds an answer back to fill a message.
+        - Each item's deadline starts when the broker reads it: `timeout_ms`, or the broker's
+        sign-in timeout (10 s by default) when it is 0 or longer, and never past the stream's
+        own gRPC deadline if it has one. An item not decided by then is DEADLINE_EXCEEDED.
+        - Per-item limits, answered at once: at most 256 items in flight on one stream
+        (RESOURCE_EXHAUSTED beyond); an `id` already in flight on the stream is
+        INVALID_ARGUMENT (the earlier item keeps its own answer). A client that does not read
+        its answers is not read either, past 256 unsent answers (flow control).
+        - Half-close when done: the broker answers every item in flight, then ends the stream
+        with OK.
+        - Messages the broker will not read end the stream, after the items read before them
+        are answered: one that does not parse (invalid UTF-8, truncated) or carries more than
+        256 items ends it with INVALID_ARGUMENT, and a broker shutting down ends it with
+        UNAVAILABLE; the items of that message and any sent after it were never checked and
+        may be sent again. A message over the public endpoint's 64 KiB cap ends the stream at
+        once with RESOURCE_EXHAUSTED (grpc's own check). Cancelling the stream abandons the
+        answers of the items in flight.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -104,6 +143,11 @@ def add_SignInServiceServicer_to_server(servicer, server):
                     servicer.SignIn,
                     request_deserializer=pta_dot_v1_dot_signin__pb2.SignInRequest.FromString,
                     response_serializer=pta_dot_v1_dot_signin__pb2.SignInResponse.SerializeToString,
+            ),
+            'SignInStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.SignInStream,
+                    request_deserializer=pta_dot_v1_dot_signin__pb2.SignInBatch.FromString,
+                    response_serializer=pta_dot_v1_dot_signin__pb2.SignInAnswers.SerializeToString,
             ),
             'ChangePassword': grpc.unary_unary_rpc_method_handler(
                     servicer.ChangePassword,
@@ -149,6 +193,33 @@ class SignInService:
             '/pta.v1.SignInService/SignIn',
             pta_dot_v1_dot_signin__pb2.SignInRequest.SerializeToString,
             pta_dot_v1_dot_signin__pb2.SignInResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignInStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/pta.v1.SignInService/SignInStream',
+            pta_dot_v1_dot_signin__pb2.SignInBatch.SerializeToString,
+            pta_dot_v1_dot_signin__pb2.SignInAnswers.FromString,
             options,
             channel_credentials,
             insecure,
