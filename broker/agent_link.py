@@ -433,6 +433,12 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             batch = [job]
             while not conn.outbox.empty():
                 batch.append(conn.outbox.get_nowait())
+            sending = []
+            for job in batch:
+                if not job.done and job.connection_id == conn.connection_id:
+                    sending.append(job)
+                else:  # Its caller gave up while it waited here: never sent, slot free.
+                    self._dispatcher.release(conn, job)
             requests = [
                 agent_pb2.ValidationRequest(
                     request_id=job.request_id,
@@ -440,8 +446,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                     deadline_unix_ms=job.deadline_unix_ms,
                     domain=job.domain,
                 )
-                for job in batch
-                if not job.done and job.connection_id == conn.connection_id
+                for job in sending
             ]
             if requests:
                 await context.write(

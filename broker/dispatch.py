@@ -255,6 +255,18 @@ class Dispatcher:
         if not job.future.done():
             job.future.cancel()
 
+    def release(self, conn: Connection, job: Job) -> None:
+        """Take back a job handed to ``conn`` that will not be sent after all.
+
+        Its caller gave up before the stream wrote it: the agent never saw it, so its slot is
+        free again and no agent checked it.
+        """
+        if conn.in_flight.get(job.request_id) is job:
+            del conn.in_flight[job.request_id]
+        job.settle(None)
+        self._pump(conn.tenant)
+        self._end_if_drained(conn)
+
     def queued(self, tenant: str) -> int:
         """Return how many jobs of a tenant wait for an agent."""
         return len(self._queues.get(tenant, ()))

@@ -110,3 +110,44 @@ class TestAcksInResults:
             await reader
         assert answer.outcome == outcome_pb2.SUCCESS
         assert a.in_flight == {}
+
+
+class _Context:
+    """What ``_send`` writes to: records the messages."""
+
+    def __init__(self) -> None:
+        self.sent: list[agent_pb2.BrokerMessage] = []
+
+    async def write(self, message: agent_pb2.BrokerMessage) -> None:
+        self.sent.append(message)
+
+
+class TestGivenUpBeforeSent:
+    """A job whose caller gave up while it waited to be written is taken back, not leaked."""
+
+    async def test_slot_freed_and_settled(self) -> None:
+        """Withdrawn during the writer's coalescing pause: never sent, slot free, settled."""
+        dispatcher = Dispatcher()
+        conn = _conn("a")
+        dispatcher.attach(conn)
+        fates: list[int | None] = []
+        busy, given_up = _job("r0", conn), _job("r1", conn)
+        given_up.settled = fates.append
+        service: Any = AgentService.__new__(AgentService)
+        service._dispatcher = dispatcher
+        service._heartbeat = 60.0
+        context = _Context()
+        sender = asyncio.create_task(service._send(context, conn))
+        dispatcher.submit(busy)
+        await asyncio.sleep(0.01)  # r0 is written; the agent has not answered it.
+        dispatcher.submit(given_up)
+        await asyncio.sleep(0)  # The writer takes r1 and pauses to coalesce.
+        dispatcher.withdraw(given_up)
+        await asyncio.sleep(0.05)
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sender
+        sent = [r.request_id for m in context.sent for r in m.validations.requests]
+        assert sent == ["r0"]
+        assert list(conn.in_flight) == ["r0"]
+        assert fates == [None]
