@@ -86,13 +86,19 @@ class SignInStreamSession:
         self._reading = True
         self._reader: asyncio.Task[None] | None = None
         self._stopped = False
+        self._cut = False
         self._refusal: PtaError | None = None
         self._items = 0
         self._refused = 0
 
     def stop_reading(self) -> None:
-        """Read nothing more: answer what was read, then end the stream UNAVAILABLE."""
+        """Read nothing more: answer what was read, then end the stream UNAVAILABLE.
+
+        UNAVAILABLE ("send again what has no answer") only when reading was really cut short:
+        a client that had half-closed already got an answer to everything it sent.
+        """
         self._stopped = True
+        self._cut = self._reading
         if self._reader is not None:
             self._reader.cancel()  # Its own task: the stream goes on without it.
 
@@ -112,14 +118,16 @@ class SignInStreamSession:
         end = "cancelled"
         try:
             async with asyncio.TaskGroup() as group:
-                self._reader = group.create_task(self._read(requests, group))
-                if self._stopped:
-                    self._reader.cancel()
+                if self._stopped:  # The broker was closing before this stream began.
+                    self._reading = False
+                    self._wake.set()
+                else:
+                    self._reader = group.create_task(self._read(requests, group))
                 group.create_task(self._write(write))
             if self._refusal is not None:
                 end = self._refusal.code.name
                 raise self._refusal
-            if self._stopped:
+            if self._cut:
                 end = "UNAVAILABLE"
                 raise Unavailable("the broker is shutting down: send what has no answer again")
             end = "OK"

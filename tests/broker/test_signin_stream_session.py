@@ -1,0 +1,72 @@
+"""``broker/signin_stream.py``'s session: how a stream ends around a broker shutdown.
+
+The sign-in itself is a stand-in here (the session's control flow is what is tested); the
+real path runs end to end in ``tests/test_signin_stream.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import pytest
+
+from broker.signin_stream import SignInStreamSession
+from pta.errors import Unavailable
+from pta.v1 import outcome_pb2, signin_pb2
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+
+async def _signed_in(
+    request: signin_pb2.SignInRequest, *, peer: str, deadline: float
+) -> signin_pb2.SignInResponse:
+    del request, peer, deadline
+    return signin_pb2.SignInResponse(outcome=outcome_pb2.SUCCESS)
+
+
+def _session() -> SignInStreamSession:
+    return SignInStreamSession(
+        _signed_in, peer="ipv4:127.0.0.1:5", timeout=5.0, stream_remaining=None
+    )
+
+
+async def _one_then_wait() -> AsyncIterator[signin_pb2.SignInBatch]:
+    yield signin_pb2.SignInBatch(items=[signin_pb2.SignInItem(id=1)])
+    await asyncio.sleep(3600)
+
+
+async def _one_then_close() -> AsyncIterator[signin_pb2.SignInBatch]:
+    yield signin_pb2.SignInBatch(items=[signin_pb2.SignInItem(id=1)])
+
+
+class TestShutdown:
+    """A broker shutdown ends streams at once, and says UNAVAILABLE only when it cut one."""
+
+    async def test_stream_begun_while_closing_ends_at_once(self) -> None:
+        """Closing before the stream's first read: UNAVAILABLE now, not a hang."""
+        session = _session()
+        session.stop_reading()
+        written: list[signin_pb2.SignInAnswers] = []
+
+        async def write(answers: signin_pb2.SignInAnswers) -> None:
+            written.append(answers)
+
+        with pytest.raises(Unavailable):
+            async with asyncio.timeout(5):
+                await session.run(_one_then_wait(), write)
+        assert written == []
+
+    async def test_a_drained_stream_ends_ok(self) -> None:
+        """Half-closed and answered before the shutdown: ends normally."""
+        session = _session()
+        written: list[signin_pb2.SignInAnswers] = []
+
+        async def write(answers: signin_pb2.SignInAnswers) -> None:
+            written.append(answers)
+            session.stop_reading()  # Shutdown arrives after the client half-closed.
+
+        async with asyncio.timeout(5):
+            await session.run(_one_then_close(), write)
+        assert [a.id for message in written for a in message.answers] == [1]
