@@ -184,11 +184,17 @@ class LdapDirectory:
             *(
                 loop.run_in_executor(self._executor, self._check_all, checks[share::shares])
                 for share in range(shares)
-            )
+            ),
+            return_exceptions=True,  # One share's failed hand-off costs the others nothing.
         )
         verdicts: list[Verdict | Exception] = [None] * len(checks)  # type: ignore[list-item]
         for share, answered in enumerate(done):
-            verdicts[share::shares] = answered
+            if isinstance(answered, BaseException) and not isinstance(answered, Exception):
+                raise answered  # Cancellation: never swallowed.
+            size = len(range(share, len(checks), shares))
+            verdicts[share::shares] = (
+                [answered] * size if isinstance(answered, Exception) else answered
+            )
         return verdicts
 
     def _check_all(self, checks: Sequence[Check]) -> list[Verdict | Exception]:
@@ -530,14 +536,23 @@ def _user_bind(conn: ldap3.Connection, dn: str, password: str) -> Mapping[str, A
     messages = strategy.receiving()
     if not messages:
         raise ldap_errors.LDAPSessionTerminatedByServerError("the directory closed the connection")
-    # The stubs leave ldap3's fast decoder untyped: it returns a dict of the message's parts.
-    message: dict[str, Any] = decode_message_fast(messages[0])  # type: ignore[no-untyped-call]
-    if (
-        len(messages) != 1
-        or message["messageID"] != message_id
-        or message["protocolOp"] != BIND_RESPONSE
-    ):
+    # The stubs leave ldap3's fast decoder untyped: each is a dict of the message's parts.
+    decoded: list[dict[str, Any]] = [
+        decode_message_fast(raw)  # type: ignore[no-untyped-call]
+        for raw in messages
+    ]
+    answer = next(
+        (m for m in decoded if m["messageID"] == message_id and m["protocolOp"] == BIND_RESPONSE),
+        None,
+    )
+    if answer is None:
         # A notice of disconnection (id 0), or anything else this bind did not ask for.
         raise ldap_errors.LDAPSocketReceiveError("unexpected answer to a bind")
-    response: Mapping[str, Any] = strategy.decode_response_fast(message)
+    if len(decoded) > 1:
+        # The answer came with something else (a notice of disconnection): the answer stands
+        # (the password was checked: checking it again would count it twice), the connection
+        # does not.
+        with contextlib.suppress(Exception):
+            conn.unbind()
+    response: Mapping[str, Any] = strategy.decode_response_fast(answer)
     return response
