@@ -160,16 +160,19 @@ class SignInStreamSession:
         """Start each item of ``batch``, or answer it at once when a limit refuses it.
 
         Raises:
-            InvalidRequest: The message carries too many items: none of them is started.
+            InvalidRequest: The message carries too many items, or an id already in flight (or
+                twice): none of its items is started. A second answer under a live id would
+                settle the wrong sign-in at a client that matches answers by id.
         """
         if len(batch.items) > MAX_ITEMS_PER_MESSAGE:
             raise InvalidRequest(f"a message may carry at most {MAX_ITEMS_PER_MESSAGE} sign-ins")
+        ids = [item.id for item in batch.items]
+        if len(set(ids)) != len(ids) or not self._in_flight.isdisjoint(ids):
+            raise InvalidRequest("an id is already in flight on this stream")
         now = asyncio.get_running_loop().time()
         for item in batch.items:
             self._items += 1
-            if item.id in self._in_flight:
-                self._refuse(item.id, InvalidRequest("this id is already in flight"))
-            elif len(self._in_flight) >= MAX_IN_FLIGHT:
+            if len(self._in_flight) >= MAX_IN_FLIGHT:
                 self._refuse(
                     item.id,
                     Overloaded(f"more than {MAX_IN_FLIGHT} sign-ins in flight on this stream"),

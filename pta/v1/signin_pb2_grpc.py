@@ -91,15 +91,15 @@ class SignInServiceServicer:
         - Each item's deadline starts when the broker reads it: `timeout_ms`, or the broker's
         sign-in timeout (10 s by default) when it is 0 or longer, and never past the stream's
         own gRPC deadline if it has one. An item not decided by then is DEADLINE_EXCEEDED.
-        - Per-item limits, answered at once: at most 256 items in flight on one stream
-        (RESOURCE_EXHAUSTED beyond); an `id` already in flight on the stream is
-        INVALID_ARGUMENT (the earlier item keeps its own answer). A client that does not read
-        its answers is not read either, past 256 unsent answers (flow control).
+        - Per-item limit, answered at once: at most 256 items in flight on one stream
+        (RESOURCE_EXHAUSTED beyond). A client that does not read its answers is not read
+        either, past 256 unsent answers (flow control).
         - Half-close when done: the broker answers every item in flight, then ends the stream
         with OK.
         - Messages the broker will not read end the stream, after the items read before them
-        are answered: one that does not parse (invalid UTF-8, truncated) or carries more than
-        256 items ends it with INVALID_ARGUMENT, and a broker shutting down ends it with
+        are answered: one that does not parse (invalid UTF-8, truncated), carries more than
+        256 items, or reuses an `id` still in flight (each id gets exactly one answer) ends it
+        with INVALID_ARGUMENT, and a broker shutting down ends it with
         UNAVAILABLE; the items of that message and any sent after it were never checked and
         may be sent again. A message over the public endpoint's 64 KiB cap ends the stream at
         once with RESOURCE_EXHAUSTED (grpc's own check). Cancelling the stream abandons the
