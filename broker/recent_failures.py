@@ -74,10 +74,11 @@ class RecentFailures:
         """
         now = self._clock()
         self._rotate(now)
-        digests = [self._digest(key, user, password) for key in self._keys]
+        current = self._digest(self._keys[0], user, password)
         entries = self._entries.get(user)
-        if not entries:
-            return False, digests[0]
+        if not entries:  # The usual case: one HMAC, none under the previous key.
+            return False, current
+        digests = [current, *(self._digest(key, user, password) for key in self._keys[1:])]
         live = [(d, exp) for d, exp in entries if exp > now]
         if live:
             self._entries[user] = live
