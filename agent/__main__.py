@@ -57,7 +57,10 @@ def _parser() -> argparse.ArgumentParser:
         "--start-tls", action="store_true", default=None, help="StartTLS on ldap:// URLs"
     )
     run.add_argument("--max-in-flight", help="validations at once (default 32)")
-    run.add_argument("--pool-size", help="LDAP worker threads (default 8)")
+    run.add_argument(
+        "--pool-size",
+        help="binds at once per directory, and LDAP worker threads for searches (default 8)",
+    )
     return parser
 
 

@@ -20,7 +20,7 @@ DEFAULT_SIZE = 10_000
 
 
 class DnCache:
-    """A thread-safe LRU map with a time to live; the worker threads share one."""
+    """A thread-safe LRU map with a time to live; the event loop and worker threads share one."""
 
     def __init__(
         self,

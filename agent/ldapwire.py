@@ -4,8 +4,8 @@ ldap3 builds every request as a tree of pyasn1 objects and encodes it with pyasn
 BER encoder: ≈ 0.17 ms of CPU for a bind with the password policy control, most of what a
 sign-in costs the agent's directory side. A simple bind is one fixed shape (RFC 4511 §4.2), so
 it is written here directly, byte for byte what ldap3 would send (a test compares the two).
-Only the encoding is ours: connections, TLS, the answer's decoding and everything else stay
-ldap3's (``agent/directory.py``). No I/O here, and no ldap3 import.
+Only the encoding is ours (and where one message ends, to read answers off a stream): the
+answer's decoding stays ldap3's (``agent/bindpool.py``). No I/O here, and no ldap3 import.
 
 ::
 
@@ -22,7 +22,7 @@ ldap3's (``agent/directory.py``). No I/O here, and no ldap3 import.
 
 from __future__ import annotations
 
-__all__ = ["bind_request", "control"]
+__all__ = ["bind_request", "control", "message_size", "start_tls_request"]
 
 MAX_INT = 2**31 - 1  # RFC 4511's maxInt: the largest message id
 LDAP_VERSION = 3
@@ -33,6 +33,9 @@ _OCTET_STRING = 0x04
 _BIND_REQUEST = 0x60  # [APPLICATION 0], constructed
 _SIMPLE = 0x80  # [0], primitive
 _CONTROLS = 0xA0  # [0], constructed
+_EXTENDED_REQUEST = 0x77  # [APPLICATION 23], constructed
+_REQUEST_NAME = 0x80  # [0], primitive
+START_TLS_OID = "1.3.6.1.4.1.1466.20037"
 _SHORT_LENGTH = 0x80  # lengths below this take one byte
 
 
@@ -94,3 +97,35 @@ def bind_request(message_id: int, dn: str, password: bytes, controls: tuple[byte
     if controls:
         body += _tlv(_CONTROLS, b"".join(controls))
     return _tlv(_SEQUENCE, body)
+
+
+def start_tls_request(message_id: int) -> bytes:
+    """Encode the StartTLS extended request (RFC 4511 §4.14): a name and no value."""
+    if not 0 < message_id <= MAX_INT:
+        raise ValueError("message id out of range")
+    request = _tlv(_EXTENDED_REQUEST, _tlv(_REQUEST_NAME, START_TLS_OID.encode("ascii")))
+    return _tlv(_SEQUENCE, _integer(message_id) + request)
+
+
+def message_size(data: bytes | bytearray) -> int:
+    """How many bytes the LDAPMessage at the start of ``data`` takes; -1 until that is known.
+
+    Reads the SEQUENCE tag and its definite length (short form, or up to four length bytes:
+    LDAP never needs more). A stream that starts any other way is not LDAP.
+
+    Raises:
+        ValueError: For something that is not an LDAPMessage's start.
+    """
+    if len(data) < 2:  # noqa: PLR2004 - a tag byte and a length byte
+        return -1
+    if data[0] != _SEQUENCE:
+        raise ValueError("not an LDAP message")
+    first = data[1]
+    if first < _SHORT_LENGTH:
+        return 2 + first
+    count = first & 0x7F
+    if not 0 < count <= 4:  # noqa: PLR2004 - 0x80 is BER's indefinite length, never LDAP's
+        raise ValueError("not an LDAP message length")
+    if len(data) < 2 + count:
+        return -1
+    return 2 + count + int.from_bytes(data[2 : 2 + count], "big")

@@ -1,13 +1,13 @@
 """The agent's outbound streams to the broker, each kept up for as long as it is wanted.
 
 A :class:`Link` is one identity's stream. Each session: dial the agent endpoint with that
-identity's certificate, say hello, then run a reader (validation requests in, each batch
-acknowledged and then checked in a task of its own), a writer (acknowledgements and results
-out, together in one message when both are waiting, heartbeats when idle) and a reporter (the
-directories' lockout thresholds, once and when they change: :mod:`agent.lockout`) until the
-stream ends; then wait a jittered, growing delay and dial again. A drained link (its identity
-was renewed, or the agent stops) tells the broker, answers what it was sent, and ends when the
-broker closes the stream.
+identity's certificate, say hello, then run a reader (validation requests in, each batch opened
+while its acknowledgement is written and checked once it is, in a task of its own), a writer
+(acknowledgements and results out, together in one message when both are waiting, heartbeats
+when idle) and a reporter (the directories' lockout thresholds, once and when they change:
+:mod:`agent.lockout`) until the stream ends; then wait a jittered, growing delay and dial again.
+A drained link (its identity was renewed, or the agent stops) tells the broker, answers what it
+was sent, and ends when the broker closes the stream.
 """
 
 from __future__ import annotations
@@ -239,11 +239,12 @@ class Link:
         outbox: asyncio.Queue[Outgoing],
         acknowledged: asyncio.Event,
     ) -> None:
-        """Check one batch once its acknowledgement is written: one task, one hand-off."""
+        """Open one batch while its acknowledgement is written; check it once it is."""
+        opened = self._validator.open_batch(requests)  # Tries no password: needs no ack.
         await acknowledged.wait()
         self._checking += 1
         try:
-            results = await self._validator.validate_batch(requests)
+            results = await self._validator.check_batch(opened)
         finally:
             self._checking -= 1
         outbox.put_nowait(results)

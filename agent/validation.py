@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import structlog
@@ -57,6 +58,17 @@ class ReplayGuard:
             self._seen = {rid: d for rid, d in self._seen.items() if d >= horizon}
 
 
+@dataclass(slots=True)
+class OpenedBatch:
+    """A batch whose envelopes are open: the checks to run, and the answers known already."""
+
+    requests: Sequence[agent_pb2.ValidationRequest]
+    #: Per request: (outcome, message) once known; None while its check is to run.
+    answers: list[tuple[outcome_pb2.Outcome, str] | None]
+    work: dict[LdapDirectory, list[tuple[int, Check]]] = field(repr=False)
+    started: float
+
+
 class Validator:
     """Opens envelopes for one agent identity and asks the right directory."""
 
@@ -81,23 +93,36 @@ class Validator:
     async def validate_batch(
         self, requests: Sequence[agent_pb2.ValidationRequest]
     ) -> list[agent_pb2.ValidationResult]:
-        """Answer a batch, in order: envelopes opened here, each directory's checks in one go.
+        """Answer a batch, in order: :meth:`open_batch`, then :meth:`check_batch`."""
+        return await self.check_batch(self.open_batch(requests))
 
-        Never raises for anything a request contains: a request that fails gets its own answer
-        (REQUEST_REJECTED, DIRECTORY_UNAVAILABLE) and the others are still checked.
+    def open_batch(self, requests: Sequence[agent_pb2.ValidationRequest]) -> OpenedBatch:
+        """Open a batch's envelopes and say which directory checks what; nothing is tried yet.
+
+        Separate from checking so that the agent opens a batch while its acknowledgement is
+        being written (``agent/link.py``), and binds only once it is: opening tries no password.
+        Never raises for anything a request contains: a request that fails to open has its
+        answer (REQUEST_REJECTED) already, and the others are still checked.
         """
-        started = time.perf_counter()
-        answers: list[tuple[outcome_pb2.Outcome, str] | None] = [None] * len(requests)
-        work: dict[LdapDirectory, list[tuple[int, Check]]] = {}
+        batch = OpenedBatch(requests, [None] * len(requests), {}, time.perf_counter())
         for index, request in enumerate(requests):
             try:
                 directory, check = self._check_for(request)
             except Exception as error:  # noqa: BLE001 - answered as this request's failure
-                answers[index] = _failure(request, error)
+                batch.answers[index] = _failure(request, error)
                 continue
-            work.setdefault(directory, []).append((index, check))
-        batches = list(work.items())
-        work.clear()
+            batch.work.setdefault(directory, []).append((index, check))
+        return batch
+
+    async def check_batch(self, batch: OpenedBatch) -> list[agent_pb2.ValidationResult]:
+        """Check an opened batch, each directory's checks in one go; answer in order.
+
+        Never raises for anything a request contains: a check that fails answers its own
+        request (DIRECTORY_UNAVAILABLE), and the others are still answered.
+        """
+        requests, answers, started = batch.requests, batch.answers, batch.started
+        batches = list(batch.work.items())
+        batch.work.clear()
         verdicts = await asyncio.gather(
             *(directory.check_all([check for _, check in items]) for directory, items in batches),
             return_exceptions=True,

@@ -14,7 +14,7 @@ from pta.slapd import DirectoryUser, Slapd
 from pta.v1 import outcome_pb2
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import AsyncIterator, Iterator
 
 Outcome = outcome_pb2.Outcome
 
@@ -65,8 +65,8 @@ def directory_server() -> Iterator[Slapd]:
 
 
 @pytest.fixture
-def ldap_directory(directory_server: Slapd) -> Iterator[LdapDirectory]:
-    """The agent's directory client against that slapd."""
+async def ldap_directory(directory_server: Slapd) -> AsyncIterator[LdapDirectory]:
+    """The agent's directory client against that slapd, closed on the test's event loop."""
     directory = LdapDirectory(
         DirectoryConfig(urls=(directory_server.url,), base_dn=directory_server.base_dn)
     )

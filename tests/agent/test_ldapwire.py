@@ -1,4 +1,4 @@
-"""The hand-encoded bind request (``agent/ldapwire.py``) is, byte for byte, what ldap3 sends.
+"""The hand-encoded requests (``agent/ldapwire.py``) are, byte for byte, what ldap3 sends.
 
 The reference is ldap3's own path: ``bind_operation`` and its controls built into an
 ``LDAPMessage`` and encoded by pyasn1, with the password through ldap3's SASLprep. That the
@@ -10,13 +10,16 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from ldap3.core.exceptions import LDAPException
 from ldap3.operation.bind import bind_operation
+from ldap3.operation.extended import extended_operation
 from ldap3.protocol.convert import build_controls_list
 from ldap3.protocol.rfc4511 import LDAPMessage, MessageID, ProtocolOp
 from ldap3.protocol.sasl.sasl import validate_simple_password
 from pyasn1.codec.ber import encoder
 
 from agent import ldapwire, ppolicy
+from agent.directory import sasl_prepped
 
 OID = ppolicy.CONTROL_OID
 Controls = list[tuple[str, bool, str | bytes | None]]
@@ -105,3 +108,59 @@ class TestBindRequest:
         """An empty simple password is an anonymous bind: never sent for a sign-in."""
         with pytest.raises(ValueError, match="password"):
             ldapwire.bind_request(1, "cn=a", b"", ())
+
+
+class TestStartTls:
+    """The StartTLS extended request, as ldap3's ``extended`` operation encodes it."""
+
+    @pytest.mark.parametrize("message_id", [1, 200, 2**31 - 1])
+    def test_same_as_ldap3(self, message_id: int) -> None:
+        """Same bytes as ldap3's ExtendedRequest with the StartTLS name and no value."""
+        message = LDAPMessage()
+        message["messageID"] = MessageID(message_id)
+        message["protocolOp"] = ProtocolOp().setComponentByName(
+            "extendedReq", extended_operation(ldapwire.START_TLS_OID)
+        )
+        assert ldapwire.start_tls_request(message_id) == bytes(encoder.encode(message))
+
+
+class TestMessageSize:
+    """Where an LDAPMessage ends, from its first bytes; -1 while that is not known yet."""
+
+    @pytest.mark.parametrize("size", [0, 5, 127, 128, 300, 70_000])
+    def test_whole_messages(self, size: int) -> None:
+        """Short and long length forms: the size of ldap3's own encoding."""
+        raw = _ldap3_bytes(3, "cn=" + "x" * size, "pw", [(OID, False, None)])
+        assert ldapwire.message_size(raw) == len(raw)
+        assert ldapwire.message_size(raw + b"\x30\x00") == len(raw)  # The next one's start.
+        header = 2 + (raw[1] & 0x7F if raw[1] & 0x80 else 0)
+        for cut in range(header):
+            assert ldapwire.message_size(raw[:cut]) == -1
+
+    @pytest.mark.parametrize(
+        "start", [b"HTTP/1.1", b"\x30\x80\x00", b"\x30\x85\x01\x02\x03\x04\x05"]
+    )
+    def test_not_ldap(self, start: bytes) -> None:
+        """Another protocol, BER's indefinite length, a length LDAP never needs."""
+        with pytest.raises(ValueError, match="LDAP"):
+            ldapwire.message_size(start)
+
+
+class TestSaslPrep:
+    """The agent's SASLprep shortcut for printable ASCII changes nothing ldap3 would send."""
+
+    @given(password=st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E)))
+    def test_printable_ascii_as_ldap3(self, password: str) -> None:
+        """Property: every printable ASCII password gets exactly ldap3's bytes."""
+        if password:
+            assert sasl_prepped(password) == validate_simple_password(password)
+
+    @pytest.mark.parametrize("password", ["pässwörd", "a\u00a0b", "soft\u00adhyphen", "ﬁ"])
+    def test_others_through_ldap3(self, password: str) -> None:
+        """Non-ASCII passwords are mapped and normalised by ldap3 itself."""
+        assert sasl_prepped(password) == validate_simple_password(password)
+
+    def test_control_characters_refused(self) -> None:
+        """ASCII control characters are prohibited by SASLprep: ldap3 refuses them."""
+        with pytest.raises(LDAPException):
+            sasl_prepped("tab\there")

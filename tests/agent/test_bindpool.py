@@ -1,0 +1,365 @@
+"""``agent/bindpool.py``: sign-in binds on the event loop.
+
+Against real servers: slapd for what a directory answers (compared with what ldap3's own
+``Connection.bind`` makes of the same bind), Samba AD for LDAPS and StartTLS. The connection's
+edge cases that no real directory produces on demand (a notice of disconnection right after
+an answer, a server that never answers) come from a scripted TCP server that speaks only the
+bytes of those cases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from typing import TYPE_CHECKING, Any
+
+import ldap3
+import pytest
+
+from agent import ldapwire, ppolicy
+from agent.bindpool import BindPool, tls_context
+from agent.directory import PPOLICY_CONTROL
+from pta.errors import DirectoryUnavailable
+from pta.samba import AdUser, SambaDC, samba_missing_reason
+from pta.slapd import DirectoryUser, Slapd, free_port
+from tests.conftest import remember_password
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Iterator
+
+POOL_USERS = {"alice": remember_password("Alice-pool-1!"), "bob": remember_password("Bob-pool-2!")}
+AD_PASSWORD = remember_password("Ad-pool-pw-3!z")
+
+
+def _notice() -> bytes:
+    oid = b"1.3.6.1.4.1.1466.20036"
+    body = b"\x0a\x01\x34" + b"\x04\x00" + b"\x04\x00" + b"\x8a" + bytes((len(oid),)) + oid
+    response = b"\x78" + bytes((len(body),)) + body
+    message = b"\x02\x01\x00" + response
+    return b"\x30" + bytes((len(message),)) + message
+
+
+def _success(message_id: int) -> bytes:
+    response = b"\x61\x07\x0a\x01\x00\x04\x00\x04\x00"
+    message = b"\x02\x01" + bytes((message_id,)) + response
+    return b"\x30" + bytes((len(message),)) + message
+
+
+def _pool(urls: tuple[str, ...], **overrides: Any) -> BindPool:
+    settings: dict[str, Any] = {
+        "size": 4,
+        "connect_timeout": 2.0,
+        "receive_timeout": 2.0,
+        "tls": tls_context(None),
+        "start_tls": False,
+    }
+    return BindPool(urls, **(settings | overrides))
+
+
+def _ldap3_result(url: str, dn: str, password: str) -> dict[str, Any]:
+    conn = ldap3.Connection(
+        ldap3.Server(url, get_info=ldap3.NONE), dn, password, raise_exceptions=False
+    )
+    conn.open(read_server_info=False)
+    conn.bind(read_server_info=False, controls=[ppolicy.request_control()])
+    result = dict(conn.result or {})
+    conn.unbind()
+    return result
+
+
+@pytest.fixture(scope="module")
+def own_slapd() -> Iterator[Slapd]:
+    """A slapd of its own: these tests send wrong passwords, which slapd counts."""
+    with Slapd(users=[DirectoryUser(uid=uid, password=pw) for uid, pw in POOL_USERS.items()]) as s:
+        yield s
+
+
+class TestAgainstSlapd:
+    """What the pool makes of slapd's answers is what ldap3 makes of them."""
+
+    @pytest.mark.parametrize("password", ["right", "wrong"])
+    async def test_same_result_as_ldap3(self, own_slapd: Slapd, password: str) -> None:
+        """Result code, message and the password policy control, as ``Connection.bind``."""
+        dn = own_slapd.user_dn("alice")
+        secret = POOL_USERS["alice"] if password == "right" else "not-alices-password"
+        pool = _pool((own_slapd.url,))
+        try:
+            ours = await pool.bind(dn, secret.encode(), (PPOLICY_CONTROL,))
+        finally:
+            pool.close()
+        theirs = _ldap3_result(own_slapd.url, dn, secret)
+        for key in ("result", "description", "message", "dn", "controls"):
+            assert ours.get(key) == theirs.get(key), key
+
+    async def test_connections_reused_and_bounded(self, own_slapd: Slapd) -> None:
+        """Forty binds, eight at a time, on at most four connections, opened once each."""
+        pool = _pool((own_slapd.url,), size=4)
+        opened = 0
+        dial = pool._dial
+
+        async def counting(url: str) -> Any:
+            nonlocal opened
+            opened += 1
+            return await dial(url)
+
+        pool._dial = counting  # type: ignore[method-assign]
+        dn = own_slapd.user_dn("alice")
+        try:
+            results = await asyncio.gather(
+                *(pool.bind(dn, POOL_USERS["alice"].encode(), ()) for _ in range(40))
+            )
+        finally:
+            pool.close()
+        assert [r["result"] for r in results] == [0] * 40
+        assert opened <= 4
+
+    async def test_restarted_directory(self) -> None:
+        """Connections a restarted directory closed while idle are replaced, not failed."""
+        with Slapd(users=[DirectoryUser(uid="dora", password="Dora-pw-1")]) as own:
+            pool = _pool((own.url,))
+            dn = own.user_dn("dora")
+            try:
+                assert (await pool.bind(dn, b"Dora-pw-1", ()))["result"] == 0
+                own.pause()
+                own.resume()  # The same port; the pool's connection was closed while idle.
+                await asyncio.sleep(0.1)
+                assert (await pool.bind(dn, b"Dora-pw-1", ()))["result"] == 0
+            finally:
+                pool.close()
+
+    async def test_nothing_listening(self) -> None:
+        """No server: DirectoryUnavailable at once, and the server skipped for a while."""
+        url = f"ldap://127.0.0.1:{free_port()}"
+        now = [100.0]
+        pool = _pool((url,), clock=lambda: now[0])
+        with pytest.raises(DirectoryUnavailable, match="could not reach"):
+            await pool.bind("cn=x", b"pw", ())
+        with pytest.raises(DirectoryUnavailable, match="failed lately"):
+            await pool.bind("cn=x", b"pw", ())
+        now[0] += 11
+        with pytest.raises(DirectoryUnavailable, match="could not reach"):
+            await pool.bind("cn=x", b"pw", ())
+
+    async def test_next_server_when_first_is_down(self, own_slapd: Slapd) -> None:
+        """URLs in order: a dead first server costs a failed dial, not the sign-in."""
+        pool = _pool((f"ldap://127.0.0.1:{free_port()}", own_slapd.url))
+        try:
+            result = await pool.bind(own_slapd.user_dn("alice"), POOL_USERS["alice"].encode(), ())
+        finally:
+            pool.close()
+        assert result["result"] == 0
+
+
+class _Scripted:
+    """A TCP server on 127.0.0.1 that answers each bind request as a test says."""
+
+    def __init__(self, answer: Callable[[int, asyncio.StreamWriter], Awaitable[None]]) -> None:
+        self.answer = answer
+        self.requests = 0
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        buffer = b""
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                size = ldapwire.message_size(buffer)
+                if size < 0 or len(buffer) < size:
+                    chunk = await reader.read(4096)
+                    if not chunk:
+                        return
+                    buffer += chunk
+                    continue
+                message, buffer = buffer[:size], buffer[size:]
+                self.requests += 1
+                await self.answer(message[4], writer)  # One-byte ids in these tests.
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"ldap://127.0.0.1:{port}"
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+class TestConnectionEdges:
+    """Every password is sent at most once, whatever the connection does."""
+
+    async def test_notice_while_idle(self) -> None:
+        """A notice of disconnection between binds: the next bind opens a fresh connection."""
+
+        async def answer(message_id: int, writer: asyncio.StreamWriter) -> None:
+            writer.write(_success(message_id))
+            await asyncio.sleep(0.05)
+            writer.write(_notice())
+            writer.close()
+
+        scripted = _Scripted(answer)
+        async with scripted as url:
+            pool = _pool((url,))
+            assert (await pool.bind("cn=a", b"pw", ()))["result"] == 0
+            await asyncio.sleep(0.2)
+            assert (await pool.bind("cn=a", b"pw", ()))["result"] == 0
+            pool.close()
+        assert (scripted.requests, scripted.connections) == (2, 2)
+
+    async def test_answer_with_notice(self) -> None:
+        """An answer and a notice in one segment: the answer stands, the connection goes."""
+
+        async def answer(message_id: int, writer: asyncio.StreamWriter) -> None:
+            writer.write(_success(message_id) + _notice())
+
+        scripted = _Scripted(answer)
+        async with scripted as url:
+            pool = _pool((url,))
+            assert (await pool.bind("cn=a", b"pw", ()))["result"] == 0
+            assert (await pool.bind("cn=a", b"pw", ()))["result"] == 0
+            pool.close()
+        assert (scripted.requests, scripted.connections) == (2, 2)
+
+    async def test_notice_instead_of_answer(self) -> None:
+        """The connection closes with the bind on the wire: unavailable, never sent again."""
+
+        async def answer(_message_id: int, writer: asyncio.StreamWriter) -> None:
+            writer.write(_notice())
+            writer.close()
+
+        scripted = _Scripted(answer)
+        async with scripted as url:
+            pool = _pool((url,))
+            with pytest.raises(DirectoryUnavailable, match="closed"):
+                await pool.bind("cn=a", b"pw", ())
+            pool.close()
+        assert scripted.requests == 1
+
+    async def test_silence_times_out_once(self) -> None:
+        """No answer: unavailable after the receive timeout; the request went out once."""
+
+        async def answer(_message_id: int, _writer: asyncio.StreamWriter) -> None:
+            return
+
+        scripted = _Scripted(answer)
+        async with scripted as url:
+            pool = _pool((url,), receive_timeout=0.3)
+            with pytest.raises(DirectoryUnavailable, match="in time"):
+                await pool.bind("cn=a", b"pw", ())
+            assert pool._idle == []  # A late answer must never meet the next request.
+            pool.close()
+        assert scripted.requests == 1
+
+    async def test_cancelled_bind_drops_its_connection(self) -> None:
+        """A bind cancelled while waiting leaves no connection with an answer pending."""
+
+        async def answer(_message_id: int, _writer: asyncio.StreamWriter) -> None:
+            return
+
+        scripted = _Scripted(answer)
+        async with scripted as url:
+            pool = _pool((url,))
+            task = asyncio.create_task(pool.bind("cn=a", b"pw", ()))
+            await asyncio.sleep(0.2)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert pool._idle == []
+            pool.close()
+
+    async def test_garbage_is_not_an_answer(self) -> None:
+        """Bytes that are not LDAP: unavailable, the connection closed."""
+
+        async def answer(_message_id: int, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+        scripted = _Scripted(answer)
+        async with scripted as url:
+            pool = _pool((url,))
+            with pytest.raises(DirectoryUnavailable):
+                await pool.bind("cn=a", b"pw", ())
+            assert pool._idle == []
+            pool.close()
+
+    async def test_oversized_answer(self) -> None:
+        """A length far beyond any bind response is refused before it is buffered."""
+
+        async def answer(_message_id: int, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"\x30\x84\x7f\xff\xff\xff")
+
+        scripted = _Scripted(answer)
+        async with scripted as url:
+            pool = _pool((url,))
+            with pytest.raises(DirectoryUnavailable):
+                await pool.bind("cn=a", b"pw", ())
+            pool.close()
+
+
+@pytest.fixture(scope="module")
+def pool_dc() -> Iterator[SambaDC]:
+    """A Samba AD DC with one user, for TLS."""
+    reason = samba_missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    with SambaDC(users=[AdUser(sam="pooluser", password=AD_PASSWORD)]) as dc:
+        yield dc
+
+
+@pytest.fixture
+def ad_binds(pool_dc: SambaDC) -> tuple[SambaDC, str]:
+    """The DN of the DC's user (found with ldap3, as the agent's search would)."""
+    tls = ldap3.Tls(ca_certs_file=str(pool_dc.ca_file), validate=ssl.CERT_REQUIRED)
+    conn = ldap3.Connection(
+        ldap3.Server(pool_dc.ldaps_url, get_info=ldap3.NONE, tls=tls),
+        pool_dc.admin_dn,
+        pool_dc.admin_password,
+        auto_bind=True,
+    )
+    conn.search(pool_dc.base_dn, "(sAMAccountName=pooluser)", attributes=[])
+    dn = str((conn.response or [{}])[0]["dn"])
+    conn.unbind()
+    return pool_dc, dn
+
+
+class TestTls:
+    """LDAPS and StartTLS against Active Directory, verified by CA and by name."""
+
+    async def test_ldaps(self, ad_binds: tuple[SambaDC, str]) -> None:
+        """Right and wrong passwords over LDAPS; AD's subcode comes through."""
+        dc, dn = ad_binds
+        pool = _pool((dc.ldaps_url,), tls=tls_context(str(dc.ca_file)))
+        try:
+            assert (await pool.bind(dn, AD_PASSWORD.encode(), ()))["result"] == 0
+            wrong = await pool.bind(dn, b"not-the-password", ())
+        finally:
+            pool.close()
+        assert wrong["result"] == 49
+        assert "data 52e" in wrong["message"]
+
+    async def test_start_tls(self, ad_binds: tuple[SambaDC, str]) -> None:
+        """ldap:// upgraded before the first bind (AD refuses simple binds in the clear)."""
+        dc, dn = ad_binds
+        pool = _pool((dc.ldap_url,), tls=tls_context(str(dc.ca_file)), start_tls=True)
+        try:
+            assert (await pool.bind(dn, AD_PASSWORD.encode(), ()))["result"] == 0
+        finally:
+            pool.close()
+
+    async def test_unknown_ca_refused(self, ad_binds: tuple[SambaDC, str]) -> None:
+        """A DC whose certificate the system's CAs do not vouch for: never bound to."""
+        dc, dn = ad_binds
+        for url, start_tls in ((dc.ldaps_url, False), (dc.ldap_url, True)):
+            pool = _pool((url,), start_tls=start_tls)
+            with pytest.raises(DirectoryUnavailable):
+                await pool.bind(dn, AD_PASSWORD.encode(), ())
+            pool.close()
+
+    async def test_wrong_name_refused(self, ad_binds: tuple[SambaDC, str]) -> None:
+        """Right CA, wrong name (``localhost`` is not in the DC's certificate): refused."""
+        dc, dn = ad_binds
+        url = dc.ldaps_url.replace("127.0.0.1", "localhost")
+        pool = _pool((url,), tls=tls_context(str(dc.ca_file)))
+        with pytest.raises(DirectoryUnavailable):
+            await pool.bind(dn, AD_PASSWORD.encode(), ())
+        pool.close()
