@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                     1,
                     slapd_only,
                     lambda start, until: _later(
-                        pool.submit(direct_binds, slapd.url, dn_of, mix, until), start
+                        pool.submit(direct_binds, slapd.url, dn_of, mix, start, until)
                     ),
                     args.duration,
                 )
@@ -292,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if any(r.wrong or r.errors for r in results) else 0
 
 
-def _later(future: Any, _start: float) -> Any:
+def _later(future: Any) -> Any:
+    """What ``_measure`` calls for a one-process phase's samples, once its window is over."""
     return lambda: [future.result()]
 
 
