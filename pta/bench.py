@@ -3,20 +3,23 @@
 It starts a throwaway slapd with N users, a broker and one or more agents (the real programs, as
 processes), then measures, on the same machine in the same run:
 
-1. the baseline: direct ldap3 binds against that slapd from one process;
+1. the baseline: direct ldap3 binds against that slapd from one process, in slices of one
+   phase's duration: one before the first end-to-end level and one after each level;
 2. sign-ins through client -> broker -> agent -> slapd (mTLS, HPKE) at each concurrency, with
    one in five passwords wrong and every answer checked (a wrong answer fails the run), over
    each API: a unary ``SignIn`` call per sign-in, and ``SignInStream`` (one stream per load
    process, several sign-ins per message);
 3. the CPU each process spent per sign-in (its own counters over the measured window).
 
-Ratios, not absolute numbers, are what carry from one machine to another.
+Ratios, not absolute numbers, are what carry from one machine to another. Each end-to-end phase
+is compared with its adjacent baseline, the mean of the slices just before and just after its
+level: this machine's speed moves by 2x within a run, and a baseline measured a minute earlier
+says little about the machine a phase ran on. The spread of the slices says how much it moved.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import multiprocessing
 import os
@@ -26,7 +29,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +45,19 @@ TICKS = os.sysconf("SC_CLK_TCK")
 NO_LOCKOUT = {"pwdLockout": "FALSE", "pwdMaxFailure": "0"}
 SETTLE = 1.5  # seconds between starting a phase and its measured window
 PHASE_NAMES = {"unary": "end to end", "stream": "end to end stream"}
+BASELINE_NAME = "direct ldap3 bind"
+
+
+@dataclass(frozen=True, slots=True)
+class Baseline:
+    """What an end-to-end phase is compared with: its adjacent baseline.
+
+    The mean of the direct-bind slices measured just before and just after the phase's level,
+    so that the phase and its baseline saw the machine at about the same speed.
+    """
+
+    rate: float
+    p50_ms: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,11 +77,20 @@ class PhaseResult:
     p99_ms: float
     #: Process name -> CPU milliseconds per sign-in over the window.
     cpu_ms_per_op: dict[str, float]
+    #: The adjacent baseline, once known (after the next slice); None for a baseline slice.
+    baseline: Baseline | None = None
 
     @property
     def rate(self) -> float:
         """Operations per second over the measured window."""
         return self.count / self.seconds
+
+    @property
+    def ratio(self) -> float | None:
+        """Throughput over the adjacent baseline's; None without one (or if it bound nothing)."""
+        if self.baseline is None or not self.baseline.rate:
+            return None
+        return self.rate / self.baseline.rate
 
     def as_dict(self) -> dict[str, Any]:
         """The phase as the JSON report has it."""
@@ -82,7 +107,15 @@ class PhaseResult:
             "p95_ms": round(self.p95_ms, 3),
             "p99_ms": round(self.p99_ms, 3),
             "cpu_ms_per_op": {k: round(v, 3) for k, v in self.cpu_ms_per_op.items()},
+            "baseline_rate": _rounded(self.baseline.rate if self.baseline else None, 1),
+            "baseline_p50_ms": _rounded(self.baseline.p50_ms if self.baseline else None, 3),
+            "throughput_ratio": _rounded(self.ratio, 3),
         }
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    """``round`` that lets the JSON's null (nothing to compare with) through."""
+    return None if value is None else round(value, digits)
 
 
 def _percentile(values: list[float], share: float) -> float:
@@ -143,8 +176,8 @@ def _measure(  # noqa: PLR0913 - one phase's facts, by name
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; exit 1 when any answer was wrong."""
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    """The command line, with ``levels`` and ``apis`` parsed out of their comma lists."""
     parser = argparse.ArgumentParser(prog="pta-bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per phase")
     parser.add_argument("--agents", type=int, default=1, help="agents of the tenant")
@@ -160,10 +193,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, help="write the whole result here")
     args = parser.parse_args(argv)
-    levels = [int(c) for c in args.concurrency.split(",")]
-    apis = [a for a in APIS if a in args.api.split(",")]
-    if not apis or set(args.api.split(",")) - set(APIS):
+    args.levels = [int(c) for c in args.concurrency.split(",")]
+    args.apis = [a for a in APIS if a in args.api.split(",")]
+    if not args.apis or set(args.api.split(",")) - set(APIS):
         parser.error(f"--api takes a comma-separated list of {', '.join(APIS)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; exit 1 when any answer was wrong."""
+    args = _arguments(argv)
     pta_logging.configure(level="warning")
 
     uids = [f"u{n:05d}" for n in range(args.users)]
@@ -181,17 +220,20 @@ def main(argv: list[str] | None = None) -> int:
             assert slapd.pid is not None
             progress(f"slapd with {args.users} users at {slapd.url}; starting broker and agents")
             dn_of = {uid: slapd.user_dn(uid) for uid in uids}
-            results.append(
-                _measure(
-                    "direct ldap3 bind",
+            slapd_only = {"slapd": slapd.pid}
+
+            def baseline_slice() -> PhaseResult:
+                """One slice of the baseline: the same direct binds, as long as a phase."""
+                return _measure(
+                    BASELINE_NAME,
                     1,
-                    {"slapd": slapd.pid},
+                    slapd_only,
                     lambda start, until: _later(
-                        pool.submit(direct_binds, slapd.url, dn_of, mix, until), start
+                        pool.submit(direct_binds, slapd.url, dn_of, mix, start, until)
                     ),
                     args.duration,
                 )
-            )
+
             with LocalDeployment(workdir) as cluster:
                 cluster.start_broker()
                 cluster.broker_cli("tenant", "add", "bench", "--domain", DOMAIN)
@@ -202,37 +244,43 @@ def main(argv: list[str] | None = None) -> int:
                     cluster.enrol_agent(f"agent-{n}", "bench")
                     cluster.run_agent(f"agent-{n}", slapd)
                 ca = cluster.ca_file.read_bytes()
-                pids = {n: p.pid for n, p in cluster.processes.items()} | {"slapd": slapd.pid}
-                # Each level over each API in turn: the two are measured minutes apart at
-                # most, on a machine whose speed drifts.
-                for level, api in itertools.product(levels, apis):
+                pids = {n: p.pid for n, p in cluster.processes.items()} | slapd_only
+                # The first slice runs with broker and agents up (idle), as every later one
+                # does, and right before the first level, not before their start-up.
+                results.append(baseline_slice())
+                # Each level over each API in turn, then a baseline slice: the two APIs are
+                # measured minutes apart at most, each next to a baseline, on a machine whose
+                # speed drifts.
+                for level in args.levels:
                     procs = max(1, min(args.load_processes, level // 8))
                     shares = [level // procs + (i < level % procs) for i in range(procs)]
+                    for api in args.apis:
 
-                    def run(
-                        start: float, until: float, shares: list[int] = shares, api: str = api
-                    ) -> Any:
-                        futures = [
-                            pool.submit(
-                                end_to_end,
-                                LoadSpec(
-                                    target=cluster.public,
-                                    ca=ca,
-                                    domain=DOMAIN,
-                                    mix=mix[i :: len(shares)],
-                                    concurrency=share,
-                                    start_at=start,
-                                    until=until,
-                                    api=api,
-                                ),
-                            )
-                            for i, share in enumerate(shares)
-                        ]
-                        return lambda: [f.result() for f in futures]
+                        def run(
+                            start: float, until: float, shares: list[int] = shares, api: str = api
+                        ) -> Any:
+                            futures = [
+                                pool.submit(
+                                    end_to_end,
+                                    LoadSpec(
+                                        target=cluster.public,
+                                        ca=ca,
+                                        domain=DOMAIN,
+                                        mix=mix[i :: len(shares)],
+                                        concurrency=share,
+                                        start_at=start,
+                                        until=until,
+                                        api=api,
+                                    ),
+                                )
+                                for i, share in enumerate(shares)
+                            ]
+                            return lambda: [f.result() for f in futures]
 
-                    results.append(
-                        _measure(PHASE_NAMES[api], level, pids, run, args.duration, api=api)
-                    )
+                        results.append(
+                            _measure(PHASE_NAMES[api], level, pids, run, args.duration, api=api)
+                        )
+                    results.append(baseline_slice())
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report = _report(results, args)
@@ -244,58 +292,111 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if any(r.wrong or r.errors for r in results) else 0
 
 
-def _later(future: Any, _start: float) -> Any:
+def _later(future: Any) -> Any:
+    """What ``_measure`` calls for a one-process phase's samples, once its window is over."""
     return lambda: [future.result()]
 
 
-def _ratios(
-    baseline: PhaseResult, phases: list[PhaseResult]
-) -> tuple[PhaseResult | None, float | None, float | None]:
-    """The best phase, its throughput over the baseline's, and the added p50 at 1 in flight."""
-    if not phases:
+def _with_adjacent_baselines(results: list[PhaseResult]) -> list[PhaseResult]:
+    """Each end-to-end phase with its adjacent baseline: the slices on either side of it.
+
+    Slices run before the first level and after each level, so the nearest slice before a
+    phase and the nearest after it bracket its level in time; their mean is the best guess of
+    the machine's speed while the phase ran. A phase with a slice on one side only gets that
+    one; baseline slices themselves are left without.
+    """
+    slices = [i for i, r in enumerate(results) if r.api is None]
+    adjacent: list[PhaseResult] = []
+    for i, r in enumerate(results):
+        before = [results[j] for j in slices if j < i][-1:]
+        after = [results[j] for j in slices if j > i][:1]
+        near = before + after
+        if r.api is None or not near:
+            adjacent.append(r)
+            continue
+        baseline = Baseline(
+            rate=statistics.fmean(b.rate for b in near),
+            p50_ms=statistics.fmean(b.p50_ms for b in near),
+        )
+        adjacent.append(replace(r, baseline=baseline))
+    return adjacent
+
+
+def _ratios(phases: list[PhaseResult]) -> tuple[PhaseResult | None, float | None, float | None]:
+    """The best phase, its throughput ratio, and the added p50 at 1 in flight.
+
+    Every figure is against each phase's own adjacent baseline. "Best" is the highest ratio,
+    not the highest raw rate: levels ran minutes apart at different machine speeds, so a raw
+    rate says as much about the machine at that moment as about the level.
+    """
+    compared = [r for r in phases if r.ratio is not None]
+    if not compared:
         return None, None, None
-    best = max(phases, key=lambda r: r.rate)
-    ratio = best.rate / baseline.rate if baseline.rate else 0.0
-    c1 = next((r for r in phases if r.concurrency == 1), None)
-    added = (c1.p50_ms - baseline.p50_ms) if c1 else None
-    return best, ratio, added
+    best = max(compared, key=lambda r: r.ratio or 0.0)
+    c1 = next((r for r in compared if r.concurrency == 1), None)
+    added = c1.p50_ms - c1.baseline.p50_ms if c1 is not None and c1.baseline else None
+    return best, best.ratio, added
+
+
+def _spread(slices: list[PhaseResult]) -> float | None:
+    """The fastest baseline slice's rate over the slowest's: how far the machine moved.
+
+    1.0 is a steady machine; the further above, the less any one ratio of the run can be
+    trusted, even against its adjacent baseline. None when a slice bound nothing.
+    """
+    rates = [r.rate for r in slices]
+    if not rates or min(rates) <= 0:
+        return None
+    return max(rates) / min(rates)
 
 
 def _report(results: list[PhaseResult], args: argparse.Namespace) -> dict[str, Any]:
-    baseline = results[0]
-    by_api = {api: [r for r in results[1:] if r.api == api] for api in APIS}
+    """The printed table and the JSON's fields, every ratio against the adjacent baseline."""
+    results = _with_adjacent_baselines(results)
+    slices = [r for r in results if r.api is None]
+    by_api = {api: [r for r in results if r.api == api] for api in APIS}
     names = sorted({n for r in results for n in r.cpu_ms_per_op})
     lines = [
-        f"{'phase':<18} {'in flight':>9} {'per s':>8} {'p50 ms':>8} {'p95 ms':>8} "
+        f"{'phase':<18} {'in flight':>9} {'per s':>8} {'ratio':>6} {'p50 ms':>8} {'p95 ms':>8} "
         f"{'p99 ms':>8} {'wrong':>6}  CPU ms per op: " + ", ".join(names),
     ]
     for r in results:
         cpu = ", ".join(f"{r.cpu_ms_per_op.get(n, 0.0):.3f}" for n in names)
+        shown = "-" if r.ratio is None else f"{r.ratio:.2f}"
         lines.append(
-            f"{r.name:<18} {r.concurrency:>9} {r.rate:>8.0f} {r.p50_ms:>8.3f} {r.p95_ms:>8.3f} "
-            f"{r.p99_ms:>8.3f} {r.wrong + r.errors:>6}  {cpu}"
+            f"{r.name:<18} {r.concurrency:>9} {r.rate:>8.0f} {shown:>6} {r.p50_ms:>8.3f} "
+            f"{r.p95_ms:>8.3f} {r.p99_ms:>8.3f} {r.wrong + r.errors:>6}  {cpu}"
         )
     report: dict[str, Any] = {}
     lines.append("")
     for api in APIS:
-        best, ratio, added = _ratios(baseline, by_api[api])
+        best, ratio, added = _ratios(by_api[api])
         suffix = "" if api == "unary" else f"_{api}"
-        report[f"throughput_ratio{suffix}"] = None if ratio is None else round(ratio, 3)
-        report[f"added_p50_ms_c1{suffix}"] = None if added is None else round(added, 3)
-        if best is None or ratio is None:
+        report[f"throughput_ratio{suffix}"] = _rounded(ratio, 3)
+        report[f"added_p50_ms_c1{suffix}"] = _rounded(added, 3)
+        if best is None or best.baseline is None or ratio is None:
             continue
         lines.append(
-            f"{api:<6} throughput ratio (end to end at {best.concurrency} / direct bind): "
-            f"{ratio:.2f}   target >= 0.5, stretch 1.0"
+            f"{api:<6} throughput ratio (end to end at {best.concurrency}, {best.rate:.0f}/s / "
+            f"adjacent direct bind, {best.baseline.rate:.0f}/s): {ratio:.2f}   "
+            "target >= 0.5, stretch 1.0"
         )
         if added is not None:
             lines.append(
-                f"{api:<6} added p50 at concurrency 1: {added:.3f} ms   "
-                "target <= 1 ms, stretch 0.5 ms"
+                f"{api:<6} added p50 at concurrency 1 (over adjacent direct bind): "
+                f"{added:.3f} ms   target <= 1 ms, stretch 0.5 ms"
             )
+    spread = _spread(slices)
+    if spread is not None:
+        lines.append(
+            f"baseline spread (fastest / slowest of {len(slices)} direct-bind slices, "
+            f"{min(r.rate for r in slices):.0f}-{max(r.rate for r in slices):.0f}/s): "
+            f"{spread:.2f}"
+        )
     return {
         "table": "\n".join(lines) + "\n",
         **report,
+        "baseline_spread": _rounded(spread, 3),
         "apis": [api for api in APIS if by_api[api]],
         "agents": args.agents,
         "users": args.users,

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import pytest
+
+from pta.bench import PhaseResult, _ratios, _with_adjacent_baselines
 from tests.support import BIN
 
 if TYPE_CHECKING:
@@ -41,20 +45,44 @@ class TestBenchSmoke:
         assert report["throughput_ratio_stream"] > 0
         assert isinstance(report["added_p50_ms_c1"], float)
         assert isinstance(report["added_p50_ms_c1_stream"], float)
+        assert report["baseline_spread"] >= 1
         phases = report["phases"]
-        # Each level over each API in turn: unary then stream.
+        # A baseline slice first, then each level over each API in turn (unary then stream),
+        # each level followed by a baseline slice.
         assert [(p["api"], p["concurrency"]) for p in phases] == [
             (None, 1),
             ("unary", 1),
             ("stream", 1),
+            (None, 1),
             ("unary", 8),
             ("stream", 8),
+            (None, 1),
         ]
         assert all(p["count"] > 0 and p["wrong"] == 0 and p["errors"] == 0 for p in phases)
-        for phase in phases[1:]:
+        slices = [p for p in phases if p["api"] is None]
+        assert {p["name"] for p in slices} == {"direct ldap3 bind"}
+        rates = [p["per_second"] for p in slices]
+        assert report["baseline_spread"] == pytest.approx(max(rates) / min(rates), abs=0.01)
+        for slice_ in slices:
+            assert slice_["throughput_ratio"] is None
+            assert slice_["baseline_rate"] is None
+        for i, phase in enumerate(phases):
+            if phase["api"] is None:
+                continue
             assert {"broker", "agent-0", "slapd", "load generator"} <= set(phase["cpu_ms_per_op"])
+            # Against the slices on either side of its level, not the first one alone.
+            before = [p for p in phases[:i] if p["api"] is None][-1]
+            after = next(p for p in phases[i + 1 :] if p["api"] is None)
+            _check_adjacent(phase, [before, after])
+        unary = [p["throughput_ratio"] for p in phases if p["api"] == "unary"]
+        assert report["throughput_ratio"] == max(unary)
+        (c1,) = [p for p in phases if p["api"] == "unary" and p["concurrency"] == 1]
+        added = c1["p50_ms"] - c1["baseline_p50_ms"]
+        assert report["added_p50_ms_c1"] == pytest.approx(added, abs=0.002)
         assert "unary  throughput ratio" in done.stdout
         assert "stream throughput ratio" in done.stdout
+        assert done.stdout.count("adjacent direct bind") == 4  # Two ratios, two p50s.
+        assert "baseline spread" in done.stdout
 
     def test_one_api(self, tmp_path: Path) -> None:
         """``--api stream`` measures only the stream; the unary ratio is then absent (null)."""
@@ -74,4 +102,64 @@ class TestBenchSmoke:
         report = json.loads(out.read_text())
         assert report["throughput_ratio"] is None
         assert report["throughput_ratio_stream"] > 0
-        assert [p["api"] for p in report["phases"]] == [None, "stream"]
+        assert report["baseline_spread"] >= 1
+        phases = report["phases"]
+        assert [p["api"] for p in phases] == [None, "stream", None]
+        _check_adjacent(phases[1], [phases[0], phases[2]])
+
+
+def _check_adjacent(phase: dict[str, Any], near: list[dict[str, Any]]) -> None:
+    """The phase's baseline is the mean of ``near`` (the JSON's rounding allowed for)."""
+    rate = statistics.fmean(p["per_second"] for p in near)
+    p50 = statistics.fmean(p["p50_ms"] for p in near)
+    assert phase["baseline_rate"] == pytest.approx(rate, abs=0.1)
+    assert phase["baseline_p50_ms"] == pytest.approx(p50, abs=0.002)
+    ratio = phase["per_second"] / phase["baseline_rate"]
+    assert phase["throughput_ratio"] == pytest.approx(ratio, abs=0.001)
+    assert phase["throughput_ratio"] > 0
+
+
+def _phase(api: str | None, concurrency: int, count: int, p50_ms: float) -> PhaseResult:
+    return PhaseResult(
+        name=api or "direct ldap3 bind",
+        concurrency=concurrency,
+        api=api,
+        count=count,
+        wrong=0,
+        errors=0,
+        seconds=1.0,
+        p50_ms=p50_ms,
+        p95_ms=p50_ms,
+        p99_ms=p50_ms,
+        cpu_ms_per_op={},
+    )
+
+
+class TestAdjacentBaselines:
+    """The arithmetic, on made-up phases: each is compared with the slices around its level."""
+
+    def test_each_level_against_its_own_slices(self) -> None:
+        """A machine that halves its speed mid-run: the raw rate's best level is not the best."""
+        results = _with_adjacent_baselines(
+            [
+                _phase(None, 1, 4000, 0.2),
+                _phase("unary", 1, 400, 3.2),
+                _phase(None, 1, 2000, 0.4),
+                _phase("unary", 64, 600, 50.0),
+                _phase(None, 1, 1000, 0.6),
+            ]
+        )
+        assert [r.baseline and r.baseline.rate for r in results] == [None, 3000, None, 1500, None]
+        assert [r.ratio for r in results] == [None, pytest.approx(400 / 3000), None, 0.4, None]
+        best, ratio, added = _ratios(results)
+        assert best is results[3]
+        assert ratio == 0.4
+        assert added == pytest.approx(3.2 - 0.3)
+
+    def test_one_sided(self) -> None:
+        """A phase with a slice on one side only (no later slice) uses that one."""
+        results = _with_adjacent_baselines(
+            [_phase(None, 1, 2000, 0.3), _phase("stream", 4, 500, 9)]
+        )
+        assert results[1].ratio == 0.25
+        assert _ratios([]) == (None, None, None)
