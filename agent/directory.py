@@ -1,10 +1,10 @@
 """Where the agent asks the directory: find a user, bind as them, say what the directory said.
 
-A sign-in's bind runs on the event loop (:mod:`agent.bindpool`: the hot path, no thread hop).
-Everything else is ldap3's, which blocks and is not thread-safe per connection: each worker
-thread of a bounded pool keeps its own open connections (one to search as the service account,
-one for password changes) and reuses them: an operation on an open connection costs ≈ 0.5 ms,
-a new connection ≈ 10-50 ms. Any failure to talk to the directory becomes
+A sign-in's search and bind run on the event loop (:mod:`agent.ldappool`: the hot path, no
+thread hop). Password changes and policy reads are ldap3's, which blocks and is not thread-safe
+per connection: each worker thread of a bounded pool keeps its own open connections (one to
+search as the service account, one to bind as the user) and reuses them: an operation on an open
+connection costs ≈ 0.5 ms, a new connection ≈ 10-50 ms. Any failure to talk to the directory becomes
 :class:`DirectoryUnavailable`, raised from the underlying error, and is never reported as a
 wrong password.
 """
@@ -29,8 +29,8 @@ from ldap3.utils.config import set_config_parameter
 from ldap3.utils.conv import escape_filter_chars
 
 from agent import ldapwire, lockout, outcomes, ppolicy
-from agent.bindpool import BindPool, tls_context
 from agent.dncache import DnCache
+from agent.ldappool import BindPool, SearchPool, tls_context
 from pta.errors import DirectoryUnavailable
 from pta.v1 import outcome_pb2
 
@@ -57,7 +57,7 @@ CONSTRAINT_VIOLATION = 19
 STALE_DN_OUTCOMES = frozenset({Outcome.INVALID_CREDENTIALS, Outcome.UNKNOWN_USER})
 #: Failures after which the directory may have processed the request.
 TIMEOUT_ERRORS = (ldap_errors.LDAPResponseTimeoutError, TimeoutError)
-#: Seconds a server that failed is skipped before it is tried again (as :mod:`agent.bindpool`).
+#: Seconds a server that failed is skipped before it is tried again (as :mod:`agent.ldappool`).
 SERVER_EXHAUST_SECONDS = 10
 #: At most this many ``pwdPolicy`` entries are read when searching the base DN for them.
 POLICY_SEARCH_LIMIT = 100
@@ -162,19 +162,22 @@ class LdapDirectory:
         self._local = threading.local()
         self._dns = DnCache(ttl=config.dn_cache_ttl, size=config.dn_cache_size)
         self._executor = ThreadPoolExecutor(config.pool_size, thread_name_prefix="ldap")
-        self._binds = BindPool(
-            config.urls,
-            size=config.pool_size,
-            connect_timeout=config.connect_timeout,
-            receive_timeout=config.receive_timeout,
-            tls=tls_context(ca_file),
-            start_tls=config.start_tls,
-        )
+        settings: dict[str, Any] = {
+            "size": config.pool_size,
+            "connect_timeout": config.connect_timeout,
+            "receive_timeout": config.receive_timeout,
+            "tls": tls_context(ca_file),
+            "start_tls": config.start_tls,
+        }
+        self._binds = BindPool(config.urls, **settings)
+        service = (config.bind_dn, sasl_prepped(config.bind_password)) if config.bind_dn else None
+        self._searches = SearchPool(config.urls, service=service, **settings)
 
     def close(self) -> None:
-        """Stop the worker threads (their connections close with them) and the bind pool."""
+        """Stop the worker threads (their connections close with them) and the pools."""
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._binds.close()
+        self._searches.close()
 
     async def check_all(self, checks: Sequence[Check]) -> list[Verdict | Exception]:
         """Run a batch of checks side by side: each its own bind, none waiting for another.
@@ -205,8 +208,8 @@ class LdapDirectory:
     async def verify(self, username: str, password: str) -> Verdict:
         """Check ``password`` for ``username`` (``user@domain``).
 
-        The DN comes from the cache, or from a search on a worker thread; the bind itself
-        runs on the event loop. A failed bind on a cached DN may mean the user moved: they are
+        The DN comes from the cache, or from a search; both search and bind run on the event
+        loop. A failed bind on a cached DN may mean the user moved: they are
         looked up again, and bound again only if the DN changed (the same DN failing twice
         would count twice against the user in the directory).
 
@@ -250,31 +253,25 @@ class LdapDirectory:
         return _verdict(result)
 
     async def _lookup(self, login: str) -> str | None:
-        """Find the login's DN on a worker thread (ldap3's search)."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._find_once_more, login)
+        """Find the login's DN, on the event loop (the service account's search)."""
+        config = self.config
+        code, dns = await self._searches.find(
+            config.base_dn, config.login_attribute, login, size_limit=2
+        )
+        return self._one_dn(code, dns)
 
-    def _find_once_more(self, login: str) -> str | None:
-        """:meth:`_find`, once more on a fresh connection if the open one was found dead.
+    def _one_dn(self, code: int, dns: Sequence[str]) -> str | None:
+        """The DN a login search found; None for none, and for several.
 
         Raises:
-            DirectoryUnavailable: When no server of the directory answered.
+            DirectoryUnavailable: The directory refused the search itself.
         """
-        conns = self._connections()
-        reused = conns.search is not None
-        try:
-            return self._find(conns, login)
-        except COMMUNICATION_ERRORS as error:
-            conns.reset()
-            # The server may have closed an idle connection: one fresh try; not after a
-            # timeout, which would only double the wait.
-            if not reused or isinstance(error, TIMEOUT_ERRORS):
-                raise DirectoryUnavailable("the directory did not answer") from error
-        try:
-            return self._find(conns, login)
-        except COMMUNICATION_ERRORS as error:
-            conns.reset()
-            raise DirectoryUnavailable("the directory did not answer") from error
+        if code not in (0, 4, 32):  # success, sizeLimitExceeded, noSuchObject
+            raise DirectoryUnavailable(f"the directory refused the search (result {code})")
+        if len(dns) > 1:
+            log.warning("directory.ambiguous_login", login_attribute=self.config.login_attribute)
+            return None
+        return dns[0] if dns else None
 
     async def change_password(self, username: str, old: str, new: str) -> Verdict:
         """Change ``username``'s password from ``old`` to ``new``, as the user.
@@ -442,7 +439,7 @@ class LdapDirectory:
         return conns.search
 
     def _find(self, conns: _ThreadConnections, login: str) -> str | None:
-        """Return the DN the login value belongs to; None for none, and for several."""
+        """As :meth:`_lookup`, through ldap3 on the thread's search connection."""
         search = self._searcher(conns)
         search_filter = f"({self.config.login_attribute}={escape_filter_chars(login)})"
         search.search(
@@ -452,14 +449,10 @@ class LdapDirectory:
             attributes=[],
             size_limit=2,
         )
-        code = (search.result or {}).get("result", -1)
-        if code not in (0, 4, 32):  # success, sizeLimitExceeded, noSuchObject
-            raise ldap_errors.LDAPCommunicationError(f"search failed with result {code}")
         entries = [e for e in search.response or [] if e.get("type") == "searchResEntry"]
-        if len(entries) > 1:
-            log.warning("directory.ambiguous_login", login_attribute=self.config.login_attribute)
-            return None
-        return str(entries[0]["dn"]) if entries else None
+        return self._one_dn(
+            (search.result or {}).get("result", -1), [str(e["dn"]) for e in entries]
+        )
 
 
 def _entries(

@@ -5,7 +5,7 @@ BER encoder: ≈ 0.17 ms of CPU for a bind with the password policy control, mos
 sign-in costs the agent's directory side. A simple bind is one fixed shape (RFC 4511 §4.2), so
 it is written here directly, byte for byte what ldap3 would send (a test compares the two).
 Only the encoding is ours (and where one message ends, to read answers off a stream): the
-answer's decoding stays ldap3's (``agent/bindpool.py``). No I/O here, and no ldap3 import.
+answer's decoding stays ldap3's (``agent/ldappool.py``). No I/O here, and no ldap3 import.
 
 ::
 
@@ -22,7 +22,7 @@ answer's decoding stays ldap3's (``agent/bindpool.py``). No I/O here, and no lda
 
 from __future__ import annotations
 
-__all__ = ["bind_request", "control", "message_size", "start_tls_request"]
+__all__ = ["bind_request", "control", "message_size", "search_request", "start_tls_request"]
 
 MAX_INT = 2**31 - 1  # RFC 4511's maxInt: the largest message id
 LDAP_VERSION = 3
@@ -34,6 +34,12 @@ _BIND_REQUEST = 0x60  # [APPLICATION 0], constructed
 _SIMPLE = 0x80  # [0], primitive
 _CONTROLS = 0xA0  # [0], constructed
 _EXTENDED_REQUEST = 0x77  # [APPLICATION 23], constructed
+_SEARCH_REQUEST = 0x63  # [APPLICATION 3], constructed
+_ENUMERATED = 0x0A
+_EQUALITY_MATCH = 0xA3  # Filter's [3] AttributeValueAssertion, constructed
+SUBTREE = 2  # SearchRequest.scope wholeSubtree
+DEREF_ALWAYS = 3  # SearchRequest.derefAliases derefAlways (ldap3's default)
+NO_ATTRIBUTES = "1.1"  # RFC 4511 §4.5.1.8: return no attributes
 _REQUEST_NAME = 0x80  # [0], primitive
 START_TLS_OID = "1.3.6.1.4.1.1466.20037"
 _SHORT_LENGTH = 0x80  # lengths below this take one byte
@@ -129,3 +135,35 @@ def message_size(data: bytes | bytearray) -> int:
     if len(data) < 2 + count:
         return -1
     return 2 + count + int.from_bytes(data[2 : 2 + count], "big")
+
+
+def search_request(  # noqa: PLR0913 - the request's fields, by name
+    message_id: int,
+    base_dn: str,
+    attribute: str,
+    value: str,
+    *,
+    size_limit: int,
+    scope: int = SUBTREE,
+) -> bytes:
+    """Encode a search for entries whose ``attribute`` equals ``value``, asking for no attributes.
+
+    The filter is an ``equalityMatch`` whose assertion value is the raw bytes of ``value``:
+    nothing in it is parsed as filter syntax, so no escaping is needed and none can be missed
+    (ldap3 escapes a filter string, then parses it back to the same bytes; a test compares).
+    Dereferences aliases always, as ldap3 does by default.
+    """
+    if not 0 < message_id <= MAX_INT:
+        raise ValueError("message id out of range")
+    match = _tlv(_OCTET_STRING, attribute.encode()) + _tlv(_OCTET_STRING, value.encode())
+    search = (
+        _tlv(_OCTET_STRING, base_dn.encode())
+        + _tlv(_ENUMERATED, bytes((scope,)))
+        + _tlv(_ENUMERATED, bytes((DEREF_ALWAYS,)))
+        + _integer(size_limit)
+        + _integer(0)  # timeLimit: the server's own
+        + _tlv(_BOOLEAN, b"\x00")  # typesOnly FALSE
+        + _tlv(_EQUALITY_MATCH, match)
+        + _tlv(_SEQUENCE, _tlv(_OCTET_STRING, NO_ATTRIBUTES.encode("ascii")))
+    )
+    return _tlv(_SEQUENCE, _integer(message_id) + _tlv(_SEARCH_REQUEST, search))

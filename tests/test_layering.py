@@ -43,8 +43,8 @@ class TestLayering:
     def test_only_directory_module_imports_ldap3(self) -> None:
         """LDAP is spoken in the agent's directory modules (the throwaway servers aside).
 
-        ``agent/directory.py`` (ldap3's connections) and ``agent/bindpool.py`` (sign-in binds
-        on the event loop, decoded by ldap3).
+        ``agent/directory.py`` (ldap3's connections) and ``agent/ldappool.py`` (the sign-in's
+        searches and binds on the event loop, decoded by ldap3).
         """
         users = {
             str(path.relative_to(ROOT))
@@ -55,7 +55,7 @@ class TestLayering:
         # The throwaway slapd and the benchmark's direct-bind baseline also speak LDAP.
         assert users <= {
             "agent/directory.py",
-            "agent/bindpool.py",
+            "agent/ldappool.py",
             "pta/slapd.py",
             "pta/samba.py",
             "pta/loadgen.py",

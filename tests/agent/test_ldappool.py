@@ -1,4 +1,4 @@
-"""``agent/bindpool.py``: sign-in binds on the event loop.
+"""``agent/ldappool.py``: the sign-in's searches and binds on the event loop.
 
 Against real servers: slapd for what a directory answers (compared with what ldap3's own
 ``Connection.bind`` makes of the same bind), Samba AD for LDAPS and StartTLS. The connection's
@@ -18,8 +18,8 @@ import ldap3
 import pytest
 
 from agent import ldapwire, ppolicy
-from agent.bindpool import BindPool, tls_context
 from agent.directory import PPOLICY_CONTROL
+from agent.ldappool import BindPool, SearchPool, tls_context
 from pta.errors import DirectoryUnavailable
 from pta.samba import AdUser, SambaDC, samba_missing_reason
 from pta.slapd import DirectoryUser, Slapd, free_port
@@ -46,15 +46,21 @@ def _success(message_id: int) -> bytes:
     return b"\x30" + bytes((len(message),)) + message
 
 
+SETTINGS: dict[str, Any] = {
+    "size": 4,
+    "connect_timeout": 2.0,
+    "receive_timeout": 2.0,
+    "tls": tls_context(None),
+    "start_tls": False,
+}
+
+
 def _pool(urls: tuple[str, ...], **overrides: Any) -> BindPool:
-    settings: dict[str, Any] = {
-        "size": 4,
-        "connect_timeout": 2.0,
-        "receive_timeout": 2.0,
-        "tls": tls_context(None),
-        "start_tls": False,
-    }
-    return BindPool(urls, **(settings | overrides))
+    return BindPool(urls, **(SETTINGS | overrides))
+
+
+def _searches(urls: tuple[str, ...], service: tuple[str, bytes] | None = None) -> SearchPool:
+    return SearchPool(urls, service=service, **SETTINGS)
 
 
 def _ldap3_result(url: str, dn: str, password: str) -> dict[str, Any]:
@@ -149,6 +155,50 @@ class TestAgainstSlapd:
         finally:
             pool.close()
         assert result["result"] == 0
+
+
+class TestSearch:
+    """Finding users: the DNs and result code ldap3's search would give, on the event loop."""
+
+    async def test_found_missing_and_too_many(self, own_slapd: Slapd) -> None:
+        """One entry; none; two with sizeLimitExceeded; a base that does not exist."""
+        pool = _searches((own_slapd.url,))
+        base = own_slapd.base_dn
+        try:
+            assert await pool.find(base, "uid", "alice", size_limit=2) == (
+                0,
+                [own_slapd.user_dn("alice")],
+            )
+            assert await pool.find(base, "uid", "nobody", size_limit=2) == (0, [])
+            code, dns = await pool.find(base, "objectClass", "inetOrgPerson", size_limit=1)
+            assert (code, len(dns)) == (4, 1)  # sizeLimitExceeded, after one entry
+            code, dns = await pool.find(base, "objectClass", "inetOrgPerson", size_limit=2)
+            assert (code, len(dns)) == (0, 2)
+            assert await pool.find("dc=elsewhere,dc=org", "uid", "alice", size_limit=2) == (32, [])
+        finally:
+            pool.close()
+
+    @pytest.mark.parametrize("value", ["*", "alice)(uid=*", "a*", "\\2a", "alice\x00"])
+    async def test_filter_syntax_is_just_text(self, own_slapd: Slapd, value: str) -> None:
+        """What would be filter syntax in a filter string matches only itself: nothing here."""
+        pool = _searches((own_slapd.url,))
+        try:
+            assert await pool.find(own_slapd.base_dn, "uid", value, size_limit=2) == (0, [])
+        finally:
+            pool.close()
+
+    async def test_service_account(self, own_slapd: Slapd) -> None:
+        """Connections bind as the service account first; a refused one says so, no search."""
+        right = _searches((own_slapd.url,), (own_slapd.user_dn("bob"), POOL_USERS["bob"].encode()))
+        wrong = _searches((own_slapd.url,), (own_slapd.user_dn("bob"), b"not-bobs"))
+        try:
+            assert (await right.find(own_slapd.base_dn, "uid", "alice", size_limit=2))[1]
+            with pytest.raises(DirectoryUnavailable, match="service bind failed: invalidCred"):
+                await wrong.find(own_slapd.base_dn, "uid", "alice", size_limit=2)
+            assert wrong._idle == []  # A connection whose service bind failed is not kept.
+        finally:
+            right.close()
+            wrong.close()
 
 
 class _Scripted:

@@ -1,14 +1,16 @@
-"""Sign-in binds on the event loop: a few LDAP connections, each doing one bind at a time.
+"""The sign-in's LDAP on the event loop: pools of connections, each one request at a time.
 
-ldap3 blocks, so the agent used to hand every bind to a worker thread: two thread hops per
-batch (≈ 0.1 ms each on our machines), a GIL shared by those threads and the event loop that
-also runs the gRPC stream, and ldap3's receive loop on top. A simple bind is one request and
-one answer, so sign-in binds are done here instead, as asyncio transports: the request encoded
-by :mod:`agent.ldapwire`, the answer decoded by ldap3's own fast decoder (the same functions
-``Connection.bind`` ends in). A prototype against slapd on one machine: 0.14 instead of 0.33 ms
-of CPU a bind at one in flight, 0.08 instead of 0.20-0.30 at eight, and 0.27 instead of
-0.46 ms a bind end to end. Searches, password changes and policy reads stay on ldap3's own
-connections in worker threads (:mod:`agent.directory`).
+ldap3 blocks, so the agent used to hand every bind and every search to a worker thread: two
+thread hops a batch (≈ 0.1 ms each on our machines), a GIL shared by those threads and the
+event loop that also runs the gRPC stream, and pyasn1 encoding the requests. A sign-in asks the
+directory at most two simple things: where the user is (a search by one attribute, for no
+attributes) and whether the password is right (a simple bind). Both are done here instead, as
+asyncio transports: the requests encoded by :mod:`agent.ldapwire` (the same bytes as ldap3's,
+tests compare), the answers decoded by ldap3's own fast decoder (the same functions
+``Connection.bind`` and ``Connection.search`` end in). A prototype against slapd, one process:
+0.14 instead of 0.33 ms of CPU a bind at one in flight, 0.08 instead of 0.20-0.30 at eight.
+Password changes and policy reads stay on ldap3's connections in worker threads
+(:mod:`agent.directory`).
 
 What ldap3's server pool did, this keeps: the URLs are tried in order, a server that could not
 be reached is skipped for :data:`SERVER_EXHAUST_SECONDS`, ``ldaps://`` and StartTLS are
@@ -30,7 +32,8 @@ from urllib.parse import urlsplit
 
 from ldap3.operation.bind import bind_response_to_dict_fast
 from ldap3.strategy.base import BaseStrategy
-from ldap3.utils.asn1 import decode_message_fast
+from ldap3.utils.asn1 import decode_message_fast, ldap_result_to_dict_fast
+from ldap3.utils.conv import to_unicode
 
 from agent import ldapwire
 from pta.errors import DirectoryUnavailable
@@ -40,12 +43,22 @@ if TYPE_CHECKING:
 
 #: Seconds a server that could not be reached is skipped before it is tried again.
 SERVER_EXHAUST_SECONDS = 10.0
-#: The largest answer read: a bind response is a few hundred bytes; anything this big is not one.
+#: The largest message read: answers here are a few hundred bytes; this big is not one of them.
 MAX_MESSAGE_BYTES = 1 << 20
+#: The most messages one answer may take (a search asks for two entries at most).
+MAX_MESSAGES = 64
 DEFAULT_PORTS = {"ldap": 389, "ldaps": 636}
 BIND_RESPONSE = 1  # protocolOp [APPLICATION 1]
+SEARCH_RESULT_ENTRY = 4  # protocolOp [APPLICATION 4]
+SEARCH_RESULT_DONE = 5  # protocolOp [APPLICATION 5]
+SEARCH_RESULT_REFERENCE = 19  # protocolOp [APPLICATION 19]
 EXTENDED_RESPONSE = 24  # protocolOp [APPLICATION 24]
+INTERMEDIATE_RESPONSE = 25  # protocolOp [APPLICATION 25]
+#: Messages after which more of the same answer follow.
+NOT_LAST = frozenset({SEARCH_RESULT_ENTRY, SEARCH_RESULT_REFERENCE, INTERMEDIATE_RESPONSE})
 SUCCESS = 0
+
+Message = dict[str, Any]  # ldap3's fast decoder's dict of one LDAPMessage
 
 
 class ConnectionLost(ConnectionError):
@@ -64,15 +77,16 @@ class _Protocol(asyncio.Protocol):
         self.broken = False
         self._buffer = bytearray()
         self._expected = 0
-        self._waiter: asyncio.Future[dict[str, Any]] | None = None
+        self._answer: list[Message] = []
+        self._waiter: asyncio.Future[list[Message]] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
-    def expect(self, message_id: int, waiter: asyncio.Future[dict[str, Any]]) -> None:
+    def expect(self, message_id: int, waiter: asyncio.Future[list[Message]]) -> None:
         """Hand the answer to ``message_id`` to ``waiter`` (one request at a time)."""
-        self._expected, self._waiter = message_id, waiter
+        self._expected, self._answer, self._waiter = message_id, [], waiter
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
@@ -92,21 +106,25 @@ class _Protocol(asyncio.Protocol):
             self._deliver(raw)
 
     def _deliver(self, raw: bytes) -> None:
-        waiter, self._waiter = self._waiter, None
         try:
             # The stubs leave ldap3's fast decoder untyped: a dict of the message's parts.
-            message: dict[str, Any] = decode_message_fast(raw)  # type: ignore[no-untyped-call]
+            message: Message = decode_message_fast(raw)  # type: ignore[no-untyped-call]
         except Exception as error:  # noqa: BLE001 - whatever ldap3 raises for bad bytes
-            self._waiter = waiter
             self._break(ConnectionLost(f"undecodable answer ({type(error).__name__})"))
             return
-        if waiter is not None and message["messageID"] == self._expected:
-            if not waiter.done():
-                waiter.set_result(message)
+        waiter = self._waiter
+        if waiter is None or message["messageID"] != self._expected:
+            # A notice of disconnection (message id 0), or an answer nobody waits for.
+            self._break(ConnectionLost("the directory is closing the connection"))
             return
-        # A notice of disconnection (message id 0), or an answer nobody waits for.
-        self._waiter = waiter
-        self._break(ConnectionLost("the directory is closing the connection"))
+        self._answer.append(message)
+        if message["protocolOp"] in NOT_LAST:
+            if len(self._answer) >= MAX_MESSAGES:
+                self._break(ConnectionLost("the directory's answer is too long"))
+            return
+        self._waiter = None
+        if not waiter.done():
+            waiter.set_result(self._answer)
 
     def connection_lost(self, exc: Exception | None) -> None:  # noqa: ARG002 - asyncio's
         self._break(ConnectionLost("the directory closed the connection"), closed=True)
@@ -140,8 +158,11 @@ class _Connection:
             with contextlib.suppress(RuntimeError):
                 self._protocol.transport.close()
 
-    async def exchange(self, encode: Callable[[int], bytes]) -> dict[str, Any]:
+    async def exchange(self, encode: Callable[[int], bytes]) -> list[Message]:
         """Send the request ``encode`` makes for the next message id; return its answer.
+
+        Returns:
+            The answer's messages, the last one final (a bind or search result ...).
 
         Raises:
             ConnectionLost: The connection ended before the answer.
@@ -151,7 +172,7 @@ class _Connection:
         if protocol.broken or protocol.transport is None:
             raise ConnectionLost("the connection is closed")
         self._last_id += 1
-        waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[list[Message]] = asyncio.get_running_loop().create_future()
         protocol.expect(self._last_id, waiter)
         protocol.transport.write(encode(self._last_id))
         try:
@@ -169,7 +190,7 @@ class _Connection:
         Raises:
             ConnectionLost: The server refused StartTLS, or the handshake failed.
         """
-        answer = await self.exchange(ldapwire.start_tls_request)
+        answer = (await self.exchange(ldapwire.start_tls_request))[-1]
         code = int(answer["payload"][0][3]) if answer["protocolOp"] == EXTENDED_RESPONSE else -1
         if code != SUCCESS:
             raise ConnectionLost(f"StartTLS was refused (result {code})")
@@ -188,7 +209,7 @@ class _Connection:
         protocol.transport = upgraded
 
 
-def bind_result(message: dict[str, Any]) -> dict[str, Any]:
+def bind_result(message: Message) -> dict[str, Any]:
     """ldap3's dict of a bind response (``result``, ``message``, ``controls`` ...).
 
     What ``Connection.bind`` leaves in ``conn.result``, by the same ldap3 functions.
@@ -209,8 +230,29 @@ def bind_result(message: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-class BindPool:
-    """At most ``size`` connections to one directory, each kept open for the next bind."""
+def search_result(messages: list[Message]) -> tuple[int, list[str]]:
+    """The result code of a search and the DNs of the entries it found (references ignored).
+
+    Raises:
+        ValueError: The answer does not end in a search result, or ldap3 cannot read it.
+    """
+    done = messages[-1]
+    if done["protocolOp"] != SEARCH_RESULT_DONE:
+        raise ValueError("the answer to a search is not a search result")
+    try:
+        code = int(ldap_result_to_dict_fast(done["payload"])["result"])  # type: ignore[no-untyped-call]
+        dns = [
+            str(to_unicode(m["payload"][0][3], from_server=True))
+            for m in messages[:-1]
+            if m["protocolOp"] == SEARCH_RESULT_ENTRY
+        ]
+    except (KeyError, IndexError, TypeError, ValueError) as error:
+        raise ValueError(f"unreadable search result ({type(error).__name__})") from error
+    return code, dns
+
+
+class _Pool:
+    """At most ``size`` connections to one directory, each kept open for the next request."""
 
     def __init__(  # noqa: PLR0913 - the directory's settings, by name
         self,
@@ -223,15 +265,15 @@ class BindPool:
         start_tls: bool,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """Describe the pool; nothing is dialled before the first bind.
+        """Describe the pool; nothing is dialled before the first request.
 
         Args:
             urls: ``ldap://`` or ``ldaps://`` URLs, tried in this order.
-            size: How many binds may run at once (one connection each).
+            size: How many requests may run at once (one connection each).
             connect_timeout: Seconds to connect to one server (StartTLS included).
-            receive_timeout: Seconds to wait for a bind's answer.
+            receive_timeout: Seconds to wait for an answer.
             tls: Verifies ``ldaps://`` servers and StartTLS (:func:`tls_context`).
-            start_tls: Upgrade ``ldap://`` connections before the first bind.
+            start_tls: Upgrade ``ldap://`` connections before the first request.
             clock: Monotonic seconds (tests).
         """
         self._urls = urls
@@ -246,50 +288,36 @@ class BindPool:
         self._exhausted: dict[str, float] = {}
 
     def close(self) -> None:
-        """Close the idle connections; binds still running close theirs when they end."""
+        """Close the idle connections; requests still running close theirs when they end."""
         for conn in self._idle:
             conn.close()
         self._idle.clear()
 
-    async def bind(self, dn: str, password: bytes, controls: tuple[bytes, ...]) -> dict[str, Any]:
-        """Bind as ``dn`` (``password`` already SASLprepped) and return ldap3's result dict.
+    async def _request(self, encode: Callable[[int], bytes]) -> list[Message]:
+        """Send one request on an idle (or new) connection and return its answer.
 
         Raises:
-            DirectoryUnavailable: No server could be reached, the answer did not come in
-                time, or it was not a bind response. Never for what the directory answered.
+            DirectoryUnavailable: No server could be reached, or the connection ended or
+                fell silent before the answer. Never sent again: a bind may have counted.
         """
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._size)
-
-        def encode(message_id: int) -> bytes:
-            return ldapwire.bind_request(message_id, dn, password, controls)
-
         async with self._slots:
             conn = self._take_idle() or await self._connect()
-            message = await self._exchange(conn, encode)
-        try:
-            return bind_result(message)
-        except ValueError as error:
-            raise DirectoryUnavailable("the directory's answer could not be read") from error
-
-    async def _exchange(self, conn: _Connection, encode: Callable[[int], bytes]) -> dict[str, Any]:
-        """One request on ``conn``, which goes back to the pool unless it broke.
-
-        Raises:
-            DirectoryUnavailable: The connection ended before the answer, or no answer came in
-                time. Never tried again: the directory may have checked the password already.
-        """
-        try:
-            message = await conn.exchange(encode)
-        except ConnectionLost as error:
-            raise DirectoryUnavailable("the directory closed the connection") from error
-        except TimeoutError as error:
-            raise DirectoryUnavailable("the directory did not answer in time") from error
-        except BaseException:
-            conn.close()  # Cancelled, or a request that could not be encoded: never reused.
-            raise
-        self._release(conn)
-        return message
+            try:
+                answer = await conn.exchange(encode)
+            except ConnectionLost as error:
+                raise DirectoryUnavailable("the directory closed the connection") from error
+            except TimeoutError as error:
+                raise DirectoryUnavailable("the directory did not answer in time") from error
+            except BaseException:
+                conn.close()  # Cancelled, or a request that could not be encoded: never reused.
+                raise
+            if conn.usable:
+                self._idle.append(conn)
+            else:
+                conn.close()
+            return answer
 
     def _take_idle(self) -> _Connection | None:
         while self._idle:
@@ -298,12 +326,6 @@ class BindPool:
                 return conn
             conn.close()
         return None
-
-    def _release(self, conn: _Connection) -> None:
-        if conn.usable:
-            self._idle.append(conn)
-        else:
-            conn.close()
 
     async def _connect(self) -> _Connection:
         """Open a connection to the first server that answers, skipping recent failures.
@@ -323,9 +345,17 @@ class BindPool:
                 failure = error
                 continue
             self._exhausted.pop(url, None)
+            try:
+                await self._opened(conn)
+            except BaseException:
+                conn.close()
+                raise
             return conn
         reason = "could not reach the directory" if candidates else "every server failed lately"
         raise DirectoryUnavailable(reason) from failure
+
+    async def _opened(self, conn: _Connection) -> None:
+        """Prepare a new connection before its first request (nothing by default)."""
 
     async def _dial(self, url: str) -> _Connection:
         parts = urlsplit(url)
@@ -350,9 +380,85 @@ class BindPool:
         return conn
 
 
+class BindPool(_Pool):
+    """Connections that bind as users: each bind leaves its connection bound as that user."""
+
+    async def bind(self, dn: str, password: bytes, controls: tuple[bytes, ...]) -> dict[str, Any]:
+        """Bind as ``dn`` (``password`` already SASLprepped) and return ldap3's result dict.
+
+        Raises:
+            DirectoryUnavailable: No server could be reached, the answer did not come in
+                time, or it was not a bind response. Never for what the directory answered.
+        """
+
+        def encode(message_id: int) -> bytes:
+            return ldapwire.bind_request(message_id, dn, password, controls)
+
+        answer = await self._request(encode)
+        try:
+            return bind_result(answer[-1])
+        except ValueError as error:
+            raise DirectoryUnavailable("the directory's answer could not be read") from error
+
+
+class SearchPool(_Pool):
+    """Connections that find users, as the service account (or anonymously): never a user's."""
+
+    def __init__(
+        self, urls: tuple[str, ...], *, service: tuple[str, bytes] | None, **settings: Any
+    ) -> None:
+        """As :class:`_Pool`; ``service`` is the account's DN and SASLprepped password."""
+        super().__init__(urls, **settings)
+        self._service = service
+
+    async def _opened(self, conn: _Connection) -> None:
+        """Bind a new connection as the service account.
+
+        Raises:
+            DirectoryUnavailable: The directory refused the service account (its reason).
+        """
+        if self._service is None:
+            return  # Anonymous: LDAPv3 needs no bind to search.
+        dn, password = self._service
+
+        def encode(message_id: int) -> bytes:
+            return ldapwire.bind_request(message_id, dn, password, ())
+
+        try:
+            result = bind_result((await conn.exchange(encode))[-1])
+        except (ConnectionLost, TimeoutError, ValueError) as error:
+            raise DirectoryUnavailable("the directory did not answer the service bind") from error
+        if result["result"] != SUCCESS:
+            raise DirectoryUnavailable(f"service bind failed: {result['description']}")
+
+    async def find(
+        self, base_dn: str, attribute: str, value: str, *, size_limit: int
+    ) -> tuple[int, list[str]]:
+        """Search the subtree under ``base_dn`` for ``attribute`` = ``value``.
+
+        Returns:
+            The search's result code and the DNs found (at most ``size_limit``).
+
+        Raises:
+            DirectoryUnavailable: As for a bind, or for an answer that is not a search result.
+        """
+
+        def encode(message_id: int) -> bytes:
+            return ldapwire.search_request(
+                message_id, base_dn, attribute, value, size_limit=size_limit
+            )
+
+        answer = await self._request(encode)
+        try:
+            return search_result(answer)
+        except ValueError as error:
+            raise DirectoryUnavailable("the directory's answer could not be read") from error
+
+
 def tls_context(ca_file: str | None) -> ssl.SSLContext:
     """Verify the directory by its certificate and name: against ``ca_file``, else the system's.
 
-    The same checks as the ldap3 ``Tls`` the search connections use (``agent/directory.py``).
+    The same checks as the ldap3 ``Tls`` the worker threads' connections use
+    (``agent/directory.py``).
     """
     return ssl.create_default_context(cafile=ca_file)
