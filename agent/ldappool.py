@@ -84,6 +84,11 @@ class _Protocol(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
+    @property
+    def buffered(self) -> bool:
+        """Whether bytes of a message not yet whole are waiting."""
+        return bool(self._buffer)
+
     def expect(self, message_id: int, waiter: asyncio.Future[list[Message]]) -> None:
         """Hand the answer to ``message_id`` to ``waiter`` (one request at a time)."""
         self._expected, self._answer, self._waiter = message_id, [], waiter
@@ -191,10 +196,18 @@ class _Connection:
             ConnectionLost: The server refused StartTLS, or the handshake failed.
         """
         answer = (await self.exchange(ldapwire.start_tls_request))[-1]
-        code = int(answer["payload"][0][3]) if answer["protocolOp"] == EXTENDED_RESPONSE else -1
+        try:
+            code = int(answer["payload"][0][3]) if answer["protocolOp"] == EXTENDED_RESPONSE else -1
+        except (IndexError, TypeError, ValueError) as error:
+            raise ConnectionLost(f"unreadable StartTLS answer ({type(error).__name__})") from error
         if code != SUCCESS:
             raise ConnectionLost(f"StartTLS was refused (result {code})")
         protocol = self._protocol
+        if protocol.broken or protocol.buffered:
+            # Nothing may come between the answer and the handshake (RFC 4511 §4.14.2): bytes
+            # that did came in the clear, from anyone on the path, and would be read as the
+            # start of the first answer over TLS (a forged bind result).
+            raise ConnectionLost("StartTLS failed: the directory sent data before the handshake")
         assert protocol.transport is not None
         loop = asyncio.get_running_loop()
         try:
@@ -207,6 +220,8 @@ class _Connection:
             raise ConnectionLost("StartTLS failed: the connection closed")
         assert isinstance(upgraded, asyncio.Transport)
         protocol.transport = upgraded
+        if protocol.broken or protocol.buffered:
+            raise ConnectionLost("StartTLS failed: the directory sent data before the handshake")
 
 
 def bind_result(message: Message) -> dict[str, Any]:
