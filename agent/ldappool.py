@@ -43,7 +43,9 @@ if TYPE_CHECKING:
 
 #: Seconds a server that could not be reached is skipped before it is tried again.
 SERVER_EXHAUST_SECONDS = 10.0
-#: The largest message read: answers here are a few hundred bytes; this big is not one of them.
+#: The most bytes one answer may take, all its messages together: answers here are a few
+#: hundred bytes; this big is not one of them. Per answer, not per message: ldap3's decoder
+#: turns a mebibyte of small BER elements into ≈ 45 MB of tuples, on the event loop.
 MAX_MESSAGE_BYTES = 1 << 20
 #: The most messages one answer may take (a search asks for two entries at most).
 MAX_MESSAGES = 64
@@ -78,6 +80,7 @@ class _Protocol(asyncio.Protocol):
         self._buffer = bytearray()
         self._expected = 0
         self._answer: list[Message] = []
+        self._answer_bytes = 0
         self._waiter: asyncio.Future[list[Message]] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -92,6 +95,7 @@ class _Protocol(asyncio.Protocol):
     def expect(self, message_id: int, waiter: asyncio.Future[list[Message]]) -> None:
         """Hand the answer to ``message_id`` to ``waiter`` (one request at a time)."""
         self._expected, self._answer, self._waiter = message_id, [], waiter
+        self._answer_bytes = 0
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
@@ -101,11 +105,12 @@ class _Protocol(asyncio.Protocol):
             except ValueError as error:
                 self._break(ConnectionLost(f"the directory sent something else: {error}"))
                 return
-            if size > MAX_MESSAGE_BYTES:
+            if size > MAX_MESSAGE_BYTES - self._answer_bytes:
                 self._break(ConnectionLost("the directory's answer is too large"))
                 return
             if size < 0 or len(self._buffer) < size:
                 return
+            self._answer_bytes += size
             raw = bytes(self._buffer[:size])
             del self._buffer[:size]
             self._deliver(raw)

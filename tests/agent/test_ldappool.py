@@ -353,6 +353,33 @@ class TestConnectionEdges:
                 await pool.bind("cn=a", b"pw", ())
             pool.close()
 
+    async def test_answer_too_large_in_all(self) -> None:
+        """Entries that are each allowed but together too large: refused before decoding them.
+
+        ldap3's decoder makes ≈ 45 MB of tuples of a mebibyte of small elements, on the event
+        loop: 64 such entries were 2.8 GB and 30 s of a starved event loop.
+        """
+        chunk = 400 * 1024
+
+        def entry(message_id: int, number: int) -> bytes:
+            dn = ldapwire._tlv(0x04, f"cn={number}".encode())
+            attributes = ldapwire._tlv(0x30, ldapwire._tlv(0x04, b"x" * chunk))
+            body = ldapwire._integer(message_id) + ldapwire._tlv(0x64, dn + attributes)
+            return ldapwire._tlv(0x30, body)
+
+        async def answer(message_id: int, writer: asyncio.StreamWriter) -> None:
+            for number in range(3):
+                writer.write(entry(message_id, number))
+            writer.write(_result(message_id, 0x65, 0))
+            await writer.drain()
+
+        scripted = _Scripted(answer)
+        async with scripted as url:
+            pool = _searches((url,))
+            with pytest.raises(DirectoryUnavailable):
+                await pool.find("dc=x", "uid", "a", size_limit=2)
+            pool.close()
+
 
 @pytest.fixture(scope="module")
 def pool_dc() -> Iterator[SambaDC]:
