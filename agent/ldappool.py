@@ -43,7 +43,9 @@ if TYPE_CHECKING:
 
 #: Seconds a server that could not be reached is skipped before it is tried again.
 SERVER_EXHAUST_SECONDS = 10.0
-#: The largest message read: answers here are a few hundred bytes; this big is not one of them.
+#: The most bytes one answer may take, all its messages together: answers here are a few
+#: hundred bytes; this big is not one of them. Per answer, not per message: ldap3's decoder
+#: turns a mebibyte of small BER elements into ≈ 45 MB of tuples, on the event loop.
 MAX_MESSAGE_BYTES = 1 << 20
 #: The most messages one answer may take (a search asks for two entries at most).
 MAX_MESSAGES = 64
@@ -78,15 +80,22 @@ class _Protocol(asyncio.Protocol):
         self._buffer = bytearray()
         self._expected = 0
         self._answer: list[Message] = []
+        self._answer_bytes = 0
         self._waiter: asyncio.Future[list[Message]] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
+    @property
+    def buffered(self) -> bool:
+        """Whether bytes of a message not yet whole are waiting."""
+        return bool(self._buffer)
+
     def expect(self, message_id: int, waiter: asyncio.Future[list[Message]]) -> None:
         """Hand the answer to ``message_id`` to ``waiter`` (one request at a time)."""
         self._expected, self._answer, self._waiter = message_id, [], waiter
+        self._answer_bytes = 0
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
@@ -96,11 +105,12 @@ class _Protocol(asyncio.Protocol):
             except ValueError as error:
                 self._break(ConnectionLost(f"the directory sent something else: {error}"))
                 return
-            if size > MAX_MESSAGE_BYTES:
+            if size > MAX_MESSAGE_BYTES - self._answer_bytes:
                 self._break(ConnectionLost("the directory's answer is too large"))
                 return
             if size < 0 or len(self._buffer) < size:
                 return
+            self._answer_bytes += size
             raw = bytes(self._buffer[:size])
             del self._buffer[:size]
             self._deliver(raw)
@@ -191,10 +201,18 @@ class _Connection:
             ConnectionLost: The server refused StartTLS, or the handshake failed.
         """
         answer = (await self.exchange(ldapwire.start_tls_request))[-1]
-        code = int(answer["payload"][0][3]) if answer["protocolOp"] == EXTENDED_RESPONSE else -1
+        try:
+            code = int(answer["payload"][0][3]) if answer["protocolOp"] == EXTENDED_RESPONSE else -1
+        except (IndexError, TypeError, ValueError) as error:
+            raise ConnectionLost(f"unreadable StartTLS answer ({type(error).__name__})") from error
         if code != SUCCESS:
             raise ConnectionLost(f"StartTLS was refused (result {code})")
         protocol = self._protocol
+        if protocol.broken or protocol.buffered:
+            # Nothing may come between the answer and the handshake (RFC 4511 §4.14.2): bytes
+            # that did came in the clear, from anyone on the path, and would be read as the
+            # start of the first answer over TLS (a forged bind result).
+            raise ConnectionLost("StartTLS failed: the directory sent data before the handshake")
         assert protocol.transport is not None
         loop = asyncio.get_running_loop()
         try:
@@ -207,6 +225,8 @@ class _Connection:
             raise ConnectionLost("StartTLS failed: the connection closed")
         assert isinstance(upgraded, asyncio.Transport)
         protocol.transport = upgraded
+        if protocol.broken or protocol.buffered:
+            raise ConnectionLost("StartTLS failed: the directory sent data before the handshake")
 
 
 def bind_result(message: Message) -> dict[str, Any]:

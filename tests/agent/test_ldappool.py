@@ -21,12 +21,13 @@ from agent import ldapwire, ppolicy
 from agent.directory import PPOLICY_CONTROL
 from agent.ldappool import BindPool, SearchPool, tls_context
 from pta.errors import DirectoryUnavailable
-from pta.samba import AdUser, SambaDC, samba_missing_reason
+from pta.samba import AdUser, SambaDC, _write_tls, samba_missing_reason
 from pta.slapd import DirectoryUser, Slapd, free_port
 from tests.conftest import remember_password
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
+    from pathlib import Path
 
 POOL_USERS = {"alice": remember_password("Alice-pool-1!"), "bob": remember_password("Bob-pool-2!")}
 AD_PASSWORD = remember_password("Ad-pool-pw-3!z")
@@ -42,6 +43,13 @@ def _notice() -> bytes:
 
 def _success(message_id: int) -> bytes:
     response = b"\x61\x07\x0a\x01\x00\x04\x00\x04\x00"
+    message = b"\x02\x01" + bytes((message_id,)) + response
+    return b"\x30" + bytes((len(message),)) + message
+
+
+def _result(message_id: int, op: int, code: int) -> bytes:
+    """An LDAPResult of protocolOp ``op`` (0x61 bind, 0x78 extended) with ``code``."""
+    response = bytes((op,)) + b"\x07\x0a\x01" + bytes((code,)) + b"\x04\x00\x04\x00"
     message = b"\x02\x01" + bytes((message_id,)) + response
     return b"\x30" + bytes((len(message),)) + message
 
@@ -345,6 +353,33 @@ class TestConnectionEdges:
                 await pool.bind("cn=a", b"pw", ())
             pool.close()
 
+    async def test_answer_too_large_in_all(self) -> None:
+        """Entries that are each allowed but together too large: refused before decoding them.
+
+        ldap3's decoder makes ≈ 45 MB of tuples of a mebibyte of small elements, on the event
+        loop: 64 such entries were 2.8 GB and 30 s of a starved event loop.
+        """
+        chunk = 400 * 1024
+
+        def entry(message_id: int, number: int) -> bytes:
+            dn = ldapwire._tlv(0x04, f"cn={number}".encode())
+            attributes = ldapwire._tlv(0x30, ldapwire._tlv(0x04, b"x" * chunk))
+            body = ldapwire._integer(message_id) + ldapwire._tlv(0x64, dn + attributes)
+            return ldapwire._tlv(0x30, body)
+
+        async def answer(message_id: int, writer: asyncio.StreamWriter) -> None:
+            for number in range(3):
+                writer.write(entry(message_id, number))
+            writer.write(_result(message_id, 0x65, 0))
+            await writer.drain()
+
+        scripted = _Scripted(answer)
+        async with scripted as url:
+            pool = _searches((url,))
+            with pytest.raises(DirectoryUnavailable):
+                await pool.find("dc=x", "uid", "a", size_limit=2)
+            pool.close()
+
 
 @pytest.fixture(scope="module")
 def pool_dc() -> Iterator[SambaDC]:
@@ -413,3 +448,76 @@ class TestTls:
         with pytest.raises(DirectoryUnavailable):
             await pool.bind(dn, AD_PASSWORD.encode(), ())
         pool.close()
+
+
+#: A bind success for message 2 (the first request after StartTLS), one byte short: the first
+#: byte of the directory's real answer over TLS (always 0x30) completes it, as the value of a
+#: fourth element of the message, which ldap3's fast decoder reads past.
+_FORGED_PREFIX = (
+    b"\x30\x11\x02\x01\x02" + b"\x61\x07\x0a\x01\x00\x04\x00\x04\x00" + b"\x04\x00" + b"\x04\x01"
+)
+
+
+class TestStartTlsInjection:
+    """Bytes sent in the clear after the StartTLS answer are no part of any answer over TLS."""
+
+    @pytest.mark.parametrize(
+        "injected", [_FORGED_PREFIX, _success(2), b"\x30"], ids=["partial", "whole", "one-byte"]
+    )
+    async def test_cleartext_before_handshake_refused(
+        self, tmp_path: Path, injected: bytes
+    ) -> None:
+        """A directory (or anyone on the path) adding bytes to the StartTLS answer: refused.
+
+        The real directory behind the TLS answers invalidCredentials; the sign-in must never
+        see a success, and no password goes over a connection whose stream was tampered with.
+        """
+        _write_tls(tmp_path, "dc.example")
+        server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server_tls.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+        binds: list[bytes] = []
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError, ssl.SSLError, OSError):
+                request = await reader.read(4096)  # StartTLS
+                writer.write(_result(request[4], 0x78, 0) + injected)
+                await writer.drain()
+                await writer.start_tls(server_tls)
+                bind = await reader.read(4096)
+                if bind:
+                    binds.append(bind)
+                    writer.write(_result(bind[4], 0x61, 49))  # invalidCredentials
+                    await writer.drain()
+                await reader.read(4096)
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        pool = _pool(
+            (f"ldap://127.0.0.1:{port}",),
+            tls=tls_context(str(tmp_path / "ca.pem")),
+            start_tls=True,
+        )
+        result: dict[str, Any] | None = None
+        try:
+            with contextlib.suppress(DirectoryUnavailable):
+                result = await pool.bind("cn=victim", b"a-wrong-password", ())
+        finally:
+            pool.close()
+            server.close()
+        assert result is None or result["result"] != 0, "a forged success was believed"
+        assert result is None, "the password went over a tampered connection"
+        assert binds == []
+
+    async def test_unreadable_start_tls_answer(self) -> None:
+        """An extended response with no result code: unavailable, not an internal error."""
+
+        async def answer(message_id: int, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"\x30\x05\x02\x01" + bytes((message_id,)) + b"\x78\x00")
+
+        scripted = _Scripted(answer)
+        async with scripted as url:
+            pool = _pool((url,), start_tls=True)
+            with pytest.raises(DirectoryUnavailable):
+                await pool.bind("cn=a", b"pw", ())
+            pool.close()
+        assert scripted.requests == 1
