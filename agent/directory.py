@@ -55,8 +55,6 @@ COMMUNICATION_ERRORS = (
 CONSTRAINT_VIOLATION = 19
 #: Bind answers after which a cached DN may be the cause (the user moved or was deleted).
 STALE_DN_OUTCOMES = frozenset({Outcome.INVALID_CREDENTIALS, Outcome.UNKNOWN_USER})
-#: Failures after which the directory may have processed the request.
-TIMEOUT_ERRORS = (ldap_errors.LDAPResponseTimeoutError, TimeoutError)
 #: Seconds a server that failed is skipped before it is tried again (as :mod:`agent.ldappool`).
 SERVER_EXHAUST_SECONDS = 10
 #: At most this many ``pwdPolicy`` entries are read when searching the base DN for them.

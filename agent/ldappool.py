@@ -84,7 +84,8 @@ class _Protocol(asyncio.Protocol):
         self._waiter: asyncio.Future[list[Message]] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        if not isinstance(transport, asyncio.Transport):  # A stream socket's always is.
+            raise TypeError("an LDAP connection needs a stream transport")
         self.transport = transport
 
     @property
@@ -159,7 +160,14 @@ class _Connection:
 
     @property
     def usable(self) -> bool:
-        return not self._protocol.broken and self._last_id < ldapwire.MAX_INT
+        """Whether the next request may go on this connection.
+
+        Not when it broke, nor when bytes arrived since its last answer (part of a message
+        nobody asked for: the next answer would be read after them), nor when its message ids
+        ran out.
+        """
+        protocol = self._protocol
+        return not protocol.broken and not protocol.buffered and self._last_id < ldapwire.MAX_INT
 
     def close(self) -> None:
         self._protocol.broken = True
@@ -208,12 +216,11 @@ class _Connection:
         if code != SUCCESS:
             raise ConnectionLost(f"StartTLS was refused (result {code})")
         protocol = self._protocol
-        if protocol.broken or protocol.buffered:
+        if protocol.broken or protocol.buffered or protocol.transport is None:
             # Nothing may come between the answer and the handshake (RFC 4511 §4.14.2): bytes
             # that did came in the clear, from anyone on the path, and would be read as the
             # start of the first answer over TLS (a forged bind result).
             raise ConnectionLost("StartTLS failed: the directory sent data before the handshake")
-        assert protocol.transport is not None
         loop = asyncio.get_running_loop()
         try:
             upgraded = await loop.start_tls(
@@ -221,9 +228,8 @@ class _Connection:
             )
         except (ssl.SSLError, ssl.CertificateError) as error:
             raise ConnectionLost(f"StartTLS failed: {error}") from error
-        if upgraded is None:
+        if not isinstance(upgraded, asyncio.Transport):
             raise ConnectionLost("StartTLS failed: the connection closed")
-        assert isinstance(upgraded, asyncio.Transport)
         protocol.transport = upgraded
         if protocol.broken or protocol.buffered:
             raise ConnectionLost("StartTLS failed: the directory sent data before the handshake")
@@ -313,31 +319,55 @@ class _Pool:
             conn.close()
         self._idle.clear()
 
-    async def _request(self, encode: Callable[[int], bytes]) -> list[Message]:
+    async def _request(
+        self, encode: Callable[[int], bytes], *, idempotent: bool = False
+    ) -> list[Message]:
         """Send one request on an idle (or new) connection and return its answer.
+
+        Args:
+            encode: Makes the request for a message id.
+            idempotent: Whether the request may be sent again on a fresh connection when an
+                idle one turns out closed before its answer (a search); never a bind, which
+                the directory may have counted already.
 
         Raises:
             DirectoryUnavailable: No server could be reached, or the connection ended or
-                fell silent before the answer. Never sent again: a bind may have counted.
+                fell silent before the answer.
         """
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._size)
         async with self._slots:
-            conn = self._take_idle() or await self._connect()
-            try:
-                answer = await conn.exchange(encode)
-            except ConnectionLost as error:
-                raise DirectoryUnavailable("the directory closed the connection") from error
-            except TimeoutError as error:
-                raise DirectoryUnavailable("the directory did not answer in time") from error
-            except BaseException:
-                conn.close()  # Cancelled, or a request that could not be encoded: never reused.
-                raise
-            if conn.usable:
-                self._idle.append(conn)
-            else:
-                conn.close()
-            return answer
+            conn = self._take_idle()
+            if conn is not None and idempotent:
+                try:
+                    return await self._exchange(conn, encode)
+                except DirectoryUnavailable as error:
+                    if not isinstance(error.__cause__, ConnectionLost):
+                        raise
+                conn = None  # Closed under the request: once more, on a fresh connection.
+            return await self._exchange(conn or await self._connect(), encode)
+
+    async def _exchange(self, conn: _Connection, encode: Callable[[int], bytes]) -> list[Message]:
+        """One request on ``conn``, which goes back to the idle ones unless it broke.
+
+        Raises:
+            DirectoryUnavailable: The connection ended or fell silent before the answer.
+        """
+        try:
+            answer = await conn.exchange(encode)
+        except ConnectionLost as error:
+            conn.close()
+            raise DirectoryUnavailable("the directory closed the connection") from error
+        except TimeoutError as error:
+            raise DirectoryUnavailable("the directory did not answer in time") from error
+        except BaseException:
+            conn.close()  # Cancelled, or a request that could not be encoded: never reused.
+            raise
+        if conn.usable:
+            self._idle.append(conn)
+        else:
+            conn.close()
+        return answer
 
     def _take_idle(self) -> _Connection | None:
         while self._idle:
@@ -468,7 +498,7 @@ class SearchPool(_Pool):
                 message_id, base_dn, attribute, value, size_limit=size_limit
             )
 
-        answer = await self._request(encode)
+        answer = await self._request(encode, idempotent=True)
         try:
             return search_result(answer)
         except ValueError as error:

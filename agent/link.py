@@ -241,7 +241,11 @@ class Link:
     ) -> None:
         """Open one batch while its acknowledgement is written; check it once it is."""
         opened = self._validator.open_batch(requests)  # Tries no password: needs no ack.
-        await acknowledged.wait()
+        try:
+            await acknowledged.wait()
+        except asyncio.CancelledError:
+            self._validator.forget(opened)  # Never acknowledged: it may come back, unreplayed.
+            raise
         self._checking += 1
         try:
             results = await self._validator.check_batch(opened)

@@ -50,6 +50,10 @@ class ReplayGuard:
         """Whether ``request_id`` was acted on before."""
         return request_id in self._seen
 
+    def forget(self, request_id: str) -> None:
+        """Let an id be acted on again: only for one opened but never acknowledged nor tried."""
+        self._seen.pop(request_id, None)
+
     def remember(self, request_id: str, deadline_ms: int, now_ms: int) -> None:
         """Record an id; forget, now and then, the ids whose deadline is long past."""
         self._seen[request_id] = deadline_ms
@@ -113,6 +117,18 @@ class Validator:
                 continue
             batch.work.setdefault(directory, []).append((index, check))
         return batch
+
+    def forget(self, batch: OpenedBatch) -> None:
+        """Forget the ids a batch opened, when it will never be checked here.
+
+        For a batch whose acknowledgement was never written (the stream ended first): the
+        broker sends it again elsewhere, possibly to this agent's other identity during a
+        certificate renewal, which must not refuse it as a replay. Only the ids this batch
+        itself remembered: one refused as a replay stays remembered.
+        """
+        for items in batch.work.values():
+            for index, _ in items:
+                self._seen.forget(batch.requests[index].request_id)
 
     async def check_batch(self, batch: OpenedBatch) -> list[agent_pb2.ValidationResult]:
         """Check an opened batch, each directory's checks in one go; answer in order.

@@ -217,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
             Slapd(users=users, policy=NO_LOCKOUT) as slapd,
             ProcessPoolExecutor(args.load_processes, mp_context=context) as pool,
         ):
-            assert slapd.pid is not None
+            if slapd.pid is None:  # A started Slapd has its process.
+                raise RuntimeError("slapd did not start")
             progress(f"slapd with {args.users} users at {slapd.url}; starting broker and agents")
             dn_of = {uid: slapd.user_dn(uid) for uid in uids}
             slapd_only = {"slapd": slapd.pid}

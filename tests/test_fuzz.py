@@ -116,6 +116,27 @@ class TestEnvelopeFuzz:
         with pytest.raises(EnvelopeRejected, match="replay"):
             validator.open(request)
 
+    def test_forgotten_when_never_acknowledged(self) -> None:
+        """A batch opened but never acknowledged may come back; a replay in it stays refused.
+
+        The agent opens a batch while its acknowledgement is written; if the stream ends first,
+        the broker sends the request again (perhaps to this agent's renewed identity).
+        """
+        directory = object()  # Never reached: nothing here is checked.
+        validator = Validator(IDENTITY, lambda _domain: directory)  # type: ignore[arg-type, return-value]
+        request = agent_pb2.ValidationRequest(
+            request_id="r-genuine", envelope=GENUINE, deadline_unix_ms=2**50, domain=DOMAIN
+        )
+        first = validator.open_batch([request])
+        replayed = validator.open_batch([request])
+        assert replayed.answers[0] is not None
+        assert replayed.answers[0][0] == Outcome.REQUEST_REJECTED
+        validator.forget(replayed)  # It remembered nothing: the id stays remembered.
+        with pytest.raises(EnvelopeRejected, match="replay"):
+            validator.open(request)
+        validator.forget(first)
+        assert validator.open(request).username == f"alice@{DOMAIN}"
+
 
 class TestTokenFuzz:
     """Enrolment tokens from anywhere: parsed or refused, never anything else."""

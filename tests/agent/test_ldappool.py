@@ -244,8 +244,57 @@ class _Scripted:
         self.server.close()
 
 
+def _search_done(message_id: int) -> bytes:
+    response = b"\x65\x07\x0a\x01\x00\x04\x00\x04\x00"
+    message = b"\x02\x01" + bytes((message_id,)) + response
+    return b"\x30" + bytes((len(message),)) + message
+
+
 class TestConnectionEdges:
     """Every password is sent at most once, whatever the connection does."""
+
+    @pytest.mark.parametrize("kind", ["search", "bind"])
+    async def test_closed_with_the_request_on_the_wire(self, kind: str) -> None:
+        """A reused connection closes on the second request: a search goes again, a bind not."""
+        requests: dict[int, int] = {}
+
+        async def answer(message_id: int, writer: asyncio.StreamWriter) -> None:
+            requests[id(writer)] = requests.get(id(writer), 0) + 1
+            if requests[id(writer)] == 2:
+                writer.close()
+            else:
+                writer.write(_search_done(message_id) if kind == "search" else _success(message_id))
+
+        scripted = _Scripted(answer)
+        async with scripted as url:
+            if kind == "search":
+                searches = _searches((url,))
+                assert await searches.find("dc=x", "uid", "a", size_limit=2) == (0, [])
+                assert await searches.find("dc=x", "uid", "a", size_limit=2) == (0, [])
+                searches.close()
+                assert (scripted.requests, scripted.connections) == (3, 2)
+            else:
+                pool = _pool((url,))
+                assert (await pool.bind("cn=a", b"pw", ()))["result"] == 0
+                with pytest.raises(DirectoryUnavailable, match="closed"):
+                    await pool.bind("cn=a", b"pw", ())
+                pool.close()
+                assert (scripted.requests, scripted.connections) == (2, 1)
+
+    async def test_stray_bytes_while_idle(self) -> None:
+        """Part of a message arriving between requests: the connection is not used again."""
+
+        async def answer(message_id: int, writer: asyncio.StreamWriter) -> None:
+            writer.write(_success(message_id) + b"\x30\x0c\x02")
+
+        scripted = _Scripted(answer)
+        async with scripted as url:
+            pool = _pool((url,))
+            assert (await pool.bind("cn=a", b"pw", ()))["result"] == 0
+            assert pool._idle == []
+            assert (await pool.bind("cn=a", b"pw", ()))["result"] == 0
+            pool.close()
+        assert (scripted.requests, scripted.connections) == (2, 2)
 
     async def test_notice_while_idle(self) -> None:
         """A notice of disconnection between binds: the next bind opens a fresh connection."""
