@@ -33,6 +33,27 @@ DEFAULT_ENROLMENT_TTL = "1h"
 STATUS_FRESHNESS = 5.0
 
 
+def _limit_options(serve: argparse.ArgumentParser) -> None:
+    """What bounds a caller: queues, streams, rates."""
+    serve.add_argument("--queue-limit", help="sign-ins a tenant may have waiting (default 1024)")
+    serve.add_argument(
+        "--streams-per-address", help="SignInStreams one address may hold open (default 32)"
+    )
+    serve.add_argument(
+        "--stream-idle-timeout",
+        help="end a SignInStream with nothing in flight that sends nothing this long (default 5m)",
+    )
+    serve.add_argument(
+        "--rate-limit", help="sign-ins a second per client address (default: no limit)"
+    )
+    serve.add_argument(
+        "--trusted-proxy",
+        action="append",
+        help="CIDR of a sign-in front end whose requests' client_ip the rate limit believes",
+    )
+    serve.add_argument("--rate-burst", help="burst allowed above the rate (default: the rate)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pta-broker", description=__doc__)
     parser.add_argument("--log-level", default="info")
@@ -54,16 +75,7 @@ def _parser() -> argparse.ArgumentParser:
         "--server-cert-lifetime", help="broker server certificate lifetime (default 90d)"
     )
     serve.add_argument("--heartbeat-interval", help="stream heartbeat interval (default 5s)")
-    serve.add_argument("--queue-limit", help="sign-ins a tenant may have waiting (default 1024)")
-    serve.add_argument(
-        "--rate-limit", help="sign-ins a second per client address (default: no limit)"
-    )
-    serve.add_argument(
-        "--trusted-proxy",
-        action="append",
-        help="CIDR of a sign-in front end whose requests' client_ip the rate limit believes",
-    )
-    serve.add_argument("--rate-burst", help="burst allowed above the rate (default: the rate)")
+    _limit_options(serve)
     serve.add_argument("--grace", help="seconds in-flight sign-ins get at shutdown (default 5)")
     policy_commands.add_serve_options(serve)
 

@@ -21,6 +21,8 @@ DEFAULT_AGENT_CERT_LIFETIME = datetime.timedelta(hours=24)
 DEFAULT_SERVER_CERT_LIFETIME = datetime.timedelta(days=90)
 DEFAULT_HEARTBEAT_INTERVAL = 5.0
 DEFAULT_QUEUE_LIMIT = 1024
+DEFAULT_STREAMS_PER_ADDRESS = 32
+DEFAULT_STREAM_IDLE = 300.0
 DEFAULT_GRACE = 5.0
 ENV_PREFIX = "PTA_BROKER_"
 
@@ -47,6 +49,9 @@ class BrokerConfig:
     rate_burst: float = 0.0
     #: Front ends (CIDRs) whose requests' ``client_ip`` the rate limit believes.
     trusted_proxies: tuple[str, ...] = ()
+    #: SignInStreams one address may hold open, and how long one may idle (nothing in flight).
+    streams_per_address: int = DEFAULT_STREAMS_PER_ADDRESS
+    stream_idle_timeout: float = DEFAULT_STREAM_IDLE
     grace: float = DEFAULT_GRACE
     #: Tokens of successful sign-ins: their ``iss``, optional ``aud``, and lifetimes.
     token_issuer: str = DEFAULT_ISSUER
@@ -77,6 +82,8 @@ class BrokerConfig:
             ipaddress.ip_network(network)  # ValueError on a bad CIDR
         if self.queue_limit < 1:
             raise ValueError("queue limit must be at least 1")
+        if self.streams_per_address < 1 or self.stream_idle_timeout <= 0:
+            raise ValueError("streams per address and the stream idle timeout must be positive")
         if self.mfa_challenge_ttl <= 0:
             raise ValueError("the MFA challenge lifetime must be positive")
         if not 0 < self.token_ttl <= self.signing_key_lifetime:
@@ -130,6 +137,8 @@ def load_config(options: Mapping[str, object], environ: Mapping[str, str]) -> Br
         rate_limit=float(pick("rate_limit") or 0),
         rate_burst=float(pick("rate_burst") or 0),
         trusted_proxies=_list(options.get("trusted_proxy")),
+        streams_per_address=int(pick("streams_per_address") or DEFAULT_STREAMS_PER_ADDRESS),
+        stream_idle_timeout=parse_duration(pick("stream_idle_timeout") or str(DEFAULT_STREAM_IDLE)),
         grace=float(pick("grace") or DEFAULT_GRACE),
         token_issuer=pick("token_issuer") or DEFAULT_ISSUER,
         token_audience=pick("token_audience") or "",

@@ -144,6 +144,8 @@ class Broker:
             timeout=config.signin_timeout,
             limiter=RateLimiter(config.rate_limit, config.rate_burst or None),
             trusted_proxies=tuple(ipaddress.ip_network(p) for p in config.trusted_proxies),
+            stream_idle=config.stream_idle_timeout,
+            streams_per_address=config.streams_per_address,
         )
         agent_service = AgentService(
             store=store,

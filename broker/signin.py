@@ -21,8 +21,8 @@ import structlog
 
 from broker.dispatch import Answer, Dispatcher, Job
 from broker.policy import Attempt, SignInPolicy, Verdict
-from broker.ratelimit import RateLimiter, client_address
-from broker.signin_stream import SignInStreamSession
+from broker.ratelimit import RateLimiter, client_address, peer_address
+from broker.signin_stream import DEFAULT_IDLE_SECONDS, SignInStreamSession
 from pta import sealing
 from pta.errors import (
     DeadlineExceeded,
@@ -30,6 +30,7 @@ from pta.errors import (
     InvalidRequest,
     NoAgentAvailable,
     NotFound,
+    Overloaded,
     PtaError,
     Unavailable,
     rpc_errors,
@@ -47,6 +48,10 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 Outcome = outcome_pb2.Outcome
 MAX_CLIENT_IP_CHARS = 64
+#: SignInStreams one address may hold open at once (a front end needs one per process).
+DEFAULT_STREAMS_PER_ADDRESS = 32
+#: SignInStreams the broker holds open at once, from everyone.
+MAX_STREAMS = 4096
 #: What the user is told; the agent may add a detail such as "password expires in 3 days".
 MESSAGES: dict[int, str] = {
     Outcome.SUCCESS: "signed in",
@@ -73,6 +78,8 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
         timeout: float,
         limiter: RateLimiter | None = None,
         trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = (),
+        stream_idle: float = DEFAULT_IDLE_SECONDS,
+        streams_per_address: int = DEFAULT_STREAMS_PER_ADDRESS,
     ) -> None:
         """Wire the service to the state store and the dispatcher.
 
@@ -83,6 +90,8 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
             timeout: The longest a sign-in may take; a client deadline may shorten it.
             limiter: Per-address rate limit (none when omitted).
             trusted_proxies: Callers whose ``client_ip`` is believed by the rate limit.
+            stream_idle: Seconds a SignInStream with nothing in flight may send nothing.
+            streams_per_address: SignInStreams one caller address may hold open at once.
         """
         self._trusted = trusted_proxies
         self._limiter = limiter if limiter is not None else RateLimiter(0)
@@ -91,6 +100,10 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
         self._policy = policy
         self._timeout = timeout
         self._streams: set[SignInStreamSession] = set()
+        self._stream_idle = stream_idle
+        self._streams_per_address = streams_per_address
+        #: Open SignInStreams per caller address (the connection's, never a claimed client_ip).
+        self._streams_of: dict[str, int] = {}
         self._closing = False
 
     async def SignIn(  # noqa: N802 - the contract's name
@@ -109,21 +122,39 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
         requests: AsyncIterator[signin_pb2.SignInBatch],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
-        """Answer the sign-ins of a stream, each as :meth:`SignIn` would (see the proto)."""
+        """Answer the sign-ins of a stream, each as :meth:`SignIn` would (see the proto).
+
+        Streams are bounded like everything else a caller can hold: so many per address and
+        in all (RESOURCE_EXHAUSTED at once past either), and an idle one is ended.
+        """
         async with rpc_errors(context):
+            address = peer_address(context.peer())
+            if self._streams_of.get(address, 0) >= self._streams_per_address:
+                raise Overloaded(
+                    f"at most {self._streams_per_address} SignInStreams per address: "
+                    "send more sign-ins on the ones open"
+                )
+            if len(self._streams) >= MAX_STREAMS:
+                raise Overloaded("too many SignInStreams open: try again later")
             session = SignInStreamSession(
                 self.sign_in,
                 peer=context.peer(),
                 timeout=self._timeout,
                 stream_remaining=context.time_remaining(),
+                idle=self._stream_idle,
             )
             self._streams.add(session)
+            self._streams_of[address] = self._streams_of.get(address, 0) + 1
             if self._closing:
                 session.stop_reading()
             try:
                 await session.run(requests, context.write)
             finally:
                 self._streams.discard(session)
+                if (left := self._streams_of[address] - 1) > 0:
+                    self._streams_of[address] = left
+                else:
+                    del self._streams_of[address]
 
     def close_streams(self) -> None:
         """Stop reading every open sign-in stream: the broker is shutting down.

@@ -38,6 +38,9 @@ MAX_ANSWERS_PER_MESSAGE: Final = 256
 #: Answers waiting to be written past which the broker reads nothing more from the stream
 #: until the client has taken some: a client that sends and never reads holds only this much.
 MAX_UNSENT: Final = MAX_IN_FLIGHT
+#: A stream with nothing in flight that sends nothing for this long is ended UNAVAILABLE
+#: ("open a new one"): an idle stream still holds a task, buffers and a slot of its address.
+DEFAULT_IDLE_SECONDS: Final = 300.0
 #: An item's own path ends at its deadline (the policy's wait and the dispatch both run
 #: under it); this late, something is wrong, and the item is answered anyway.
 OVERRUN_SECONDS: Final = 1.0
@@ -64,7 +67,13 @@ class SignInStreamSession:
     """One SignInStream call: its reader, its writer, its items in flight."""
 
     def __init__(
-        self, sign_in: SignIn, *, peer: str, timeout: float, stream_remaining: float | None
+        self,
+        sign_in: SignIn,
+        *,
+        peer: str,
+        timeout: float,
+        stream_remaining: float | None,
+        idle: float = DEFAULT_IDLE_SECONDS,
     ) -> None:
         """Prepare a session (call it from the stream's handler).
 
@@ -73,8 +82,13 @@ class SignInStreamSession:
             peer: The caller's address as grpc names it.
             timeout: The broker's sign-in timeout: no item waits longer.
             stream_remaining: Seconds left of the stream's own deadline (None: none).
+            idle: Seconds a stream with nothing in flight may send nothing before it is ended.
         """
         self._sign_in = sign_in
+        self._idle = idle
+        self._idled = False
+        self._watchdog: asyncio.Task[None] | None = None
+        self._last_active = asyncio.get_running_loop().time()
         self._peer = peer
         self._timeout = timeout
         now = asyncio.get_running_loop().time()
@@ -123,6 +137,7 @@ class SignInStreamSession:
                     self._wake.set()
                 else:
                     self._reader = group.create_task(self._read(requests, group))
+                    self._watchdog = group.create_task(self._watch_idle())
                 group.create_task(self._write(write))
             if self._refusal is not None:
                 end = self._refusal.code.name
@@ -130,6 +145,11 @@ class SignInStreamSession:
             if self._cut:
                 end = "UNAVAILABLE"
                 raise Unavailable("the broker is shutting down: send what has no answer again")
+            if self._idled:
+                end = "UNAVAILABLE"
+                raise Unavailable(
+                    f"nothing was sent for {self._idle:g} s: open a new stream for new sign-ins"
+                )
             end = "OK"
         finally:
             log.info(
@@ -146,6 +166,7 @@ class SignInStreamSession:
     ) -> None:
         try:
             async for batch in requests:
+                self._active()
                 self._admit(batch, group)
                 while len(self._unsent) >= MAX_UNSENT:
                     self._room.clear()
@@ -155,6 +176,32 @@ class SignInStreamSession:
         finally:
             self._reading = False
             self._wake.set()
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+
+    def _active(self) -> None:
+        self._last_active = asyncio.get_running_loop().time()
+
+    async def _watch_idle(self) -> None:
+        """End reading once the stream has been idle for its idle time (its reader's twin).
+
+        Idle means nothing in flight and nothing to write, and nothing read or answered for
+        that long: a client waiting for its answers is not idle, however long it sends
+        nothing. Reading ends as at a shutdown (the reader is cancelled), without the overhead
+        of a clock around every read.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(max(0.0, self._last_active + self._idle - loop.time()))
+            if self._last_active + self._idle > loop.time():
+                continue  # Something happened meanwhile.
+            if self._in_flight or self._unsent:
+                self._active()  # Busy: the clock starts again once the answers are out.
+                continue
+            self._idled = True
+            if self._reader is not None:
+                self._reader.cancel()
+            return
 
     def _admit(self, batch: signin_pb2.SignInBatch, group: asyncio.TaskGroup) -> None:
         """Start each item of ``batch``, or answer it at once when a limit refuses it.
@@ -196,6 +243,7 @@ class SignInStreamSession:
     def _ready(self, answer: signin_pb2.SignInAnswer) -> None:
         self._unsent.append(answer)
         self._wake.set()
+        self._active()
 
     async def _one(self, item_id: int, request: signin_pb2.SignInRequest, deadline: float) -> None:
         """Run one item and queue its one answer; only cancellation escapes."""

@@ -476,6 +476,91 @@ class TestPolicy:
             assert _outcome(stream.take(1)[100]) == "SUCCESS"
 
 
+@pytest.fixture(scope="module")
+def bounded(run_dir: Path, lane: Lane) -> Iterator[tuple[BrokerProcess, AgentProcess]]:
+    """A broker of its own with two streams per address and a one-second stream idle time."""
+    broker = BrokerProcess.start(
+        run_dir,
+        "broker-stream-bounded",
+        *("--streams-per-address", "2", "--stream-idle-timeout", "1s"),
+    )
+    broker.add_tenant("open", OPEN)
+    broker.cli("tenant", "policy", "open", "--lockout-threshold", "0")
+    agent = AgentProcess.start(broker, lane.slapd, "open", "agent-stream-bounded")
+    try:
+        yield broker, agent
+    finally:
+        agent.process.send_signal(signal.SIGCONT)
+        agent.stop()
+        broker.stop()
+
+
+class TestStreamBounds:
+    """What a caller may hold open: so many streams per address, none idle for long."""
+
+    def test_per_address(self, bounded: tuple[BrokerProcess, AgentProcess]) -> None:
+        """A third stream from one address is refused at once; closing one makes room."""
+        broker, _ = bounded
+        streams = [Stream(broker) for _ in range(2)]
+        try:
+            for n, stream in enumerate(streams):  # Both really open: each answered one item.
+                stream.send(item(n, f"sam@{OPEN}", USERS["sam"]))
+                assert _outcome(stream.take(1)[n]) == "SUCCESS"
+            third = Stream(broker)
+            assert third.ended() == Code.RESOURCE_EXHAUSTED
+            assert "2 SignInStreams per address" in third.details
+            third.close()
+            streams.pop().close()
+            wait_for(lambda: _answered(broker), timeout=10, what="a stream to be let in again")
+        finally:
+            for stream in streams:
+                stream.close()
+
+    def test_idle_stream_ends(self, bounded: tuple[BrokerProcess, AgentProcess]) -> None:
+        """Nothing in flight and nothing sent for the idle time: UNAVAILABLE, saying why."""
+        stream = Stream(bounded[0])
+        try:
+            stream.send(item(1, f"sam@{OPEN}", USERS["sam"]))
+            answered_at, _ = stream.take_timed(1)[1]
+            assert stream.ended(timeout=10) == Code.UNAVAILABLE
+            assert "nothing was sent for 1 s" in stream.details
+            assert time.monotonic() - answered_at < 5
+        finally:
+            stream.close()
+
+    def test_waiting_for_answers_is_not_idle(
+        self, bounded: tuple[BrokerProcess, AgentProcess]
+    ) -> None:
+        """An item in flight past the idle time keeps its stream: its answer still comes."""
+        broker, agent = bounded
+        stream = Stream(broker)
+        try:
+            agent.process.send_signal(signal.SIGSTOP)
+            try:
+                stream.send(item(1, f"sam@{OPEN}", USERS["sam"], timeout_ms=2500))
+                time.sleep(1.8)
+            finally:
+                agent.process.send_signal(signal.SIGCONT)
+            answer = stream.take(1)[1]
+            assert code_of(answer) in (Code.OK, Code.DEADLINE_EXCEEDED)
+            assert stream.code is None  # Still open once answered...
+            assert stream.ended(timeout=10) == Code.UNAVAILABLE  # ...until idle again.
+        finally:
+            stream.close()
+
+
+def _answered(broker: BrokerProcess) -> bool:
+    """Whether a new stream from this address gets in (and its sign-in answered)."""
+    stream = Stream(broker)
+    try:
+        stream.send(item(9, f"pat@{OPEN}", USERS["pat"]))
+        return _outcome(stream.take(1, timeout=5)[9]) == "SUCCESS"
+    except AssertionError:
+        return False
+    finally:
+        stream.close()
+
+
 class TestCancel:
     """A client that cancels its stream cancels its items; nothing is left behind."""
 

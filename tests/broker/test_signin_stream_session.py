@@ -70,3 +70,47 @@ class TestShutdown:
         async with asyncio.timeout(5):
             await session.run(_one_then_close(), write)
         assert [a.id for message in written for a in message.answers] == [1]
+
+
+class TestIdle:
+    """A stream with nothing in flight that sends nothing for its idle time is ended."""
+
+    async def test_idle_stream_ends_unavailable(self) -> None:
+        """One item answered, then silence: UNAVAILABLE after about the idle time."""
+        session = SignInStreamSession(
+            _signed_in, peer="ipv4:127.0.0.1:5", timeout=5.0, stream_remaining=None, idle=0.2
+        )
+        written: list[signin_pb2.SignInAnswers] = []
+
+        async def write(answers: signin_pb2.SignInAnswers) -> None:
+            written.append(answers)
+
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(Unavailable, match=r"nothing was sent for 0\.2 s"):
+            async with asyncio.timeout(5):
+                await session.run(_one_then_wait(), write)
+        assert [a.id for message in written for a in message.answers] == [1]
+        assert 0.2 <= loop.time() - started < 2
+
+    async def test_slow_answer_is_not_idle(self) -> None:
+        """An item whose answer takes longer than the idle time keeps the stream open."""
+
+        async def slow(
+            request: signin_pb2.SignInRequest, *, peer: str, deadline: float
+        ) -> signin_pb2.SignInResponse:
+            await asyncio.sleep(0.5)
+            return await _signed_in(request, peer=peer, deadline=deadline)
+
+        session = SignInStreamSession(
+            slow, peer="ipv4:127.0.0.1:5", timeout=5.0, stream_remaining=None, idle=0.2
+        )
+        written: list[signin_pb2.SignInAnswers] = []
+
+        async def write(answers: signin_pb2.SignInAnswers) -> None:
+            written.append(answers)
+
+        with pytest.raises(Unavailable, match="nothing was sent"):
+            async with asyncio.timeout(5):
+                await session.run(_one_then_wait(), write)
+        assert [a.id for message in written for a in message.answers] == [1]
