@@ -43,8 +43,9 @@ class TestLayering:
     def test_only_directory_module_imports_ldap3(self) -> None:
         """LDAP is spoken in the agent's directory modules (the throwaway servers aside).
 
-        ``agent/directory.py`` (ldap3's connections) and ``agent/ldappool.py`` (the sign-in's
-        searches and binds on the event loop, decoded by ldap3).
+        ``agent/directory.py`` (ldap3's connections), ``agent/ldappool.py`` and
+        ``agent/ldapconn.py`` (the sign-in's searches and binds on the event loop, decoded by
+        ldap3).
         """
         users = {
             str(path.relative_to(ROOT))
@@ -56,6 +57,7 @@ class TestLayering:
         assert users <= {
             "agent/directory.py",
             "agent/ldappool.py",
+            "agent/ldapconn.py",
             "pta/slapd.py",
             "pta/samba.py",
             "pta/loadgen.py",
