@@ -138,6 +138,8 @@ class SignInStreamSession:
                     self._wake.set()
                 else:
                     self._reader = group.create_task(self._read(requests, group))
+                    # Also when it is cancelled before its first step: then no finally runs.
+                    self._reader.add_done_callback(lambda _: self._read_ended())
                     self._watchdog = group.create_task(self._watch_idle())
                 group.create_task(self._write(write))
             if self._refusal is not None:
@@ -175,10 +177,16 @@ class SignInStreamSession:
         except InvalidRequest as error:  # A message the broker will not read: stop reading.
             self._refusal = error
         finally:
-            self._reading = False
-            self._wake.set()
-            if self._watchdog is not None:
-                self._watchdog.cancel()
+            self._read_ended()
+
+    def _read_ended(self) -> None:
+        """Reading is over: the writer finishes once the items in flight are answered."""
+        if not self._reading:
+            return
+        self._reading = False
+        self._wake.set()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
 
     def _active(self) -> None:
         self._last_active = asyncio.get_running_loop().time()

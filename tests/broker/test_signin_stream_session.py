@@ -71,6 +71,26 @@ class TestShutdown:
             await session.run(_one_then_close(), write)
         assert [a.id for message in written for a in message.answers] == [1]
 
+    async def test_closing_before_the_reader_ran_ends_at_once(self) -> None:
+        """The shutdown comes between the stream's start and its reader's first step.
+
+        A task cancelled before it runs never enters its body, so the reader's own clean-up
+        (reading is over: wake the writer) never ran, and the stream waited for nothing.
+        """
+        session = _session()
+        written: list[signin_pb2.SignInAnswers] = []
+
+        async def write(answers: signin_pb2.SignInAnswers) -> None:
+            written.append(answers)
+
+        running = asyncio.create_task(session.run(_one_then_wait(), write))
+        await asyncio.sleep(0)  # run() has made its tasks; none has had its first step.
+        session.stop_reading()
+        with pytest.raises(Unavailable, match="shutting down"):
+            async with asyncio.timeout(5):
+                await running
+        assert written == []
+
 
 class TestIdle:
     """A stream with nothing in flight that sends nothing for its idle time is ended."""
