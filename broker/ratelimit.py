@@ -11,6 +11,7 @@ import time
 from collections import OrderedDict
 from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
 from pta.errors import Overloaded
 
@@ -88,10 +89,13 @@ def client_address(
 
 
 def peer_address(peer: str) -> str:
-    """The address part of a grpc peer string (``ipv4:1.2.3.4:5``, ``ipv6:[::1]:5``)."""
+    """The address part of a grpc peer string (``ipv4:1.2.3.4:5``, ``ipv6:[::1]:5``).
+
+    grpc writes an IPv6 peer as a URI, percent-encoded: ``ipv6:%5B::1%5D:5``.
+    """
     kind, _, rest = peer.partition(":")
     if kind == "ipv6":
-        return rest.rpartition(":")[0].strip("[]")
+        return unquote(rest.rpartition(":")[0]).strip("[]")
     if kind == "ipv4":
         return rest.rpartition(":")[0]
     return peer

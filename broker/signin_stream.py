@@ -98,6 +98,7 @@ class SignInStreamSession:
         self._wake = asyncio.Event()  # For the writer: answers ready, or reading ended.
         self._room = asyncio.Event()  # For the reader: the writer took answers.
         self._reading = True
+        self._writing = False  # A write is under way: the client has not taken it yet.
         self._reader: asyncio.Task[None] | None = None
         self._stopped = False
         self._cut = False
@@ -137,6 +138,8 @@ class SignInStreamSession:
                     self._wake.set()
                 else:
                     self._reader = group.create_task(self._read(requests, group))
+                    # Also when it is cancelled before its first step: then no finally runs.
+                    self._reader.add_done_callback(lambda _: self._read_ended())
                     self._watchdog = group.create_task(self._watch_idle())
                 group.create_task(self._write(write))
             if self._refusal is not None:
@@ -174,10 +177,16 @@ class SignInStreamSession:
         except InvalidRequest as error:  # A message the broker will not read: stop reading.
             self._refusal = error
         finally:
-            self._reading = False
-            self._wake.set()
-            if self._watchdog is not None:
-                self._watchdog.cancel()
+            self._read_ended()
+
+    def _read_ended(self) -> None:
+        """Reading is over: the writer finishes once the items in flight are answered."""
+        if not self._reading:
+            return
+        self._reading = False
+        self._wake.set()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
 
     def _active(self) -> None:
         self._last_active = asyncio.get_running_loop().time()
@@ -185,17 +194,18 @@ class SignInStreamSession:
     async def _watch_idle(self) -> None:
         """End reading once the stream has been idle for its idle time (its reader's twin).
 
-        Idle means nothing in flight and nothing to write, and nothing read or answered for
-        that long: a client waiting for its answers is not idle, however long it sends
-        nothing. Reading ends as at a shutdown (the reader is cancelled), without the overhead
-        of a clock around every read.
+        Idle means nothing in flight and nothing to write or being written, and nothing read
+        or written for that long: a client waiting for its answers is not idle, however long
+        it sends nothing, nor is one that has not yet taken the answers written to it.
+        Reading ends as at a shutdown (the reader is cancelled), without the overhead of a
+        clock around every read.
         """
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(max(0.0, self._last_active + self._idle - loop.time()))
             if self._last_active + self._idle > loop.time():
                 continue  # Something happened meanwhile.
-            if self._in_flight or self._unsent:
+            if self._in_flight or self._unsent or self._writing:
                 self._active()  # Busy: the clock starts again once the answers are out.
                 continue
             self._idled = True
@@ -269,7 +279,10 @@ class SignInStreamSession:
                 answers = self._unsent[:MAX_ANSWERS_PER_MESSAGE]
                 del self._unsent[:MAX_ANSWERS_PER_MESSAGE]
                 self._room.set()
+                self._writing = True  # (A write that fails ends the stream: no finally.)
                 await write(signin_pb2.SignInAnswers(answers=answers))
+                self._writing = False
+                self._active()  # The client took them: its idle time starts now.
             elif self._reading or self._in_flight:
                 self._wake.clear()
                 await self._wake.wait()

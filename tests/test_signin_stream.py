@@ -76,10 +76,18 @@ class Stream:
     A thread reads the answers into a queue, so the test can wait for them with a timeout.
     """
 
-    def __init__(self, broker: BrokerProcess, *, raw: bool = False) -> None:
-        """Open a stream on a fresh channel (``raw``: messages are sent as given bytes)."""
+    def __init__(self, broker: BrokerProcess, *, raw: bool = False, unread: bool = False) -> None:
+        """Open a stream on a fresh channel (``raw``: messages are sent as given bytes).
+
+        ``unread``: answers are not read until :attr:`reading` is set, and the channel takes
+        in little ahead of its reads (the broker's writes wait as for a slow client).
+        """
         creds = grpc.ssl_channel_credentials(broker.ca_file.read_bytes())
-        self._channel = grpc.secure_channel(broker.public, creds)
+        options = [("grpc.http2.lookahead_bytes", 1024), ("grpc.http2.bdp_probe", 0)]
+        self._channel = grpc.secure_channel(broker.public, creds, options if unread else None)
+        self.reading = threading.Event()
+        if not unread:
+            self.reading.set()
         self._outgoing: queue.Queue[object] = queue.Queue()
         self._answers: queue.Queue[tuple[float, signin_pb2.SignInAnswer]] = queue.Queue()
         self.messages = 0
@@ -95,6 +103,7 @@ class Stream:
         self._reader.start()
 
     def _read(self) -> None:
+        self.reading.wait()
         try:
             for message in self._call:
                 self.messages += 1
@@ -545,6 +554,27 @@ class TestStreamBounds:
             assert code_of(answer) in (Code.OK, Code.DEADLINE_EXCEEDED)
             assert stream.code is None  # Still open once answered...
             assert stream.ended(timeout=10) == Code.UNAVAILABLE  # ...until idle again.
+        finally:
+            stream.close()
+
+    def test_answers_not_taken_are_not_idle(
+        self, bounded: tuple[BrokerProcess, AgentProcess]
+    ) -> None:
+        """Answers the client has not read yet keep its stream past the idle time.
+
+        The client is waiting for them (it reads late, not never): once it has them, the
+        stream takes more sign-ins, and only then idles out.
+        """
+        stream = Stream(bounded[0], unread=True)
+        try:
+            password = remember_password("Unowned-Pw-6")
+            stream.send(*(item(n, f"nobody{n}@nobody-owns.example", password) for n in range(200)))
+            time.sleep(2.5)  # All answered at once, none taken: well past the idle time.
+            stream.reading.set()
+            assert {code_of(a) for a in stream.take(200).values()} == {Code.NOT_FOUND}
+            stream.send(item(1000, f"sam@{OPEN}", USERS["sam"]))
+            assert _outcome(stream.take(1)[1000]) == "SUCCESS"
+            assert stream.ended(timeout=10) == Code.UNAVAILABLE
         finally:
             stream.close()
 

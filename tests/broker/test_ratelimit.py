@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from broker.ratelimit import RateLimiter, client_address, peer_address
 from pta.errors import Overloaded
@@ -70,13 +73,51 @@ class TestPeerAddress:
         [
             ("ipv4:127.0.0.1:5555", "127.0.0.1"),
             ("ipv6:[::1]:5555", "::1"),
+            ("ipv6:%5B::1%5D:5555", "::1"),
+            ("ipv6:%5Bfe80::1%25eth0%5D:5555", "fe80::1%eth0"),
             ("unix:/tmp/socket", "unix:/tmp/socket"),
         ],
-        ids=["ipv4", "ipv6", "other"],
+        ids=["ipv4", "ipv6", "ipv6-as-grpc-writes-it", "ipv6-scoped", "other"],
     )
     def test_peer(self, peer: str, address: str) -> None:
-        """The port is dropped, brackets too."""
+        """The port is dropped, brackets too (percent-encoded, as grpc writes them)."""
         assert peer_address(peer) == address
+
+    async def test_grpc_peer_over_ipv6(self) -> None:
+        """What a real grpc server names an IPv6 caller is an address: ``::1`` here."""
+        peers: list[str] = []
+
+        async def check(
+            request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> health_pb2.HealthCheckResponse:
+            del request
+            peers.append(context.peer())
+            return health_pb2.HealthCheckResponse()
+
+        server = grpc.aio.server()
+        handler = grpc.unary_unary_rpc_method_handler(
+            check,
+            request_deserializer=health_pb2.HealthCheckRequest.FromString,
+            response_serializer=health_pb2.HealthCheckResponse.SerializeToString,
+        )
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("grpc.health.v1.Health", {"Check": handler}),)
+        )
+        try:
+            port = server.add_insecure_port("[::1]:0")
+        except RuntimeError:
+            pytest.skip("no IPv6 loopback here")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"[::1]:{port}") as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        finally:
+            await server.stop(None)
+        (peer,) = peers
+        assert ipaddress.ip_address(peer_address(peer)) == ipaddress.ip_address("::1"), peer
+        trusted = (ipaddress.ip_network("::1/128"),)
+        assert client_address("203.0.113.5", peer, trusted) == "203.0.113.5"
 
 
 class TestClientAddress:

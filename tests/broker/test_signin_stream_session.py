@@ -71,6 +71,26 @@ class TestShutdown:
             await session.run(_one_then_close(), write)
         assert [a.id for message in written for a in message.answers] == [1]
 
+    async def test_closing_before_the_reader_ran_ends_at_once(self) -> None:
+        """The shutdown comes between the stream's start and its reader's first step.
+
+        A task cancelled before it runs never enters its body, so the reader's own clean-up
+        (reading is over: wake the writer) never ran, and the stream waited for nothing.
+        """
+        session = _session()
+        written: list[signin_pb2.SignInAnswers] = []
+
+        async def write(answers: signin_pb2.SignInAnswers) -> None:
+            written.append(answers)
+
+        running = asyncio.create_task(session.run(_one_then_wait(), write))
+        await asyncio.sleep(0)  # run() has made its tasks; none has had its first step.
+        session.stop_reading()
+        with pytest.raises(Unavailable, match="shutting down"):
+            async with asyncio.timeout(5):
+                await running
+        assert written == []
+
 
 class TestIdle:
     """A stream with nothing in flight that sends nothing for its idle time is ended."""
@@ -114,3 +134,32 @@ class TestIdle:
             async with asyncio.timeout(5):
                 await session.run(_one_then_wait(), write)
         assert [a.id for message in written for a in message.answers] == [1]
+
+    async def test_answers_the_client_has_not_taken_are_not_idle(self) -> None:
+        """A write held up past the idle time (a client not reading yet) keeps the stream.
+
+        The answer is out of the session's queue but not yet taken by the client: the
+        client is waiting for it, and may send more once it has it.
+        """
+        session = SignInStreamSession(
+            _signed_in, peer="ipv4:127.0.0.1:5", timeout=5.0, stream_remaining=None, idle=0.2
+        )
+        written: list[signin_pb2.SignInAnswers] = []
+        taken = asyncio.Event()
+
+        async def write(answers: signin_pb2.SignInAnswers) -> None:
+            if not written:
+                await asyncio.sleep(0.6)  # The client reads only now.
+            written.append(answers)
+            taken.set()
+
+        async def requests() -> AsyncIterator[signin_pb2.SignInBatch]:
+            yield signin_pb2.SignInBatch(items=[signin_pb2.SignInItem(id=1)])
+            await taken.wait()
+            yield signin_pb2.SignInBatch(items=[signin_pb2.SignInItem(id=2)])
+            await asyncio.sleep(3600)
+
+        with pytest.raises(Unavailable, match="nothing was sent"):
+            async with asyncio.timeout(5):
+                await session.run(requests(), write)
+        assert [a.id for message in written for a in message.answers] == [1, 2]
