@@ -23,6 +23,7 @@ DEFAULT_HEARTBEAT_INTERVAL = 5.0
 DEFAULT_QUEUE_LIMIT = 1024
 DEFAULT_STREAMS_PER_ADDRESS = 32
 DEFAULT_STREAM_IDLE = 300.0
+MIN_STREAM_IDLE = 1.0
 DEFAULT_GRACE = 5.0
 ENV_PREFIX = "PTA_BROKER_"
 
@@ -82,8 +83,11 @@ class BrokerConfig:
             ipaddress.ip_network(network)  # ValueError on a bad CIDR
         if self.queue_limit < 1:
             raise ValueError("queue limit must be at least 1")
-        if self.streams_per_address < 1 or self.stream_idle_timeout <= 0:
-            raise ValueError("streams per address and the stream idle timeout must be positive")
+        if self.streams_per_address < 1:
+            raise ValueError("streams per address must be positive")
+        if self.stream_idle_timeout < MIN_STREAM_IDLE:
+            # Below a second the watchdog would wake over and over while items are in flight.
+            raise ValueError(f"the stream idle timeout must be at least {MIN_STREAM_IDLE:g} s")
         if self.mfa_challenge_ttl <= 0:
             raise ValueError("the MFA challenge lifetime must be positive")
         if not 0 < self.token_ttl <= self.signing_key_lifetime:

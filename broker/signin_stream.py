@@ -151,7 +151,8 @@ class SignInStreamSession:
             if self._idled:
                 end = "UNAVAILABLE"
                 raise Unavailable(
-                    f"nothing was sent for {self._idle:g} s: open a new stream for new sign-ins"
+                    f"nothing was sent for {self._idle:g} s: open a new stream for new sign-ins "
+                    "(and send again anything without an answer)"
                 )
             end = "OK"
         finally:

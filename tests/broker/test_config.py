@@ -39,11 +39,15 @@ class TestStreamBounds:
         assert (by_flag.streams_per_address, by_flag.stream_idle_timeout) == (8, 30.0)
 
     @pytest.mark.parametrize(
-        "options",
-        [{"streams_per_address": "0"}, {"stream_idle_timeout": "0s"}],
-        ids=["no-streams", "no-idle-time"],
+        ("options", "reason"),
+        [
+            ({"streams_per_address": "0"}, "must be positive"),
+            ({"stream_idle_timeout": "0s"}, "must be positive"),
+            ({"stream_idle_timeout": "500ms"}, "at least 1 s"),
+        ],
+        ids=["no-streams", "no-idle-time", "sub-second"],
     )
-    def test_refused(self, tmp_path: Path, options: dict[str, str]) -> None:
-        """A bound that would refuse every stream, or end each at once, is a mistake."""
-        with pytest.raises(ValueError, match="must be positive"):
+    def test_refused(self, tmp_path: Path, options: dict[str, str], reason: str) -> None:
+        """A bound that would refuse every stream, or keep its watchdog spinning, is a mistake."""
+        with pytest.raises(ValueError, match=reason):
             load_config({"data_dir": str(tmp_path), **options}, {})
