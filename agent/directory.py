@@ -3,10 +3,10 @@
 A sign-in's search and bind run on the event loop (:mod:`agent.ldappool`: the hot path, no
 thread hop). Password changes and policy reads are ldap3's, which blocks and is not thread-safe
 per connection: each worker thread of a bounded pool keeps its own open connections (one to
-search as the service account, one to bind as the user) and reuses them: an operation on an open
-connection costs ≈ 0.5 ms, a new connection ≈ 10-50 ms. Any failure to talk to the directory becomes
-:class:`DirectoryUnavailable`, raised from the underlying error, and is never reported as a
-wrong password.
+search as the service account, one to bind as the user) and reuses them: an operation on an
+open connection costs ≈ 0.5 ms, a new connection ≈ 10-50 ms. Any failure to talk to the
+directory becomes :class:`DirectoryUnavailable`, raised from the underlying error, and is never
+reported as a wrong password.
 """
 
 from __future__ import annotations
@@ -207,9 +207,9 @@ class LdapDirectory:
         """Check ``password`` for ``username`` (``user@domain``).
 
         The DN comes from the cache, or from a search; both search and bind run on the event
-        loop. A failed bind on a cached DN may mean the user moved: they are
-        looked up again, and bound again only if the DN changed (the same DN failing twice
-        would count twice against the user in the directory).
+        loop. A failed bind on a cached DN may mean the user moved: they are looked up again,
+        and bound again only if the DN changed (the same DN failing twice would count twice
+        against the user in the directory).
 
         Raises:
             DirectoryUnavailable: When no server of the directory answered.
