@@ -30,7 +30,7 @@ from ldap3.utils.conv import escape_filter_chars
 
 from agent import ldapwire, lockout, outcomes, ppolicy
 from agent.dncache import DnCache
-from agent.ldappool import BindPool, SearchPool, tls_context
+from agent.ldappool import SERVER_EXHAUST_SECONDS, BindPool, SearchPool, tls_context
 from pta.errors import DirectoryUnavailable
 from pta.v1 import outcome_pb2
 
@@ -55,8 +55,6 @@ COMMUNICATION_ERRORS = (
 CONSTRAINT_VIOLATION = 19
 #: Bind answers after which a cached DN may be the cause (the user moved or was deleted).
 STALE_DN_OUTCOMES = frozenset({Outcome.INVALID_CREDENTIALS, Outcome.UNKNOWN_USER})
-#: Seconds a server that failed is skipped before it is tried again (as :mod:`agent.ldappool`).
-SERVER_EXHAUST_SECONDS = 10
 #: At most this many ``pwdPolicy`` entries are read when searching the base DN for them.
 POLICY_SEARCH_LIMIT = 100
 _POLICY_ATTRIBUTES = ("pwdMaxFailure", "pwdLockout")

@@ -21,6 +21,7 @@ from ldap3.utils.asn1 import decode_message_fast, ldap_result_to_dict_fast
 from ldap3.utils.conv import to_unicode
 
 from agent import ldapwire
+from agent.outcomes import SUCCESS_CODE
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -39,7 +40,6 @@ EXTENDED_RESPONSE = 24  # protocolOp [APPLICATION 24]
 INTERMEDIATE_RESPONSE = 25  # protocolOp [APPLICATION 25]
 #: Messages after which more of the same answer follow.
 NOT_LAST = frozenset({SEARCH_RESULT_ENTRY, SEARCH_RESULT_REFERENCE, INTERMEDIATE_RESPONSE})
-SUCCESS = 0
 
 Message = dict[str, Any]  # ldap3's fast decoder's dict of one LDAPMessage
 
@@ -137,9 +137,8 @@ class LdapProtocol(asyncio.Protocol):
 class Connection:
     """One open connection to one server; one request at a time."""
 
-    def __init__(self, url: str, protocol: LdapProtocol, receive_timeout: float) -> None:
+    def __init__(self, protocol: LdapProtocol, receive_timeout: float) -> None:
         """Wrap a connected protocol; message ids start at 1."""
-        self.url = url
         self._protocol = protocol
         self._receive_timeout = receive_timeout
         self._last_id = 0
@@ -200,7 +199,7 @@ class Connection:
             code = int(answer["payload"][0][3]) if answer["protocolOp"] == EXTENDED_RESPONSE else -1
         except (IndexError, TypeError, ValueError) as error:
             raise ConnectionLost(f"unreadable StartTLS answer ({type(error).__name__})") from error
-        if code != SUCCESS:
+        if code != SUCCESS_CODE:
             raise ConnectionLost(f"StartTLS was refused (result {code})")
         protocol = self._protocol
         if protocol.broken or protocol.buffered or protocol.transport is None:

@@ -31,7 +31,6 @@ from urllib.parse import urlsplit
 
 from agent import ldapwire
 from agent.ldapconn import (
-    SUCCESS,
     Connection,
     ConnectionLost,
     LdapProtocol,
@@ -39,6 +38,7 @@ from agent.ldapconn import (
     bind_result,
     search_result,
 )
+from agent.outcomes import SUCCESS_CODE
 from pta.errors import DirectoryUnavailable
 
 if TYPE_CHECKING:
@@ -192,7 +192,7 @@ class _Pool:
             ssl=self._tls if secure else None,
             server_hostname=host if secure else None,
         )
-        conn = Connection(url, protocol, self._receive_timeout)
+        conn = Connection(protocol, self._receive_timeout)
         try:
             if self._start_tls and not secure:
                 await conn.start_tls(self._tls, host)
@@ -250,7 +250,7 @@ class SearchPool(_Pool):
             result = bind_result((await conn.exchange(encode))[-1])
         except (ConnectionLost, TimeoutError, ValueError) as error:
             raise DirectoryUnavailable("the directory did not answer the service bind") from error
-        if result["result"] != SUCCESS:
+        if result["result"] != SUCCESS_CODE:
             raise DirectoryUnavailable(f"service bind failed: {result['description']}")
 
     async def find(
