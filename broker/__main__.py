@@ -160,7 +160,7 @@ def _manage(args: argparse.Namespace, store: Store, data: Path) -> int:
 
 def _agents(args: argparse.Namespace, store: Store) -> int:
     if args.action == "revoke":
-        if not store.revoke_agent(args.agent_id):
+        if not store.agents.revoke(args.agent_id):
             sys.stderr.write(f"pta-broker: no agent {args.agent_id}\n")
             return 1
         sys.stdout.write(f"revoked {args.agent_id}: its streams are cut within a second\n")
@@ -174,24 +174,32 @@ def _agents(args: argparse.Namespace, store: Store) -> int:
             "connected": bool(a.connections),
             "version": a.connections[-1].version if a.connections else a.version,
             "domains": sorted({d for c in a.connections for d in c.domains}),
-            "serial": a.serial,
-            "not_after": datetime.datetime.fromtimestamp(a.not_after, datetime.UTC).isoformat(),
+            "serial": a.certificates[-1][0] if a.certificates else "",
+            "not_after": _iso(a.certificates[-1][1]) if a.certificates else "",
+            # Every certificate that can still connect: more than one only while it renews.
+            "certificates": [{"serial": s, "not_after": _iso(t)} for s, t in a.certificates],
             "in_flight": sum(c.in_flight for c in a.connections),
             "last_heartbeat": max((c.last_seen for c in a.connections), default=None),
             "streams": len(a.connections),
         }
-        for a in store.agents(fresh_within=STATUS_FRESHNESS)
+        for a in store.agents.list(fresh_within=STATUS_FRESHNESS)
     ]
     if args.json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return 0
     for row in rows:
         state = "revoked" if row["revoked"] else "connected" if row["connected"] else "offline"
+        certs = ", ".join(f"{c['serial']} until {c['not_after']}" for c in row["certificates"])
+        certs = certs or "none usable"
         sys.stdout.write(
             f"{row['id']}\t{row['tenant']}\t{state}\t{' '.join(row['domains']) or '-'}"
-            f"\tserial {row['serial']}\tuntil {row['not_after']}\tin flight {row['in_flight']}\n"
+            f"\tcertificates {certs}\tin flight {row['in_flight']}\n"
         )
     return 0
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).isoformat()
 
 
 def _tenant(args: argparse.Namespace, store: Store) -> int:

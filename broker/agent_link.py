@@ -11,19 +11,19 @@ sign-in policy; nothing an agent puts in one ends its stream.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from broker import agent_access
 from broker.dispatch import Answer, Connection, Dispatcher
+from broker.ratelimit import RateLimiter, peer_address
 from broker.store import ReportedPolicy
 from pta import sealing, tls
 from pta.errors import (
     InvalidRequest,
-    Overloaded,
     PermissionDenied,
     TenantMismatch,
     Unauthenticated,
@@ -34,12 +34,14 @@ from pta.tokens import parse_token
 from pta.v1 import agent_pb2, agent_pb2_grpc
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+    import datetime
+    from collections.abc import AsyncIterator, Callable
 
     import grpc
 
+    from broker.agent_store import CertificateRecord
     from broker.ca import CertificateAuthority
-    from broker.store import CertificateRecord, DirectoryPolicyRecord, Store
+    from broker.store import DirectoryPolicyRecord, Store
 
 log = structlog.get_logger()
 
@@ -56,8 +58,10 @@ MAX_SOURCE_CHARS = 256
 MIN_REPORT_INTERVAL = 1.0
 #: How many foreign domains one warning names.
 _FOREIGN_SHOWN = 8
-#: An agent needs one stream, two while it rotates its certificate.
-MAX_STREAMS_PER_AGENT = 4
+#: Enrolments a second from one address, and the burst allowed: an installer enrols a few
+#: agents; a guesser of tokens gets no more tries than that.
+ENROL_RATE = 1.0
+ENROL_BURST = 10.0
 #: Missing this many heartbeat intervals means the agent is gone.
 MISSED_HEARTBEATS = 3
 #: While an agent is busy with earlier sign-ins, wait this long for more before writing, so
@@ -142,6 +146,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         agent_endpoint: str,
         agent_port: int,
         on_directory_report: Callable[[str, list[DirectoryPolicyRecord]], None] | None = None,
+        enrol_limiter: RateLimiter | None = None,
     ) -> None:
         """Wire the service (see :class:`broker.config.BrokerConfig` for the values).
 
@@ -149,6 +154,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         is stored: the sign-in policy checks there that its own lockout trips first.
         """
         self._on_directory_report = on_directory_report
+        self._enrol_limiter = enrol_limiter or RateLimiter(ENROL_RATE, ENROL_BURST)
+        self._slots = agent_access.StreamSlots()
         self._store = store
         self._ca = ca
         self._dispatcher = dispatcher
@@ -162,11 +169,17 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         request: agent_pb2.EnrollRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> agent_pb2.EnrollResponse:
-        """Trade a one-time token and a CSR for an agent certificate."""
+        """Trade a one-time token and a CSR for an agent certificate.
+
+        The cheap checks come first (the caller's rate, then the token, in constant time):
+        nobody who holds no valid token gets the broker to verify a CSR or sign anything.
+        """
         async with rpc_errors(context):
+            self._enrol_limiter.check(peer_address(context.peer()))
             token = parse_token(request.token)
             if token.ca_sha256 != self._ca.fingerprint:
                 raise Unauthenticated("this enrolment token was issued by another broker")
+            self._store.check_token(token)
             if len(request.hostname) > MAX_TEXT or len(request.version) > MAX_TEXT:
                 raise InvalidRequest("hostname or version too long")
             _check_envelope_key(request.envelope_public_key)
@@ -179,7 +192,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             cert = self._ca.sign_agent(
                 request.csr_pem, tenant=tenant, agent_id=agent_id, lifetime=self._cert_lifetime
             )
-            self._store.add_agent(
+            self._store.agents.add(
                 agent_id=agent_id,
                 tenant=tenant,
                 hostname=request.hostname,
@@ -213,38 +226,50 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     ) -> None:
         """Hold one agent's stream (see the module docstring)."""
         async with rpc_errors(context):
-            record = self._authenticate(context.auth_context())
-            messages = aiter(request_iterator)
-            conn = await self._hello(messages, record)
-            streams = sum(c.agent_id == conn.agent_id for c in self._dispatcher.connections())
-            if streams >= MAX_STREAMS_PER_AGENT:
-                # Each stream costs every sign-in of the tenant one more seal.
-                raise Overloaded("this agent has too many streams open")
-            await context.write(
-                agent_pb2.BrokerMessage(
-                    welcome=agent_pb2.Welcome(
-                        tenant=conn.tenant,
-                        domains=sorted(conn.domains),
-                        heartbeat_interval_ms=int(self._heartbeat * 1000),
-                        acks_in_results=True,
-                    )
+            record = agent_access.authenticate(self._store.agents, context.auth_context())
+            with self._slots.reserve(record):  # Before the first await: no race past the cap.
+                messages = aiter(request_iterator)
+                conn = await self._hello(messages, record)
+                # The hello may have been held back for seconds: check again, then attach with
+                # no await in between, so a revocation committed meanwhile holds.
+                agent_access.still_valid(self._store.agents, record)
+                self._dispatcher.attach(conn)
+                try:
+                    self._store.agents.attached(record)
+                    await self._serve_stream(context, conn, messages)
+                finally:
+                    self._dispatcher.detach(conn)
+
+    async def _serve_stream(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        conn: Connection,
+        messages: AsyncIterator[agent_pb2.AgentMessage],
+    ) -> None:
+        """Welcome an attached stream, then run its reader, writer and watch until it ends."""
+        await context.write(
+            agent_pb2.BrokerMessage(
+                welcome=agent_pb2.Welcome(
+                    tenant=conn.tenant,
+                    domains=sorted(conn.domains),
+                    heartbeat_interval_ms=int(self._heartbeat * 1000),
+                    acks_in_results=True,
                 )
             )
-            self._dispatcher.attach(conn)
-            bound = log.bind(
-                tenant=conn.tenant, agent_id=conn.agent_id, connection_id=conn.connection_id
-            )
-            bound.info("agent.connected", domains=sorted(conn.domains), capacity=conn.capacity)
-            try:
-                async with asyncio.TaskGroup() as group:
-                    group.create_task(self._receive(messages, conn))
-                    group.create_task(self._send(context, conn))
-                    group.create_task(self._watch(conn))
-            except* _StreamEnded:
-                pass
-            finally:
-                self._dispatcher.detach(conn)
-                bound.info("agent.disconnected", reason=_reason(conn))
+        )
+        bound = log.bind(
+            tenant=conn.tenant, agent_id=conn.agent_id, connection_id=conn.connection_id
+        )
+        bound.info("agent.connected", domains=sorted(conn.domains), capacity=conn.capacity)
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._receive(messages, conn))
+                group.create_task(self._send(context, conn))
+                group.create_task(self._watch(conn))
+        except* _StreamEnded:
+            pass
+        finally:
+            bound.info("agent.disconnected", reason=_reason(conn))
 
     async def Renew(  # noqa: N802 - the contract's name
         self,
@@ -253,7 +278,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     ) -> agent_pb2.RenewResponse:
         """Issue a new certificate, on a new key, to the agent the caller's certificate names."""
         async with rpc_errors(context):
-            record = self._authenticate(context.auth_context())
+            record = agent_access.authenticate(self._store.agents, context.auth_context())
             _check_envelope_key(request.envelope_public_key)
             cert = self._ca.sign_agent(
                 request.csr_pem,
@@ -261,8 +286,10 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 agent_id=record.agent_id,
                 lifetime=self._cert_lifetime,
             )
-            self._store.add_certificate(
-                agent_id=record.agent_id,
+            # Refused if it was retired or revoked meanwhile; an earlier renewal of it that was
+            # never used is retired: only one renewal of a certificate can ever be used.
+            self._store.agents.renew(
+                record,
                 serial=tls.serial_hex(cert),
                 envelope_public_key=request.envelope_public_key,
                 not_after=cert.not_valid_after_utc.timestamp(),
@@ -279,26 +306,6 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 certificate_pem=tls.cert_pem(cert).decode(),
                 ca_chain_pem=self._ca.cert_pem.decode(),
             )
-
-    def _authenticate(self, auth_context: Mapping[str, Iterable[bytes]]) -> CertificateRecord:
-        cert = tls.peer_certificate(auth_context)
-        if cert is None:
-            raise Unauthenticated(
-                "this call needs the agent's client certificate: dial the broker's agent endpoint"
-            )
-        if cert.not_valid_after_utc <= datetime.datetime.now(datetime.UTC):
-            raise Unauthenticated(
-                "this agent certificate has expired: enrol the agent again with a new token"
-            )
-        identity = tls.agent_identity(cert)
-        record = self._store.certificate(tls.serial_hex(cert))
-        if identity is None or record is None:
-            raise Unauthenticated("this certificate was not issued to an enrolled agent")
-        if record.revoked:
-            raise Unauthenticated("this agent has been revoked: enrol it again with a new token")
-        if identity != (record.tenant, record.agent_id):
-            raise TenantMismatch("the certificate names another tenant or agent")
-        return record
 
     async def _hello(
         self, messages: AsyncIterator[agent_pb2.AgentMessage], record: CertificateRecord

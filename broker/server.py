@@ -22,7 +22,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from broker import agent_access
 from broker.agent_link import AgentService
+from broker.agent_store import ConnectionStatus
 from broker.ca import CertificateAuthority
 from broker.dispatch import Connection, Dispatcher
 from broker.mfa import Challenges, MfaKey
@@ -31,9 +33,8 @@ from broker.ratelimit import RateLimiter
 from broker.rotation import ServerCertificates
 from broker.signin import SignInService
 from broker.signing import TokenSigner
-from broker.store import ConnectionStatus, Store
+from broker.store import Store
 from pta import rpc, tls
-from pta.errors import Unauthenticated
 from pta.v1 import agent_pb2, signin_pb2
 
 if TYPE_CHECKING:
@@ -45,7 +46,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 ENDPOINTS_FILE = "endpoints.json"
-#: How often the broker looks for revocations made through the CLI.
+#: How often the broker re-checks every live agent stream's certificate (revoked, expired,
+#: retired) and looks for changes made through the CLI.
 MAINTENANCE_TICK = 0.25
 #: How long agent streams get to close once the public endpoint has drained.
 AGENT_STREAM_GRACE = 2.0
@@ -181,7 +183,8 @@ class Broker:
         """Apply what operators change through the CLI, and report live streams to them.
 
         The CLI is another process writing the same store: a revocation it records cuts the
-        agent's streams here within one tick, and a policy change or an unlock applies as fast.
+        agent's streams here within one tick (so does an expiry), and a policy change or an
+        unlock applies as fast.
         """
         reported = upkept = 0.0
         while True:
@@ -192,14 +195,12 @@ class Broker:
                     policy.upkeep()
                 if store.changed():
                     policy.reload()
-                    revoked = store.revoked_agents()
-                    for conn in dispatcher.connections():
-                        if conn.agent_id in revoked:
-                            log.warning("agent.revoked", agent_id=conn.agent_id)
-                            dispatcher.cut(conn, Unauthenticated("this agent has been revoked"))
+                # Every tick, whatever the store says changed: a revocation, an expiry or a
+                # retirement reaches every live stream within a tick.
+                agent_access.recheck(store.agents, dispatcher)
                 if time.monotonic() - reported >= STATUS_INTERVAL:
                     reported = time.monotonic()
-                    store.report_connections([_status(c) for c in dispatcher.connections()])
+                    store.agents.report_connections([_status(c) for c in dispatcher.connections()])
             except Exception:
                 log.exception("broker.maintenance_failed")
 
@@ -243,7 +244,7 @@ class Broker:
                 conn.ended.set()  # Each stream ends cleanly; its agent dials again later.
         await agents.stop(AGENT_STREAM_GRACE)
         if self._store is not None:
-            self._store.report_connections([])
+            self._store.agents.report_connections([])
             self._store.close()
         log.info("broker.stopped")
 

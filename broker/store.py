@@ -8,23 +8,26 @@ file while the broker serves; the broker notices through SQLite's ``data_version
 
 from __future__ import annotations
 
-import contextlib
 import re
 import sqlite3
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from broker.agent_store import AgentStore
 from broker.policy_store import PolicyStore
+from broker.sqlite import connect, transaction
 from pta.errors import InvalidRequest, NotFound, Unauthenticated
 from pta.names import normalize_domain
 from pta.tokens import EnrolmentToken, new_token
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Sequence
     from pathlib import Path
 
 STORE_FILE = "pta.sqlite3"
+#: One message for every unusable token, so a guesser learns nothing.
+TOKEN_REFUSED = "enrolment token is unknown, used or expired"  # noqa: S105 - a message
 _TENANT = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 
 SCHEMA = """
@@ -44,32 +47,6 @@ CREATE TABLE IF NOT EXISTS tokens (
     expires_at REAL NOT NULL,
     used_at REAL
 );
-CREATE TABLE IF NOT EXISTS agents (
-    id TEXT PRIMARY KEY,
-    tenant TEXT NOT NULL REFERENCES tenants(name) ON DELETE CASCADE,
-    hostname TEXT NOT NULL,
-    version TEXT NOT NULL,
-    enrolled_at REAL NOT NULL,
-    revoked_at REAL
-);
-CREATE TABLE IF NOT EXISTS connections (
-    id TEXT PRIMARY KEY,
-    agent_id TEXT NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
-    version TEXT NOT NULL,
-    serial TEXT NOT NULL,
-    domains TEXT NOT NULL,
-    connected_at REAL NOT NULL,
-    last_seen REAL NOT NULL,
-    in_flight INTEGER NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS certificates (
-    serial TEXT PRIMARY KEY,
-    agent_id TEXT NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
-    envelope_public_key BLOB NOT NULL,
-    issued_at REAL NOT NULL,
-    not_after REAL NOT NULL
-);
 CREATE TABLE IF NOT EXISTS directory_policies (
     tenant TEXT NOT NULL REFERENCES tenants(name) ON DELETE CASCADE,
     domain TEXT NOT NULL,
@@ -81,47 +58,6 @@ CREATE TABLE IF NOT EXISTS directory_policies (
     PRIMARY KEY (tenant, domain, agent_id)
 );
 """
-
-
-@dataclass(frozen=True, slots=True)
-class CertificateRecord:
-    """What the broker knows about one agent certificate it issued."""
-
-    serial: str
-    agent_id: str
-    tenant: str
-    envelope_public_key: bytes
-    not_after: float
-    revoked: bool
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionStatus:
-    """A live stream as the serving broker last reported it."""
-
-    connection_id: str
-    agent_id: str
-    version: str
-    serial: str
-    domains: list[str]
-    connected_at: float
-    last_seen: float
-    in_flight: int
-
-
-@dataclass(frozen=True, slots=True)
-class AgentRecord:
-    """An enrolled agent, its newest certificate and its live streams."""
-
-    agent_id: str
-    tenant: str
-    hostname: str
-    version: str
-    enrolled_at: float
-    revoked_at: float | None
-    serial: str
-    not_after: float
-    connections: list[ConnectionStatus]
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,17 +113,9 @@ class Store:
 
     def __init__(self, data_dir: Path) -> None:
         """Open (and create) the store in ``data_dir``."""
-        self._db = sqlite3.connect(
-            data_dir / STORE_FILE, isolation_level=None, check_same_thread=False
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # WAL with NORMAL survives a crash of the process (not of the machine) without an fsync
-        # per commit: lockout counters are written on the sign-in path.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db = connect(data_dir / STORE_FILE)
         self._db.executescript(SCHEMA)
-        (data_dir / STORE_FILE).chmod(0o600)
+        self.agents = AgentStore(self._db)
         self.policy = PolicyStore(self._db)
         self._domains: dict[str, str] = {}
         self._domains_version = -1
@@ -208,7 +136,7 @@ class Store:
         check_tenant_name(name)
         suffixes = [normalize_domain(d) for d in domains]
         try:
-            with self._transaction():
+            with transaction(self._db):
                 self._db.execute(
                     "INSERT INTO tenants (name, created_at) VALUES (?, ?)", (name, time.time())
                 )
@@ -263,6 +191,22 @@ class Store:
         )
         return token
 
+    def check_token(self, token: EnrolmentToken) -> str:
+        """Return the tenant of a usable token without using it up: the cheap check first.
+
+        Raises:
+            Unauthenticated: As :meth:`consume_token` would.
+        """
+        row = self._db.execute(
+            "SELECT tenant, secret_hash FROM tokens"
+            " WHERE id = ? AND used_at IS NULL AND expires_at > ?",
+            (token.token_id, time.time()),
+        ).fetchone()
+        if row is None or not token.matches(row[1]):
+            raise Unauthenticated(TOKEN_REFUSED)
+        tenant: str = row[0]
+        return tenant
+
     def consume_token(self, token: EnrolmentToken) -> str:
         """Use a token up and return its tenant; a token works once.
 
@@ -271,14 +215,14 @@ class Store:
                 so a guesser learns nothing).
         """
         now = time.time()
-        with self._transaction():
+        with transaction(self._db):
             row = self._db.execute(
                 "SELECT tenant, secret_hash FROM tokens"
                 " WHERE id = ? AND used_at IS NULL AND expires_at > ?",
                 (token.token_id, now),
             ).fetchone()
             if row is None or not token.matches(row[1]):
-                raise Unauthenticated("enrolment token is unknown, used or expired")
+                raise Unauthenticated(TOKEN_REFUSED)
             self._db.execute("UPDATE tokens SET used_at = ? WHERE id = ?", (now, token.token_id))
         tenant: str = row[0]
         return tenant
@@ -296,129 +240,11 @@ class Store:
         cursor = self._db.execute("DELETE FROM tokens WHERE id = ?", (token_id,))
         return cursor.rowcount > 0
 
-    # Agents and their certificates ------------------------------------------------------------
-
-    def add_agent(  # noqa: PLR0913 - one row, named columns
-        self,
-        *,
-        agent_id: str,
-        tenant: str,
-        hostname: str,
-        version: str,
-        serial: str,
-        envelope_public_key: bytes,
-        not_after: float,
-    ) -> None:
-        """Record a newly enrolled agent and its first certificate."""
-        now = time.time()
-        with self._transaction():
-            self._db.execute(
-                "INSERT INTO agents (id, tenant, hostname, version, enrolled_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (agent_id, tenant, hostname, version, now),
-            )
-            self._add_certificate(agent_id, serial, envelope_public_key, not_after, now)
-
-    def add_certificate(
-        self, *, agent_id: str, serial: str, envelope_public_key: bytes, not_after: float
-    ) -> None:
-        """Record a renewed certificate of an agent, with the envelope key it came with."""
-        self._add_certificate(agent_id, serial, envelope_public_key, not_after, time.time())
-
-    def revoke_agent(self, agent_id: str) -> bool:
-        """Revoke an agent: none of its certificates connects or renews again.
-
-        Returns:
-            False when there is no such agent.
-        """
-        cursor = self._db.execute(
-            "UPDATE agents SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?",
-            (time.time(), agent_id),
-        )
-        return cursor.rowcount > 0
-
-    def revoked_agents(self) -> set[str]:
-        """Return the ids of every revoked agent."""
-        rows = self._db.execute("SELECT id FROM agents WHERE revoked_at IS NOT NULL")
-        return {agent_id for (agent_id,) in rows}
-
     def changed(self) -> bool:
         """Whether another process (the CLI) wrote to the store since the last call."""
         (version,) = self._db.execute("PRAGMA data_version").fetchone()
         seen, self._seen_version = self._seen_version, version
         return bool(version != seen)
-
-    def report_connections(self, statuses: list[ConnectionStatus]) -> None:
-        """Replace the live-stream snapshot the serving broker keeps for operators."""
-        now = time.time()
-        with self._transaction():
-            self._db.execute("DELETE FROM connections")
-            self._db.executemany(
-                "INSERT INTO connections (id, agent_id, version, serial, domains, connected_at,"
-                " last_seen, in_flight, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        s.connection_id,
-                        s.agent_id,
-                        s.version,
-                        s.serial,
-                        " ".join(s.domains),
-                        s.connected_at,
-                        s.last_seen,
-                        s.in_flight,
-                        now,
-                    )
-                    for s in statuses
-                ],
-            )
-
-    def agents(self, *, fresh_within: float) -> list[AgentRecord]:
-        """List every agent with its newest certificate and its live streams.
-
-        Args:
-            fresh_within: A stream snapshot older than this many seconds is stale (the broker
-                stopped without saying so) and is not shown as connected.
-        """
-        horizon = time.time() - fresh_within
-        streams: dict[str, list[ConnectionStatus]] = {}
-        for row in self._db.execute(
-            "SELECT id, agent_id, version, serial, domains, connected_at, last_seen, in_flight"
-            " FROM connections WHERE updated_at >= ? ORDER BY connected_at",
-            (horizon,),
-        ):
-            conn_id, agent_id, version, serial, domains, connected_at, last_seen, in_flight = row
-            streams.setdefault(agent_id, []).append(
-                ConnectionStatus(
-                    connection_id=conn_id,
-                    agent_id=agent_id,
-                    version=version,
-                    serial=serial,
-                    domains=domains.split(),
-                    connected_at=connected_at,
-                    last_seen=last_seen,
-                    in_flight=in_flight,
-                )
-            )
-        rows = self._db.execute(
-            "SELECT a.id, a.tenant, a.hostname, a.version, a.enrolled_at, a.revoked_at,"
-            " c.serial, c.not_after FROM agents a JOIN certificates c ON c.agent_id = a.id"
-            " WHERE c.issued_at = (SELECT MAX(issued_at) FROM certificates WHERE agent_id = a.id)"
-            " ORDER BY a.tenant, a.id"
-        )
-        return [
-            AgentRecord(
-                agent_id=row[0],
-                tenant=row[1],
-                hostname=row[2],
-                version=row[3],
-                enrolled_at=row[4],
-                revoked_at=row[5],
-                serial=row[6],
-                not_after=row[7],
-                connections=streams.get(row[0], []),
-            )
-            for row in rows
-        ]
 
     # Directory lockout policies ---------------------------------------------------------------
 
@@ -446,7 +272,7 @@ class Store:
             )
             for p in policies
         ]
-        with self._transaction():
+        with transaction(self._db):
             self._db.execute(
                 "DELETE FROM directory_policies WHERE tenant = ? AND agent_id = ?",
                 (tenant, agent_id),
@@ -480,36 +306,3 @@ class Store:
             )
             for row in rows
         ]
-
-    def _add_certificate(
-        self, agent_id: str, serial: str, envelope_public_key: bytes, not_after: float, now: float
-    ) -> None:
-        self._db.execute(
-            "INSERT INTO certificates (serial, agent_id, envelope_public_key, issued_at, not_after)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (serial, agent_id, envelope_public_key, now, not_after),
-        )
-
-    def certificate(self, serial: str) -> CertificateRecord | None:
-        """Look up a certificate the broker issued, with its agent's tenant and state."""
-        row = self._db.execute(
-            "SELECT c.serial, c.agent_id, a.tenant, c.envelope_public_key, c.not_after,"
-            " a.revoked_at IS NOT NULL"
-            " FROM certificates c JOIN agents a ON a.id = c.agent_id WHERE c.serial = ?",
-            (serial,),
-        ).fetchone()
-        if row is None:
-            return None
-        serial, agent_id, tenant, key, not_after, revoked = row
-        return CertificateRecord(serial, agent_id, tenant, key, not_after, revoked=bool(revoked))
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        """Run the body in an immediate transaction: the CLI and the server may write at once."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")

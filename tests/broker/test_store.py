@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import TYPE_CHECKING
 
 import pytest
 
-from broker.store import ReportedPolicy, Store
+from broker.store import STORE_FILE, ReportedPolicy, Store
+from pta.errors import Unauthenticated
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -22,7 +24,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
     opened.add_tenant("acme", ["example.com", "other.example"])
     opened.add_tenant("globex", ["globex.example"])
     for agent_id, tenant in (("agt-a", "acme"), ("agt-b", "acme"), ("agt-g", "globex")):
-        opened.add_agent(
+        opened.agents.add(
             agent_id=agent_id,
             tenant=tenant,
             hostname="host",
@@ -87,3 +89,65 @@ class TestDirectoryPolicies:
             assert [r.lockout_threshold for r in again.directory_policies("acme")] == [5]
         finally:
             again.close()
+
+
+class TestCertificates:
+    """Renewal once, retirement, and a store made before those columns existed."""
+
+    def test_renewal_retires_unused_successor_then_attach_retires_original(
+        self, store: Store
+    ) -> None:
+        """Renew twice: the first renewal is retired; attach the second: the original is."""
+        store.agents.add(
+            agent_id="agt-r",
+            tenant="acme",
+            hostname="h",
+            version="1",
+            serial="serial-agt-r",
+            envelope_public_key=KEY,
+            not_after=2e9,
+        )
+        original = store.agents.certificate("serial-agt-r")
+        assert original is not None
+        store.agents.renew(original, serial="r1", envelope_public_key=KEY, not_after=2e9)
+        store.agents.renew(original, serial="r2", envelope_public_key=KEY, not_after=2e9)
+        first, second = store.agents.certificate("r1"), store.agents.certificate("r2")
+        assert first is not None
+        assert first.retired
+        assert second is not None
+        assert not second.retired
+        assert second.predecessor == "serial-agt-r"
+        store.agents.attached(second)
+        again = store.agents.certificate("serial-agt-r")
+        assert again is not None
+        assert again.retired
+        assert "replaced" in again.refusal(0.0)
+        with pytest.raises(Unauthenticated, match="replaced"):
+            store.agents.renew(again, serial="r3", envelope_public_key=KEY, not_after=2e9)
+
+    def test_older_store_gains_the_columns(self, tmp_path: Path) -> None:
+        """A certificates table without the renewal columns is extended when opened."""
+        db = sqlite3.connect(tmp_path / STORE_FILE)
+        db.executescript(
+            "CREATE TABLE certificates (serial TEXT PRIMARY KEY, agent_id TEXT NOT NULL,"
+            " envelope_public_key BLOB NOT NULL, issued_at REAL NOT NULL, not_after REAL NOT NULL);"
+        )
+        db.close()
+        opened = Store(tmp_path)
+        try:
+            opened.add_tenant("acme", ["example.com"])
+            opened.agents.add(
+                agent_id="agt-a",
+                tenant="acme",
+                hostname="h",
+                version="1",
+                serial="s1",
+                envelope_public_key=KEY,
+                not_after=2e9,
+            )
+            record = opened.agents.certificate("s1")
+            assert record is not None
+            assert record.predecessor is None
+            assert not record.retired
+        finally:
+            opened.close()
