@@ -28,9 +28,22 @@ log = structlog.get_logger()
 
 DEFAULT_QUEUE_LIMIT = 1024
 LOST_AFTER_ACK = (
-    "the agent checking this sign-in was lost after it started; it is not retried (the "
-    "password may have been tried already): sign in again"
+    "the agent checking this sign-in was lost after it started, and another try now could "
+    "lock the account in the organisation's directory: sign in again later"
 )
+#: What a job is settled with when its agent was lost after acknowledging it: the password
+#: may have been tried (not an outcome of the contract; the lockout counts it as a possible
+#: wrong password at the directory).
+MAY_HAVE_TRIED = -1
+
+
+class AgentLost(Unavailable):
+    """The agent was lost after it acknowledged the job: the caller may send it on.
+
+    The job keeps its envelopes for the tenant's other connections; whether another agent
+    may try it again is the lockout's decision (a second try may count twice at the
+    directory), not the dispatcher's.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +69,8 @@ class Job:
     envelopes: dict[str, bytes]
     future: asyncio.Future[Answer]
     connection_id: str | None = None
-    #: The agent said it may have started checking: never sent to another agent then.
+    #: The agent said it may have started checking: if it is lost, the job fails with
+    #: :class:`AgentLost` and only its caller may send it on (see :meth:`resend`).
     acked: bool = False
     #: Told, once, what became of the job in the end: the agent's outcome, or None when no
     #: agent will ever answer it. Later than the future when the caller stopped waiting first:
@@ -73,6 +87,24 @@ class Job:
     def done(self) -> bool:
         """Whether the job has its one answer (or failure) already."""
         return self.future.done()
+
+    def resend(
+        self, future: asyncio.Future[Answer], settled: Callable[[int | None], None] | None
+    ) -> Job:
+        """A copy to dispatch again after :class:`AgentLost`: a fresh answer and accounting.
+
+        Its envelopes are those still held for other connections (the lost one's is gone).
+        """
+        return Job(
+            request_id=self.request_id,
+            tenant=self.tenant,
+            domain=self.domain,
+            deadline=self.deadline,
+            deadline_unix_ms=self.deadline_unix_ms,
+            envelopes=dict(self.envelopes),
+            future=future,
+            settled=settled,
+        )
 
 
 @dataclass(eq=False, slots=True, kw_only=True)
@@ -139,10 +171,11 @@ class Dispatcher:
         """Forget a connection whose stream ended, and settle every job it held.
 
         Jobs it had not acknowledged go to another agent of the tenant that can open them, at
-        once and ahead of the queue. Jobs it had acknowledged get UNAVAILABLE: the agent may have
-        bound already, and sending the same password again could count a wrong password twice
-        against the user in the directory. Queued jobs that can no longer go anywhere get
-        UNAVAILABLE at once rather than at the deadline.
+        once and ahead of the queue. Jobs it had acknowledged may have been tried in the
+        directory already: each is settled with :data:`MAY_HAVE_TRIED` (the lockout counts
+        it) and fails with :class:`AgentLost`, so that its caller decides, with the lockout,
+        whether a second try has room (it could count a wrong password twice). Queued jobs
+        that can no longer go anywhere get UNAVAILABLE at once rather than at the deadline.
         """
         self._connections.pop(conn.connection_id, None)
         tenant_conns = self._by_tenant.get(conn.tenant, {})
@@ -152,7 +185,14 @@ class Dispatcher:
             job.envelopes.pop(conn.connection_id, None)
             job.connection_id = None
             if job.acked:
-                _fail(job, Unavailable(LOST_AFTER_ACK))
+                log.info(
+                    "signin.agent_lost_after_ack",
+                    request_id=job.request_id,
+                    tenant=job.tenant,
+                    agent_id=conn.agent_id,
+                )
+                job.settle(MAY_HAVE_TRIED)
+                _fail(job, AgentLost(LOST_AFTER_ACK))
             elif any(cid in tenant_conns for cid in job.envelopes) and not job.done:
                 queue.appendleft(job)
             else:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from broker import lockout, mfa
+from broker.dispatch import MAY_HAVE_TRIED
 from broker.policy_store import LOCATIONS
 from broker.recent_failures import RecentFailures
 from broker.tenant_policy import TenantPolicy, familiar_prefix, in_networks
@@ -143,7 +144,8 @@ class SignInPolicy:
         self._policies: dict[str, TenantPolicy] = {}
         self._counters: dict[CounterKey, lockout.Counter] = {}
         self._familiar: dict[tuple[str, str], dict[str, float]] = {}
-        #: tenant -> domain -> the lowest threshold its agents reported; and each report.
+        #: tenant -> domain -> the lowest threshold its agents reported (0: known never to lock;
+        #: absent: unknown); and each report.
         self._directory: dict[str, dict[str, int]] = {}
         self._reports: dict[str, dict[tuple[str, str], int]] = {}
         self.reload()
@@ -221,17 +223,53 @@ class SignInPolicy:
             location=location,
             policy=policy,
         )
-        rule = policy.lockout
-        if not rule.enabled:
+        if not policy.lockout.enabled:
             return attempt
-        key: CounterKey = (tenant, user, location)
-        budget = self._directory_budget(tenant, upn.domain, location)
+        return await self._admit(attempt, password, deadline) or attempt
+
+    async def readmit(self, attempt: Attempt, deadline: float) -> bool:
+        """Let an attempt whose agent was lost after it may have tried it go to another agent.
+
+        :meth:`end` counted the lost try as one the directory may have seen. The second try
+        is admitted like a new check of the user: when the lost one and every other check in
+        flight, all wrong, would still leave the directory one short of its lockout; it waits
+        while other checks of the user run (each may free room: a right password starts the
+        directory's count again). Never when the directory's threshold is unknown.
+
+        Returns:
+            True once admitted (end it again with :meth:`end`); False when there is no room
+            (or the user is locked now), or nothing bounds a second try.
+
+        Raises:
+            DeadlineExceeded: When the deadline passes while other checks of the user run.
+            Overloaded: When too many sign-ins of the user wait already.
+        """
+        rule = attempt.policy.lockout
+        if not rule.enabled or attempt.domain not in self._directory.get(attempt.tenant, {}):
+            return False
+        if await self._admit(attempt, None, deadline) is not None:
+            return False
+        attempt.ended = False
+        return True
+
+    async def _admit(
+        self, attempt: Attempt, password: str | None, deadline: float
+    ) -> Verdict | None:
+        """Wait for the attempt's turn; None once admitted (counted in flight), or the refusal.
+
+        ``password`` is looked up in the repeat memory (None: not again, a retried check).
+        """
+        tenant, user, rule = attempt.tenant, attempt.user, attempt.policy.lockout
+        key: CounterKey = (tenant, user, attempt.location)
+        budget = self._directory_budget(tenant, attempt.domain, attempt.location)
         while True:
             now = self._clock()
             counter = lockout.current(self._counters.get(key, lockout.CLEAN), rule, now)
             if (wait := lockout.locked_for(counter, now)) > 0:
                 return _locked(wait)
-            seen, attempt.digest = self._recent.check(f"{tenant}\0{user}", password)
+            seen = False
+            if password is not None:
+                seen, attempt.digest = self._recent.check(f"{tenant}\0{user}", password)
             if seen:
                 return Verdict(
                     outcome=Outcome.INVALID_CREDENTIALS,
@@ -248,7 +286,7 @@ class SignInPolicy:
                     return _guarded(sent.last_failure + rule.forget_after - now)
             elif pending < lockout.attempts_left(counter, rule):
                 self._pending[key] = pending + 1
-                return attempt
+                return None
             await self._wait_turn((tenant, user), deadline)
 
     async def _wait_turn(self, key: tuple[str, str], deadline: float) -> None:
@@ -279,6 +317,9 @@ class SignInPolicy:
 
         Only wrong passwords count; answers that prove the password right clear the counter
         unless a second factor is still to come (then :meth:`grant`'s success does).
+        :data:`~broker.dispatch.MAY_HAVE_TRIED` (the agent was lost after it may have tried
+        the password) counts toward the directory guard only: the directory may have seen a
+        wrong password; the user's own lockout and the repeat memory learn nothing from it.
         """
         if attempt.ended:
             return
@@ -294,9 +335,10 @@ class SignInPolicy:
             if not waiter.done():
                 waiter.set_result(None)
         sent_key: CounterKey = (attempt.tenant, attempt.user, "directory")
-        if outcome in WRONG:
-            self._recent.add(f"{attempt.tenant}\0{attempt.user}", attempt.digest)
-            self._fail(key, rule)
+        if outcome in WRONG or outcome == MAY_HAVE_TRIED:
+            if outcome != MAY_HAVE_TRIED:  # A lost try says nothing of the password.
+                self._recent.add(f"{attempt.tenant}\0{attempt.user}", attempt.digest)
+                self._fail(key, rule)
             now = self._clock()
             sent = lockout.current(self._counters.get(sent_key, lockout.CLEAN), rule, now)
             self._save(sent_key, lockout.Counter(failures=sent.failures + 1, last_failure=now))
@@ -477,13 +519,16 @@ class SignInPolicy:
         by_agent = self._reports.setdefault(tenant, {})
         for report in reports:
             key = (report.domain, report.agent_id)
-            if report.known and report.lockout_threshold > 0:
+            if report.known:
                 by_agent[key] = report.lockout_threshold
             else:  # This agent cannot tell (any more); another agent's word still stands.
                 by_agent.pop(key, None)
         lowest: dict[str, int] = {}
         for (domain, _), threshold in by_agent.items():
-            lowest[domain] = min(threshold, lowest.get(domain, threshold))
+            # The lowest threshold that locks; 0 ("never locks") only if no agent says one.
+            known = lowest.get(domain)
+            if known is None or (threshold and (not known or threshold < known)):
+                lowest[domain] = threshold
         self._directory[tenant] = lowest
         self._check_thresholds(tenant)
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from broker.dispatch import Answer, Dispatcher, Job
+from broker.dispatch import AgentLost, Answer, Dispatcher, Job
 from broker.policy import Attempt, SignInPolicy, Verdict
 from broker.ratelimit import RateLimiter, client_address, peer_address
 from broker.signin_stream import DEFAULT_IDLE_SECONDS, SignInStreamSession
@@ -39,7 +39,7 @@ from pta.names import check_password, parse_upn
 from pta.v1 import agent_pb2, outcome_pb2, signin_pb2, signin_pb2_grpc
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     import grpc
 
@@ -372,6 +372,7 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
                 plaintext,
                 budget,
                 settled=functools.partial(self._policy.end, attempt),
+                readmit=functools.partial(self._policy.readmit, attempt),
             )
         finally:
             del plaintext
@@ -385,6 +386,7 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
         budget: float,
         *,
         settled: Callable[[int | None], None] | None = None,
+        readmit: Callable[[float], Awaitable[bool]] | None = None,
     ) -> Answer:
         """Seal ``plaintext`` to each candidate connection, dispatch, await the one answer.
 
@@ -397,6 +399,9 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
             settled: Called exactly once with what became of the check in the end: the
                 agent's outcome, even one that arrives after ``budget`` ran out, or None when
                 no agent checked it.
+            readmit: Asked, with the deadline, when the agent checking it was lost after it
+                may have tried the password: True lets another agent try (``settled`` is
+                then called again for that try). None: never.
 
         Raises:
             NoAgentAvailable: No agent of the tenant serving the domain is connected.
@@ -444,8 +449,23 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
             if settled is not None:  # Never dispatched: no agent will check it.
                 settled(None)
             raise
+        while True:
+            try:
+                return await self._answer(job)
+            except AgentLost:
+                if readmit is None or not await readmit(deadline):
+                    raise
+            job = job.resend(loop.create_future(), settled)
+            try:
+                self._dispatcher.submit(job)
+            except BaseException:
+                job.settle(None)
+                raise
+
+    async def _answer(self, job: Job) -> Answer:
+        """Await a dispatched job's answer until its deadline; withdraw it either way."""
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout_at(job.deadline):
                 return await job.future
         except TimeoutError:
             raise DeadlineExceeded("no agent answered before the deadline") from None

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from pta.slapd import Slapd
 
 SECONDS = 9.0
-KILL_EVERY = 1.5
+#: Seconds between kills: a range, as the review ran it.
+KILL_EVERY = (1.5, 2.0)
 
 
 @pytest.fixture(scope="module")
@@ -36,15 +37,20 @@ class TestChaos:
     def test_agents_killed_under_load(
         self, broker: BrokerProcess, slapd: Slapd, trio: list[AgentProcess]
     ) -> None:
-        """Kill -9 an agent every 1.5 s and restart it; no sign-in hangs or is answered wrong."""
-        load = SignInLoad(broker, "chaos.example", SECONDS, tolerate_unavailable=True)
+        """Kill -9 an agent every 1.5-2 s and restart it: every sign-in answered, and right.
+
+        Sign-ins a killed agent had not acknowledged go to another agent; those it had
+        acknowledged go too, the lost try counted by the directory guard (the directory here
+        locks after 5: room for a second try is there). So not one is UNAVAILABLE.
+        """
+        load = SignInLoad(broker, "chaos.example", SECONDS)
         runner = threading.Thread(target=load.run_threads, args=(6,))
         runner.start()
         chooser = random.Random(7)  # noqa: S311 - picks a victim, not a secret
         kills = 0
         deadline = time.monotonic() + SECONDS - 1.5
         while time.monotonic() < deadline:
-            time.sleep(KILL_EVERY)
+            time.sleep(chooser.uniform(*KILL_EVERY))
             victim = chooser.choice(trio)
             victim.process.kill()
             victim.process.wait(5)
@@ -52,14 +58,14 @@ class TestChaos:
             victim.process = AgentProcess.launch(victim.state_dir, slapd, victim.log_path)
         runner.join(timeout=60)
         assert not runner.is_alive(), "the load hung"
+        lost = [
+            e for e in broker.log_events("signin.agent_lost_after_ack") if e["tenant"] == "chaos"
+        ]
         assert load.failures == [], load.failures[:5]
-        assert load.statuses.get("DEADLINE_EXCEEDED", 0) == 0
-        lost_after_ack = load.statuses.get("UNAVAILABLE", 0)
-        # Only sign-ins an agent had acknowledged when it died may be UNAVAILABLE.
-        assert lost_after_ack <= kills * 16, load.statuses
+        assert dict(load.statuses) == {"OK": load.answered}, load.statuses
         assert kills >= 4
         print(  # noqa: T201 - the figures the closing note quotes
             f"\nchaos: {load.answered} sign-ins sent and answered, {kills} agents killed, "
-            f"{lost_after_ack} answered UNAVAILABLE (acknowledged by a killed agent), "
-            f"0 lost, 0 wrong; statuses {dict(load.statuses)}"
+            f"{len(lost)} lost after their agent acknowledged them (each sent to another), "
+            f"{len(load.failures)} failed or wrong, 0 lost; statuses {dict(load.statuses)}"
         )

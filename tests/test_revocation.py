@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import queue
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -22,6 +21,7 @@ from agent.identity import AgentIdentity
 from pta import sealing, tls
 from pta.v1 import agent_pb2, agent_pb2_grpc, outcome_pb2
 from tests.conftest import USERS, remember_password
+from tests.raw_agent import RawStream, enrolled
 from tests.support import AgentProcess, BrokerProcess, agent_credentials, wait_for
 
 if TYPE_CHECKING:
@@ -35,61 +35,6 @@ Outcome = outcome_pb2.Outcome
 REVOCATION_BOUND = 1.0
 
 
-class RawStream:
-    """One Connect stream driven by hand: messages sent when the test says, answers collected."""
-
-    def __init__(self, broker: BrokerProcess, credentials: grpc.ChannelCredentials) -> None:
-        """Open the stream (TLS and the call); nothing is sent yet, not even a hello."""
-        self._outgoing: queue.Queue[agent_pb2.AgentMessage | None] = queue.Queue()
-        self.received: list[agent_pb2.BrokerMessage] = []
-        self.error: grpc.RpcError | None = None
-        self.ended_at: float | None = None
-        self._channel = grpc.secure_channel(broker.agent, credentials)
-        self._call = agent_pb2_grpc.AgentServiceStub(self._channel).Connect(
-            iter(self._outgoing.get, None), timeout=60
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        try:
-            for message in self._call:
-                self.received.append(message)
-        except grpc.RpcError as error:
-            self.error = error
-        self.ended_at = time.monotonic()
-
-    def send(self, message: agent_pb2.AgentMessage) -> None:
-        """Send one message on the stream."""
-        self._outgoing.put(message)
-
-    def hello(self, agent_id: str, max_in_flight: int = 1) -> None:
-        """Send the hello."""
-        self.send(
-            agent_pb2.AgentMessage(
-                hello=agent_pb2.Hello(agent_id=agent_id, max_in_flight=max_in_flight)
-            )
-        )
-
-    @property
-    def welcomed(self) -> bool:
-        """Whether the broker welcomed this stream."""
-        return any(m.HasField("welcome") for m in self.received)
-
-    def validations(self) -> list[agent_pb2.ValidationRequest]:
-        """Every validation request received so far."""
-        return [
-            r for m in self.received if m.HasField("validations") for r in m.validations.requests
-        ]
-
-    def close(self) -> None:
-        """End the stream from this side and wait for the reader."""
-        self._outgoing.put(None)
-        self._call.cancel()
-        self._reader.join(10)
-        self._channel.close()
-
-
 @pytest.fixture(scope="module")
 def guarded(run_dir: Path) -> Iterator[BrokerProcess]:
     """A broker of its own, with tenants for these tests."""
@@ -97,13 +42,6 @@ def guarded(run_dir: Path) -> Iterator[BrokerProcess]:
     broker.add_tenant("stolen", "stolen.example")
     yield broker
     broker.stop()
-
-
-def _enrolled(broker: BrokerProcess, tenant: str, state_dir: Path) -> str:
-    """Enrol an agent into ``state_dir`` without running it; return its id."""
-    AgentProcess.enrol(broker, tenant, state_dir)
-    agent_id: str = json.loads((state_dir / "agent.json").read_text())["agent_id"]
-    return agent_id
 
 
 def _cut_reason(stream: RawStream) -> str:
@@ -121,7 +59,7 @@ class TestRevocationAtAttach:
 
         Before the fix B was welcomed after the revocation, and was sent sign-ins to open.
         """
-        agent_id = _enrolled(guarded, "stolen", tmp_path / "thief")
+        agent_id = enrolled(guarded, "stolen", tmp_path / "thief")
         creds = agent_credentials(tmp_path / "thief")
         first = RawStream(guarded, creds)
         first.hello(agent_id)
@@ -149,7 +87,7 @@ class TestRevocationReachesEveryStream:
 
     def test_all_streams_cut_within_bound(self, guarded: BrokerProcess, tmp_path: Path) -> None:
         """Three streams of one identity; `agent revoke` returns; all three end within 1 s."""
-        agent_id = _enrolled(guarded, "stolen", tmp_path / "many")
+        agent_id = enrolled(guarded, "stolen", tmp_path / "many")
         creds = agent_credentials(tmp_path / "many")
         streams = [RawStream(guarded, creds) for _ in range(3)]
         try:
@@ -181,7 +119,7 @@ class TestRevocationReachesEveryStream:
         a wrong password is INVALID_CREDENTIALS, within the sign-in's deadline.
         """
         guarded.add_tenant("inflight", "inflight.example")
-        thief_id = _enrolled(guarded, "inflight", tmp_path / "thief")
+        thief_id = enrolled(guarded, "inflight", tmp_path / "thief")
         stolen = RawStream(guarded, agent_credentials(tmp_path / "thief"))
         stolen.hello(thief_id)
         wait_for(lambda: stolen.welcomed, what="the stolen stream to be welcomed")
@@ -217,7 +155,7 @@ class TestExpiryWhileOpen:
         broker = BrokerProcess.start(run_dir, "broker-expiry", "--agent-cert-lifetime", "3s")
         try:
             broker.add_tenant("expiring", "expiring.example")
-            agent_id = _enrolled(broker, "expiring", tmp_path / "old")
+            agent_id = enrolled(broker, "expiring", tmp_path / "old")
             not_after = tls.load_cert((tmp_path / "old" / "tls.pem").read_bytes())
             stream = RawStream(broker, agent_credentials(tmp_path / "old"))
             stream.hello(agent_id)
@@ -245,7 +183,7 @@ class TestStreamSlots:
 
         Before the fix the check ran after the hello's await, and 40 of 40 were welcomed.
         """
-        agent_id = _enrolled(guarded, "stolen", tmp_path / "greedy")
+        agent_id = enrolled(guarded, "stolen", tmp_path / "greedy")
         creds = agent_credentials(tmp_path / "greedy")
         streams = [RawStream(guarded, creds) for _ in range(40)]
         try:
@@ -294,7 +232,7 @@ class TestRenewalOnce:
         self, guarded: BrokerProcess, tmp_path: Path
     ) -> None:
         """Renewed twice before use: the first renewal is dead; used: the original is dead."""
-        agent_id = _enrolled(guarded, "stolen", tmp_path / "orig")
+        agent_id = enrolled(guarded, "stolen", tmp_path / "orig")
         original = AgentIdentity.load(tmp_path / "orig")
         first = _renew(tmp_path / "orig")
         second = _renew(tmp_path / "orig")  # Renewed again before the first was used.
@@ -327,7 +265,7 @@ class TestRenewalOnce:
         self, guarded: BrokerProcess, tmp_path: Path
     ) -> None:
         """A stream of the original, idle, ends within a tick once the renewal is used."""
-        agent_id = _enrolled(guarded, "stolen", tmp_path / "rot")
+        agent_id = enrolled(guarded, "stolen", tmp_path / "rot")
         old = RawStream(guarded, agent_credentials(tmp_path / "rot"))
         old.hello(agent_id)
         wait_for(lambda: old.welcomed, what="the original stream to be welcomed")

@@ -7,9 +7,9 @@ import dataclasses
 
 import pytest
 
-from broker.dispatch import Answer, Connection, Dispatcher, Job
+from broker.dispatch import MAY_HAVE_TRIED, AgentLost, Answer, Connection, Dispatcher, Job
 from pta import sealing
-from pta.errors import NoAgentAvailable, Overloaded, Unavailable
+from pta.errors import NoAgentAvailable, Overloaded
 
 TENANT = "acme"
 OTHER_TENANT = "globex"
@@ -468,19 +468,48 @@ class TestDispatcherDetach:
         assert dispatcher.complete(b, "r1", ANSWER)
         assert job.future.result() == ANSWER
 
-    async def test_acknowledged_job_is_not_sent_again(self, dispatcher: Dispatcher) -> None:
-        """A job the lost agent acknowledged may have been tried: UNAVAILABLE, not re-sent."""
+    async def test_acknowledged_job_is_not_sent_again_by_the_dispatcher(
+        self, dispatcher: Dispatcher
+    ) -> None:
+        """A job the lost agent acknowledged may have been tried: AgentLost, settled as such.
+
+        The dispatcher sends it nowhere itself: whether a second try has room is the lockout's
+        call, made by the job's caller.
+        """
+        a, b = make_conn("a"), make_conn("b")
+        dispatcher.attach(a)
+        dispatcher.attach(b)
+        settled: list[int | None] = []
+        job = make_job("r1", a, b)
+        job.settled = settled.append
+        dispatcher.submit(job)
+        assert dispatcher.acknowledge(a, ["r1", "not-mine"]) == 1
+        dispatcher.detach(a)
+        error = failure(job)
+        assert isinstance(error, AgentLost)
+        assert not isinstance(error, NoAgentAvailable)
+        assert settled == [MAY_HAVE_TRIED]
+        assert sent(b) == []
+        assert list(job.envelopes) == ["b"], "the other connection's envelope is kept"
+
+    async def test_resent_job_goes_to_another_agent(self, dispatcher: Dispatcher) -> None:
+        """The caller sends it on: a fresh job, the lost connection's envelope gone."""
         a, b = make_conn("a"), make_conn("b")
         dispatcher.attach(a)
         dispatcher.attach(b)
         job = make_job("r1", a, b)
         dispatcher.submit(job)
-        assert dispatcher.acknowledge(a, ["r1", "not-mine"]) == 1
+        dispatcher.acknowledge(a, ["r1"])
+        sent(a)
         dispatcher.detach(a)
-        error = failure(job)
-        assert isinstance(error, Unavailable)
-        assert not isinstance(error, NoAgentAvailable)
-        assert sent(b) == []
+        settled: list[int | None] = []
+        again = job.resend(asyncio.get_running_loop().create_future(), settled.append)
+        dispatcher.submit(again)
+        assert sent(b) == ["r1"]
+        assert not again.acked
+        assert dispatcher.complete(b, "r1", ANSWER)
+        assert again.future.result() == ANSWER
+        assert settled == [ANSWER.outcome]
 
     async def test_queued_jobs_kept_only_when_routable(self, dispatcher: Dispatcher) -> None:
         """Queued jobs only the lost connection could take fail; the others go elsewhere."""
@@ -687,8 +716,8 @@ class TestJobSettlement:
         assert fates == [None]
         assert sent(conn) == ["busy"]
 
-    async def test_lost_agent_settles_none(self, dispatcher: Dispatcher) -> None:
-        """An acknowledged job of a lost agent: nobody can say what it did; not counted."""
+    async def test_lost_agent_settles_may_have_tried(self, dispatcher: Dispatcher) -> None:
+        """An acknowledged job of a lost agent: nobody can say what it did; it may have tried."""
         conn = make_conn("a")
         dispatcher.attach(conn)
         job = make_job("r4", conn)
@@ -696,8 +725,8 @@ class TestJobSettlement:
         dispatcher.submit(job)
         dispatcher.acknowledge(conn, ["r4"])
         dispatcher.detach(conn)
-        assert fates == [None]
-        assert isinstance(failure(job), Unavailable)
+        assert fates == [MAY_HAVE_TRIED]
+        assert isinstance(failure(job), AgentLost)
 
     async def test_requeued_job_settles_when_answered(self, dispatcher: Dispatcher) -> None:
         """An unacknowledged job moves to another agent and settles with that one's answer."""
