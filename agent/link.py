@@ -2,12 +2,12 @@
 
 A :class:`Link` is one identity's stream. Each session: dial the agent endpoint with that
 identity's certificate, say hello, then run a reader (validation requests in, each batch opened
-while its acknowledgement is written and checked once it is, in a task of its own), a writer
-(acknowledgements and results out, together in one message when both are waiting, heartbeats
-when idle) and a reporter (the directories' lockout thresholds, once and when they change:
-:mod:`agent.lockout`) until the stream ends; then wait a jittered, growing delay and dial again.
-A drained link (its identity was renewed, or the agent stops) tells the broker, answers what it
-was sent, and ends when the broker closes the stream.
+and checked in a task of its own; for an older broker, checked only once its acknowledgement
+is written), a writer (results out, with any acknowledgements waiting in the same message,
+heartbeats when idle) and a reporter (the directories' lockout thresholds, once and when they
+change: :mod:`agent.lockout`) until the stream ends; then wait a jittered, growing delay and
+dial again. A drained link (its identity was renewed, or the agent stops) tells the broker,
+answers what it was sent, and ends when the broker closes the stream.
 """
 
 from __future__ import annotations
@@ -190,7 +190,9 @@ class Link:
                 self.drain("stopping")
             try:
                 async with asyncio.TaskGroup() as group:
-                    group.create_task(self._read(call, group, outbox))
+                    group.create_task(
+                        self._read(call, group, outbox, acks=not welcome.lost_requests_counted)
+                    )
                     group.create_task(
                         self._write(
                             call, outbox, heartbeat, acks_in_results=welcome.acks_in_results
@@ -217,19 +219,29 @@ class Link:
         call: grpc.aio.StreamStreamCall[agent_pb2.AgentMessage, agent_pb2.BrokerMessage],
         group: asyncio.TaskGroup,
         outbox: asyncio.Queue[Outgoing],
+        *,
+        acks: bool,
     ) -> None:
+        """Take validation batches off the stream, each checked in a task of its own.
+
+        With ``acks`` (a broker that does not count lost requests itself), each batch is
+        acknowledged and checked only once that is written; otherwise at once.
+        """
         while True:
             message = await call.read()
             if not isinstance(message, agent_pb2.BrokerMessage):  # grpc.aio.EOF
                 raise _StreamEnded
             kind = message.WhichOneof("kind")
             if kind == "validations":
-                # Acknowledge the batch, and check nothing before the acknowledgement is on the
-                # stream: the broker re-sends only what was never acknowledged.
                 requests = list(message.validations.requests)
-                ack = _Ack([r.request_id for r in requests])
-                outbox.put_nowait(ack)
-                group.create_task(self._answer(requests, outbox, ack.written))
+                written: asyncio.Event | None = None
+                if acks:
+                    # Check nothing before the acknowledgement is on the stream: such a broker
+                    # re-sends freely what was never acknowledged.
+                    ack = _Ack([r.request_id for r in requests])
+                    outbox.put_nowait(ack)
+                    written = ack.written
+                group.create_task(self._answer(requests, outbox, written))
             elif kind == "drain":
                 log.info("link.drain_requested", reason=message.drain.reason)
 
@@ -237,15 +249,16 @@ class Link:
         self,
         requests: list[agent_pb2.ValidationRequest],
         outbox: asyncio.Queue[Outgoing],
-        acknowledged: asyncio.Event,
+        acknowledged: asyncio.Event | None,
     ) -> None:
-        """Open one batch while its acknowledgement is written; check it once it is."""
+        """Open one batch (while its acknowledgement, if any, is written); then check it."""
         opened = self._validator.open_batch(requests)  # Tries no password: needs no ack.
-        try:
-            await acknowledged.wait()
-        except asyncio.CancelledError:
-            self._validator.forget(opened)  # Never acknowledged: it may come back, unreplayed.
-            raise
+        if acknowledged is not None:
+            try:
+                await acknowledged.wait()
+            except asyncio.CancelledError:
+                self._validator.forget(opened)  # Never acknowledged: it may come back.
+                raise
         self._checking += 1
         try:
             results = await self._validator.check_batch(opened)

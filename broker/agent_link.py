@@ -254,6 +254,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                     domains=sorted(conn.domains),
                     heartbeat_interval_ms=int(self._heartbeat * 1000),
                     acks_in_results=True,
+                    lost_requests_counted=True,
                 )
             )
         )
@@ -456,6 +457,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 for job in sending
             ]
             if requests:
+                for job in sending:  # From here the agent may get it: lost, it may have tried.
+                    job.written = True
                 await context.write(
                     agent_pb2.BrokerMessage(validations=agent_pb2.Validations(requests=requests))
                 )

@@ -38,7 +38,7 @@ MAY_HAVE_TRIED = -1
 
 
 class AgentLost(Unavailable):
-    """The agent was lost after it acknowledged the job: the caller may send it on.
+    """The agent was lost after the job was written to it: the caller may send it on.
 
     The job keeps its envelopes for the tenant's other connections; whether another agent
     may try it again is the lockout's decision (a second try may count twice at the
@@ -69,8 +69,10 @@ class Job:
     envelopes: dict[str, bytes]
     future: asyncio.Future[Answer]
     connection_id: str | None = None
-    #: The agent said it may have started checking: if it is lost, the job fails with
-    #: :class:`AgentLost` and only its caller may send it on (see :meth:`resend`).
+    #: Handed to the stream for its agent (``written``), or acknowledged by an agent that says
+    #: so (``acked``): either way it may have been tried, and if the agent is lost the job
+    #: fails with :class:`AgentLost`; only its caller may send it on (see :meth:`resend`).
+    written: bool = False
     acked: bool = False
     #: Told, once, what became of the job in the end: the agent's outcome, or None when no
     #: agent will ever answer it. Later than the future when the caller stopped waiting first:
@@ -170,12 +172,13 @@ class Dispatcher:
     def detach(self, conn: Connection) -> None:
         """Forget a connection whose stream ended, and settle every job it held.
 
-        Jobs it had not acknowledged go to another agent of the tenant that can open them, at
-        once and ahead of the queue. Jobs it had acknowledged may have been tried in the
-        directory already: each is settled with :data:`MAY_HAVE_TRIED` (the lockout counts
-        it) and fails with :class:`AgentLost`, so that its caller decides, with the lockout,
-        whether a second try has room (it could count a wrong password twice). Queued jobs
-        that can no longer go anywhere get UNAVAILABLE at once rather than at the deadline.
+        Jobs never written to its stream go to another agent of the tenant that can open them,
+        at once and ahead of the queue. Jobs written to it (or acknowledged by an agent that
+        still acknowledges) may have been tried in the directory already: each is settled
+        with :data:`MAY_HAVE_TRIED` (the lockout counts it) and fails with :class:`AgentLost`,
+        so that its caller decides, with the lockout, whether a second try has room (it could
+        count a wrong password twice). Queued jobs that can no longer go anywhere get
+        UNAVAILABLE at once rather than at the deadline.
         """
         self._connections.pop(conn.connection_id, None)
         tenant_conns = self._by_tenant.get(conn.tenant, {})
@@ -184,9 +187,9 @@ class Dispatcher:
         for job in reversed(list(conn.in_flight.values())):
             job.envelopes.pop(conn.connection_id, None)
             job.connection_id = None
-            if job.acked:
+            if job.written or job.acked:
                 log.info(
-                    "signin.agent_lost_after_ack",
+                    "signin.agent_lost_while_checking",
                     request_id=job.request_id,
                     tenant=job.tenant,
                     agent_id=conn.agent_id,

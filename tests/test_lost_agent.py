@@ -136,7 +136,7 @@ class TestLostAfterAck:
         answers, errors = _hold_ack_and_die(lossy, fake, fake_id, f"bob@{DOMAIN}", USERS["bob"])
         assert errors == []
         assert answers == [Outcome.SUCCESS]
-        (lost,) = lossy.log_events("signin.agent_lost_after_ack")
+        (lost,) = lossy.log_events("signin.agent_lost_while_checking")
         assert lost["agent_id"] == fake_id
 
     def test_unavailable_without_room(

@@ -96,16 +96,18 @@ class Hello(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., version: _Optional[str] = ..., domains: _Optional[_Iterable[str]] = ..., max_in_flight: _Optional[int] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("tenant", "domains", "heartbeat_interval_ms", "acks_in_results")
+    __slots__ = ("tenant", "domains", "heartbeat_interval_ms", "acks_in_results", "lost_requests_counted")
     TENANT_FIELD_NUMBER: _ClassVar[int]
     DOMAINS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     ACKS_IN_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    LOST_REQUESTS_COUNTED_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     domains: _containers.RepeatedScalarFieldContainer[str]
     heartbeat_interval_ms: int
     acks_in_results: bool
-    def __init__(self, tenant: _Optional[str] = ..., domains: _Optional[_Iterable[str]] = ..., heartbeat_interval_ms: _Optional[int] = ..., acks_in_results: _Optional[bool] = ...) -> None: ...
+    lost_requests_counted: bool
+    def __init__(self, tenant: _Optional[str] = ..., domains: _Optional[_Iterable[str]] = ..., heartbeat_interval_ms: _Optional[int] = ..., acks_in_results: _Optional[bool] = ..., lost_requests_counted: _Optional[bool] = ...) -> None: ...
 
 class Validations(_message.Message):
     __slots__ = ("requests",)

@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any
 
+import grpc
+
 from agent.link import Link, Outgoing, _Ack, _Control
 from pta.v1 import agent_pb2, outcome_pb2
 
@@ -137,3 +139,80 @@ class TestWriter:
         with contextlib.suppress(asyncio.CancelledError):
             await writer
         assert [r.request_id for r in call.written[0].results.results] == ["r1", "r2"]
+
+
+class _FakeStream:
+    """Hands the reader the given broker messages, then the end of the stream."""
+
+    def __init__(self, *messages: agent_pb2.BrokerMessage) -> None:
+        """Queue ``messages``."""
+        self._messages = list(messages)
+
+    async def read(self) -> object:
+        """The next message; after the last, grpc's EOF once the loop had time to check."""
+        if self._messages:
+            return self._messages.pop(0)
+        for _ in range(20):  # Tasks the reader started run before the stream ends.
+            await asyncio.sleep(0)
+        return grpc.aio.EOF
+
+
+class _RecordingValidator:
+    """Answers every request SUCCESS; records which batches were checked."""
+
+    def __init__(self) -> None:
+        """Nothing checked yet."""
+        self.checked: list[list[str]] = []
+
+    def open_batch(self, requests: list[agent_pb2.ValidationRequest]) -> list[str]:
+        """'Open' a batch: its request ids."""
+        return [r.request_id for r in requests]
+
+    async def check_batch(self, opened: list[str]) -> list[agent_pb2.ValidationResult]:
+        """'Check' it: record and answer."""
+        self.checked.append(opened)
+        return [_result(request_id) for request_id in opened]
+
+    def forget(self, opened: list[str]) -> None:
+        """Nothing to forget."""
+
+
+async def _read_all(*, acks: bool) -> tuple[list[Outgoing], _RecordingValidator]:
+    """Run the reader over one batch of two requests; return what it queued to write."""
+    batch = agent_pb2.BrokerMessage(
+        validations=agent_pb2.Validations(
+            requests=[agent_pb2.ValidationRequest(request_id=r) for r in ("r1", "r2")]
+        )
+    )
+    link: Any = Link.__new__(Link)
+    link._checking = 0
+    link._validator = _RecordingValidator()
+    outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
+    with contextlib.suppress(BaseExceptionGroup):
+        async with asyncio.TaskGroup() as group:
+            await link._read(_FakeStream(batch), group, outbox, acks=acks)
+    queued = []
+    while not outbox.empty():
+        queued.append(outbox.get_nowait())
+    return queued, link._validator
+
+
+class TestReader:
+    """A broker that counts lost requests gets no acknowledgements, and no wait for them."""
+
+    async def test_checked_at_once_without_acks(self) -> None:
+        """lost_requests_counted: the batch is checked without an acknowledgement."""
+        queued, validator = await _read_all(acks=False)
+        assert validator.checked == [["r1", "r2"]]
+        assert not any(isinstance(item, _Ack) for item in queued)
+        assert [r.request_id for item in queued if isinstance(item, list) for r in item] == [
+            "r1",
+            "r2",
+        ]
+
+    async def test_older_broker_gets_acknowledgement_first(self) -> None:
+        """An older broker: an acknowledgement is queued, and nothing is checked until written."""
+        queued, validator = await _read_all(acks=True)
+        acks = [item for item in queued if isinstance(item, _Ack)]
+        assert [ack.request_ids for ack in acks] == [["r1", "r2"]]
+        assert validator.checked == [], "no write ran, so no acknowledgement was written"

@@ -492,6 +492,21 @@ class TestDispatcherDetach:
         assert sent(b) == []
         assert list(job.envelopes) == ["b"], "the other connection's envelope is kept"
 
+    async def test_written_job_may_have_been_tried(self, dispatcher: Dispatcher) -> None:
+        """Written to the stream, never acknowledged (a broker that counts lost requests)."""
+        a, b = make_conn("a", capacity=2), make_conn("b")
+        dispatcher.attach(a)
+        written, queued = make_job("r1", a, b), make_job("r2", a, b)
+        dispatcher.submit(written)
+        dispatcher.submit(queued)
+        dispatcher.attach(b)
+        assert [job.request_id for job in a.in_flight.values()] == ["r1", "r2"]
+        written.written = True  # The stream handed it to grpc; r2 still waits in the outbox.
+        dispatcher.detach(a)
+        assert isinstance(failure(written), AgentLost)
+        assert not queued.done
+        assert sent(b) == ["r2"]
+
     async def test_resent_job_goes_to_another_agent(self, dispatcher: Dispatcher) -> None:
         """The caller sends it on: a fresh job, the lost connection's envelope gone."""
         a, b = make_conn("a"), make_conn("b")
