@@ -21,6 +21,7 @@ import structlog
 from broker import policy_commands
 from broker.ca import CertificateAuthority
 from broker.config import DEFAULT_LISTEN, BrokerConfig, load_config
+from broker.ownership import CannotStart
 from broker.server import Broker
 from broker.store import Store
 from pta import logging as pta_logging
@@ -77,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--heartbeat-interval", help="stream heartbeat interval (default 5s)")
     _limit_options(serve)
     serve.add_argument("--grace", help="seconds in-flight sign-ins get at shutdown (default 5)")
+    serve.add_argument(
+        "--reuse-port",
+        action="store_const",
+        const="true",
+        help="share the listening addresses with other broker processes (SO_REUSEPORT)",
+    )
     policy_commands.add_serve_options(serve)
 
     tenant = commands.add_parser("tenant", help="manage tenants").add_subparsers(
@@ -141,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             return _manage(args, store, data)
         finally:
             store.close()
-    except (PtaError, ValueError, OSError) as error:  # OSError: a key or data file missing
+    except (PtaError, ValueError, OSError, CannotStart) as error:  # OSError: a file missing
         sys.stderr.write(f"pta-broker: {getattr(error, 'message', error)}\n")
         return 1
 

@@ -54,6 +54,9 @@ class BrokerConfig:
     streams_per_address: int = DEFAULT_STREAMS_PER_ADDRESS
     stream_idle_timeout: float = DEFAULT_STREAM_IDLE
     grace: float = DEFAULT_GRACE
+    #: Let several broker processes listen on one address (SO_REUSEPORT); off, a taken
+    #: address refuses to start.
+    reuse_port: bool = False
     #: Tokens of successful sign-ins: their ``iss``, optional ``aud``, and lifetimes.
     token_issuer: str = DEFAULT_ISSUER
     token_audience: str = ""
@@ -144,6 +147,7 @@ def load_config(options: Mapping[str, object], environ: Mapping[str, str]) -> Br
         streams_per_address=int(pick("streams_per_address") or DEFAULT_STREAMS_PER_ADDRESS),
         stream_idle_timeout=parse_duration(pick("stream_idle_timeout") or str(DEFAULT_STREAM_IDLE)),
         grace=float(pick("grace") or DEFAULT_GRACE),
+        reuse_port=(pick("reuse_port") or "").lower() in ("1", "true", "yes"),
         token_issuer=pick("token_issuer") or DEFAULT_ISSUER,
         token_audience=pick("token_audience") or "",
         token_ttl=parse_duration(pick("token_ttl") or str(DEFAULT_TOKEN_TTL)),

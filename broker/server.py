@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from broker import agent_access
+from broker import agent_access, ownership
 from broker.agent_link import AgentService
 from broker.agent_store import ConnectionStatus
 from broker.ca import CertificateAuthority
@@ -39,6 +39,7 @@ from pta.v1 import agent_pb2, signin_pb2
 
 if TYPE_CHECKING:
     from types import TracebackType
+    from typing import IO
 
     from google.protobuf.descriptor import ServiceDescriptor
 
@@ -84,6 +85,7 @@ class Broker:
         self._maintenance: asyncio.Task[None] | None = None
         self._dispatcher: Dispatcher | None = None
         self._signin: SignInService | None = None
+        self._lock: IO[str] | None = None
 
     async def __aenter__(self) -> Self:
         """Start serving."""
@@ -103,12 +105,26 @@ class Broker:
         """Load or create the CA, certificates and store; bind both endpoints; serve.
 
         Raises:
-            RuntimeError: When started twice or an endpoint cannot be bound.
+            RuntimeError: When started twice.
+            CannotStart: When another broker serves the data dir, or an address is taken.
         """
         if self.state is not State.NEW:
             raise RuntimeError("a broker is started once")
         config = self.config
         config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._lock = ownership.lock_data_dir(config.data_dir)
+        try:
+            await self._start(config)
+        except BaseException:
+            self._lock.close()
+            if self._store is not None:
+                self._store.close()
+            raise
+
+    async def _start(self, config: BrokerConfig) -> None:
+        if not config.reuse_port:
+            ownership.check_free(config.listen, flag="--listen")
+            ownership.check_free(config.agent_listen, flag="--agent-listen")
         store = self._store = Store(config.data_dir)
         ca = CertificateAuthority.load_or_create(config.data_dir)
         self.certificates = ServerCertificates(
@@ -131,14 +147,24 @@ class Broker:
         for tenant in store.tenants():  # What agents said before a restart still holds.
             policy.directory_reported(tenant, store.directory_policies(tenant))
 
-        public = self._server(SERVICES, rpc.PUBLIC_SERVER_OPTIONS)
-        agents = self._server(SERVICES[1:], rpc.SERVER_OPTIONS)
-        self.public_port = public.add_secure_port(config.listen, self.certificates.credentials())
-        self.agent_port = agents.add_secure_port(
-            config.agent_listen, self.certificates.credentials(client_ca=ca.cert_pem)
-        )
+        # grpc shares a port by default (SO_REUSEPORT): only when asked for here.
+        reuse = [("grpc.so_reuseport", int(config.reuse_port))]
+        public = self._server(SERVICES, [*rpc.PUBLIC_SERVER_OPTIONS, *reuse])
+        agents = self._server(SERVICES[1:], [*rpc.SERVER_OPTIONS, *reuse])
+        try:
+            self.public_port = public.add_secure_port(
+                config.listen, self.certificates.credentials()
+            )
+            self.agent_port = agents.add_secure_port(
+                config.agent_listen, self.certificates.credentials(client_ca=ca.cert_pem)
+            )
+        except RuntimeError:  # Taken between the check and now.
+            self.public_port = self.agent_port = 0
         if not self.public_port or not self.agent_port:
-            raise RuntimeError(f"cannot listen on {config.listen} / {config.agent_listen}")
+            raise ownership.CannotStart(
+                f"cannot listen on {config.listen} and {config.agent_listen}: in use, or not "
+                "an address of this machine"
+            )
         signin = self._signin = SignInService(
             store=store,
             dispatcher=dispatcher,
@@ -246,6 +272,8 @@ class Broker:
         if self._store is not None:
             self._store.agents.report_connections([])
             self._store.close()
+        if self._lock is not None:
+            self._lock.close()  # Another broker may serve the data dir from now on.
         log.info("broker.stopped")
 
 
