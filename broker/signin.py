@@ -206,7 +206,8 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
         """Finish a sign-in that was answered MFA_REQUIRED with the user's one-time code."""
         async with rpc_errors(context):
             started = time.perf_counter()
-            client_ip = _client_ip(request.client_ip)  # Refused before the code is spent.
+            # Refused before the code is spent; recorded as the decision would use it.
+            client_ip = client_address(_client_ip(request.client_ip), context.peer(), self._trusted)
             try:
                 verdict, challenge = self._policy.complete(request.challenge_id, request.code)
             except PtaError as error:
@@ -297,9 +298,13 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
         request_id = secrets.token_hex(12)
         started = time.perf_counter()
         upn = parse_upn(credentials.username)
-        address = _client_ip(client_ip)
-        caller = client_address(address, peer, self._trusted)
-        audit = log.bind(request_id=request_id, user=str(upn), client_ip=address)
+        claimed = _client_ip(client_ip)
+        caller = client_address(claimed, peer, self._trusted)
+        # The audit records the address every decision used (rate limit, location): a
+        # client_ip only counts from a trusted proxy; one that did not count is kept apart.
+        audit = log.bind(request_id=request_id, user=str(upn), client_ip=caller)
+        if claimed and claimed != caller:
+            audit = audit.bind(claimed_client_ip=claimed)
         try:
             if self._limiter.enabled:
                 self._limiter.check(caller)

@@ -70,7 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--password-stdin", action="store_true", help="read the password from stdin"
     )
-    parser.add_argument("--client-ip", default="", help="the address the user signs in from")
+    parser.add_argument(
+        "--client-ip",
+        default="",
+        help="the user's address: counts only if this caller is one of the broker's "
+        "--trusted-proxy networks",
+    )
     parser.add_argument("--timeout", type=float, default=15.0, help="seconds (default 15)")
     parser.add_argument("--json", action="store_true", help="print the response as JSON")
     parser.add_argument(
