@@ -1,4 +1,8 @@
-"""``pta-agent``: enrol once with a token, then run, dialling out to the broker."""
+"""``pta-agent``: enrol once with a token, then run, dialling out to the broker.
+
+Exit codes: 0 done (enrolled; or stopped when asked), 1 refused or failed (one line says why),
+2 usage error, 130 interrupted (Ctrl-C before it was running).
+"""
 
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from pta.errors import PtaError
 log = structlog.get_logger()
 #: How long a stopping agent may take to answer what it was sent (a second signal: at once).
 DRAIN_GRACE = 15.0
+INTERRUPTED = 130
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -81,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     except (PtaError, ValueError, FileNotFoundError) as error:
         sys.stderr.write(f"pta-agent: {getattr(error, 'message', error)}\n")
         return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("pta-agent: interrupted\n")
+        return INTERRUPTED
 
 
 async def _run(config: AgentConfig) -> int:

@@ -17,7 +17,7 @@ import structlog
 from agent.identity import AgentIdentity
 from pta import __version__, rpc, sealing, tls
 from pta.config import parse_endpoint
-from pta.errors import Unauthenticated
+from pta.errors import InvalidRequest, Overloaded, PtaError, Unauthenticated, Unavailable
 from pta.tokens import parse_token
 from pta.v1 import agent_pb2, agent_pb2_grpc
 
@@ -35,7 +35,25 @@ def pinned_ca(broker: str, ca_sha256: str) -> bytes:
         Unauthenticated: When no certificate the broker presents matches the pin.
     """
     host, port = parse_endpoint(broker)
-    for cert in tls.fetch_server_chain(host, port):
+    try:
+        chain = tls.fetch_server_chain(host, port)
+    except tls.ClientCertificateRequired:
+        raise Unavailable(
+            f"{broker} is the broker's agent endpoint, which only enrolled agents can dial: "
+            "enrol at its public endpoint (the broker's --listen, 7443 by default)"
+        ) from None
+    except socket.gaierror:
+        raise Unavailable(f"cannot find the broker's host {host!r}: check --broker") from None
+    except ConnectionRefusedError:
+        raise Unavailable(
+            f"nothing listens at {broker}: is the broker running, and is this its public "
+            "endpoint (--listen)?"
+        ) from None
+    except TimeoutError:
+        raise Unavailable(f"no answer from {broker}: check --broker and the network") from None
+    except OSError as error:  # ssl.SSLError too: not a TLS server, or not a broker
+        raise Unavailable(f"cannot talk TLS with {broker}: {error.strerror or error}") from None
+    for cert in chain:
         if tls.fingerprint(cert) == ca_sha256:
             return tls.cert_pem(cert)
     raise Unauthenticated(
@@ -69,9 +87,12 @@ async def enrol(broker: str, token_text: str, state_dir: Path) -> AgentIdentity:
     async with grpc.aio.secure_channel(
         broker, tls.channel_credentials(ca_pem), options=rpc.CHANNEL_OPTIONS
     ) as channel:
-        reply = await agent_pb2_grpc.AgentServiceStub(channel).Enroll(
-            request, timeout=ENROL_TIMEOUT
-        )
+        try:
+            reply = await agent_pb2_grpc.AgentServiceStub(channel).Enroll(
+                request, timeout=ENROL_TIMEOUT
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _refusal(error) from None
     host, _ = parse_endpoint(broker)
     identity = AgentIdentity(
         agent_id=reply.agent_id,
@@ -93,3 +114,18 @@ async def enrol(broker: str, token_text: str, state_dir: Path) -> AgentIdentity:
         agent_endpoint=identity.agent_endpoint,
     )
     return identity
+
+
+def _refusal(error: grpc.aio.AioRpcError) -> PtaError:
+    """The broker's refusal of an enrolment, as one sentence for the operator."""
+    details = error.details() or error.code().name
+    code = error.code()
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return Unauthenticated(
+            f"{details}: make a new one with `pta-broker token create --tenant TENANT`"
+        )
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return Overloaded(f"{details}: wait a few seconds and enrol again")
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidRequest(details)
+    return Unavailable(f"the broker could not enrol this agent now ({code.name}: {details})")

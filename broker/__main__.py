@@ -26,7 +26,8 @@ from broker.server import Broker
 from broker.store import Store
 from pta import logging as pta_logging
 from pta.config import parse_duration
-from pta.errors import PtaError
+from pta.errors import InvalidRequest, PtaError
+from pta.tokens import TOKEN_ID, parse_token
 
 log = structlog.get_logger()
 DEFAULT_ENROLMENT_TTL = "1h"
@@ -230,9 +231,11 @@ def _token(args: argparse.Namespace, store: Store, data: Path) -> int:
         sys.stdout.write(f"{token}\n")
         return 0
     if args.action == "delete":
-        if not store.delete_token(args.token_id):
-            sys.stderr.write(f"pta-broker: no token {args.token_id}\n")
+        token_id = _token_id(args.token_id)
+        if not store.delete_token(token_id):
+            sys.stderr.write(f"pta-broker: no token {token_id}\n")
             return 1
+        sys.stdout.write(f"deleted token {token_id}\n")
         return 0
     rows = [
         {
@@ -252,6 +255,22 @@ def _token(args: argparse.Namespace, store: Store, data: Path) -> int:
         state = "used" if row["used"] else "expired" if row["expired"] else "valid"
         sys.stdout.write(f"{row['id']}\t{row['tenant']}\t{state}\n")
     return 0
+
+
+def _token_id(text: str) -> str:
+    """A token's id, from the id itself or from a whole token (whose secret is never echoed).
+
+    Raises:
+        InvalidRequest: When it is neither; the message does not repeat what was given.
+    """
+    if TOKEN_ID.fullmatch(text):
+        return text
+    try:
+        return parse_token(text).token_id
+    except PtaError:
+        raise InvalidRequest(
+            "give the token's id (16 hex digits, as `token list` shows) or the whole token"
+        ) from None
 
 
 def _serve(args: argparse.Namespace) -> int:

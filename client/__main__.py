@@ -13,7 +13,13 @@ Exit codes (stable, for scripts):
   22  INVALID_ARGUMENT        23  NOT_FOUND (no organisation owns the domain)
   24  RESOURCE_EXHAUSTED      25  UNAUTHENTICATED / PERMISSION_DENIED
   26  FAILED_PRECONDITION (the MFA challenge expired: sign in again)
-  29  any other gRPC status    2  usage error
+  29  any other gRPC status    2  usage error (a bad flag, no CA file, no password given)
+ 130  interrupted (Ctrl-C)
+
+--json prints the response with the contract's own field names (as grpcurl and the README
+show them: ``outcome``, ``request_id``, ``message``, ``token``, ``token_expires_at``,
+``mfa_challenge_id``, ``mfa_expires_in_seconds``, ``retry_after_seconds``), every field
+present, numbers as numbers; a failure prints ``{"status": "...", "message": "..."}``.
 """
 
 from __future__ import annotations
@@ -22,12 +28,19 @@ import argparse
 import getpass
 import json
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
 
 from pta import rpc
+from pta.config import parse_endpoint
 from pta.v1 import outcome_pb2, signin_pb2, signin_pb2_grpc
+
+if TYPE_CHECKING:
+    from google.protobuf.message import Message
 
 Outcome = outcome_pb2.Outcome
 OUTCOME_EXIT: dict[int, int] = {
@@ -55,6 +68,7 @@ STATUS_EXIT: dict[grpc.StatusCode, int] = {
 }
 OTHER_STATUS_EXIT = 29
 USAGE_EXIT = 2
+INTERRUPTED_EXIT = 130
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -92,15 +106,38 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code documented above."""
     args = _parser().parse_args(argv)
-    password = _secret(args, f"Password for {args.username}: ")
+    try:
+        return _main(args)
+    except _UsageError as error:
+        sys.stderr.write(f"pta-signin: {error}\n")
+        return USAGE_EXIT
+    except KeyboardInterrupt:
+        sys.stderr.write("\npta-signin: interrupted\n")
+        return INTERRUPTED_EXIT
+
+
+class _UsageError(Exception):
+    """Something the user gave (or did not give) prevents even trying: exit 2, one line."""
+
+
+def _main(args: argparse.Namespace) -> int:
+    try:
+        parse_endpoint(args.broker)
+    except ValueError:
+        raise _UsageError(
+            f"--broker needs the broker's public host:port, not {args.broker!r}"
+        ) from None
+    try:
+        credentials = grpc.ssl_channel_credentials(Path(args.ca_file).read_bytes())
+    except OSError as error:
+        raise _UsageError(f"cannot read --ca-file {args.ca_file}: {error.strerror}") from None
+    what = "Current password" if args.change_password else "Password"
+    password = _secret(args, f"{what} for {args.username}: ")
     new_password = ""
     if args.change_password:
         new_password = _secret(args, "New password: ")
-        if not args.password_stdin and getpass.getpass("New password again: ") != new_password:
-            sys.stderr.write("pta-signin: the new passwords differ\n")
-            return USAGE_EXIT
-    with open(args.ca_file, "rb") as ca:  # noqa: PTH123 - one read, at start
-        credentials = grpc.ssl_channel_credentials(ca.read())
+        if not args.password_stdin and _secret(args, "New password again: ") != new_password:
+            raise _UsageError("the new passwords differ")
     with grpc.secure_channel(args.broker, credentials, options=rpc.CHANNEL_OPTIONS) as channel:
         stub = signin_pb2_grpc.SignInServiceStub(channel)
         try:
@@ -126,12 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             del password, new_password
     if args.json:
-        sys.stdout.write(
-            json.dumps(
-                json_format.MessageToDict(response, always_print_fields_with_no_presence=True)
-            )
-            + "\n"
-        )
+        sys.stdout.write(json.dumps(as_json(response)) + "\n")
     elif args.token and isinstance(response, signin_pb2.SignInResponse) and response.token:
         sys.stdout.write(f"{response.token}\n")
     else:
@@ -167,10 +199,34 @@ def _call(
     return answer
 
 
+def as_json(message: Message) -> dict[str, Any]:
+    """A response as --json prints it: the contract's field names, numbers as numbers.
+
+    protobuf's JSON mapping writes camelCase names and 64-bit integers as strings (for
+    JavaScript); scripts reading pta-signin want what the contract and grpcurl's docs name.
+    """
+    fields = json_format.MessageToDict(
+        message,
+        always_print_fields_with_no_presence=True,
+        preserving_proto_field_name=True,
+    )
+    for field in message.DESCRIPTOR.fields:
+        if field.cpp_type in _INT64 and isinstance(fields.get(field.name), str):
+            fields[field.name] = int(fields[field.name])
+    return fields
+
+
+_INT64 = frozenset({FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64})
+
+
 def _code(args: argparse.Namespace) -> str:
     if args.password_stdin:
         return sys.stdin.readline().strip()
-    return input("Code from your authenticator app: ").strip()
+    try:
+        return input("Code from your authenticator app: ").strip()
+    except EOFError:
+        sys.stderr.write("\n")
+        raise _UsageError("no code given") from None
 
 
 def _say(args: argparse.Namespace, text: str) -> None:
@@ -182,7 +238,11 @@ def _say(args: argparse.Namespace, text: str) -> None:
 def _secret(args: argparse.Namespace, prompt: str) -> str:
     if args.password_stdin:
         return sys.stdin.readline().rstrip("\r\n")
-    return getpass.getpass(prompt)
+    try:
+        return getpass.getpass(prompt)
+    except EOFError:  # Ctrl-D at the prompt: end its line first
+        sys.stderr.write("\n")
+        raise _UsageError("no password given") from None
 
 
 def _failed(error: grpc.RpcError, *, as_json: bool) -> int:
@@ -191,7 +251,14 @@ def _failed(error: grpc.RpcError, *, as_json: bool) -> int:
     if as_json:
         sys.stdout.write(json.dumps({"status": code.name, "message": details}) + "\n")
     else:
-        sys.stderr.write(f"pta-signin: {code.name}: {details}\n")
+        hint = ""
+        if code == grpc.StatusCode.UNAVAILABLE and "Socket closed" in details:
+            # What grpc says when the server wants a client certificate: the agent endpoint.
+            hint = (
+                " (is this the broker's agent endpoint? pta-signin dials its public one, "
+                "the broker's --listen)"
+            )
+        sys.stderr.write(f"pta-signin: {code.name}: {details}{hint}\n")
     return STATUS_EXIT.get(code, OTHER_STATUS_EXIT)
 
 

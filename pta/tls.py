@@ -6,6 +6,7 @@ is written with :func:`write_private` (mode 0600 from the moment the file exists
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import ssl
@@ -140,6 +141,10 @@ def write_public(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
+class ClientCertificateRequired(ConnectionError):
+    """The server closed the connection after TLS: it wants a client certificate."""
+
+
 def fetch_server_chain(host: str, port: int, timeout: float = 10.0) -> list[x509.Certificate]:
     """Return the certificates a TLS server presents, without trusting any of them yet.
 
@@ -157,6 +162,12 @@ def fetch_server_chain(host: str, port: int, timeout: float = 10.0) -> list[x509
         # Public from Python 3.13; the same method on the C object since 3.10.
         getter = getattr(tls, "get_unverified_chain", None) or tls._sslobj.get_unverified_chain  # type: ignore[attr-defined]  # noqa: SLF001
         chain = getter()
+        # A gRPC server speaks first (its HTTP/2 settings); one that wants a client certificate
+        # (the broker's agent endpoint) closes the connection instead.
+        tls.settimeout(min(timeout, 2.0))
+        with contextlib.suppress(TimeoutError):
+            if tls.recv(1) == b"":
+                raise ClientCertificateRequired(f"{host}:{port} wants a client certificate")
     return [x509.load_der_x509_certificate(c.public_bytes(ssl._ssl.ENCODING_DER)) for c in chain]  # type: ignore[attr-defined]  # noqa: SLF001
 
 

@@ -17,6 +17,8 @@ from pta.errors import Unauthenticated
 
 PREFIX = "pta1"
 _TOKEN = re.compile(r"^pta1\.([0-9a-f]{16})\.([A-Za-z0-9_-]{43})\.([0-9a-f]{64})$")
+#: What a token's id looks like (its public part, as ``token list`` shows it).
+TOKEN_ID = re.compile(r"[0-9a-f]{16}")
 MAX_TOKEN_CHARS = 256
 
 

@@ -130,5 +130,5 @@ class TestSigninCli:
         result = signin_cli(broker, f"bob@{DOMAIN}", USERS["bob"] + "\n", "--json")
         reply = json.loads(result.stdout)
         assert reply["outcome"] == "SUCCESS"
-        assert reply["requestId"]
+        assert reply["request_id"]
         assert result.returncode == 0
