@@ -24,6 +24,7 @@ import grpc
 
 from broker.store import Store
 from pta.v1 import outcome_pb2, signin_pb2, signin_pb2_grpc
+from tests import secrets_registry
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 BIN = Path(sys.executable).parent
 #: The sample user every load signs in as (see tests/conftest.py USERS).
-ALICE_PASSWORD = "Alice-pw-1!"
+ALICE_PASSWORD = secrets_registry.secret("Alice-pw-1!")
 START_TIMEOUT = 15.0
 
 
@@ -125,8 +126,9 @@ class BrokerProcess:
         self.cli("tenant", "add", name, *(arg for d in domains for arg in ("--domain", d)))
 
     def token(self, tenant: str, ttl: str = "1h") -> str:
-        """Create a one-time enrolment token."""
-        return self.cli("token", "create", "--tenant", tenant, "--ttl", ttl).stdout.strip()
+        """Create a one-time enrolment token, its secret registered for the final scan."""
+        token = self.cli("token", "create", "--tenant", tenant, "--ttl", ttl).stdout.strip()
+        return secrets_registry.enrolment_token(token, self.data_dir)
 
     def log_events(self, event: str) -> list[dict[str, object]]:
         """Return the broker's JSON log lines for one event."""
@@ -165,7 +167,11 @@ class BrokerProcess:
     def sign_in(
         self, username: str, password: str, timeout: float = 15.0, client_ip: str = ""
     ) -> signin_pb2.SignInResponse:
-        """Sign in once through a fresh channel (raises ``grpc.RpcError`` on a status)."""
+        """Sign in once through a fresh channel (raises ``grpc.RpcError`` on a status).
+
+        The password must come from ``tests.secrets_registry``: the final scan looks for it.
+        """
+        secrets_registry.require(password)
         with self.channel() as channel:
             stub = signin_pb2_grpc.SignInServiceStub(channel)
             request = signin_pb2.SignInRequest(
@@ -279,6 +285,9 @@ class SignInLoad:
         self.answered = 0
         self._lock = threading.Lock()
         self._creds = grpc.ssl_channel_credentials(broker.ca_file.read_bytes())
+        #: One wrong password for the whole load: the broker's repeat memory answers its
+        #: repeats, as it would a user retyping the same typo.
+        self.wrong_password = secrets_registry.secret("wrong-load-pw")
 
     def run_threads(self, threads: int = 4) -> None:
         """Run the load from ``threads`` threads, half on fresh channels, half on held ones."""
@@ -288,6 +297,7 @@ class SignInLoad:
                 future.result()
 
     def _one(self, channel: grpc.Channel, uid: str, password: str, expected: int) -> None:
+        secrets_registry.require(password)
         try:
             reply = signin_pb2_grpc.SignInServiceStub(channel).SignIn(
                 signin_pb2.SignInRequest(username=f"{uid}@{self.domain}", password=password),
@@ -310,7 +320,7 @@ class SignInLoad:
         # Wrong passwords go to a user the directory lacks, so no real account locks.
         cases = [
             ("alice", ALICE_PASSWORD, outcome_pb2.SUCCESS),
-            ("nobody", "wrong-load-pw", outcome_pb2.INVALID_CREDENTIALS),
+            ("nobody", self.wrong_password, outcome_pb2.INVALID_CREDENTIALS),
         ]
         with grpc.secure_channel(self.broker.public, self._creds) as held:
             i = 0
@@ -328,6 +338,7 @@ def enrol_cli(
     broker: BrokerProcess, token: str, state_dir: Path
 ) -> subprocess.CompletedProcess[str]:
     """Run ``pta-agent enroll`` with ``token``; the caller checks the outcome."""
+    secrets_registry.require_token(token)
     return subprocess.run(
         [
             str(BIN / "pta-agent"),
@@ -349,7 +360,12 @@ def enrol_cli(
 def signin_cli(
     broker: BrokerProcess, username: str, stdin: str, *extra: str
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``pta-signin --password-stdin`` against ``broker``, feeding it ``stdin``."""
+    """Run ``pta-signin --password-stdin`` against ``broker``, feeding it ``stdin``.
+
+    Each line of ``stdin`` (a password, a new password, a code) must be registered.
+    """
+    for line in stdin.splitlines():
+        secrets_registry.require(line, "line of a password prompt")
     return subprocess.run(
         [
             str(BIN / "pta-signin"),

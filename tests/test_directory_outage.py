@@ -10,13 +10,14 @@ import pytest
 
 from pta.slapd import DirectoryUser, Slapd, free_port
 from pta.v1 import outcome_pb2
+from tests.secrets_registry import secret
 from tests.support import AgentProcess, BrokerProcess, wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
 Outcome = outcome_pb2.Outcome
-PASSWORD = "Ha-pw-8("
+PASSWORD = secret("Ha-pw-8(")
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ import grpc
 import pytest
 
 from pta.v1 import outcome_pb2
-from tests.conftest import DOMAIN, STATE_USERS, USERS, remember_password
+from tests.conftest import DOMAIN, STATE_USERS, USERS
+from tests.secrets_registry import secret
 from tests.support import AgentProcess, BrokerProcess
 
 if TYPE_CHECKING:
@@ -35,12 +36,12 @@ class TestSignIn:
 
     def test_wrong_password_is_invalid_credentials(self, broker: BrokerProcess) -> None:
         """A wrong password is an outcome, not an error."""
-        response = broker.sign_in(f"alice@{DOMAIN}", remember_password("not-alices-pw"))
+        response = broker.sign_in(f"alice@{DOMAIN}", secret("not-alices-pw"))
         assert response.outcome == Outcome.INVALID_CREDENTIALS
 
     def test_unknown_user_looks_like_wrong_password(self, broker: BrokerProcess) -> None:
         """The client cannot tell a missing user from a wrong password; the audit log can."""
-        response = broker.sign_in(f"nobody@{DOMAIN}", remember_password("whatever-pw"))
+        response = broker.sign_in(f"nobody@{DOMAIN}", secret("whatever-pw"))
         assert response.outcome == Outcome.INVALID_CREDENTIALS
         audit = [
             e
@@ -92,14 +93,14 @@ class TestNoAgent:
         """No hang: the answer names the domain that has no agent."""
         broker.add_tenant("lonely", "lonely.example")
         with pytest.raises(grpc.RpcError) as caught:
-            broker.sign_in("alice@lonely.example", remember_password("pw-lonely"), timeout=5)
+            broker.sign_in("alice@lonely.example", secret("pw-lonely"), timeout=5)
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "lonely.example" in str(caught.value.details())
 
     def test_unknown_domain_is_not_found(self, broker: BrokerProcess) -> None:
         """A domain no tenant owns is NOT_FOUND."""
         with pytest.raises(grpc.RpcError) as caught:
-            broker.sign_in("alice@nobody-owns.example", remember_password("pw-nobody"))
+            broker.sign_in("alice@nobody-owns.example", secret("pw-nobody"))
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
@@ -123,7 +124,10 @@ class TestTwoAgents:
         cases = [
             case
             for n in range(60)
-            for case in (("alice", USERS["alice"], Outcome.SUCCESS), (f"nobody{n}", "wrong", 2))
+            for case in (
+                ("alice", USERS["alice"], Outcome.SUCCESS),
+                (f"nobody{n}", secret("wrong"), Outcome.INVALID_CREDENTIALS),
+            )
         ]
         with broker.channel() as _, concurrent.futures.ThreadPoolExecutor(16) as pool:
             futures = [
@@ -182,5 +186,5 @@ class TestPasswordPolicyOutcomes:
 
     def test_wrong_password_of_must_change_user(self, broker: BrokerProcess) -> None:
         """A wrong password never reveals the account's state (except a lockout)."""
-        response = broker.sign_in(f"must-change@{DOMAIN}", remember_password("not-it-pw"))
+        response = broker.sign_in(f"must-change@{DOMAIN}", secret("not-it-pw"))
         assert response.outcome == Outcome.INVALID_CREDENTIALS

@@ -21,7 +21,7 @@ import pytest
 
 from pta.slapd import DirectoryUser, Slapd
 from pta.v1 import outcome_pb2, signin_pb2
-from tests.conftest import remember_password
+from tests.secrets_registry import require, secret
 from tests.support import AgentProcess, BrokerProcess, wait_for
 
 if TYPE_CHECKING:
@@ -33,9 +33,7 @@ Code = grpc.StatusCode
 METHOD = "/pta.v1.SignInService/SignInStream"
 OPEN = "open.example"  # lockout off: a frozen agent and hundreds of sign-ins of nobody
 GUARDED = "guarded.example"  # lockout at 3
-USERS = {
-    uid: remember_password(f"{uid.capitalize()}-Stream-8!") for uid in ("sam", "pat", "lee", "kim")
-}
+USERS = {uid: secret(f"{uid.capitalize()}-Stream-8!") for uid in ("sam", "pat", "lee", "kim")}
 RATE = 20
 #: Every item gets its own end-user address unless a test says otherwise, so that the
 #: broker's per-address rate limit (which believes the tests: 127.0.0.1 is a trusted proxy)
@@ -58,7 +56,8 @@ def item(
     client_ip: str | None = None,
     timeout_ms: int = 0,
 ) -> signin_pb2.SignInItem:
-    """One item; ``client_ip`` defaults to a fresh address."""
+    """One item; ``client_ip`` defaults to a fresh address; the password must be registered."""
+    require(password)
     return signin_pb2.SignInItem(
         id=item_id,
         request=signin_pb2.SignInRequest(
@@ -227,7 +226,7 @@ class TestOutcomes:
     def test_mixed_message(self, lane: Lane) -> None:
         """Right, wrong, unknown, malformed and unserved items in one message, one stream."""
         lane.broker.add_tenant("agentless", "agentless.example")
-        wrong = remember_password("Not-Pats-Pw-1")
+        wrong = secret("Not-Pats-Pw-1")
         cases: list[tuple[signin_pb2.SignInItem, Code, str]] = [
             (item(1, f"sam@{GUARDED}", USERS["sam"]), Code.OK, "SUCCESS"),
             (item(2, f"pat@{GUARDED}", wrong), Code.OK, "INVALID_CREDENTIALS"),
@@ -242,7 +241,7 @@ class TestOutcomes:
                 "",
             ),
             (item(9, "sam@agentless.example", USERS["sam"]), Code.UNAVAILABLE, ""),
-            (item(10, f"lee@{GUARDED}", "p" * 1025), Code.INVALID_ARGUMENT, ""),
+            (item(10, f"lee@{GUARDED}", secret("p" * 1025)), Code.INVALID_ARGUMENT, ""),
         ]
         with lane.stream() as stream:
             stream.send(*(c for c, _, _ in cases))
@@ -275,11 +274,12 @@ class TestOutcomes:
     def test_answers_matched_by_id(self, lane: Lane) -> None:
         """Sixty items over several messages, ids anywhere in uint64: each its own answer."""
         ids = [0, 2**64 - 1, *range(10**12, 10**12 + 58)]
+        wrong = secret("Wrong-Pw-1")
         expected = {}
         with lane.stream() as stream:
             for n, item_id in enumerate(ids):
                 if n % 3:
-                    stream.send(item(item_id, f"nobody{n}@{OPEN}", "Wrong-Pw-1"))
+                    stream.send(item(item_id, f"nobody{n}@{OPEN}", wrong))
                     expected[item_id] = "INVALID_CREDENTIALS"
                 else:
                     stream.send(item(item_id, f"sam@{OPEN}", USERS["sam"]))
@@ -288,14 +288,13 @@ class TestOutcomes:
             assert {i: _outcome(a) for i, a in answers.items()} == expected
             stream.half_close()
             assert stream.ended() == Code.OK
-        remember_password("Wrong-Pw-1")
 
     def test_answers_share_messages(self, lane: Lane) -> None:
         """Items that complete together come back together: fewer messages than items."""
         with lane.stream() as stream:
             stream.send(
                 *(
-                    item(n, f"nobody{n}@nobody-owns.example", remember_password("Unowned-Pw-4"))
+                    item(n, f"nobody{n}@nobody-owns.example", secret("Unowned-Pw-4"))
                     for n in range(50)
                 )
             )
@@ -343,10 +342,9 @@ class TestLimits:
 
     def test_in_flight_bound(self, lane: Lane) -> None:
         """256 in flight; more are RESOURCE_EXHAUSTED at once; the 256 are answered later."""
+        wrong = secret("Wrong-Pw-2")
         with lane.stream() as stream, lane.frozen():
-            stream.send(
-                *(item(n, f"nobody{n}@{OPEN}", "Wrong-Pw-2", timeout_ms=8000) for n in range(256))
-            )
+            stream.send(*(item(n, f"nobody{n}@{OPEN}", wrong, timeout_ms=8000) for n in range(256)))
             sent = stream.send(*(item(1000 + n, f"sam@{OPEN}", USERS["sam"]) for n in range(4)))
             refused = stream.take_timed(4, timeout=5)
             assert set(refused) == {1000, 1001, 1002, 1003}
@@ -360,7 +358,6 @@ class TestLimits:
             assert _outcome(stream.take(1)[2000]) == "SUCCESS"
             stream.half_close()
             assert stream.ended() == Code.OK
-        remember_password("Wrong-Pw-2")
 
     def test_duplicate_id_in_flight(self, lane: Lane) -> None:
         """Reusing an id in flight ends the stream; the first item still gets its one answer."""
@@ -390,10 +387,7 @@ class TestLimits:
             with lane.frozen():
                 stream.send(item(1, f"sam@{OPEN}", USERS["sam"]))
                 stream.send(
-                    *(
-                        item(n, f"x{n}@{OPEN}", remember_password("Huge-Batch-Pw-3"))
-                        for n in range(10, 310)
-                    )
+                    *(item(n, f"x{n}@{OPEN}", secret("Huge-Batch-Pw-3")) for n in range(10, 310))
                 )
                 time.sleep(0.3)
             assert _outcome(stream.take(1)[1]) == "SUCCESS"
@@ -404,7 +398,7 @@ class TestLimits:
     def test_oversized_message(self, lane: Lane) -> None:
         """A message over 64 KiB ends the stream RESOURCE_EXHAUSTED; the broker serves on."""
         with lane.stream() as stream:
-            stream.send(item(1, f"sam@{OPEN}", "x" * (100 * 1024)))
+            stream.send(item(1, f"sam@{OPEN}", secret("x" * (100 * 1024))))
             assert stream.ended() == Code.RESOURCE_EXHAUSTED
         self._still_serving(lane)
 
@@ -438,7 +432,7 @@ class TestPolicy:
 
     def test_locked_user(self, lane: Lane) -> None:
         """Three wrong passwords reach the directory; then the user's items are LOCKED_BY_POLICY."""
-        guesses = [remember_password(f"Guess-{n}-pw") for n in range(3)]
+        guesses = [secret(f"Guess-{n}-pw") for n in range(3)]
         address = "198.51.100.7"
         with lane.stream() as stream:
             stream.send(
@@ -451,7 +445,7 @@ class TestPolicy:
             assert {_outcome(a) for a in answers.values()} == {"INVALID_CREDENTIALS"}
             stream.send(
                 item(10, f"kim@{GUARDED}", USERS["kim"], client_ip=address),
-                item(11, f"kim@{GUARDED}", remember_password("Guess-3-pw"), client_ip=address),
+                item(11, f"kim@{GUARDED}", secret("Guess-3-pw"), client_ip=address),
             )
             locked = stream.take(2)
             for answer in locked.values():
@@ -472,7 +466,7 @@ class TestPolicy:
                     item(
                         n,
                         f"nobody{n}@nobody-owns.example",
-                        remember_password("Rate-Pw-5"),
+                        secret("Rate-Pw-5"),
                         client_ip="192.0.2.9",
                     )
                     for n in range(RATE + 10)
@@ -567,7 +561,7 @@ class TestStreamBounds:
         """
         stream = Stream(bounded[0], unread=True)
         try:
-            password = remember_password("Unowned-Pw-6")
+            password = secret("Unowned-Pw-6")
             stream.send(*(item(n, f"nobody{n}@nobody-owns.example", password) for n in range(200)))
             time.sleep(2.5)  # All answered at once, none taken: well past the idle time.
             stream.reading.set()

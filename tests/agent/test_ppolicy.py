@@ -23,6 +23,7 @@ from agent import outcomes, ppolicy
 from agent.ppolicy import PolicyError, PolicyResponse
 from pta.slapd import DirectoryUser, Slapd
 from pta.v1 import outcome_pb2
+from tests.secrets_registry import secret
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
@@ -312,13 +313,13 @@ class TestWarningMessage:
 
 # --- against a real slapd ------------------------------------------------------------------
 
-NORMAL = DirectoryUser(uid="normal", password="Normal-pw-1")
-LOCKED = DirectoryUser(uid="locked", password="Locked-pw-2", locked=True)
-MUST_CHANGE = DirectoryUser(uid="reset", password="Reset-pw-3", must_change=True)
-EXPIRED = DirectoryUser(uid="expired", password="Expired-pw-4", expired=True)
-LOCKOUT = DirectoryUser(uid="tries", password="Tries-pw-5")
-WARNED = DirectoryUser(uid="warned", password="Warned-pw-6")
-GRACE = DirectoryUser(uid="grace", password="Grace-pw-7", expired=True)
+NORMAL = DirectoryUser(uid="normal", password=secret("Normal-pw-1"))
+LOCKED = DirectoryUser(uid="locked", password=secret("Locked-pw-2"), locked=True)
+MUST_CHANGE = DirectoryUser(uid="reset", password=secret("Reset-pw-3"), must_change=True)
+EXPIRED = DirectoryUser(uid="expired", password=secret("Expired-pw-4"), expired=True)
+LOCKOUT = DirectoryUser(uid="tries", password=secret("Tries-pw-5"))
+WARNED = DirectoryUser(uid="warned", password=secret("Warned-pw-6"))
+GRACE = DirectoryUser(uid="grace", password=secret("Grace-pw-7"), expired=True)
 MAX_AGE = 90 * 86400  # pta/slapd.py's default pwdMaxAge
 EXPIRE_WARNING = 7 * 86400
 GRACE_LOGINS = 2
@@ -469,7 +470,7 @@ class TestSlapdAccountStates:
         expected: outcome_pb2.Outcome,
     ) -> None:
         """A wrong password reveals "locked" but neither "reset" nor "expired"."""
-        code, controls = bind(connection, slapd.user_dn(user.uid), "not-the-password")
+        code, controls = bind(connection, slapd.user_dn(user.uid), secret("not-the-password"))
         assert (code, raw_value(controls)) == (49, value)
         assert verdict(code, controls) == expected
 
@@ -478,7 +479,7 @@ class TestSlapdAccountStates:
     ) -> None:
         """After pwdMaxFailure wrong passwords the account is locked: the next bind says so."""
         dn = slapd.user_dn(LOCKOUT.uid)
-        answers = [bind(connection, dn, f"wrong-{n}") for n in range(MAX_FAILURE)]
+        answers = [bind(connection, dn, secret("wrong")) for _ in range(MAX_FAILURE)]
         assert [(code, raw_value(controls)) for code, controls in answers] == [
             (49, SLAPD_EMPTY)
         ] * MAX_FAILURE
