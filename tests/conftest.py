@@ -14,6 +14,8 @@ import pytest
 import structlog
 
 from pta.slapd import DirectoryUser, Slapd
+from tests import require_all
+from tests.require_all import pytest_make_collect_report, pytest_runtest_makereport
 from tests.secrets_registry import secret
 from tests.support import ALICE_PASSWORD, AgentProcess, BrokerProcess
 
@@ -41,9 +43,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("scan_last") is not None)
 
 
+__all__ = ["pytest_make_collect_report", "pytest_runtest_makereport"]  # PTA_REQUIRE_ALL_SUITES
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """Register the suite's markers (``--strict-markers`` refuses unknown ones)."""
+    """Register the suite's markers (``--strict-markers`` refuses unknown ones).
+
+    And read ``PTA_REQUIRE_ALL_SUITES`` (``tests/require_all.py``): with it, a skip fails.
+    """
     config.addinivalue_line("markers", "scan_last: run after every other test")
+    require_all.configure(config)
 
 
 @pytest.fixture(autouse=True)
