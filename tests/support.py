@@ -206,16 +206,25 @@ class AgentProcess:
 
     @staticmethod
     def launch(
-        state_dir: Path, slapd: Slapd | None, log_path: Path, *extra: str
+        state_dir: Path, slapd: Slapd | None, log_path: Path, *extra: str, log_level: str = "info"
     ) -> subprocess.Popen[bytes]:
         """Run ``pta-agent run`` for an enrolled state directory, logging to ``log_path``.
 
         With ``slapd`` the agent gets one catch-all directory by flags; without, ``extra``
-        must configure its directories (``--config FILE``).
+        must configure its directories (``--config FILE``). At ``log_level`` debug the agent
+        logs each validation (``validation.completed``, with its request id).
         """
         flags = ["--ldap-url", slapd.url, "--base-dn", slapd.base_dn] if slapd else []
         return subprocess.Popen(
-            [str(BIN / "pta-agent"), "run", "--state-dir", str(state_dir), *flags, *extra],
+            [
+                str(BIN / "pta-agent"),
+                f"--log-level={log_level}",
+                "run",
+                "--state-dir",
+                str(state_dir),
+                *flags,
+                *extra,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=log_path.open("ab"),
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -223,14 +232,20 @@ class AgentProcess:
 
     @classmethod
     def start(
-        cls, broker: BrokerProcess, slapd: Slapd | None, tenant: str, name: str, *extra: str
+        cls,
+        broker: BrokerProcess,
+        slapd: Slapd | None,
+        tenant: str,
+        name: str,
+        *extra: str,
+        log_level: str = "info",
     ) -> AgentProcess:
         """Enrol a new agent for ``tenant`` and run it until the broker sees it connected."""
         state_dir = broker.data_dir.parent / name
         log_path = broker.data_dir.parent / f"{name}.log"
         cls.enrol(broker, tenant, state_dir)
         agent_id = json.loads((state_dir / "agent.json").read_text())["agent_id"]
-        process = cls.launch(state_dir, slapd, log_path, *extra)
+        process = cls.launch(state_dir, slapd, log_path, *extra, log_level=log_level)
         agent = cls(state_dir=state_dir, log_path=log_path, process=process, agent_id=agent_id)
         wait_for(
             lambda: (
@@ -245,6 +260,15 @@ class AgentProcess:
     def credentials(self) -> grpc.ChannelCredentials:
         """This agent's own mutual-TLS credentials, as it dials the agent endpoint."""
         return agent_credentials(self.state_dir)
+
+    def log_events(self, event: str) -> list[dict[str, object]]:
+        """Return the agent's JSON log lines for one event."""
+        lines = self.log_path.read_text().splitlines()
+        return [e for line in lines if event in line and (e := _json(line)) and e["event"] == event]
+
+    def validated(self) -> set[str]:
+        """The request ids this agent checked (its ``validation.completed``: debug level)."""
+        return {str(e["request_id"]) for e in self.log_events("validation.completed")}
 
     def stop(self) -> None:
         """Stop the agent (SIGTERM, then SIGKILL)."""

@@ -12,7 +12,7 @@ import pytest
 from pta.v1 import outcome_pb2
 from tests.conftest import DOMAIN, STATE_USERS, USERS
 from tests.secrets_registry import secret
-from tests.support import AgentProcess, BrokerProcess
+from tests.support import AgentProcess, BrokerProcess, wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -106,9 +106,12 @@ class TestNoAgent:
 
 @pytest.fixture(scope="module")
 def duo(broker: BrokerProcess, slapd: Slapd) -> Iterator[list[AgentProcess]]:
-    """Tenant ``duo`` with two agents on the same directory."""
+    """Tenant ``duo`` with two agents on the same directory, logging each request they check."""
     broker.add_tenant("duo", "duo.example")
-    agents = [AgentProcess.start(broker, slapd, "duo", f"agent-duo-{i}") for i in range(2)]
+    agents = [
+        AgentProcess.start(broker, slapd, "duo", f"agent-duo-{i}", log_level="debug")
+        for i in range(2)
+    ]
     yield agents
     for agent in agents:
         agent.stop()
@@ -159,14 +162,26 @@ class TestTenantIsolation:
     def test_agent_sees_only_its_tenant(
         self, broker: BrokerProcess, duo: list[AgentProcess]
     ) -> None:
-        """Sign-ins for acme are answered only by acme's agent, duo's only by duo's."""
+        """Sign-ins for acme are answered only by acme's agent, duo's only by duo's.
+
+        duo's agents log every request they check, so acme's request missing from their logs
+        means they never saw it: duo's own sign-in, sent alongside, is there.
+        """
         acme = broker.sign_in(f"alice@{DOMAIN}", USERS["alice"])
+        own = broker.sign_in("carol@duo.example", USERS["carol"])
+        assert (acme.outcome, own.outcome) == (Outcome.SUCCESS, Outcome.SUCCESS)
         events = {
             e["request_id"]: e for e in broker.log_events("signin.completed") if "agent_id" in e
         }
         duo_ids = {a.agent_id for a in duo}
         assert events[acme.request_id]["agent_id"] not in duo_ids
+        assert events[own.request_id]["agent_id"] in duo_ids
+        wait_for(
+            lambda: own.request_id in set().union(*(a.validated() for a in duo)),
+            what="duo's agent to log the request it checked",
+        )
         for agent in duo:
+            assert acme.request_id not in agent.validated()
             assert acme.request_id not in agent.log_path.read_text()
 
 
