@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -138,6 +138,23 @@ class BrokerProcess:
     def stop(self) -> None:
         """Stop the broker (SIGTERM, then SIGKILL)."""
         _stop(self.process)
+
+    def agents(self) -> dict[str, dict[str, Any]]:
+        """The operator's view of every agent (``agents list --json``), by agent id."""
+        listing = json.loads(self.cli("agents", "list", "--json").stdout)
+        return {str(row["id"]): row for row in listing}
+
+    def wait_in_flight(self, agent_id: str, count: int, timeout: float = START_TIMEOUT) -> None:
+        """Wait until the broker says ``count`` sign-ins are at the agent, sent and unanswered.
+
+        The serving broker writes its streams' state to the store every second; the CLI reads
+        it there, as an operator would.
+        """
+        wait_for(
+            lambda: self.agents().get(agent_id, {}).get("in_flight") == count,
+            timeout=timeout,
+            what=f"{count} sign-ins in flight at {agent_id}",
+        )
 
     def directory_policies(self, tenant: str, agent_id: str) -> dict[str, DirectoryPolicyRecord]:
         """An agent's last directory report as the broker stored it, by domain."""

@@ -9,7 +9,6 @@ expire or in their grace logins, and check that the bytes decode to the outcome 
 from __future__ import annotations
 
 import datetime
-import time
 from typing import TYPE_CHECKING, Any
 
 import ldap3
@@ -24,6 +23,7 @@ from agent.ppolicy import PolicyError, PolicyResponse
 from pta.slapd import DirectoryUser, Slapd
 from pta.v1 import outcome_pb2
 from tests.secrets_registry import secret
+from tests.support import wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
@@ -410,6 +410,17 @@ def verdict(code: int, controls: Mapping[str, object]) -> outcome_pb2.Outcome:
     return decided if decided is not None else outcomes.from_bind(code, "")
 
 
+def _locked_at(slapd: Slapd, uid: str) -> str:
+    """The user's ``pwdAccountLockedTime`` (empty while unlocked), read as the rootdn."""
+    admin = admin_connection(slapd)
+    try:
+        admin.search(slapd.user_dn(uid), "(objectClass=*)", ldap3.BASE, attributes=["*", "+"])
+        values = admin.entries[0].entry_attributes_as_dict.get("pwdAccountLockedTime", [])
+    finally:
+        admin.unbind()
+    return str(values[0]) if values else ""
+
+
 def set_password_changed(slapd: Slapd, uid: str, when: datetime.datetime) -> None:
     """Backdate a user's ``pwdChangedTime`` as the rootdn.
 
@@ -488,8 +499,9 @@ class TestSlapdAccountStates:
         }
         # slapd records the last failure after it has answered the bind; a bind that came
         # straight after could still find the account unlocked (seen once in four runs on a
-        # loaded machine). A right password then would also reset the count: so wait first.
-        time.sleep(0.5)
+        # loaded machine). A right password then would also reset the count: so wait until
+        # slapd has locked the account (pwdAccountLockedTime, read as the rootdn).
+        wait_for(lambda: _locked_at(slapd, LOCKOUT.uid), timeout=10, what="slapd to lock")
         code, controls = bind(connection, dn, LOCKOUT.password)
         assert (code, raw_value(controls)) == (49, SLAPD_LOCKED)
         assert verdict(code, controls) == Outcome.ACCOUNT_LOCKED
