@@ -292,6 +292,21 @@ class AgentProcess:
         _stop(self.process)
 
 
+def unread_by(port: int) -> int:
+    """Bytes sent to the server on 127.0.0.1:``port`` that it has not read yet (Linux).
+
+    The kernel's receive queues of the server's connected sockets (``/proc/net/tcp``): more
+    than zero while the server is stopped (SIGSTOP) means a request reached it and waits.
+    """
+    unread = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, state, queues = fields[1], fields[3], fields[4]
+        if state == "01" and int(local.rsplit(":", 1)[1], 16) == port:  # ESTABLISHED
+            unread += int(queues.split(":")[1], 16)
+    return unread
+
+
 def agent_credentials(state_dir: Path) -> grpc.ChannelCredentials:
     """Mutual-TLS channel credentials made of an agent state directory's files."""
     return grpc.ssl_channel_credentials(
