@@ -201,6 +201,7 @@ class SambaDC:
         workdir: Path | None = None,
         cache_dir: Path | None = None,
         lock_timeout: float = LOCK_TIMEOUT,
+        old_password_minutes: int | None = None,
     ) -> None:
         r"""Describe the domain; nothing runs until :meth:`start`.
 
@@ -212,6 +213,9 @@ class SambaDC:
             workdir: Parent of the private temp dir (default: system temp dir).
             cache_dir: Where provisioned domains are cached (default ``~/.cache/pta``).
             lock_timeout: Seconds to wait for another SambaDC on this machine to stop.
+            old_password_minutes: For how long a user's previous password still binds after
+                they changed it (``old password allowed period``); None keeps Samba's default
+                of 60, as Windows has it.
 
         Raises:
             ValueError: duplicate users, or a realm or domain AD would refuse.
@@ -236,6 +240,7 @@ class SambaDC:
         self.directory: Path | None = None
         self.timings: dict[str, float] = {}
         self._workdir, self._cache_dir, self._lock_timeout = workdir, cache_dir, lock_timeout
+        self._old_password_minutes = old_password_minutes
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock: IO[str] | None = None
 
@@ -307,7 +312,10 @@ class SambaDC:
             self.directory = root = Path(tempfile.mkdtemp(prefix="pta-samba-", dir=self._workdir))
             with self._timed("restore"):
                 _run(["tar", *_TAR_XATTRS, "-xf", archive, "-C", root])
-            (root / "etc" / "smb.conf").write_text(_smb_conf(root, self.realm, self.domain))
+            conf = _smb_conf(root, self.realm, self.domain)
+            if self._old_password_minutes is not None:
+                conf += f"\told password allowed period = {self._old_password_minutes}\n"
+            (root / "etc" / "smb.conf").write_text(conf)
             _write_tls(root / "private" / "tls", f"{NETBIOS_NAME}.{self.upn_suffix}".lower())
             with self._timed("users"):
                 self._ldbmodify(self._accounts_ldif(self.users, admin=True))

@@ -1,8 +1,8 @@
 """Session fixtures made of real parts: slapd, a broker process, agent processes.
 
-Every password any test uses is registered in :data:`PASSWORDS`, and everything the run
-writes lives under the run directory, so ``test_secrets.py`` (run last) can prove that none of
-them reached a log, the store or any file.
+Every secret any test sends is made or registered by ``tests/secrets_registry.py``, and
+everything the run writes lives under the run directory, so ``test_secrets.py`` (run last) can
+prove that none of them reached a log, the store or any file.
 """
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ import pytest
 import structlog
 
 from pta.slapd import DirectoryUser, Slapd
+from tests import require_all
+from tests.require_all import pytest_make_collect_report, pytest_runtest_makereport
+from tests.secrets_registry import secret
 from tests.support import ALICE_PASSWORD, AgentProcess, BrokerProcess
 
 if TYPE_CHECKING:
@@ -23,31 +26,16 @@ if TYPE_CHECKING:
 DOMAIN = "example.com"
 USERS = {
     "alice": ALICE_PASSWORD,
-    "bob": "Bob-pw-2?",
-    "carol": "Carol-pw-3#",
-    "o'brien+x,y": "Obrien-pw-4$",
+    "bob": secret("Bob-pw-2?"),
+    "carol": secret("Carol-pw-3#"),
+    "o'brien+x,y": secret("Obrien-pw-4$"),
 }
 #: Users in a password-policy state, and the outcome their right password gets.
 STATE_USERS = {
-    "locked-out": ("Locked-pw-5%", {"locked": True}, "ACCOUNT_LOCKED"),
-    "must-change": ("Change-pw-6&", {"must_change": True}, "PASSWORD_MUST_CHANGE"),
-    "expired": ("Expired-pw-7*", {"expired": True}, "PASSWORD_EXPIRED"),
+    "locked-out": (secret("Locked-pw-5%"), {"locked": True}, "ACCOUNT_LOCKED"),
+    "must-change": (secret("Change-pw-6&"), {"must_change": True}, "PASSWORD_MUST_CHANGE"),
+    "expired": (secret("Expired-pw-7*"), {"expired": True}, "PASSWORD_EXPIRED"),
 }
-PASSWORDS: set[str] = set(USERS.values()) | {pw for pw, _, _ in STATE_USERS.values()}
-
-
-def remember_password(password: str) -> str:
-    """Register a password a test sends, for the final secret scan."""
-    PASSWORDS.add(password)
-    return password
-
-
-def remember_secret(secret: str) -> str:
-    """Register another secret (an MFA key or TOTP secret, a challenge id, a token) for the scan.
-
-    None of them may reach a log or a file either; the scan treats them like passwords.
-    """
-    return remember_password(secret)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -55,9 +43,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("scan_last") is not None)
 
 
+__all__ = ["pytest_make_collect_report", "pytest_runtest_makereport"]  # PTA_REQUIRE_ALL_SUITES
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """Register the suite's markers (``--strict-markers`` refuses unknown ones)."""
+    """Register the suite's markers (``--strict-markers`` refuses unknown ones).
+
+    And read ``PTA_REQUIRE_ALL_SUITES`` (``tests/require_all.py``): with it, a skip fails.
+    """
     config.addinivalue_line("markers", "scan_last: run after every other test")
+    require_all.configure(config)
 
 
 @pytest.fixture(autouse=True)

@@ -18,12 +18,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from broker.store import Store
 from pta.v1 import outcome_pb2, signin_pb2, signin_pb2_grpc
+from tests import secrets_registry
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 BIN = Path(sys.executable).parent
 #: The sample user every load signs in as (see tests/conftest.py USERS).
-ALICE_PASSWORD = "Alice-pw-1!"
+ALICE_PASSWORD = secrets_registry.secret("Alice-pw-1!")
 START_TIMEOUT = 15.0
 
 
@@ -125,8 +126,9 @@ class BrokerProcess:
         self.cli("tenant", "add", name, *(arg for d in domains for arg in ("--domain", d)))
 
     def token(self, tenant: str, ttl: str = "1h") -> str:
-        """Create a one-time enrolment token."""
-        return self.cli("token", "create", "--tenant", tenant, "--ttl", ttl).stdout.strip()
+        """Create a one-time enrolment token, its secret registered for the final scan."""
+        token = self.cli("token", "create", "--tenant", tenant, "--ttl", ttl).stdout.strip()
+        return secrets_registry.enrolment_token(token, self.data_dir)
 
     def log_events(self, event: str) -> list[dict[str, object]]:
         """Return the broker's JSON log lines for one event."""
@@ -136,6 +138,23 @@ class BrokerProcess:
     def stop(self) -> None:
         """Stop the broker (SIGTERM, then SIGKILL)."""
         _stop(self.process)
+
+    def agents(self) -> dict[str, dict[str, Any]]:
+        """The operator's view of every agent (``agents list --json``), by agent id."""
+        listing = json.loads(self.cli("agents", "list", "--json").stdout)
+        return {str(row["id"]): row for row in listing}
+
+    def wait_in_flight(self, agent_id: str, count: int, timeout: float = START_TIMEOUT) -> None:
+        """Wait until the broker says ``count`` sign-ins are at the agent, sent and unanswered.
+
+        The serving broker writes its streams' state to the store every second; the CLI reads
+        it there, as an operator would.
+        """
+        wait_for(
+            lambda: self.agents().get(agent_id, {}).get("in_flight") == count,
+            timeout=timeout,
+            what=f"{count} sign-ins in flight at {agent_id}",
+        )
 
     def directory_policies(self, tenant: str, agent_id: str) -> dict[str, DirectoryPolicyRecord]:
         """An agent's last directory report as the broker stored it, by domain."""
@@ -165,7 +184,11 @@ class BrokerProcess:
     def sign_in(
         self, username: str, password: str, timeout: float = 15.0, client_ip: str = ""
     ) -> signin_pb2.SignInResponse:
-        """Sign in once through a fresh channel (raises ``grpc.RpcError`` on a status)."""
+        """Sign in once through a fresh channel (raises ``grpc.RpcError`` on a status).
+
+        The password must come from ``tests.secrets_registry``: the final scan looks for it.
+        """
+        secrets_registry.require(password)
         with self.channel() as channel:
             stub = signin_pb2_grpc.SignInServiceStub(channel)
             request = signin_pb2.SignInRequest(
@@ -200,16 +223,25 @@ class AgentProcess:
 
     @staticmethod
     def launch(
-        state_dir: Path, slapd: Slapd | None, log_path: Path, *extra: str
+        state_dir: Path, slapd: Slapd | None, log_path: Path, *extra: str, log_level: str = "info"
     ) -> subprocess.Popen[bytes]:
         """Run ``pta-agent run`` for an enrolled state directory, logging to ``log_path``.
 
         With ``slapd`` the agent gets one catch-all directory by flags; without, ``extra``
-        must configure its directories (``--config FILE``).
+        must configure its directories (``--config FILE``). At ``log_level`` debug the agent
+        logs each validation (``validation.completed``, with its request id).
         """
         flags = ["--ldap-url", slapd.url, "--base-dn", slapd.base_dn] if slapd else []
         return subprocess.Popen(
-            [str(BIN / "pta-agent"), "run", "--state-dir", str(state_dir), *flags, *extra],
+            [
+                str(BIN / "pta-agent"),
+                f"--log-level={log_level}",
+                "run",
+                "--state-dir",
+                str(state_dir),
+                *flags,
+                *extra,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=log_path.open("ab"),
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -217,14 +249,20 @@ class AgentProcess:
 
     @classmethod
     def start(
-        cls, broker: BrokerProcess, slapd: Slapd | None, tenant: str, name: str, *extra: str
+        cls,
+        broker: BrokerProcess,
+        slapd: Slapd | None,
+        tenant: str,
+        name: str,
+        *extra: str,
+        log_level: str = "info",
     ) -> AgentProcess:
         """Enrol a new agent for ``tenant`` and run it until the broker sees it connected."""
         state_dir = broker.data_dir.parent / name
         log_path = broker.data_dir.parent / f"{name}.log"
         cls.enrol(broker, tenant, state_dir)
         agent_id = json.loads((state_dir / "agent.json").read_text())["agent_id"]
-        process = cls.launch(state_dir, slapd, log_path, *extra)
+        process = cls.launch(state_dir, slapd, log_path, *extra, log_level=log_level)
         agent = cls(state_dir=state_dir, log_path=log_path, process=process, agent_id=agent_id)
         wait_for(
             lambda: (
@@ -240,9 +278,33 @@ class AgentProcess:
         """This agent's own mutual-TLS credentials, as it dials the agent endpoint."""
         return agent_credentials(self.state_dir)
 
+    def log_events(self, event: str) -> list[dict[str, object]]:
+        """Return the agent's JSON log lines for one event."""
+        lines = self.log_path.read_text().splitlines()
+        return [e for line in lines if event in line and (e := _json(line)) and e["event"] == event]
+
+    def validated(self) -> set[str]:
+        """The request ids this agent checked (its ``validation.completed``: debug level)."""
+        return {str(e["request_id"]) for e in self.log_events("validation.completed")}
+
     def stop(self) -> None:
         """Stop the agent (SIGTERM, then SIGKILL)."""
         _stop(self.process)
+
+
+def unread_by(port: int) -> int:
+    """Bytes sent to the server on 127.0.0.1:``port`` that it has not read yet (Linux).
+
+    The kernel's receive queues of the server's connected sockets (``/proc/net/tcp``): more
+    than zero while the server is stopped (SIGSTOP) means a request reached it and waits.
+    """
+    unread = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, state, queues = fields[1], fields[3], fields[4]
+        if state == "01" and int(local.rsplit(":", 1)[1], 16) == port:  # ESTABLISHED
+            unread += int(queues.split(":")[1], 16)
+    return unread
 
 
 def agent_credentials(state_dir: Path) -> grpc.ChannelCredentials:
@@ -279,6 +341,9 @@ class SignInLoad:
         self.answered = 0
         self._lock = threading.Lock()
         self._creds = grpc.ssl_channel_credentials(broker.ca_file.read_bytes())
+        #: One wrong password for the whole load: the broker's repeat memory answers its
+        #: repeats, as it would a user retyping the same typo.
+        self.wrong_password = secrets_registry.secret("wrong-load-pw")
 
     def run_threads(self, threads: int = 4) -> None:
         """Run the load from ``threads`` threads, half on fresh channels, half on held ones."""
@@ -288,6 +353,7 @@ class SignInLoad:
                 future.result()
 
     def _one(self, channel: grpc.Channel, uid: str, password: str, expected: int) -> None:
+        secrets_registry.require(password)
         try:
             reply = signin_pb2_grpc.SignInServiceStub(channel).SignIn(
                 signin_pb2.SignInRequest(username=f"{uid}@{self.domain}", password=password),
@@ -310,7 +376,7 @@ class SignInLoad:
         # Wrong passwords go to a user the directory lacks, so no real account locks.
         cases = [
             ("alice", ALICE_PASSWORD, outcome_pb2.SUCCESS),
-            ("nobody", "wrong-load-pw", outcome_pb2.INVALID_CREDENTIALS),
+            ("nobody", self.wrong_password, outcome_pb2.INVALID_CREDENTIALS),
         ]
         with grpc.secure_channel(self.broker.public, self._creds) as held:
             i = 0
@@ -328,6 +394,7 @@ def enrol_cli(
     broker: BrokerProcess, token: str, state_dir: Path
 ) -> subprocess.CompletedProcess[str]:
     """Run ``pta-agent enroll`` with ``token``; the caller checks the outcome."""
+    secrets_registry.require_token(token)
     return subprocess.run(
         [
             str(BIN / "pta-agent"),
@@ -349,7 +416,12 @@ def enrol_cli(
 def signin_cli(
     broker: BrokerProcess, username: str, stdin: str, *extra: str
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``pta-signin --password-stdin`` against ``broker``, feeding it ``stdin``."""
+    """Run ``pta-signin --password-stdin`` against ``broker``, feeding it ``stdin``.
+
+    Each line of ``stdin`` (a password, a new password, a code) must be registered.
+    """
+    for line in stdin.splitlines():
+        secrets_registry.require(line, "line of a password prompt")
     return subprocess.run(
         [
             str(BIN / "pta-signin"),

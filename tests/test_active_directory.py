@@ -13,20 +13,19 @@ import pytest
 
 from pta.samba import LOCKOUT_THRESHOLD, AdUser, SambaDC, samba_missing_reason
 from pta.v1 import outcome_pb2, signin_pb2, signin_pb2_grpc
-from tests.conftest import remember_password
+from tests.secrets_registry import known, secret
 from tests.support import AgentProcess, BrokerProcess
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
 Outcome = outcome_pb2.Outcome
 pytestmark = pytest.mark.skipif(
     samba_missing_reason() is not None, reason=str(samba_missing_reason())
 )
 
-PASSWORD = remember_password("Ad-pw-20!x")
-NEW_PASSWORD = remember_password("Ad-new-pw-21!y")
+PASSWORD = secret("Ad-pw-20!x")
+NEW_PASSWORD = secret("Ad-new-pw-21!y")
 #: sAMAccountName -> (state on the DC, the outcome its right password gets)
 STATES = {
     "adnormal": ("normal", "SUCCESS"),
@@ -42,33 +41,42 @@ EXTRA = ("adchanger", "adchanger2", "adwrong")
 
 @pytest.fixture(scope="module")
 def domain_controller() -> Iterator[SambaDC]:
-    """One Samba AD DC for the module, users in every state."""
+    """One Samba AD DC for the module, users in every state.
+
+    Its "old password allowed period" is 0: by default (as on Windows) AD lets a changed
+    password keep binding for an hour, and with that the tests could not tell a password
+    pta replaced from one it left in place.
+    """
     users = [
         AdUser(sam=sam, password=PASSWORD, state=state)  # type: ignore[arg-type]
         for sam, (state, _) in STATES.items()
     ]
     users += [AdUser(sam=sam, password=PASSWORD) for sam in EXTRA]
-    with SambaDC(users=users) as dc:
+    with SambaDC(users=users, old_password_minutes=0) as dc:
         yield dc
 
 
 @pytest.fixture(scope="module")
 def ad_agent(
-    broker: BrokerProcess, domain_controller: SambaDC, run_dir: Path
+    broker: BrokerProcess, domain_controller: SambaDC, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[AgentProcess]:
-    """Tenant ``adcorp`` owning the AD's UPN suffix, one agent of kind ``ad`` over LDAPS."""
+    """Tenant ``adcorp`` owning the AD's UPN suffix, one agent of kind ``ad`` over LDAPS.
+
+    The service account's password file lives outside the run directory, and the password is
+    registered: the final scan proves the agent wrote it nowhere.
+    """
     dc = domain_controller
     broker.add_tenant("adcorp", dc.upn_suffix)
-    secret = run_dir / "ad-bind.pw"
-    secret.write_text(dc.admin_password)
-    secret.chmod(0o600)
+    secret_file = tmp_path_factory.mktemp("ad-bind") / "ad-bind.pw"
+    secret_file.write_text(known(dc.admin_password))
+    secret_file.chmod(0o600)
     agent = AgentProcess.start(
         broker,
         None,
         "adcorp",
         "agent-ad",
         *("--kind", "ad", "--ldap-url", dc.ldaps_url, "--base-dn", dc.base_dn),
-        *("--bind-dn", dc.admin_dn, "--bind-password-file", str(secret)),
+        *("--bind-dn", dc.admin_dn, "--bind-password-file", str(secret_file)),
         *("--ca-file", str(dc.ca_file)),
     )
     yield agent
@@ -98,7 +106,7 @@ class TestActiveDirectoryOutcomes:
 
     def test_wrong_password(self, broker: BrokerProcess, domain_controller: SambaDC) -> None:
         """52e: a wrong password."""
-        wrong = remember_password("not-the-ad-pw")
+        wrong = secret("not-the-ad-pw")
         response = broker.sign_in(domain_controller.upn("adwrong"), wrong)
         assert response.outcome == Outcome.INVALID_CREDENTIALS
 
@@ -135,15 +143,20 @@ class TestActiveDirectoryPasswordChange:
     """unicodePwd changes, as the user, over LDAPS."""
 
     def test_change_then_sign_in(self, broker: BrokerProcess, domain_controller: SambaDC) -> None:
-        """A normal user changes the password; the new one signs in, the old one does not."""
+        """A normal user changes the password; the new one signs in, the old one does not.
+
+        (On a directory with AD's default "old password allowed period" the old one would
+        still bind for an hour: docs/directories.md.)
+        """
         upn = domain_controller.upn("adchanger")
         assert _change(broker, upn, PASSWORD, NEW_PASSWORD) == Outcome.SUCCESS
         assert broker.sign_in(upn, NEW_PASSWORD).outcome == Outcome.SUCCESS
+        assert broker.sign_in(upn, PASSWORD).outcome == Outcome.INVALID_CREDENTIALS
 
     def test_policy_rejection(self, broker: BrokerProcess, domain_controller: SambaDC) -> None:
         """A new password AD's policy refuses (too short, too simple) is PASSWORD_REJECTED."""
         upn = domain_controller.upn("adchanger2")
-        assert _change(broker, upn, PASSWORD, "abc") == Outcome.PASSWORD_REJECTED
+        assert _change(broker, upn, PASSWORD, known("abc")) == Outcome.PASSWORD_REJECTED
         assert broker.sign_in(upn, PASSWORD).outcome == Outcome.SUCCESS
 
     def test_must_change_user_changes_then_signs_in(
@@ -151,7 +164,7 @@ class TestActiveDirectoryPasswordChange:
     ) -> None:
         """773: the user cannot bind, but can change the password, then sign in."""
         upn = domain_controller.upn("admustchange")
-        newer = remember_password("Ad-newer-pw-22!z")
+        newer = secret("Ad-newer-pw-22!z")
         assert _change(broker, upn, PASSWORD, newer) == Outcome.SUCCESS
         assert broker.sign_in(upn, newer).outcome == Outcome.SUCCESS
 
@@ -160,6 +173,6 @@ class TestActiveDirectoryPasswordChange:
     ) -> None:
         """532: an expired password can still be changed, then the new one signs in."""
         upn = domain_controller.upn("adexpired")
-        newest = remember_password("Ad-newest-pw-23!w")
+        newest = secret("Ad-newest-pw-23!w")
         assert _change(broker, upn, PASSWORD, newest) == Outcome.SUCCESS
         assert broker.sign_in(upn, newest).outcome == Outcome.SUCCESS

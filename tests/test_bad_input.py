@@ -8,13 +8,18 @@ import grpc
 import pytest
 
 from pta.v1 import outcome_pb2, signin_pb2
-from tests.conftest import DOMAIN, USERS, remember_password
+from tests.conftest import DOMAIN, USERS
+from tests.secrets_registry import known, secret
 
 if TYPE_CHECKING:
     from tests.support import BrokerProcess
 
 Outcome = outcome_pb2.Outcome
 SIGNIN = "/pta.v1.SignInService/SignIn"
+#: The password of every request refused for something else.
+PASSWORD = secret("pw")
+#: A MFA code of the right shape, for challenges that are refused for something else.
+CODE = known("123456")
 
 
 def _raw_call(broker: BrokerProcess, payload: bytes) -> grpc.StatusCode:
@@ -34,15 +39,15 @@ class TestBadInput:
     @pytest.mark.parametrize(
         ("username", "password", "status"),
         [
-            ("", "pw", grpc.StatusCode.INVALID_ARGUMENT),
+            ("", PASSWORD, grpc.StatusCode.INVALID_ARGUMENT),
             (f"alice@{DOMAIN}", "", grpc.StatusCode.INVALID_ARGUMENT),
-            ("alice", "pw", grpc.StatusCode.INVALID_ARGUMENT),
-            ("@example.com", "pw", grpc.StatusCode.INVALID_ARGUMENT),
-            ("alice@not a domain", "pw", grpc.StatusCode.INVALID_ARGUMENT),
-            ("a" * 300 + f"@{DOMAIN}", "pw", grpc.StatusCode.INVALID_ARGUMENT),
-            (f"alice@{DOMAIN}", "p" * 1025, grpc.StatusCode.INVALID_ARGUMENT),
-            ("ali\nce@example.com", "pw", grpc.StatusCode.INVALID_ARGUMENT),
-            ("alice@unowned.example", "pw", grpc.StatusCode.NOT_FOUND),
+            ("alice", PASSWORD, grpc.StatusCode.INVALID_ARGUMENT),
+            ("@example.com", PASSWORD, grpc.StatusCode.INVALID_ARGUMENT),
+            ("alice@not a domain", PASSWORD, grpc.StatusCode.INVALID_ARGUMENT),
+            ("a" * 300 + f"@{DOMAIN}", PASSWORD, grpc.StatusCode.INVALID_ARGUMENT),
+            (f"alice@{DOMAIN}", secret("p" * 1025), grpc.StatusCode.INVALID_ARGUMENT),
+            ("ali\nce@example.com", PASSWORD, grpc.StatusCode.INVALID_ARGUMENT),
+            ("alice@unowned.example", PASSWORD, grpc.StatusCode.NOT_FOUND),
         ],
         ids=[
             "empty-user",
@@ -74,21 +79,21 @@ class TestBadInput:
 
     def test_invalid_utf8_is_invalid_argument(self, broker: BrokerProcess) -> None:
         """Invalid UTF-8 in a string field is refused, not an internal error."""
-        remember_password("pw")
-        payload = b"\x0a\x04\xff\xfe\xfd\xfc\x12\x02pw"
+        password = PASSWORD.encode()
+        payload = b"\x0a\x04\xff\xfe\xfd\xfc\x12" + bytes([len(password)]) + password
         assert _raw_call(broker, payload) == grpc.StatusCode.INVALID_ARGUMENT
 
     def test_truncated_message_is_invalid_argument(self, broker: BrokerProcess) -> None:
         """A message cut short is refused."""
         good = signin_pb2.SignInRequest(
-            username=f"alice@{DOMAIN}", password="x"
+            username=f"alice@{DOMAIN}", password=PASSWORD
         ).SerializeToString()
         assert _raw_call(broker, good[:-3]) == grpc.StatusCode.INVALID_ARGUMENT
 
     def test_oversized_message_is_resource_exhausted(self, broker: BrokerProcess) -> None:
         """A message over the size cap is refused before it is parsed."""
         payload = signin_pb2.SignInRequest(
-            username=f"alice@{DOMAIN}", password="x" * (100 * 1024)
+            username=f"alice@{DOMAIN}", password=secret("x" * (100 * 1024))
         ).SerializeToString()
         assert _raw_call(broker, payload) == grpc.StatusCode.RESOURCE_EXHAUSTED
 
@@ -115,13 +120,13 @@ class TestBadMfaInput:
     @pytest.mark.parametrize(
         ("challenge_id", "code", "status"),
         [
-            ("", "123456", grpc.StatusCode.INVALID_ARGUMENT),
-            ("c" * 65, "123456", grpc.StatusCode.INVALID_ARGUMENT),
-            ("made-up", "12345", grpc.StatusCode.INVALID_ARGUMENT),
-            ("made-up", "12345a", grpc.StatusCode.INVALID_ARGUMENT),
-            ("made-up", "\uff11" * 6, grpc.StatusCode.INVALID_ARGUMENT),  # fullwidth digit one
-            ("made-up", "123456", grpc.StatusCode.FAILED_PRECONDITION),
-            ("x" * (100 * 1024), "123456", grpc.StatusCode.RESOURCE_EXHAUSTED),
+            ("", CODE, grpc.StatusCode.INVALID_ARGUMENT),
+            ("c" * 65, CODE, grpc.StatusCode.INVALID_ARGUMENT),
+            ("made-up", known("12345"), grpc.StatusCode.INVALID_ARGUMENT),
+            ("made-up", known("12345a"), grpc.StatusCode.INVALID_ARGUMENT),
+            ("made-up", known("\uff11" * 6), grpc.StatusCode.INVALID_ARGUMENT),  # fullwidth one
+            ("made-up", CODE, grpc.StatusCode.FAILED_PRECONDITION),
+            ("x" * (100 * 1024), CODE, grpc.StatusCode.RESOURCE_EXHAUSTED),
         ],
         ids=["no-id", "long-id", "short-code", "letter", "fullwidth-digits", "unknown", "huge"],
     )

@@ -13,6 +13,7 @@ import pytest
 from broker.ca import CertificateAuthority
 from pta import sealing, tls
 from pta.v1 import agent_pb2, agent_pb2_grpc
+from tests.secrets_registry import known
 from tests.support import AgentProcess, BrokerProcess, enrol_cli
 
 if TYPE_CHECKING:
@@ -44,7 +45,12 @@ class TestTokens:
 
     @pytest.mark.parametrize(
         "token",
-        ["", "pta1", "pta1.zz.zz.zz", "pta2." + "0" * 16 + "." + "a" * 43 + "." + "0" * 64],
+        [
+            "",
+            known("pta1"),
+            known("pta1.zz.zz.zz"),
+            known("pta2." + "0" * 16 + "." + "a" * 43 + "." + "0" * 64),
+        ],
         ids=["empty", "prefix-only", "short-parts", "wrong-version"],
     )
     def test_malformed_token_is_refused(

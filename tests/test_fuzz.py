@@ -21,6 +21,7 @@ from pta.errors import EnvelopeRejected, Unauthenticated
 from pta.tokens import parse_token
 from pta.v1 import agent_pb2, outcome_pb2, signin_pb2
 from tests.conftest import DOMAIN, USERS
+from tests.secrets_registry import secret
 
 if TYPE_CHECKING:
     from tests.support import BrokerProcess
@@ -55,7 +56,7 @@ def _identity() -> AgentIdentity:
 
 IDENTITY = _identity()
 GENUINE = sealing.seal(
-    agent_pb2.Credentials(username=f"alice@{DOMAIN}", password="pw").SerializeToString(),
+    agent_pb2.Credentials(username=f"alice@{DOMAIN}", password=secret("pw")).SerializeToString(),
     IDENTITY.envelope_key.public_key(),
     sealing.EnvelopeContext(
         tenant="acme",

@@ -1,4 +1,11 @@
-"""The tree tells which program a module belongs to: the programs never import each other."""
+"""The tree tells which program a module belongs to: the programs never import each other.
+
+README.md ("Layout") gives each top-level package its program: ``pta/`` is shared by all of
+them, ``broker/``, ``agent/`` and ``client/`` are ``pta-broker``, ``pta-agent`` and
+``pta-signin``. The rule checked here follows from that: the programs run apart and speak only
+through the gRPC contract (``proto/pta/v1/``), so none imports another, and the shared package
+imports none of them (else it would not be shared, and could import in a cycle).
+"""
 
 from __future__ import annotations
 
@@ -29,7 +36,7 @@ def _imports(path: Path) -> set[str]:
 
 
 class TestLayering:
-    """Imports respect the layout in STYLE.md."""
+    """Imports respect the layout README.md describes (see the module docstring)."""
 
     @pytest.mark.parametrize("package", sorted(FORBIDDEN))
     def test_no_forbidden_imports(self, package: str) -> None:

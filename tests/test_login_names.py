@@ -8,6 +8,7 @@ import pytest
 
 from pta.slapd import DirectoryUser, Slapd
 from pta.v1 import outcome_pb2
+from tests.secrets_registry import secret
 from tests.support import AgentProcess, BrokerProcess
 
 if TYPE_CHECKING:
@@ -15,8 +16,8 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 Outcome = outcome_pb2.Outcome
-LENA = "Lena-pw-9)"
-TWIN = "Twin-pw-10_"
+LENA = secret("Lena-pw-9)")
+TWIN = secret("Twin-pw-10_")
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pta.v1 import outcome_pb2
-from tests.conftest import DOMAIN, USERS, remember_password
+from tests.conftest import DOMAIN, USERS
+from tests.secrets_registry import secret
 from tests.support import BIN, AgentProcess, BrokerProcess, signin_cli
 
 Outcome = outcome_pb2.Outcome
@@ -110,9 +111,9 @@ class TestSigninCli:
         ("username", "password", "code", "printed"),
         [
             (f"alice@{DOMAIN}", USERS["alice"], 0, "SUCCESS"),
-            (f"alice@{DOMAIN}", "wrong-cli-pw", 10, "INVALID_CREDENTIALS"),
-            ("alice@unowned.example", "pw-cli", 23, "NOT_FOUND"),
-            ("alice", "pw-cli", 22, "INVALID_ARGUMENT"),
+            (f"alice@{DOMAIN}", secret("wrong-cli-pw"), 10, "INVALID_CREDENTIALS"),
+            ("alice@unowned.example", secret("pw-cli"), 23, "NOT_FOUND"),
+            ("alice", secret("pw-cli"), 22, "INVALID_ARGUMENT"),
         ],
         ids=["success", "wrong-password", "unknown-domain", "malformed"],
     )
@@ -120,7 +121,6 @@ class TestSigninCli:
         self, broker: BrokerProcess, username: str, password: str, code: int, printed: str
     ) -> None:
         """Each outcome and status has its own exit code."""
-        remember_password(password)
         result = signin_cli(broker, username, password + "\n")
         assert result.returncode == code, result.stderr
         assert printed in result.stdout + result.stderr

@@ -81,9 +81,15 @@ class TestOverload:
                 # The ten that wait must outlive the refusals below, however slow the machine:
                 # once their deadline passes, the queue has room and a refusal would wait too.
                 futures = [pool.submit(_status, channel, f"203.0.113.{n}", 30.0) for n in range(40)]
-                time.sleep(1.0)
+                refusals = 40 - QUEUE_LIMIT - IN_FLIGHT
+                wait_for(
+                    lambda: sum(f.done() for f in futures) >= refusals,
+                    timeout=20,
+                    what=f"{refusals} sign-ins to be refused",
+                )
                 refused = [f.result() for f in futures if f.done()]
-                assert refused.count("RESOURCE_EXHAUSTED") == 40 - QUEUE_LIMIT - IN_FLIGHT
+                # Exactly: the agent is stopped, so the ten let in cannot have been answered.
+                assert refused == ["RESOURCE_EXHAUSTED"] * refusals
                 rss_before = _rss_kib(broker.process.pid)
                 until = time.monotonic() + 20
                 for n in range(1500):

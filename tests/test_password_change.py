@@ -8,20 +8,20 @@ import pytest
 
 from pta.slapd import DirectoryUser, Slapd
 from pta.v1 import outcome_pb2, signin_pb2, signin_pb2_grpc
-from tests.conftest import remember_password
+from tests.secrets_registry import known, secret
 from tests.support import AgentProcess, BrokerProcess, signin_cli
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
 Outcome = outcome_pb2.Outcome
-PAT = remember_password("Pat-pw-11+")
-PAT_NEW = remember_password("Pat-new-pw-13")
-RENA = remember_password("Rena-pw-12=")
-RENA_NEW = remember_password("Rena-new-pw-14")
-EXPO = remember_password("Expo-pw-15~")
-CARL = remember_password("Carl-pw-16^")
-CARL_NEW = remember_password("Carl-new-pw-17")
+PAT = secret("Pat-pw-11+")
+PAT_NEW = secret("Pat-new-pw-13")
+RENA = secret("Rena-pw-12=")
+RENA_NEW = secret("Rena-new-pw-14")
+EXPO = secret("Expo-pw-15%")
+CARL = secret("Carl-pw-16^")
+CARL_NEW = secret("Carl-new-pw-17")
 
 
 @pytest.fixture(scope="module")
@@ -75,13 +75,13 @@ class TestChangePassword:
 
     def test_wrong_old_password(self, broker: BrokerProcess) -> None:
         """A wrong old password changes nothing."""
-        wrong = remember_password("not-carls-pw")
+        wrong = secret("not-carls-pw")
         assert change(broker, "carl", wrong, CARL_NEW).outcome == Outcome.INVALID_CREDENTIALS
         assert broker.sign_in("carl@chg.example", CARL).outcome == Outcome.SUCCESS
 
     @pytest.mark.parametrize(
         ("new", "reason"),
-        [("Ab1", "too short"), (CARL, "used before")],
+        [(known("Ab1"), "too short"), (CARL, "used before")],
         ids=["too-short", "in-history"],
     )
     def test_policy_rejection_says_why(self, broker: BrokerProcess, new: str, reason: str) -> None:
@@ -99,12 +99,12 @@ class TestChangePassword:
 
     def test_expired_without_grace_is_reported(self, broker: BrokerProcess) -> None:
         """OpenLDAP lets no one bind on an expired password without grace logins: said so."""
-        new = remember_password("Expo-new-pw-18")
+        new = secret("Expo-new-pw-18")
         assert change(broker, "expo", EXPO, new).outcome == Outcome.PASSWORD_EXPIRED
 
     def test_cli_change_password(self, broker: BrokerProcess) -> None:
         """``pta-signin --change-password`` reads old and new from stdin and exits 0."""
-        newer = remember_password("Pat-newer-pw-19")
+        newer = secret("Pat-newer-pw-19")
         done = signin_cli(broker, "pat@chg.example", f"{PAT_NEW}\n{newer}\n", "--change-password")
         assert done.returncode == 0, done.stdout + done.stderr
         assert "SUCCESS: password changed" in done.stdout

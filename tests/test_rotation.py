@@ -162,9 +162,11 @@ class TestAgentsList:
     @pytest.mark.usefixtures("agent")
     def test_list_shows_connected_agent(self, broker: BrokerProcess, agent: AgentProcess) -> None:
         """The listing has id, tenant, domains, state, version, serial, expiry, load, heartbeat."""
-        time.sleep(1.5)  # The broker reports its streams every second.
-        listing = {a["id"]: a for a in json.loads(broker.cli("agents", "list", "--json").stdout)}
-        row = listing[agent.agent_id]
+        wait_for(  # The broker reports its streams to the store every second.
+            lambda: broker.agents().get(agent.agent_id, {}).get("connected") is True,
+            what="the broker to report the agent's stream",
+        )
+        row = broker.agents()[agent.agent_id]
         assert row["tenant"] == "acme"
         assert row["connected"] is True
         assert row["domains"] == ["example.com"]

@@ -28,6 +28,7 @@ from pta.samba import (
     install_command,
     samba_missing_reason,
 )
+from tests.secrets_registry import secret
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -48,13 +49,15 @@ STATE_CODES: list[tuple[AdState, str | None]] = [
     ("locked", "775"),
     ("logon_hours", "530"),
 ]
-ALICE = AdUser(sam="alice", password="alice-pw", mail="alice@mail.example")
+ALICE = AdUser(sam="alice", password=secret("alice-pw"), mail="alice@mail.example")
 USERS = [
     ALICE,
-    # Passwords shorter than the policy's 7 characters: creation bypasses the policy.
-    *(AdUser(sam=state, password=f"pw-{state[:2]}", state=state) for state, _ in STATE_CODES[1:]),
-    AdUser(sam="mallory", password="mallory-pw"),  # locked by wrong passwords
-    AdUser(sam="henry", password="henry-pw"),  # moved through every state
+    *(
+        AdUser(sam=state, password=secret(f"pw-{state[:2]}"), state=state)
+        for state, _ in STATE_CODES[1:]
+    ),
+    AdUser(sam="mallory", password=secret("mallory-pw")),  # locked by wrong passwords
+    AdUser(sam="henry", password=secret("henry-pw")),  # moved through every state
 ]
 PASSWORDS = {user.sam: user.password for user in USERS}
 
@@ -86,9 +89,10 @@ def subcode(result: dict[str, Any]) -> str | None:
     return found.group(1) if found else None
 
 
-def assert_answer(result: dict[str, Any], code: str | None) -> None:
-    """Check a bind succeeded (``code`` None) or failed with invalidCredentials and ``code``."""
-    assert (result["result"], subcode(result)) == (0 if code is None else INVALID_CREDENTIALS, code)
+def assert_answer(result: dict[str, Any], expected: str | None) -> None:
+    """Check a bind succeeded (``expected`` None) or failed: invalidCredentials, that subcode."""
+    code = 0 if expected is None else INVALID_CREDENTIALS
+    assert (result["result"], subcode(result)) == (code, expected)
 
 
 @needs_samba
@@ -118,15 +122,15 @@ class TestAccountStates:
 
     def test_wrong_password_is_52e(self, dc: SambaDC) -> None:
         """A wrong password for a normal user is invalidCredentials with data 52e."""
-        assert_answer(bind(dc, dc.upn("alice"), "not-her-password"), "52e")
+        assert_answer(bind(dc, dc.upn("alice"), secret("not-her-password")), "52e")
 
     def test_unknown_user_is_52e(self, dc: SambaDC) -> None:
         """Samba answers an unknown user like a wrong password (Windows would send 525)."""
-        assert_answer(bind(dc, dc.upn("nobody"), "whatever"), "52e")
+        assert_answer(bind(dc, dc.upn("nobody"), secret("whatever")), "52e")
 
     def test_locked_user_wrong_password_is_775(self, dc: SambaDC) -> None:
         """Once locked, even a wrong password gets 775, not 52e."""
-        assert_answer(bind(dc, dc.upn("locked"), "wrong-pw"), "775")
+        assert_answer(bind(dc, dc.upn("locked"), secret("wrong-pw")), "775")
 
 
 @needs_samba
@@ -147,17 +151,19 @@ class TestSetState:
 
     def test_wrong_passwords_lock_and_normal_unlocks(self, dc: SambaDC) -> None:
         """The lockout threshold locks a user; set_state("normal") unlocks and resets the count."""
+        guess = secret("guess")
         for _ in range(LOCKOUT_THRESHOLD):
-            assert_answer(bind(dc, dc.upn("mallory"), "guess"), "52e")
+            assert_answer(bind(dc, dc.upn("mallory"), guess), "52e")
         assert_answer(bind(dc, dc.upn("mallory"), PASSWORDS["mallory"]), "775")
         dc.set_state("mallory", "normal")
-        assert_answer(bind(dc, dc.upn("mallory"), "guess"), "52e")
+        assert_answer(bind(dc, dc.upn("mallory"), guess), "52e")
         assert_answer(bind(dc, dc.upn("mallory"), PASSWORDS["mallory"]), None)
 
     def test_added_user_binds(self, dc: SambaDC) -> None:
         """A user added to the running domain binds at once."""
-        dc.add_user(AdUser(sam="late", password="late-pw", state="disabled"))
-        assert_answer(bind(dc, dc.upn("late"), "late-pw"), "533")
+        late = secret("late-pw")
+        dc.add_user(AdUser(sam="late", password=late, state="disabled"))
+        assert_answer(bind(dc, dc.upn("late"), late), "533")
 
 
 @needs_samba
@@ -237,7 +243,7 @@ class TestAdUser:
     def test_invalid_sam(self, sam: str) -> None:
         """A sAMAccountName AD forbids is refused at construction."""
         with pytest.raises(ValueError, match="sAMAccountName"):
-            AdUser(sam=sam, password="pw")
+            AdUser(sam=sam, password=secret("pw"))
 
     def test_empty_password(self) -> None:
         """An empty password is refused: AD would treat its bind as anonymous."""
@@ -255,9 +261,10 @@ class TestSambaDCSetup:
 
     def test_repr_hides_admin_password(self) -> None:
         """The DC's repr shows the realm, never the admin password."""
-        server = SambaDC(users=[ALICE], admin_password="Admin-secret-1")
+        admin_password = secret("Admin-secret-1")
+        server = SambaDC(users=[ALICE], admin_password=admin_password)
         assert "AD.EXAMPLE.COM" in repr(server)
-        assert "Admin-secret-1" not in repr(server)
+        assert admin_password not in repr(server)
 
     def test_names_derive_from_the_realm(self) -> None:
         """Base DN, UPN suffix and user DNs follow the realm, with RDN values escaped."""
@@ -279,7 +286,7 @@ class TestSambaDCSetup:
     @pytest.mark.parametrize(
         "kwargs",
         [
-            {"users": [ALICE, AdUser(sam="ALICE", password="x")]},
+            {"users": [ALICE, AdUser(sam="ALICE", password=secret("x"))]},
             {"users": [], "realm": "nodots"},
             {"users": [], "domain": "NETBIOS-IS-15-MAX"},
         ],

@@ -10,8 +10,9 @@ import grpc
 import pytest
 
 from pta.v1 import outcome_pb2
-from tests.conftest import DOMAIN, STATE_USERS, USERS, remember_password
-from tests.support import AgentProcess, BrokerProcess
+from tests.conftest import DOMAIN, STATE_USERS, USERS
+from tests.secrets_registry import secret
+from tests.support import AgentProcess, BrokerProcess, wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -35,12 +36,12 @@ class TestSignIn:
 
     def test_wrong_password_is_invalid_credentials(self, broker: BrokerProcess) -> None:
         """A wrong password is an outcome, not an error."""
-        response = broker.sign_in(f"alice@{DOMAIN}", remember_password("not-alices-pw"))
+        response = broker.sign_in(f"alice@{DOMAIN}", secret("not-alices-pw"))
         assert response.outcome == Outcome.INVALID_CREDENTIALS
 
     def test_unknown_user_looks_like_wrong_password(self, broker: BrokerProcess) -> None:
         """The client cannot tell a missing user from a wrong password; the audit log can."""
-        response = broker.sign_in(f"nobody@{DOMAIN}", remember_password("whatever-pw"))
+        response = broker.sign_in(f"nobody@{DOMAIN}", secret("whatever-pw"))
         assert response.outcome == Outcome.INVALID_CREDENTIALS
         audit = [
             e
@@ -92,22 +93,25 @@ class TestNoAgent:
         """No hang: the answer names the domain that has no agent."""
         broker.add_tenant("lonely", "lonely.example")
         with pytest.raises(grpc.RpcError) as caught:
-            broker.sign_in("alice@lonely.example", remember_password("pw-lonely"), timeout=5)
+            broker.sign_in("alice@lonely.example", secret("pw-lonely"), timeout=5)
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "lonely.example" in str(caught.value.details())
 
     def test_unknown_domain_is_not_found(self, broker: BrokerProcess) -> None:
         """A domain no tenant owns is NOT_FOUND."""
         with pytest.raises(grpc.RpcError) as caught:
-            broker.sign_in("alice@nobody-owns.example", remember_password("pw-nobody"))
+            broker.sign_in("alice@nobody-owns.example", secret("pw-nobody"))
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 @pytest.fixture(scope="module")
 def duo(broker: BrokerProcess, slapd: Slapd) -> Iterator[list[AgentProcess]]:
-    """Tenant ``duo`` with two agents on the same directory."""
+    """Tenant ``duo`` with two agents on the same directory, logging each request they check."""
     broker.add_tenant("duo", "duo.example")
-    agents = [AgentProcess.start(broker, slapd, "duo", f"agent-duo-{i}") for i in range(2)]
+    agents = [
+        AgentProcess.start(broker, slapd, "duo", f"agent-duo-{i}", log_level="debug")
+        for i in range(2)
+    ]
     yield agents
     for agent in agents:
         agent.stop()
@@ -123,7 +127,10 @@ class TestTwoAgents:
         cases = [
             case
             for n in range(60)
-            for case in (("alice", USERS["alice"], Outcome.SUCCESS), (f"nobody{n}", "wrong", 2))
+            for case in (
+                ("alice", USERS["alice"], Outcome.SUCCESS),
+                (f"nobody{n}", secret("wrong"), Outcome.INVALID_CREDENTIALS),
+            )
         ]
         with broker.channel() as _, concurrent.futures.ThreadPoolExecutor(16) as pool:
             futures = [
@@ -155,14 +162,26 @@ class TestTenantIsolation:
     def test_agent_sees_only_its_tenant(
         self, broker: BrokerProcess, duo: list[AgentProcess]
     ) -> None:
-        """Sign-ins for acme are answered only by acme's agent, duo's only by duo's."""
+        """Sign-ins for acme are answered only by acme's agent, duo's only by duo's.
+
+        duo's agents log every request they check, so acme's request missing from their logs
+        means they never saw it: duo's own sign-in, sent alongside, is there.
+        """
         acme = broker.sign_in(f"alice@{DOMAIN}", USERS["alice"])
+        own = broker.sign_in("carol@duo.example", USERS["carol"])
+        assert (acme.outcome, own.outcome) == (Outcome.SUCCESS, Outcome.SUCCESS)
         events = {
             e["request_id"]: e for e in broker.log_events("signin.completed") if "agent_id" in e
         }
         duo_ids = {a.agent_id for a in duo}
         assert events[acme.request_id]["agent_id"] not in duo_ids
+        assert events[own.request_id]["agent_id"] in duo_ids
+        wait_for(
+            lambda: own.request_id in set().union(*(a.validated() for a in duo)),
+            what="duo's agent to log the request it checked",
+        )
         for agent in duo:
+            assert acme.request_id not in agent.validated()
             assert acme.request_id not in agent.log_path.read_text()
 
 
@@ -182,5 +201,5 @@ class TestPasswordPolicyOutcomes:
 
     def test_wrong_password_of_must_change_user(self, broker: BrokerProcess) -> None:
         """A wrong password never reveals the account's state (except a lockout)."""
-        response = broker.sign_in(f"must-change@{DOMAIN}", remember_password("not-it-pw"))
+        response = broker.sign_in(f"must-change@{DOMAIN}", secret("not-it-pw"))
         assert response.outcome == Outcome.INVALID_CREDENTIALS

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from broker import mfa
 from pta.slapd import DirectoryUser, Slapd, free_port
 from pta.v1 import outcome_pb2, signin_pb2, signin_pb2_grpc
-from tests.conftest import remember_password, remember_secret
+from tests.secrets_registry import known, secret
 from tests.support import AgentProcess, BrokerProcess, signin_cli, wait_for
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ THRESHOLD = 3
 DIRECTORY_THRESHOLD = 5  # pta/slapd.py's default password policy: pwdMaxFailure
 TOKEN_TTL = 2.0
 USERS = {
-    name: remember_password(f"{name.capitalize()}-Pw-9!")
+    name: secret(f"{name.capitalize()}-Pw-9!")
     for name in (
         "victim",
         "grower",
@@ -116,7 +116,7 @@ def guard(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[G
     made = BrokerProcess.cli_without_data("mfa", "keygen", str(key_file))
     assert made.returncode == 0, made.stderr
     assert key_file.stat().st_mode & 0o777 == 0o600
-    remember_secret(key_file.read_text().strip())
+    known(key_file.read_text().strip())
     ports = (
         *("--listen", f"127.0.0.1:{free_port()}"),
         *("--agent-listen", f"127.0.0.1:{free_port()}"),
@@ -144,7 +144,7 @@ class TestSmartLockout:
 
     def test_brute_force_stops_at_the_threshold(self, guard: Guard) -> None:
         """100 guesses: 3 reach the directory (below its own 5), 97 are refused by the broker."""
-        replies = [guard.sign_in("victim", f"guess-{n}") for n in range(100)]
+        replies = [guard.sign_in("victim", secret("guess")) for _ in range(100)]
         outcomes = _outcomes(replies)
         assert outcomes[:THRESHOLD] == ["INVALID_CREDENTIALS"] * THRESHOLD
         assert outcomes[THRESHOLD:] == ["LOCKED_BY_POLICY"] * (100 - THRESHOLD)
@@ -173,15 +173,15 @@ class TestSmartLockout:
         )
         try:
             waits = []
-            for n in range(3):
-                reply = guard.sign_in("grower", f"guess-{n}")
+            for _ in range(3):
+                reply = guard.sign_in("grower", secret("guess"))
                 assert reply.outcome == Outcome.INVALID_CREDENTIALS
-                locked = guard.sign_in("grower", f"more-{n}")
+                locked = guard.sign_in("grower", secret("more"))
                 assert locked.outcome == Outcome.LOCKED_BY_POLICY
                 waits.append(locked.retry_after_seconds)
                 time.sleep(locked.retry_after_seconds + 0.2)
             assert waits == [1, 2, 3]
-            guarded = guard.sign_in("grower", "guess-after")
+            guarded = guard.sign_in("grower", secret("guess-after"))
             assert guarded.outcome == Outcome.LOCKED_BY_POLICY
             assert "directory" in guarded.message
             # Unfamiliar places stop at slapd's 5 - 2; the office keeps the last try.
@@ -197,15 +197,16 @@ class TestSmartLockout:
     def test_success_resets_the_count(self, guard: Guard) -> None:
         """Failures short of the threshold are forgotten by a right password."""
         for round_ in range(3):
-            for n in range(THRESHOLD - 1):
-                assert guard.sign_in("resetter", f"r{round_}-{n}").outcome == (
+            for _ in range(THRESHOLD - 1):
+                assert guard.sign_in("resetter", secret(f"r{round_}")).outcome == (
                     Outcome.INVALID_CREDENTIALS
                 )
             assert guard.sign_in("resetter", USERS["resetter"]).outcome == Outcome.SUCCESS
 
     def test_the_same_wrong_password_is_not_counted_again(self, guard: Guard) -> None:
         """Ten times one typo is one failure, at the broker and at the directory."""
-        replies = [guard.sign_in("repeater", "Repeater-Pw-9?") for _ in range(10)]
+        typo = secret("Repeater-Pw-9?")
+        replies = [guard.sign_in("repeater", typo) for _ in range(10)]
         assert _outcomes(replies) == ["INVALID_CREDENTIALS"] * 10
         assert guard.failures_in_directory("repeater") == 1
         repeats = [
@@ -220,9 +221,9 @@ class TestSmartLockout:
         """Guesses from elsewhere lock only elsewhere: home, where the user signed in, works."""
         home = "203.0.113.40"
         assert guard.sign_in("traveller", USERS["traveller"], ip=home).outcome == Outcome.SUCCESS
-        for n in range(THRESHOLD):
-            guard.sign_in("traveller", f"guess-{n}")
-        assert guard.sign_in("traveller", "guess-x").outcome == Outcome.LOCKED_BY_POLICY
+        for _ in range(THRESHOLD):
+            guard.sign_in("traveller", secret("guess"))
+        assert guard.sign_in("traveller", secret("guess-x")).outcome == Outcome.LOCKED_BY_POLICY
         neighbour = "203.0.113.41"  # The same /24.
         reply = guard.sign_in("traveller", USERS["traveller"], ip=neighbour)
         assert reply.outcome == Outcome.SUCCESS
@@ -231,9 +232,9 @@ class TestSmartLockout:
         """Sign-ins while the directory is down get UNAVAILABLE and move no counter."""
         guard.slapd.pause()
         try:
-            for n in range(THRESHOLD + 2):
+            for _ in range(THRESHOLD + 2):
                 with pytest.raises(grpc.RpcError) as raised:
-                    guard.sign_in("outage", f"guess-{n}")
+                    guard.sign_in("outage", secret("guess"))
                 assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
         finally:
             guard.slapd.resume()
@@ -241,16 +242,17 @@ class TestSmartLockout:
             lambda: _answers(guard, "outage", USERS["outage"]) == "SUCCESS",
             what="the directory to answer again",
         )
-        for n in range(THRESHOLD - 1):
-            assert guard.sign_in("outage", f"after-{n}").outcome == Outcome.INVALID_CREDENTIALS
+        for _ in range(THRESHOLD - 1):
+            assert guard.sign_in("outage", secret("after")).outcome == Outcome.INVALID_CREDENTIALS
         listed = guard.broker.cli("lockout", "list", "--tenant", "guard").stdout
         assert f"outage@{DOMAIN}\tunfamiliar\tfailures {THRESHOLD - 1}" in listed
 
     def test_lockouts_survive_a_restart_and_an_admin_clears_them(self, guard: Guard) -> None:
         """The counters are in the store; ``pta-broker lockout clear`` unlocks within a tick."""
-        for n in range(THRESHOLD):
-            guard.sign_in("restarted", f"guess-{n}", ip=OFFICE_IP)
-        assert guard.sign_in("restarted", "x", ip=OFFICE_IP).outcome == Outcome.LOCKED_BY_POLICY
+        for _ in range(THRESHOLD):
+            guard.sign_in("restarted", secret("guess"), ip=OFFICE_IP)
+        locked = guard.sign_in("restarted", secret("x"), ip=OFFICE_IP)
+        assert locked.outcome == Outcome.LOCKED_BY_POLICY
         connected = len(guard.broker.log_events("agent.connected"))
         guard.broker.stop()
         guard.broker = BrokerProcess.start(
@@ -287,16 +289,17 @@ class TestSmartLockout:
 
     def test_spellings_of_a_name_share_one_counter(self, guard: Guard) -> None:
         """``Spelled``, ``SPELLED``, ``spelled``: changing case buys no fresh threshold."""
-        for n, name in enumerate(("Spelled", "SPELLED", "spelled")):
-            assert guard.sign_in(name, f"guess-{n}").outcome == Outcome.INVALID_CREDENTIALS
-        assert guard.sign_in("sPeLlEd", "guess-4").outcome == Outcome.LOCKED_BY_POLICY
+        for name in ("Spelled", "SPELLED", "spelled"):
+            assert guard.sign_in(name, secret("guess")).outcome == Outcome.INVALID_CREDENTIALS
+        assert guard.sign_in("sPeLlEd", secret("guess")).outcome == Outcome.LOCKED_BY_POLICY
 
     def test_spaces_and_invisible_characters_buy_no_fresh_threshold(self, guard: Guard) -> None:
         """Spellings slapd matches as one name (spaces, case, zero-width) share one counter."""
-        for n, name in enumerate((" spaced", "spaced  ", "  SPACED ")):
-            assert guard.sign_in(name, f"guess-{n}").outcome == Outcome.INVALID_CREDENTIALS
+        for name in (" spaced", "spaced  ", "  SPACED "):
+            assert guard.sign_in(name, secret("guess")).outcome == Outcome.INVALID_CREDENTIALS
+        late = secret("guess-x")
         for name in ("spaced", "spa\u200bced", "Spaced"):
-            assert guard.sign_in(name, "guess-x").outcome == Outcome.LOCKED_BY_POLICY
+            assert guard.sign_in(name, late).outcome == Outcome.LOCKED_BY_POLICY
         assert guard.failures_in_directory("spaced") == THRESHOLD
 
     def test_callers_that_give_up_early_still_have_their_guesses_counted(
@@ -307,23 +310,24 @@ class TestSmartLockout:
         The agent may bind after the caller's deadline; the directory counts that, so the
         broker must too, and must not let more through meanwhile.
         """
-        for n in range(10):
+        for _ in range(10):
             with contextlib.suppress(grpc.RpcError):
                 guard.broker.sign_in(
-                    f"hasty@{DOMAIN}", f"guess-{n}", timeout=0.005, client_ip=ATTACKER_IP
+                    f"hasty@{DOMAIN}", secret("guess"), timeout=0.005, client_ip=ATTACKER_IP
                 )
+        late = secret("guess-y")
         wait_for(
-            lambda: guard.sign_in("hasty", "guess-y").outcome == Outcome.LOCKED_BY_POLICY,
+            lambda: guard.sign_in("hasty", late).outcome == Outcome.LOCKED_BY_POLICY,
             what="the late answers to be counted",
         )
         assert guard.failures_in_directory("hasty") <= THRESHOLD
 
     def test_a_success_resets_only_its_own_kind_of_location(self, guard: Guard) -> None:
         """The user signing in at the office does not hand the attacker fresh guesses."""
-        for n in range(THRESHOLD):
-            guard.sign_in("twice", f"guess-{n}")
+        for _ in range(THRESHOLD):
+            guard.sign_in("twice", secret("guess"))
         assert guard.sign_in("twice", USERS["twice"], ip=OFFICE_IP).outcome == Outcome.SUCCESS
-        assert guard.sign_in("twice", "guess-x").outcome == Outcome.LOCKED_BY_POLICY
+        assert guard.sign_in("twice", secret("guess-x")).outcome == Outcome.LOCKED_BY_POLICY
 
 
 def _answers(guard: Guard, uid: str, password: str) -> str:
@@ -341,12 +345,13 @@ def _enrol(guard: Guard, uid: str) -> bytes:
     )  # fmt: skip
     uri = urllib.parse.urlparse(enrolled.stdout.strip())
     assert uri.scheme == "otpauth"
-    secret = remember_secret(urllib.parse.parse_qs(uri.query)["secret"][0])
-    return base64.b32decode(secret + "=" * (-len(secret) % 8))
+    totp = known(urllib.parse.parse_qs(uri.query)["secret"][0])
+    return base64.b32decode(totp + "=" * (-len(totp) % 8))
 
 
 def _complete(guard: Guard, challenge: str, code: str) -> signin_pb2.SignInResponse:
-    remember_secret(challenge)
+    known(challenge)
+    known(code)
     with guard.broker.channel() as channel:
         reply: signin_pb2.SignInResponse = signin_pb2_grpc.SignInServiceStub(channel).CompleteMfa(
             signin_pb2.CompleteMfaRequest(challenge_id=challenge, code=code), timeout=10
@@ -354,9 +359,17 @@ def _complete(guard: Guard, challenge: str, code: str) -> signin_pb2.SignInRespo
         return reply
 
 
+def _wrong_codes(totp: bytes, count: int = 1) -> list[str]:
+    """Different six-digit codes that no step near now accepts: wrong, never by luck right."""
+    now = time.time()
+    right = {mfa.code_at(totp, now + step * mfa.TIME_STEP) for step in range(-3, 4)}
+    candidates = (f"{n:06d}" for n in range(111_111, 1_000_000, 111_111))
+    return [code for code in candidates if code not in right][:count]
+
+
 def _verify(guard: Guard, token: str) -> dict[str, object]:
     """Verify a token as an application does: with the published key set."""
-    remember_secret(token)  # A bearer credential: no log or file may hold it either.
+    known(token)  # A bearer credential: no log or file may hold it either.
     with guard.broker.channel() as channel:
         keys = signin_pb2_grpc.SignInServiceStub(channel).GetSigningKeys(
             signin_pb2.GetSigningKeysRequest(), timeout=10
@@ -381,17 +394,15 @@ class TestMfa:
     @pytest.mark.usefixtures("always")
     def test_good_code_then_wrong_reused_and_expired(self, guard: Guard) -> None:
         """A good code signs in (amr pwd+otp); a wrong or used one does not; challenges expire."""
-        secret = _enrol(guard, "mfa-always")
+        totp = _enrol(guard, "mfa-always")
         first = guard.sign_in("mfa-always", USERS["mfa-always"])
         assert first.outcome == Outcome.MFA_REQUIRED
         assert first.mfa_challenge_id
         assert not first.token
         assert 0 < first.mfa_expires_in_seconds <= 3
-        wrong = _complete(guard, first.mfa_challenge_id, "000000")
-        if mfa.code_at(secret, time.time()) == "000000":  # pragma: no cover - one in a million
-            pytest.skip("the right code happened to be 000000")
+        wrong = _complete(guard, first.mfa_challenge_id, _wrong_codes(totp)[0])
         assert wrong.outcome == Outcome.INVALID_CREDENTIALS
-        code = mfa.code_at(secret, time.time())
+        code = mfa.code_at(totp, time.time())
         good = _complete(guard, first.mfa_challenge_id, code)
         assert good.outcome == Outcome.SUCCESS, good.message
         assert _verify(guard, good.token)["amr"] == ["pwd", "otp"]
@@ -401,23 +412,21 @@ class TestMfa:
         reused = _complete(guard, second.mfa_challenge_id, code)
         assert reused.outcome == Outcome.INVALID_CREDENTIALS
         with pytest.raises(grpc.RpcError) as answered:
-            _complete(guard, first.mfa_challenge_id, mfa.code_at(secret, time.time() + 30))
+            _complete(guard, first.mfa_challenge_id, mfa.code_at(totp, time.time() + 30))
         assert answered.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
         third = guard.sign_in("mfa-always", USERS["mfa-always"])
         time.sleep(3.2)
         with pytest.raises(grpc.RpcError) as expired:
-            _complete(guard, third.mfa_challenge_id, mfa.code_at(secret, time.time() + 30))
+            _complete(guard, third.mfa_challenge_id, mfa.code_at(totp, time.time() + 30))
         assert expired.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
     @pytest.mark.usefixtures("always")
     def test_wrong_codes_count_toward_lockout(self, guard: Guard) -> None:
         """Three wrong codes: the challenge is used up and the user locked like three guesses."""
-        _enrol(guard, "holder")
+        totp = _enrol(guard, "holder")
         challenge = guard.sign_in("holder", USERS["holder"]).mfa_challenge_id
-        answers = [
-            _complete(guard, challenge, f"{n:06d}").outcome for n in (111111, 222222, 333333)
-        ]
+        answers = [_complete(guard, challenge, code).outcome for code in _wrong_codes(totp, 3)]
         assert answers[-1] == Outcome.LOCKED_BY_POLICY
         assert guard.sign_in("holder", USERS["holder"]).outcome == Outcome.LOCKED_BY_POLICY
         guard.broker.cli("lockout", "clear", "--tenant", "guard", f"holder@{DOMAIN}")
@@ -431,7 +440,7 @@ class TestMfa:
 
     def test_only_unfamiliar_locations_are_stepped_up(self, guard: Guard) -> None:
         """Policy ``unfamiliar``: the office signs in with a password, elsewhere needs a code."""
-        secret = _enrol(guard, "mfa-where")
+        totp = _enrol(guard, "mfa-where")
         guard.set_policy("--mfa", "unfamiliar")
         try:
             office = guard.sign_in("mfa-where", USERS["mfa-where"], ip=OFFICE_IP)
@@ -439,7 +448,7 @@ class TestMfa:
             assert _verify(guard, office.token)["amr"] == ["pwd"]
             away = guard.sign_in("mfa-where", USERS["mfa-where"], ip="192.0.2.77")
             assert away.outcome == Outcome.MFA_REQUIRED
-            done = _complete(guard, away.mfa_challenge_id, mfa.code_at(secret, time.time()))
+            done = _complete(guard, away.mfa_challenge_id, mfa.code_at(totp, time.time()))
             assert done.outcome == Outcome.SUCCESS
             # Once the code was right there, that network is familiar.
             again = guard.sign_in("mfa-where", USERS["mfa-where"], ip="192.0.2.78")
@@ -450,8 +459,8 @@ class TestMfa:
     @pytest.mark.usefixtures("always")
     def test_a_password_change_needs_the_code_too(self, guard: Guard) -> None:
         """A stolen password alone cannot change the password: MFA_REQUIRED, nothing changed."""
-        secret = _enrol(guard, "mfa-change")
-        new = remember_password("Changed-Pw-77!")
+        totp = _enrol(guard, "mfa-change")
+        new = secret("Changed-Pw-77!")
         with guard.broker.channel() as channel:
             reply = signin_pb2_grpc.SignInServiceStub(channel).ChangePassword(
                 signin_pb2.ChangePasswordRequest(
@@ -462,7 +471,7 @@ class TestMfa:
                 timeout=10,
             )
         assert reply.outcome == Outcome.MFA_REQUIRED
-        code = mfa.code_at(secret, time.time())
+        code = known(mfa.code_at(totp, time.time()))
         stdin = f"{USERS['mfa-change']}\n{new}\n{code}\n"
         done = signin_cli(guard.broker, f"mfa-change@{DOMAIN}", stdin, "--change-password")
         assert done.returncode == 0, done.stdout + done.stderr
@@ -472,8 +481,8 @@ class TestMfa:
     @pytest.mark.usefixtures("always")
     def test_pta_signin_asks_for_the_code(self, guard: Guard) -> None:
         """``pta-signin`` reads the code after the password and prints the outcome."""
-        secret = _enrol(guard, "mfa-cli")
-        code = mfa.code_at(secret, time.time())
+        totp = _enrol(guard, "mfa-cli")
+        code = known(mfa.code_at(totp, time.time()))
         done = signin_cli(
             guard.broker, f"mfa-cli@{DOMAIN}", f"{USERS['mfa-cli']}\n{code}\n", "--token"
         )

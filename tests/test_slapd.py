@@ -16,12 +16,15 @@ import ldap3
 import pytest
 
 from pta.slapd import DirectoryUser, Slapd, find_slapd
+from tests.secrets_registry import secret
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-ALICE = DirectoryUser(uid="alice", password="alice-secret", given_name="Alice", surname="Doe")
-ODD = DirectoryUser(uid="o'brien+x,y", password="p@ss:w ord")
+ALICE = DirectoryUser(
+    uid="alice", password=secret("alice-secret"), given_name="Alice", surname="Doe"
+)
+ODD = DirectoryUser(uid="o'brien+x,y", password=secret("p@ss:w ord"))
 INVALID_CREDENTIALS = 49
 
 
@@ -41,7 +44,7 @@ def bind(server: Slapd, dn: str, password: str) -> ldap3.Connection:
 
 def test_good_password_binds(slapd: Slapd) -> None:
     """A user's own password binds, and the server says who is bound."""
-    conn = bind(slapd, slapd.user_dn("alice"), "alice-secret")
+    conn = bind(slapd, slapd.user_dn("alice"), ALICE.password)
     assert conn.bound
     assert conn.extend.standard.who_am_i() == f"dn:{slapd.user_dn('alice')}"
     conn.unbind()
@@ -49,7 +52,7 @@ def test_good_password_binds(slapd: Slapd) -> None:
 
 def test_wrong_password_is_invalid_credentials(slapd: Slapd) -> None:
     """A wrong password fails with invalidCredentials (49), not another error."""
-    conn = bind(slapd, slapd.user_dn("alice"), "not-her-password")
+    conn = bind(slapd, slapd.user_dn("alice"), secret("not-her-password"))
     assert not conn.bound
     assert conn.result["result"] == INVALID_CREDENTIALS
     assert conn.result["description"] == "invalidCredentials"
@@ -96,9 +99,9 @@ def test_stop_leaves_no_process_and_no_directory() -> None:
 @pytest.mark.parametrize(
     ("user", "code", "message"),
     [
-        (DirectoryUser(uid="locked", password="pw", locked=True), 49, "Account locked"),
-        (DirectoryUser(uid="reset", password="pw", must_change=True), 0, "must be changed"),
-        (DirectoryUser(uid="old", password="pw", expired=True), 49, "Password expired"),
+        (DirectoryUser(uid="locked", password=secret("pw"), locked=True), 49, "Account locked"),
+        (DirectoryUser(uid="reset", password=secret("pw"), must_change=True), 0, "must be changed"),
+        (DirectoryUser(uid="old", password=secret("pw"), expired=True), 49, "Password expired"),
     ],
 )
 def test_ppolicy_states(user: DirectoryUser, code: int, message: str) -> None:

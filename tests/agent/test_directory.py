@@ -15,7 +15,8 @@ from agent.directory import Check, LdapDirectory
 from pta.errors import DirectoryUnavailable
 from pta.slapd import DirectoryUser, Slapd, free_port
 from pta.v1 import outcome_pb2
-from tests.conftest import USERS, remember_password
+from tests.conftest import USERS
+from tests.secrets_registry import secret
 
 Outcome = outcome_pb2.Outcome
 
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 
     from agent.lockout import LockoutPolicy
 
-SERVICE_PASSWORD = remember_password("Svc-policy-pw-1!")
+SERVICE_PASSWORD = secret("Svc-policy-pw-1!")
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +120,7 @@ class TestLockoutPolicy:
 
     async def test_wrong_service_password_is_unknown(self, private_slapd: Slapd) -> None:
         """A service account the directory refuses: unknown, the password nowhere in it."""
-        wrong = remember_password("Svc-wrong-pw-2!")
+        wrong = secret("Svc-wrong-pw-2!")
         policy = await _read(
             urls=(private_slapd.url,),
             base_dn=private_slapd.base_dn,
@@ -205,7 +206,7 @@ class TestCheckAll:
             )
             try:
                 verdicts = await directory.check_all(
-                    [Check(f"user{n}@example.com", "pw") for n in range(4)]
+                    [Check(f"user{n}@example.com", secret("pw")) for n in range(4)]
                 )
             finally:
                 directory.close()

@@ -12,11 +12,14 @@ from agent.directory import LdapDirectory
 from agent.dncache import DnCache
 from pta.slapd import DirectoryUser, Slapd
 from pta.v1 import outcome_pb2
+from tests.secrets_registry import secret
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
 
 Outcome = outcome_pb2.Outcome
+MOVER = secret("Mover-pw-1")
+STAYER = secret("Stayer-pw-1")
 
 
 class TestDnCache:
@@ -57,8 +60,8 @@ class TestDnCache:
 def directory_server() -> Iterator[Slapd]:
     """A slapd of its own: these tests rename users."""
     users = [
-        DirectoryUser(uid="mover", password="Mover-pw-1"),
-        DirectoryUser(uid="stayer", password="Stayer-pw-1"),
+        DirectoryUser(uid="mover", password=MOVER),
+        DirectoryUser(uid="stayer", password=STAYER),
     ]
     with Slapd(users=users) as server:
         yield server
@@ -81,7 +84,7 @@ class TestCachedBinds:
         self, directory_server: Slapd, ldap_directory: LdapDirectory
     ) -> None:
         """After a rename, the cached DN fails, the user is found again, the bind succeeds."""
-        assert (await ldap_directory.verify("mover@x", "Mover-pw-1")).outcome == Outcome.SUCCESS
+        assert (await ldap_directory.verify("mover@x", MOVER)).outcome == Outcome.SUCCESS
         assert ldap_directory._dns.get("mover") == directory_server.user_dn("mover")
         admin = ldap3.Connection(
             ldap3.Server(directory_server.url, get_info=ldap3.NONE),
@@ -96,13 +99,13 @@ class TestCachedBinds:
             new_superior=f"ou=moved,{directory_server.base_dn}",
         )
         admin.unbind()
-        verdict = await ldap_directory.verify("mover@x", "Mover-pw-1")
+        verdict = await ldap_directory.verify("mover@x", MOVER)
         assert verdict.outcome == Outcome.SUCCESS
         assert ldap_directory._dns.get("mover") == f"uid=mover,ou=moved,{directory_server.base_dn}"
 
     async def test_wrong_password_with_cached_dn(self, ldap_directory: LdapDirectory) -> None:
         """A wrong password on a cached, current DN is INVALID_CREDENTIALS, cache kept."""
-        assert (await ldap_directory.verify("stayer@x", "Stayer-pw-1")).outcome == Outcome.SUCCESS
+        assert (await ldap_directory.verify("stayer@x", STAYER)).outcome == Outcome.SUCCESS
         assert (await ldap_directory.verify("stayer@x", "nope")).outcome == (
             Outcome.INVALID_CREDENTIALS
         )
@@ -110,5 +113,7 @@ class TestCachedBinds:
 
     async def test_unknown_user_is_not_cached(self, ldap_directory: LdapDirectory) -> None:
         """A name the directory lacks is UNKNOWN_USER and leaves nothing in the cache."""
-        assert (await ldap_directory.verify("ghost@x", "pw")).outcome == Outcome.UNKNOWN_USER
+        assert (
+            await ldap_directory.verify("ghost@x", secret("pw"))
+        ).outcome == Outcome.UNKNOWN_USER
         assert ldap_directory._dns.get("ghost") is None

@@ -23,14 +23,14 @@ from agent.ldappool import BindPool, SearchPool, tls_context
 from pta.errors import DirectoryUnavailable
 from pta.samba import AdUser, SambaDC, _write_tls, samba_missing_reason
 from pta.slapd import DirectoryUser, Slapd, free_port
-from tests.conftest import remember_password
+from tests.secrets_registry import secret
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
     from pathlib import Path
 
-POOL_USERS = {"alice": remember_password("Alice-pool-1!"), "bob": remember_password("Bob-pool-2!")}
-AD_PASSWORD = remember_password("Ad-pool-pw-3!z")
+POOL_USERS = {"alice": secret("Alice-pool-1!"), "bob": secret("Bob-pool-2!")}
+AD_PASSWORD = secret("Ad-pool-pw-3!z")
 
 
 def _notice() -> bytes:
@@ -92,17 +92,17 @@ def own_slapd() -> Iterator[Slapd]:
 class TestAgainstSlapd:
     """What the pool makes of slapd's answers is what ldap3 makes of them."""
 
-    @pytest.mark.parametrize("password", ["right", "wrong"])
-    async def test_same_result_as_ldap3(self, own_slapd: Slapd, password: str) -> None:
+    @pytest.mark.parametrize("which", ["right", "wrong"])
+    async def test_same_result_as_ldap3(self, own_slapd: Slapd, which: str) -> None:
         """Result code, message and the password policy control, as ``Connection.bind``."""
         dn = own_slapd.user_dn("alice")
-        secret = POOL_USERS["alice"] if password == "right" else "not-alices-password"
+        password = POOL_USERS["alice"] if which == "right" else secret("not-alices-password")
         pool = _pool((own_slapd.url,))
         try:
-            ours = await pool.bind(dn, secret.encode(), (PPOLICY_CONTROL,))
+            ours = await pool.bind(dn, password.encode(), (PPOLICY_CONTROL,))
         finally:
             pool.close()
-        theirs = _ldap3_result(own_slapd.url, dn, secret)
+        theirs = _ldap3_result(own_slapd.url, dn, password)
         for key in ("result", "description", "message", "dn", "controls"):
             assert ours.get(key) == theirs.get(key), key
 
@@ -130,15 +130,16 @@ class TestAgainstSlapd:
 
     async def test_restarted_directory(self) -> None:
         """Connections a restarted directory closed while idle are replaced, not failed."""
-        with Slapd(users=[DirectoryUser(uid="dora", password="Dora-pw-1")]) as own:
+        dora = secret("Dora-pw-1")
+        with Slapd(users=[DirectoryUser(uid="dora", password=dora)]) as own:
             pool = _pool((own.url,))
             dn = own.user_dn("dora")
             try:
-                assert (await pool.bind(dn, b"Dora-pw-1", ()))["result"] == 0
+                assert (await pool.bind(dn, dora.encode(), ()))["result"] == 0
                 own.pause()
                 own.resume()  # The same port; the pool's connection was closed while idle.
                 await asyncio.sleep(0.1)
-                assert (await pool.bind(dn, b"Dora-pw-1", ()))["result"] == 0
+                assert (await pool.bind(dn, dora.encode(), ()))["result"] == 0
             finally:
                 pool.close()
 

@@ -9,7 +9,6 @@ expire or in their grace logins, and check that the bytes decode to the outcome 
 from __future__ import annotations
 
 import datetime
-import time
 from typing import TYPE_CHECKING, Any
 
 import ldap3
@@ -23,6 +22,8 @@ from agent import outcomes, ppolicy
 from agent.ppolicy import PolicyError, PolicyResponse
 from pta.slapd import DirectoryUser, Slapd
 from pta.v1 import outcome_pb2
+from tests.secrets_registry import secret
+from tests.support import wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
@@ -312,13 +313,13 @@ class TestWarningMessage:
 
 # --- against a real slapd ------------------------------------------------------------------
 
-NORMAL = DirectoryUser(uid="normal", password="Normal-pw-1")
-LOCKED = DirectoryUser(uid="locked", password="Locked-pw-2", locked=True)
-MUST_CHANGE = DirectoryUser(uid="reset", password="Reset-pw-3", must_change=True)
-EXPIRED = DirectoryUser(uid="expired", password="Expired-pw-4", expired=True)
-LOCKOUT = DirectoryUser(uid="tries", password="Tries-pw-5")
-WARNED = DirectoryUser(uid="warned", password="Warned-pw-6")
-GRACE = DirectoryUser(uid="grace", password="Grace-pw-7", expired=True)
+NORMAL = DirectoryUser(uid="normal", password=secret("Normal-pw-1"))
+LOCKED = DirectoryUser(uid="locked", password=secret("Locked-pw-2"), locked=True)
+MUST_CHANGE = DirectoryUser(uid="reset", password=secret("Reset-pw-3"), must_change=True)
+EXPIRED = DirectoryUser(uid="expired", password=secret("Expired-pw-4"), expired=True)
+LOCKOUT = DirectoryUser(uid="tries", password=secret("Tries-pw-5"))
+WARNED = DirectoryUser(uid="warned", password=secret("Warned-pw-6"))
+GRACE = DirectoryUser(uid="grace", password=secret("Grace-pw-7"), expired=True)
 MAX_AGE = 90 * 86400  # pta/slapd.py's default pwdMaxAge
 EXPIRE_WARNING = 7 * 86400
 GRACE_LOGINS = 2
@@ -409,6 +410,17 @@ def verdict(code: int, controls: Mapping[str, object]) -> outcome_pb2.Outcome:
     return decided if decided is not None else outcomes.from_bind(code, "")
 
 
+def _locked_at(slapd: Slapd, uid: str) -> str:
+    """The user's ``pwdAccountLockedTime`` (empty while unlocked), read as the rootdn."""
+    admin = admin_connection(slapd)
+    try:
+        admin.search(slapd.user_dn(uid), "(objectClass=*)", ldap3.BASE, attributes=["*", "+"])
+        values = admin.entries[0].entry_attributes_as_dict.get("pwdAccountLockedTime", [])
+    finally:
+        admin.unbind()
+    return str(values[0]) if values else ""
+
+
 def set_password_changed(slapd: Slapd, uid: str, when: datetime.datetime) -> None:
     """Backdate a user's ``pwdChangedTime`` as the rootdn.
 
@@ -469,7 +481,7 @@ class TestSlapdAccountStates:
         expected: outcome_pb2.Outcome,
     ) -> None:
         """A wrong password reveals "locked" but neither "reset" nor "expired"."""
-        code, controls = bind(connection, slapd.user_dn(user.uid), "not-the-password")
+        code, controls = bind(connection, slapd.user_dn(user.uid), secret("not-the-password"))
         assert (code, raw_value(controls)) == (49, value)
         assert verdict(code, controls) == expected
 
@@ -478,7 +490,7 @@ class TestSlapdAccountStates:
     ) -> None:
         """After pwdMaxFailure wrong passwords the account is locked: the next bind says so."""
         dn = slapd.user_dn(LOCKOUT.uid)
-        answers = [bind(connection, dn, f"wrong-{n}") for n in range(MAX_FAILURE)]
+        answers = [bind(connection, dn, secret("wrong")) for _ in range(MAX_FAILURE)]
         assert [(code, raw_value(controls)) for code, controls in answers] == [
             (49, SLAPD_EMPTY)
         ] * MAX_FAILURE
@@ -487,8 +499,9 @@ class TestSlapdAccountStates:
         }
         # slapd records the last failure after it has answered the bind; a bind that came
         # straight after could still find the account unlocked (seen once in four runs on a
-        # loaded machine). A right password then would also reset the count: so wait first.
-        time.sleep(0.5)
+        # loaded machine). A right password then would also reset the count: so wait until
+        # slapd has locked the account (pwdAccountLockedTime, read as the rootdn).
+        wait_for(lambda: _locked_at(slapd, LOCKOUT.uid), timeout=10, what="slapd to lock")
         code, controls = bind(connection, dn, LOCKOUT.password)
         assert (code, raw_value(controls)) == (49, SLAPD_LOCKED)
         assert verdict(code, controls) == Outcome.ACCOUNT_LOCKED
