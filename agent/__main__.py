@@ -1,7 +1,9 @@
 """``pta-agent``: enrol once with a token, then run, dialling out to the broker.
 
-Exit codes: 0 done (enrolled; or stopped when asked), 1 refused or failed (one line says why),
-2 usage error, 130 interrupted (Ctrl-C before it was running).
+Exit codes: 0 done (enrolled; or stopped when asked, everything sent to it answered), 1
+refused or failed (one line says why; or the drain's 15 s ran out), 2 usage error, 130
+interrupted (Ctrl-C while enrolling), 128 + N stopped by a second signal N before its drain
+finished (143 for two SIGTERMs).
 """
 
 from __future__ import annotations
@@ -112,12 +114,11 @@ async def _run(config: AgentConfig) -> int:
     task = asyncio.current_task()
     if task is None:  # pragma: no cover - asyncio.run always runs a task
         raise RuntimeError("no running task")
-    signals = 0
+    signals: list[int] = []
 
     def on_signal(signum: int) -> None:
-        nonlocal signals
-        signals += 1
-        if signals == 1:  # Drain: no new work, answer what was sent, then exit.
+        signals.append(signum)
+        if len(signals) == 1:  # Drain: no new work, answer what was sent, then exit.
             log.info("agent.stopping", signal=signal.Signals(signum).name, drain_s=DRAIN_GRACE)
             agent.stop()
             loop.call_later(DRAIN_GRACE, task.cancel)
@@ -127,15 +128,19 @@ async def _run(config: AgentConfig) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
     log.info("agent.starting", agent_id=identity.agent_id, endpoint=identity.agent_endpoint)
+    code = 0
     try:
         await agent.run()
     except asyncio.CancelledError:
         log.warning("agent.stopped_before_drained")
+        # A second signal: 128 + its number, as a shell reports a killed program; the drain's
+        # grace ran out: 1. Either way a supervisor sees that sign-ins may have been cut.
+        code = 128 + signals[1] if len(signals) > 1 else 1
     finally:
         for directory in directories:
             directory.close()
-    log.info("agent.stopped")
-    return 0
+    log.info("agent.stopped", exit_code=code)
+    return code
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.conftest import DOMAIN, USERS
+from tests.secrets_registry import secret
 from tests.support import BIN, BrokerProcess, enrol_cli, signin_cli
 
 if TYPE_CHECKING:
@@ -116,7 +117,7 @@ class TestSignInSentences:
                 "--password-stdin",
                 f"alice@{DOMAIN}",
             ],
-            input="x\n",
+            input=secret("x") + "\n",
             capture_output=True,
             text=True,
             timeout=30,
@@ -138,7 +139,7 @@ class TestSignInSentences:
                 "--password-stdin",
                 f"alice@{DOMAIN}",
             ],
-            input="x\n",
+            input=secret("x") + "\n",
             capture_output=True,
             text=True,
             timeout=30,
@@ -156,7 +157,7 @@ class TestSignInSentences:
             public=broker.agent,
             ca_file=broker.ca_file,
         )
-        result = signin_cli(agent_side, f"alice@{DOMAIN}", "x\n")
+        result = signin_cli(agent_side, f"alice@{DOMAIN}", secret("x") + "\n")
         assert result.returncode == 20
         assert "agent endpoint" in _one_line(result.stderr, "pta-signin: ")
 

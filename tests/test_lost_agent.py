@@ -17,8 +17,9 @@ import ldap3
 import pytest
 
 from pta.v1 import agent_pb2, outcome_pb2
-from tests.conftest import USERS, remember_password
+from tests.conftest import USERS
 from tests.raw_agent import RawStream, enrolled
+from tests.secrets_registry import secret
 from tests.support import AgentProcess, BrokerProcess, agent_credentials, wait_for
 
 if TYPE_CHECKING:
@@ -151,10 +152,10 @@ class TestLostAfterAck:
         user = f"carol@{DOMAIN}"
         assert lossy.sign_in(user, USERS["carol"]).outcome == Outcome.SUCCESS
         for n in range(3):
-            wrong = remember_password(f"Carol-wrong-{n}")
+            wrong = secret(f"Carol-wrong-{n}")
             assert lossy.sign_in(user, wrong).outcome == Outcome.INVALID_CREDENTIALS
         fake, fake_id = _attach_fake_first(lossy, slapd, tmp_path, genuine)
-        held = remember_password("Carol-wrong-held")
+        held = secret("Carol-wrong-held")
         answers, errors = _hold_ack_and_die(lossy, fake, fake_id, user, held)
         assert answers == []
         (error,) = errors

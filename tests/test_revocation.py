@@ -20,8 +20,9 @@ from agent import renewal
 from agent.identity import AgentIdentity
 from pta import sealing, tls
 from pta.v1 import agent_pb2, agent_pb2_grpc, outcome_pb2
-from tests.conftest import USERS, remember_password
+from tests.conftest import USERS
 from tests.raw_agent import RawStream, enrolled
+from tests.secrets_registry import known, secret
 from tests.support import AgentProcess, BrokerProcess, agent_credentials, wait_for
 
 if TYPE_CHECKING:
@@ -126,7 +127,7 @@ class TestRevocationReachesEveryStream:
         # Attached second: with both idle, a new sign-in goes to the first attached (stolen).
         genuine = AgentProcess.start(guarded, slapd, "inflight", "agent-inflight")
         answers: list[int] = []
-        wrong = remember_password("Wrong-inflight-1")
+        wrong = secret("Wrong-inflight-1")
         try:
             signer = threading.Thread(
                 target=lambda: answers.append(
@@ -290,8 +291,8 @@ class TestEnrolChecksTheTokenFirst:
     def test_unknown_token_refused_before_the_csr_is_read(self, guarded: BrokerProcess) -> None:
         """A well-formed unknown token with a garbage CSR: UNAUTHENTICATED, not a CSR error."""
         real = guarded.token("stolen")
-        token_id, secret, ca = real.split(".")[1:]
-        forged = f"pta1.{token_id}.{secret[::-1]}.{ca}"
+        token_id, token_secret, ca = real.split(".")[1:]
+        forged = known(f"pta1.{token_id}.{token_secret[::-1]}.{ca}")
         with guarded.channel() as channel, pytest.raises(grpc.RpcError) as caught:
             agent_pb2_grpc.AgentServiceStub(channel).Enroll(
                 agent_pb2.EnrollRequest(
@@ -308,7 +309,7 @@ class TestEnrolChecksTheTokenFirst:
         """A burst of guesses from one address: after ten, RESOURCE_EXHAUSTED at once."""
         broker = BrokerProcess.start(run_dir, "broker-enrol-rate")
         try:
-            forged = "pta1." + "0" * 16 + "." + "A" * 43 + "." + "0" * 64
+            forged = known("pta1." + "0" * 16 + "." + "A" * 43 + "." + "0" * 64)
             codes = []
             with broker.channel() as channel:
                 stub = agent_pb2_grpc.AgentServiceStub(channel)

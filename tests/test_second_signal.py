@@ -132,8 +132,7 @@ class TestSecondSignal:
             answer = pending.result(timeout=AT_ONCE + 10)
         assert took < AT_ONCE, took
         assert agent.log_events("agent.stopped_before_drained")
-        # No exit code is documented for this case, so none is asserted (the agent exits 0,
-        # as after a finished drain; the broker exits 128 + signum).
+        assert code == 128 + signal.SIGTERM, "cut short: not the code of a finished drain"
         print(f"\nsecond signal: agent exited {code} after {took:.2f} s; sign-in {answer}")  # noqa: T201
         # The held sign-in gets a definite answer: its agent is gone (and it has no other).
         assert answer == "UNAVAILABLE"
