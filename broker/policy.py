@@ -14,15 +14,14 @@ the store (so they survive a restart); the store is re-read when the CLI changed
 from __future__ import annotations
 
 import asyncio
-import re
 import time
-import unicodedata
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import structlog
 
 from broker import lockout, mfa
+from broker.accounts import AccountMap, typed_key
 from broker.policy_store import LOCATIONS
 from broker.recent_failures import RecentFailures
 from broker.tenant_policy import TenantPolicy, familiar_prefix, in_networks
@@ -38,7 +37,7 @@ from pta.v1 import outcome_pb2
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-    from broker.policy_store import CounterKey, Location, PolicyStore
+    from broker.policy_store import CounterKey, Location, MfaRecord, PolicyStore
     from broker.signing import TokenSigner
     from broker.store import DirectoryPolicyRecord
     from pta.names import Upn
@@ -62,25 +61,13 @@ DIRECTORY_RESERVE_FROM = 4
 MAX_CHALLENGE_ID_CHARS = 64
 
 
-#: Characters LDAP's string matching maps to nothing (RFC 4518 §2.2): soft hyphen, zero-width
-#: and joiner characters, word joiner, byte order mark, variation selectors' common range.
-_IGNORED = dict.fromkeys(
-    [0x00AD, 0x034F, 0x180B, 0x180C, 0x180D, 0x180E, 0x200B, 0x200C, 0x200D, 0x2060, 0xFEFF]
-)
-_IGNORED.update(dict.fromkeys(range(0xFE00, 0xFE10)))
-_SPACES = re.compile(r"\s+")
-
-
 def user_key(upn: Upn) -> str:
-    """The name lockout and MFA know a user by: every spelling the directory matches is one.
+    """The typed name as the policy knows it: :func:`broker.accounts.typed_key`.
 
-    Directories compare names the LDAP way (RFC 4518): without regard to case, with leading
-    and trailing spaces dropped and inner runs of spaces as one, and some invisible characters
-    ignored. Each such spelling must share one counter, or an attacker would get a fresh
-    threshold for every spelling (`` alice``, ``alice ``, ``Alice``, ``ali\u200bce``).
+    Kept for callers that want the token's subject; the policy's state is keyed per
+    directory account (:class:`broker.accounts.AccountMap`).
     """
-    local = unicodedata.normalize("NFKC", upn.local.translate(_IGNORED))
-    return f"{_SPACES.sub(' ', local).strip().casefold()}@{upn.domain}"
+    return typed_key(upn)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -129,8 +116,9 @@ class SignInPolicy:
         challenges: mfa.Challenges | None = None,
         recent: RecentFailures | None = None,
         clock: Callable[[], float] = time.time,
+        accounts: AccountMap | None = None,
     ) -> None:
-        """Load the policies, counters and familiar networks from the store."""
+        """Load the policies, counters, familiar networks and account rules from the store."""
         self._store = store
         self.signer = signer
         self._mfa_key = mfa_key
@@ -138,6 +126,8 @@ class SignInPolicy:
         self._challenges = mfa.Challenges() if challenges is None else challenges
         self._recent = RecentFailures() if recent is None else recent
         self._clock = clock
+        #: How each tenant's directories name accounts: what the policy keys users by.
+        self.accounts = AccountMap(store) if accounts is None else accounts
         self._pending: dict[CounterKey, int] = {}
         self._waiters: dict[tuple[str, str], list[asyncio.Future[None]]] = {}
         self._policies: dict[str, TenantPolicy] = {}
@@ -210,13 +200,13 @@ class SignInPolicy:
             Overloaded: When too many sign-ins of the user wait already.
         """
         policy = self.policy_of(tenant)
-        user = user_key(upn)
+        user = self.accounts.key(tenant, upn)
         location = self._location(tenant, user, address, policy)
         attempt = Attempt(
             tenant=tenant,
             domain=upn.domain,
             user=user,
-            subject=user,
+            subject=typed_key(upn),
             address=address,
             location=location,
             policy=policy,
@@ -316,7 +306,7 @@ class SignInPolicy:
         """
         if not self._wants_mfa(attempt):
             return self._token(attempt.tenant, attempt.subject, request_id, ("pwd",))
-        if self._store.mfa(attempt.tenant, attempt.user) is None:
+        if self._mfa_record(attempt.tenant, attempt.subject) is None:
             return Verdict(
                 outcome=Outcome.MFA_NOT_ENROLLED,
                 message="a second factor is required and none is enrolled: ask your administrator",
@@ -393,25 +383,24 @@ class SignInPolicy:
             )
         if not mfa.well_formed_code(code):
             raise InvalidRequest("the code is six digits")
-        verdict = self._verify_code(attempt.tenant, attempt.user, attempt.location, code)
+        verdict = self._verify_code(attempt, code)
         if verdict is None:
             attempt.second_factor = True
         return verdict
 
     def _check_code(self, challenge: mfa.Challenge, code: str) -> Verdict:
-        verdict = self._verify_code(challenge.tenant, challenge.user, challenge.location, code)
+        attempt = Attempt(
+            tenant=challenge.tenant,
+            domain="",
+            user=challenge.user,
+            subject=challenge.subject,
+            address=challenge.address,
+            location=challenge.location,
+            policy=self.policy_of(challenge.tenant),
+        )
+        verdict = self._verify_code(attempt, code)
         if verdict is None:
-            self._succeed(
-                Attempt(
-                    tenant=challenge.tenant,
-                    domain="",
-                    user=challenge.user,
-                    subject=challenge.subject,
-                    address=challenge.address,
-                    location=challenge.location,
-                    policy=self.policy_of(challenge.tenant),
-                )
-            )
+            self._succeed(attempt)
             return self._token(
                 challenge.tenant, challenge.subject, challenge.request_id, ("pwd", "otp")
             )
@@ -423,27 +412,29 @@ class SignInPolicy:
         )
         return replace(verdict, message=f"{verdict.message} ({left})")
 
-    def _verify_code(self, tenant: str, user: str, location: Location, code: str) -> Verdict | None:
+    def _verify_code(self, attempt: Attempt, code: str) -> Verdict | None:
         """None when ``code`` is right (its time step is then spent); else the answer.
 
         A wrong or already used code counts toward the lockout like a wrong password.
         """
+        tenant = attempt.tenant
         rule = self.policy_of(tenant).lockout
-        key = (tenant, user, location)
+        key = (tenant, attempt.user, attempt.location)
         now = self._clock()
         counter = lockout.current(self._counters.get(key, lockout.CLEAN), rule, now)
         if (wait := lockout.locked_for(counter, now)) > 0:
             return _locked(wait)
-        record = self._store.mfa(tenant, user)
-        if record is None:
+        found = self._mfa_record(tenant, attempt.subject)
+        if found is None:
             return Verdict(
                 outcome=Outcome.MFA_NOT_ENROLLED,
                 message="a second factor is required and none is enrolled: ask your administrator",
                 decided_by="mfa",
             )
-        secret = self._secret(tenant, user, record.sealed)
+        enrolled_as, record = found
+        secret = self._secret(tenant, enrolled_as, record.sealed)
         step = mfa.matching_step(secret, code, now, after=record.last_step)
-        if step is not None and self._store.use_mfa_step(tenant, user, step):
+        if step is not None and self._store.use_mfa_step(tenant, enrolled_as, step):
             return None
         counter = self._fail(key, rule)
         if (wait := lockout.locked_for(counter, now)) > 0:
@@ -453,6 +444,19 @@ class SignInPolicy:
             message="wrong or already used code",
             decided_by="mfa",
         )
+
+    def _mfa_record(self, tenant: str, typed: str) -> tuple[str, MfaRecord] | None:
+        """The authenticator of the account behind a typed key, and the key it is under.
+
+        Enrolment (``pta-broker mfa enroll``) keys it on the account; one enrolled before the
+        agents said how their directory names accounts is under a typed name (this domain's
+        first, then the directory's other domains'), and still counts: the secret is sealed
+        to the key it was enrolled under, which is why that key is returned.
+        """
+        for key in self.accounts.keys(tenant, typed):
+            if (record := self._store.mfa(tenant, key)) is not None:
+                return key, record
+        return None
 
     def _secret(self, tenant: str, user: str, sealed: bytes) -> bytes:
         """Open a user's TOTP secret for one check; it is not kept.
