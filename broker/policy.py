@@ -50,11 +50,25 @@ PASSWORD_RIGHT = frozenset(
 )
 #: Answers that count as a wrong guess (an unknown user looks exactly like a wrong password).
 WRONG = frozenset({Outcome.INVALID_CREDENTIALS, Outcome.UNKNOWN_USER})
+#: Answers a directory gives only about an account it has: its counters are never shed.
+ACCOUNT_EXISTS = frozenset(
+    {
+        Outcome.SUCCESS,
+        Outcome.INVALID_CREDENTIALS,
+        Outcome.PASSWORD_EXPIRED,
+        Outcome.PASSWORD_MUST_CHANGE,
+        Outcome.ACCOUNT_LOCKED,
+        Outcome.ACCOUNT_DISABLED,
+        Outcome.ACCOUNT_EXPIRED,
+        Outcome.ACCOUNT_RESTRICTED,
+        Outcome.PASSWORD_REJECTED,
+    }
+)
 #: A familiar network's "last success" is rewritten at most this often.
 FAMILIAR_REFRESH = 3600.0
 #: Sign-ins of one user waiting their turn; more are refused (each wake-up wakes them all).
 MAX_WAITING_PER_USER = 32
-#: Counters kept; past this the least recently failing unlocked ones are forgotten.
+#: Counters kept of accounts no directory said exist; past this the oldest are forgotten.
 MAX_COUNTERS = 200_000
 #: Directories locking after this many failures or more keep one try for familiar places.
 DIRECTORY_RESERVE_FROM = 4
@@ -117,8 +131,13 @@ class SignInPolicy:
         recent: RecentFailures | None = None,
         clock: Callable[[], float] = time.time,
         accounts: AccountMap | None = None,
+        max_counters: int | None = None,
     ) -> None:
-        """Load the policies, counters, familiar networks and account rules from the store."""
+        """Load the policies, counters, familiar networks and account rules from the store.
+
+        ``max_counters`` (default :data:`MAX_COUNTERS`) bounds the counters of names no
+        directory has said exist (see :meth:`_shed`).
+        """
         self._store = store
         self.signer = signer
         self._mfa_key = mfa_key
@@ -128,6 +147,10 @@ class SignInPolicy:
         self._clock = clock
         #: How each tenant's directories name accounts: what the policy keys users by.
         self.accounts = AccountMap(store) if accounts is None else accounts
+        self._max_counters = MAX_COUNTERS if max_counters is None else max_counters
+        self._shed_above = self._max_counters
+        #: (tenant, account) a directory answered for lately: their counters are never shed.
+        self._known = store.known_accounts()
         self._pending: dict[CounterKey, int] = {}
         self._waiters: dict[tuple[str, str], list[asyncio.Future[None]]] = {}
         self._policies: dict[str, TenantPolicy] = {}
@@ -167,6 +190,9 @@ class SignInPolicy:
             for key, c in self._counters.items()
             if lockout.current(c, self.policy_of(key[0]).lockout, now) is c
         }
+        self._store.forget_known_accounts_before(now - lockout.FORGET_AFTER)
+        self._known = self._store.known_accounts()
+        self._shed_above = max(self._max_counters, len(self._counters) + self._max_counters // 10)
         tenants = {tenant for tenant, _ in self._familiar}
         for tenant in tenants:
             self._store.forget_familiar_before(tenant, now - self.policy_of(tenant).familiar_window)
@@ -276,6 +302,7 @@ class SignInPolicy:
         rule = attempt.policy.lockout
         if not rule.enabled:
             return
+        self._confirm(attempt.tenant, attempt.user, outcome)
         key = (attempt.tenant, attempt.user, attempt.location)
         pending = self._pending.pop(key, 1) - 1
         if pending > 0:
@@ -531,23 +558,40 @@ class SignInPolicy:
             return
         self._counters[key] = counter
         self._store.save_counter(key, counter)
-        if len(self._counters) > MAX_COUNTERS:
+        if len(self._counters) > self._shed_above:
             self._shed()
 
     def _shed(self) -> None:
-        """Forget the tenth of unlocked counters that failed longest ago: memory stays bounded.
+        """Forget the oldest counters of names no directory said exist: memory stays bounded.
 
-        Only a flood of distinct names gets here (each wrong one costs a counter for a day);
-        rate limiting (``--rate-limit``) keeps it from getting here at all.
+        Only a flood of distinct names gets here (each wrong one costs a counter for a day;
+        ``--rate-limit`` keeps it from getting here at all). Counters of an account a
+        directory answered for (:data:`ACCOUNT_EXISTS`) are never shed, whatever they hold:
+        a flood of made-up names must not hand a victim a fresh count. There are no more of
+        them than the directories have accounts, which no caller can add to. The others are
+        bounded: past ``max_counters`` in all, they are shed down to nine tenths of it,
+        unlocked ones first (least recently failing first), then locked ones (soonest to run
+        out first); when the known accounts alone fill the table, the next shed waits for a
+        tenth more. Answers do not change: an unknown name is still counted, and locked, as
+        a real one until shed.
         """
-        now = self._clock()
-        unlocked = sorted(
-            (c.last_failure, k) for k, c in self._counters.items() if c.locked_until <= now
+        drop = lockout.to_shed(
+            self._counters,
+            protected=self._known,
+            now=self._clock(),
+            keep=self._max_counters - self._max_counters // 10,
         )
-        for _, key in unlocked[: max(1, len(self._counters) // 10)]:
+        for key in drop:
             del self._counters[key]
             self._store.save_counter(key, lockout.CLEAN)
-        log.warning("lockout.counters_shed", kept=len(self._counters))
+        self._shed_above = max(self._max_counters, len(self._counters) + self._max_counters // 10)
+        log.warning("lockout.counters_shed", shed=len(drop), kept=len(self._counters))
+
+    def _confirm(self, tenant: str, user: str, outcome: int | None) -> None:
+        """Remember an account a directory answered for: its counters are never shed."""
+        if outcome in ACCOUNT_EXISTS and (tenant, user) not in self._known:
+            self._known.add((tenant, user))
+            self._store.add_known_account(tenant, user, self._clock())
 
     def _directory_budget(self, tenant: str, domain: str, location: Location) -> int | None:
         """How many wrong passwords may be in the directory's count at once (None: unknown).

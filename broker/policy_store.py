@@ -1,10 +1,11 @@
 """Where the sign-in policy's state persists: policies, counters, networks, MFA secrets.
 
 Also how each agent's directories name accounts (:mod:`broker.accounts`: the CLI keys users
-as the serving broker does). Tables in the broker's SQLite store, on the store's own
-connection. Every write is one statement or one immediate transaction, so the serving broker
-and the CLI can both write. Nothing about a password is kept here (the recent-failure hashes
-live in memory only), and a TOTP secret only sealed under the operator's MFA key.
+as the serving broker does), and which accounts a directory lately said exist (their counters
+are never shed). Tables in the broker's SQLite store, on the store's own connection. Every
+write is one statement or one immediate transaction, so the serving broker and the CLI can
+both write. Nothing about a password is kept here (the recent-failure hashes live in memory
+only), and a TOTP secret only sealed under the operator's MFA key.
 """
 
 from __future__ import annotations
@@ -58,6 +59,12 @@ CREATE TABLE IF NOT EXISTS account_rules (
     scope TEXT NOT NULL,
     reported_at REAL NOT NULL,
     PRIMARY KEY (tenant, agent_id, domain)
+);
+CREATE TABLE IF NOT EXISTS known_accounts (
+    tenant TEXT NOT NULL REFERENCES tenants(name) ON DELETE CASCADE,
+    user TEXT NOT NULL,
+    confirmed_at REAL NOT NULL,
+    PRIMARY KEY (tenant, user)
 );
 CREATE TABLE IF NOT EXISTS mfa_secrets (
     tenant TEXT NOT NULL REFERENCES tenants(name) ON DELETE CASCADE,
@@ -156,6 +163,27 @@ class PolicyStore:
         """Delete counters whose last failure is older than ``horizon`` and that lock nobody."""
         self._db.execute(
             "DELETE FROM lockouts WHERE last_failure < ? AND locked_until < ?", (horizon, horizon)
+        )
+
+    def known_accounts(self) -> set[tuple[str, str]]:
+        """(tenant, user key) of every account a directory has said exists, lately."""
+        rows = self._db.execute("SELECT tenant, user FROM known_accounts")
+        return {(tenant, user) for tenant, user in rows}
+
+    def add_known_account(self, tenant: str, user: str, now: float) -> None:
+        """Remember that a directory answered for this account (not "unknown user")."""
+        self._db.execute(
+            "INSERT INTO known_accounts (tenant, user, confirmed_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (tenant, user) DO UPDATE SET confirmed_at = excluded.confirmed_at",
+            (tenant, user, now),
+        )
+
+    def forget_known_accounts_before(self, horizon: float) -> None:
+        """Forget accounts confirmed before ``horizon`` that have no counter left."""
+        self._db.execute(
+            "DELETE FROM known_accounts WHERE confirmed_at < ? AND NOT EXISTS (SELECT 1 FROM"
+            " lockouts l WHERE l.tenant = known_accounts.tenant AND l.user = known_accounts.user)",
+            (horizon,),
         )
 
     # How agents' directories name accounts ----------------------------------------------------
