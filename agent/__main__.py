@@ -109,6 +109,7 @@ async def _run(config: AgentConfig) -> int:
         directory_for,
         domains=domains,
         max_in_flight=config.max_in_flight,
+        directories=config.hello_directories(),
     )
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pta.names import normalize_domain, parse_upn
+from pta.v1 import agent_pb2
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -29,6 +30,10 @@ DEFAULT_RECEIVE_TIMEOUT = 5.0
 DEFAULT_DN_CACHE_TTL = 300.0
 DEFAULT_DN_CACHE_SIZE = 10_000
 _ATTRIBUTE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,63}$")
+#: Longest directory identity the broker takes (see ``DirectoryAccounts.directory_id``).
+MAX_DIRECTORY_ID = 512
+#: Characters a directory identity must not hold: RFC 4514 lets a DN hex-escape any of them.
+_UNSAFE_IN_ID = re.compile(r"[\x00-\x1f\x7f\[\]]")
 #: Login attributes whose value is the whole UPN; for the others it is the part before ``@``.
 FULL_NAME_ATTRIBUTES = frozenset({"userprincipalname", "mail"})
 
@@ -96,10 +101,29 @@ class DirectoryConfig:
         if not self.bind_dn:
             raise ValueError("Active Directory needs a service account (bind_dn) to search")
 
+    @property
+    def full_name_login(self) -> bool:
+        """Whether the login value is the whole ``user@domain`` (else the part before ``@``)."""
+        return self.login_attribute.lower() in FULL_NAME_ATTRIBUTES
+
+    @property
+    def directory_id(self) -> str:
+        """The directory's identity for the broker: the base DN, normalised.
+
+        Two agents configured for one directory must report the same identity (the broker
+        then counts one account once, whichever agent checks it), whatever case or spacing
+        their configurations use; so it is the base DN lower-cased, without spaces around the
+        separators between RDNs and their parts, with ``[``, ``]`` and control characters
+        hex-escaped as RFC 4514 allows.
+        """
+        return _UNSAFE_IN_ID.sub(
+            lambda match: f"\\{ord(match.group()):02x}", normalize_dn(self.base_dn)
+        )[:MAX_DIRECTORY_ID]
+
     def login_value(self, username: str) -> str:
         """Return what to search the login attribute for, given ``user@domain``."""
         upn = parse_upn(username)  # The domain lower-cased and without a trailing dot.
-        if self.login_attribute.lower() in FULL_NAME_ATTRIBUTES:
+        if self.full_name_login:
             return str(upn)
         return upn.local
 
@@ -129,6 +153,54 @@ class AgentConfig:
             if domain in directory.domains:
                 return directory
         return next((d for d in self.directories if not d.domains), None)
+
+    def hello_directories(self) -> list[agent_pb2.DirectoryAccounts]:
+        """How each directory maps typed names to accounts, as the hello tells the broker.
+
+        In the order of :meth:`directory_for`'s choice, so that the broker, choosing as it
+        does, picks the directory this agent sends each domain's sign-ins to.
+        """
+        scopes = agent_pb2.LoginScope
+        return [
+            agent_pb2.DirectoryAccounts(
+                domains=list(d.domains),
+                directory_id=d.directory_id,
+                login_scope=(
+                    scopes.LOGIN_SCOPE_FULL_NAME
+                    if d.full_name_login
+                    else scopes.LOGIN_SCOPE_LOCAL_PART
+                ),
+            )
+            for d in self.directories
+        ]
+
+
+def normalize_dn(dn: str) -> str:
+    r"""Lower-case a DN and drop the spaces around its separators (``,`` ``=`` ``+``).
+
+    Escaped characters (``\,``, ``\ ``) are kept as they are: they belong to a value.
+    """
+    out: list[str] = []
+    kept = 0  # Characters of ``out`` that trailing-space stripping must not remove.
+    chars = iter(dn.strip())
+    skip_spaces = False
+    for char in chars:
+        if char == "\\":
+            out += [char, next(chars, "")]
+            kept = len(out)
+            skip_spaces = False
+        elif char in ",=+":
+            while len(out) > kept and out[-1] == " ":
+                out.pop()
+            out.append(char)
+            kept = len(out)
+            skip_spaces = True
+        elif char == " " and skip_spaces:
+            continue
+        else:
+            out.append(char)
+            skip_spaces = False
+    return "".join(out).lower()
 
 
 def _directory(values: Mapping[str, Any]) -> DirectoryConfig:

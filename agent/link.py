@@ -27,6 +27,8 @@ from pta import __version__, rpc, tls
 from pta.v1 import agent_pb2, agent_pb2_grpc
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from agent.identity import AgentIdentity
     from agent.validation import Validator
 
@@ -79,7 +81,7 @@ def _rpc_error(error: BaseException) -> grpc.aio.AioRpcError | None:
 class Link:
     """Keeps one identity's Connect stream up and feeds its requests to its validator."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - what one link needs, by name
         self,
         identity: AgentIdentity,
         validator: Validator,
@@ -87,6 +89,7 @@ class Link:
         domains: tuple[str, ...],
         max_in_flight: int,
         reporter: lockout.PolicyReporter | None = None,
+        directories: Sequence[agent_pb2.DirectoryAccounts] = (),
     ) -> None:
         """Prepare the link; nothing is dialled until :meth:`run`.
 
@@ -96,11 +99,13 @@ class Link:
             domains: The domains to offer in hello; empty means all of the tenant's.
             max_in_flight: How many requests the broker may send at once.
             reporter: Reads the directories' lockout policies for the broker (None: none).
+            directories: How each directory maps typed names to accounts (see the hello).
         """
         self.identity = identity
         self._validator = validator
         self._reporter = reporter
         self._domains = domains
+        self._directories = list(directories)
         self._max_in_flight = max_in_flight
         self.connected = asyncio.Event()
         self._draining = asyncio.Event()
@@ -167,6 +172,7 @@ class Link:
                         version=__version__,
                         domains=list(self._domains),
                         max_in_flight=self._max_in_flight,
+                        directories=self._directories,
                     )
                 )
             )

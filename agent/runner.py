@@ -23,10 +23,11 @@ from agent.lockout import PolicyReporter
 from agent.validation import ReplayGuard, Validator
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine
+    from collections.abc import Callable, Coroutine, Sequence
     from pathlib import Path
 
     from agent.directory import LdapDirectory
+    from pta.v1 import agent_pb2
 
 log = structlog.get_logger()
 _T = TypeVar("_T")
@@ -50,11 +51,16 @@ class Agent:
         *,
         domains: tuple[str, ...],
         max_in_flight: int,
+        directories: Sequence[agent_pb2.DirectoryAccounts] = (),
     ) -> None:
-        """Prepare; nothing happens until :meth:`run`."""
+        """Prepare; nothing happens until :meth:`run`.
+
+        ``directories`` says in every hello how each directory maps names to accounts.
+        """
         self._state_dir = state_dir
         self._directory_for = directory_for
         self._domains = domains
+        self._directories = tuple(directories)
         self._max_in_flight = max_in_flight
         self._replay = ReplayGuard()
         self._reporter = PolicyReporter(directory_for)
@@ -75,6 +81,7 @@ class Agent:
             domains=self._domains,
             max_in_flight=self._max_in_flight,
             reporter=self._reporter,
+            directories=self._directories,
         )
 
     async def run(self) -> None:

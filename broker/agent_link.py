@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from broker import agent_access
+from broker.accounts import hello_rules
 from broker.dispatch import Answer, Connection, Dispatcher
 from broker.ratelimit import RateLimiter, peer_address
 from broker.store import ReportedPolicy
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 
     import grpc
 
+    from broker.accounts import AccountRule
     from broker.agent_store import CertificateRecord
     from broker.ca import CertificateAuthority
     from broker.store import DirectoryPolicyRecord, Store
@@ -147,15 +149,20 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         agent_port: int,
         on_directory_report: Callable[[str, list[DirectoryPolicyRecord]], None] | None = None,
         enrol_limiter: RateLimiter | None = None,
+        on_accounts: Callable[[str, str, dict[str, AccountRule]], None] | None = None,
     ) -> None:
         """Wire the service (see :class:`broker.config.BrokerConfig` for the values).
 
         ``on_directory_report(tenant, records)`` is called with each directory report once it
         is stored: the sign-in policy checks there that its own lockout trips first.
+        ``on_accounts(tenant, agent_id, rules)`` is called with what a hello says of how each
+        served domain's names map to directory accounts, before the stream is attached: the
+        sign-in policy keys its counts on those accounts.
         """
         self._on_directory_report = on_directory_report
         self._enrol_limiter = enrol_limiter or RateLimiter(ENROL_RATE, ENROL_BURST)
         self._slots = agent_access.StreamSlots()
+        self._on_accounts = on_accounts
         self._store = store
         self._ca = ca
         self._dispatcher = dispatcher
@@ -332,6 +339,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         domains = frozenset(asked & verified)
         if not domains:
             raise PermissionDenied("the agent serves none of its tenant's verified domains")
+        if self._on_accounts is not None:
+            rules = hello_rules(hello.directories, domains)
+            self._on_accounts(record.tenant, record.agent_id, rules)
         capacity = hello.max_in_flight or DEFAULT_CAPACITY
         return Connection(
             connection_id=secrets.token_hex(8),

@@ -11,6 +11,10 @@ a directory outage or a timeout (those say nothing about the password).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from collections.abc import Container, Mapping
 
 DEFAULT_THRESHOLD = 10
 DEFAULT_DURATION = 60.0
@@ -19,6 +23,7 @@ DEFAULT_MAX_DURATION = 3600.0
 FORGET_AFTER = 86400.0
 #: Doubling stops growing here (2**20 minutes is past any sensible cap anyway).
 MAX_DOUBLINGS = 20
+_K = TypeVar("_K", bound=tuple[str, ...])
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -110,3 +115,30 @@ def fail(counter: Counter, rule: LockoutRule, now: float) -> Counter:
     return Counter(
         failures=failures, lockouts=counter.lockouts + 1, locked_until=now + lock, last_failure=now
     )
+
+
+def to_shed(
+    counters: Mapping[_K, Counter],
+    *,
+    protected: Container[tuple[str, str]],
+    now: float,
+    keep: int,
+) -> list[_K]:
+    """Which counters to forget so that at most ``keep`` remain, never a protected one.
+
+    Keys are ``(tenant, user, ...)``; a ``(tenant, user)`` in ``protected`` keeps all its
+    counters. Unlocked counters go first, least recently failing first; then locked ones,
+    soonest to run out first. Fewer than asked are returned when the rest are protected.
+    """
+    excess = len(counters) - keep
+    if excess <= 0:
+        return []
+    candidates = sorted(
+        (
+            (c.locked_until > now, c.locked_until if c.locked_until > now else c.last_failure),
+            key,
+        )
+        for key, c in counters.items()
+        if (key[0], key[1]) not in protected
+    )
+    return [key for _, key in candidates[:excess]]

@@ -14,15 +14,14 @@ the store (so they survive a restart); the store is re-read when the CLI changed
 from __future__ import annotations
 
 import asyncio
-import re
 import time
-import unicodedata
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import structlog
 
 from broker import lockout, mfa
+from broker.accounts import AccountMap, typed_key
 from broker.dispatch import MAY_HAVE_TRIED
 from broker.policy_store import LOCATIONS
 from broker.recent_failures import RecentFailures
@@ -39,7 +38,7 @@ from pta.v1 import outcome_pb2
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-    from broker.policy_store import CounterKey, Location, PolicyStore
+    from broker.policy_store import CounterKey, Location, MfaRecord, PolicyStore
     from broker.signing import TokenSigner
     from broker.store import DirectoryPolicyRecord
     from pta.names import Upn
@@ -52,36 +51,38 @@ PASSWORD_RIGHT = frozenset(
 )
 #: Answers that count as a wrong guess (an unknown user looks exactly like a wrong password).
 WRONG = frozenset({Outcome.INVALID_CREDENTIALS, Outcome.UNKNOWN_USER})
+#: Answers a directory gives only about an account it has: its counters are never shed.
+ACCOUNT_EXISTS = frozenset(
+    {
+        Outcome.SUCCESS,
+        Outcome.INVALID_CREDENTIALS,
+        Outcome.PASSWORD_EXPIRED,
+        Outcome.PASSWORD_MUST_CHANGE,
+        Outcome.ACCOUNT_LOCKED,
+        Outcome.ACCOUNT_DISABLED,
+        Outcome.ACCOUNT_EXPIRED,
+        Outcome.ACCOUNT_RESTRICTED,
+        Outcome.PASSWORD_REJECTED,
+    }
+)
 #: A familiar network's "last success" is rewritten at most this often.
 FAMILIAR_REFRESH = 3600.0
 #: Sign-ins of one user waiting their turn; more are refused (each wake-up wakes them all).
 MAX_WAITING_PER_USER = 32
-#: Counters kept; past this the least recently failing unlocked ones are forgotten.
+#: Counters kept of accounts no directory said exist; past this the oldest are forgotten.
 MAX_COUNTERS = 200_000
 #: Directories locking after this many failures or more keep one try for familiar places.
 DIRECTORY_RESERVE_FROM = 4
 MAX_CHALLENGE_ID_CHARS = 64
 
 
-#: Characters LDAP's string matching maps to nothing (RFC 4518 §2.2): soft hyphen, zero-width
-#: and joiner characters, word joiner, byte order mark, variation selectors' common range.
-_IGNORED = dict.fromkeys(
-    [0x00AD, 0x034F, 0x180B, 0x180C, 0x180D, 0x180E, 0x200B, 0x200C, 0x200D, 0x2060, 0xFEFF]
-)
-_IGNORED.update(dict.fromkeys(range(0xFE00, 0xFE10)))
-_SPACES = re.compile(r"\s+")
-
-
 def user_key(upn: Upn) -> str:
-    """The name lockout and MFA know a user by: every spelling the directory matches is one.
+    """The typed name as the policy knows it: :func:`broker.accounts.typed_key`.
 
-    Directories compare names the LDAP way (RFC 4518): without regard to case, with leading
-    and trailing spaces dropped and inner runs of spaces as one, and some invisible characters
-    ignored. Each such spelling must share one counter, or an attacker would get a fresh
-    threshold for every spelling (`` alice``, ``alice ``, ``Alice``, ``ali\u200bce``).
+    Kept for callers that want the token's subject; the policy's state is keyed per
+    directory account (:class:`broker.accounts.AccountMap`).
     """
-    local = unicodedata.normalize("NFKC", upn.local.translate(_IGNORED))
-    return f"{_SPACES.sub(' ', local).strip().casefold()}@{upn.domain}"
+    return typed_key(upn)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -130,8 +131,14 @@ class SignInPolicy:
         challenges: mfa.Challenges | None = None,
         recent: RecentFailures | None = None,
         clock: Callable[[], float] = time.time,
+        accounts: AccountMap | None = None,
+        max_counters: int | None = None,
     ) -> None:
-        """Load the policies, counters and familiar networks from the store."""
+        """Load the policies, counters, familiar networks and account rules from the store.
+
+        ``max_counters`` (default :data:`MAX_COUNTERS`) bounds the counters of names no
+        directory has said exist (see :meth:`_shed`).
+        """
         self._store = store
         self.signer = signer
         self._mfa_key = mfa_key
@@ -139,6 +146,12 @@ class SignInPolicy:
         self._challenges = mfa.Challenges() if challenges is None else challenges
         self._recent = RecentFailures() if recent is None else recent
         self._clock = clock
+        #: How each tenant's directories name accounts: what the policy keys users by.
+        self.accounts = AccountMap(store) if accounts is None else accounts
+        self._max_counters = MAX_COUNTERS if max_counters is None else max_counters
+        self._shed_above = self._max_counters
+        #: (tenant, account) a directory answered for lately: their counters are never shed.
+        self._known = store.known_accounts()
         self._pending: dict[CounterKey, int] = {}
         self._waiters: dict[tuple[str, str], list[asyncio.Future[None]]] = {}
         self._policies: dict[str, TenantPolicy] = {}
@@ -179,6 +192,9 @@ class SignInPolicy:
             for key, c in self._counters.items()
             if lockout.current(c, self.policy_of(key[0]).lockout, now) is c
         }
+        self._store.forget_known_accounts_before(now - lockout.FORGET_AFTER)
+        self._known = self._store.known_accounts()
+        self._shed_above = max(self._max_counters, len(self._counters) + self._max_counters // 10)
         tenants = {tenant for tenant, _ in self._familiar}
         for tenant in tenants:
             self._store.forget_familiar_before(tenant, now - self.policy_of(tenant).familiar_window)
@@ -212,13 +228,13 @@ class SignInPolicy:
             Overloaded: When too many sign-ins of the user wait already.
         """
         policy = self.policy_of(tenant)
-        user = user_key(upn)
+        user = self.accounts.key(tenant, upn)
         location = self._location(tenant, user, address, policy)
         attempt = Attempt(
             tenant=tenant,
             domain=upn.domain,
             user=user,
-            subject=user,
+            subject=typed_key(upn),
             address=address,
             location=location,
             policy=policy,
@@ -327,6 +343,7 @@ class SignInPolicy:
         rule = attempt.policy.lockout
         if not rule.enabled:
             return
+        self._confirm(attempt.tenant, attempt.user, outcome)
         key = (attempt.tenant, attempt.user, attempt.location)
         pending = self._pending.pop(key, 1) - 1
         if pending > 0:
@@ -358,7 +375,7 @@ class SignInPolicy:
         """
         if not self._wants_mfa(attempt):
             return self._token(attempt.tenant, attempt.subject, request_id, ("pwd",))
-        if self._store.mfa(attempt.tenant, attempt.user) is None:
+        if self._mfa_record(attempt.tenant, attempt.subject) is None:
             return Verdict(
                 outcome=Outcome.MFA_NOT_ENROLLED,
                 message="a second factor is required and none is enrolled: ask your administrator",
@@ -435,25 +452,24 @@ class SignInPolicy:
             )
         if not mfa.well_formed_code(code):
             raise InvalidRequest("the code is six digits")
-        verdict = self._verify_code(attempt.tenant, attempt.user, attempt.location, code)
+        verdict = self._verify_code(attempt, code)
         if verdict is None:
             attempt.second_factor = True
         return verdict
 
     def _check_code(self, challenge: mfa.Challenge, code: str) -> Verdict:
-        verdict = self._verify_code(challenge.tenant, challenge.user, challenge.location, code)
+        attempt = Attempt(
+            tenant=challenge.tenant,
+            domain="",
+            user=challenge.user,
+            subject=challenge.subject,
+            address=challenge.address,
+            location=challenge.location,
+            policy=self.policy_of(challenge.tenant),
+        )
+        verdict = self._verify_code(attempt, code)
         if verdict is None:
-            self._succeed(
-                Attempt(
-                    tenant=challenge.tenant,
-                    domain="",
-                    user=challenge.user,
-                    subject=challenge.subject,
-                    address=challenge.address,
-                    location=challenge.location,
-                    policy=self.policy_of(challenge.tenant),
-                )
-            )
+            self._succeed(attempt)
             return self._token(
                 challenge.tenant, challenge.subject, challenge.request_id, ("pwd", "otp")
             )
@@ -465,27 +481,29 @@ class SignInPolicy:
         )
         return replace(verdict, message=f"{verdict.message} ({left})")
 
-    def _verify_code(self, tenant: str, user: str, location: Location, code: str) -> Verdict | None:
+    def _verify_code(self, attempt: Attempt, code: str) -> Verdict | None:
         """None when ``code`` is right (its time step is then spent); else the answer.
 
         A wrong or already used code counts toward the lockout like a wrong password.
         """
+        tenant = attempt.tenant
         rule = self.policy_of(tenant).lockout
-        key = (tenant, user, location)
+        key = (tenant, attempt.user, attempt.location)
         now = self._clock()
         counter = lockout.current(self._counters.get(key, lockout.CLEAN), rule, now)
         if (wait := lockout.locked_for(counter, now)) > 0:
             return _locked(wait)
-        record = self._store.mfa(tenant, user)
-        if record is None:
+        found = self._mfa_record(tenant, attempt.subject)
+        if found is None:
             return Verdict(
                 outcome=Outcome.MFA_NOT_ENROLLED,
                 message="a second factor is required and none is enrolled: ask your administrator",
                 decided_by="mfa",
             )
-        secret = self._secret(tenant, user, record.sealed)
+        enrolled_as, record = found
+        secret = self._secret(tenant, enrolled_as, record.sealed)
         step = mfa.matching_step(secret, code, now, after=record.last_step)
-        if step is not None and self._store.use_mfa_step(tenant, user, step):
+        if step is not None and self._store.use_mfa_step(tenant, enrolled_as, step):
             return None
         counter = self._fail(key, rule)
         if (wait := lockout.locked_for(counter, now)) > 0:
@@ -495,6 +513,19 @@ class SignInPolicy:
             message="wrong or already used code",
             decided_by="mfa",
         )
+
+    def _mfa_record(self, tenant: str, typed: str) -> tuple[str, MfaRecord] | None:
+        """The authenticator of the account behind a typed key, and the key it is under.
+
+        Enrolment (``pta-broker mfa enroll``) keys it on the account; one enrolled before the
+        agents said how their directory names accounts is under a typed name (this domain's
+        first, then the directory's other domains'), and still counts: the secret is sealed
+        to the key it was enrolled under, which is why that key is returned.
+        """
+        for key in self.accounts.keys(tenant, typed):
+            if (record := self._store.mfa(tenant, key)) is not None:
+                return key, record
+        return None
 
     def _secret(self, tenant: str, user: str, sealed: bytes) -> bytes:
         """Open a user's TOTP secret for one check; it is not kept.
@@ -572,23 +603,40 @@ class SignInPolicy:
             return
         self._counters[key] = counter
         self._store.save_counter(key, counter)
-        if len(self._counters) > MAX_COUNTERS:
+        if len(self._counters) > self._shed_above:
             self._shed()
 
     def _shed(self) -> None:
-        """Forget the tenth of unlocked counters that failed longest ago: memory stays bounded.
+        """Forget the oldest counters of names no directory said exist: memory stays bounded.
 
-        Only a flood of distinct names gets here (each wrong one costs a counter for a day);
-        rate limiting (``--rate-limit``) keeps it from getting here at all.
+        Only a flood of distinct names gets here (each wrong one costs a counter for a day;
+        ``--rate-limit`` keeps it from getting here at all). Counters of an account a
+        directory answered for (:data:`ACCOUNT_EXISTS`) are never shed, whatever they hold:
+        a flood of made-up names must not hand a victim a fresh count. There are no more of
+        them than the directories have accounts, which no caller can add to. The others are
+        bounded: past ``max_counters`` in all, they are shed down to nine tenths of it,
+        unlocked ones first (least recently failing first), then locked ones (soonest to run
+        out first); when the known accounts alone fill the table, the next shed waits for a
+        tenth more. Answers do not change: an unknown name is still counted, and locked, as
+        a real one until shed.
         """
-        now = self._clock()
-        unlocked = sorted(
-            (c.last_failure, k) for k, c in self._counters.items() if c.locked_until <= now
+        drop = lockout.to_shed(
+            self._counters,
+            protected=self._known,
+            now=self._clock(),
+            keep=self._max_counters - self._max_counters // 10,
         )
-        for _, key in unlocked[: max(1, len(self._counters) // 10)]:
+        for key in drop:
             del self._counters[key]
             self._store.save_counter(key, lockout.CLEAN)
-        log.warning("lockout.counters_shed", kept=len(self._counters))
+        self._shed_above = max(self._max_counters, len(self._counters) + self._max_counters // 10)
+        log.warning("lockout.counters_shed", shed=len(drop), kept=len(self._counters))
+
+    def _confirm(self, tenant: str, user: str, outcome: int | None) -> None:
+        """Remember an account a directory answered for: its counters are never shed."""
+        if outcome in ACCOUNT_EXISTS and (tenant, user) not in self._known:
+            self._known.add((tenant, user))
+            self._store.add_known_account(tenant, user, self._clock())
 
     def _directory_budget(self, tenant: str, domain: str, location: Location) -> int | None:
         """How many wrong passwords may be in the directory's count at once (None: unknown).

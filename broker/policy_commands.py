@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 import segno
 
 from broker import mfa
+from broker.accounts import AccountMap, typed_key
 from broker.config import mfa_key_file
-from broker.policy import threshold_warning, user_key
+from broker.policy import threshold_warning
 from broker.tenant_policy import MFA_MODES
 from pta.config import parse_duration
 from pta.errors import InvalidRequest, NotFound
@@ -127,11 +128,16 @@ def keygen(path: Path) -> int:
     return 0
 
 
-def _user(store: Store, tenant: str, text: str) -> str:
+def _user(store: Store, tenant: str, text: str) -> list[str]:
+    """The keys a user's state may be under: the account's first (see AccountMap.keys).
+
+    The serving broker keys a user as its agents said their directory names accounts; the
+    store holds what they said, so this process keys users as the broker does.
+    """
     upn = parse_upn(text)
     if store.tenant_for_domain(upn.domain) != tenant:
         raise InvalidRequest(f"{upn.domain} is not a domain of tenant {tenant}")
-    return user_key(upn)
+    return AccountMap(store.policy).keys(tenant, typed_key(upn))
 
 
 def _known_tenant(store: Store, tenant: str) -> None:
@@ -218,8 +224,11 @@ def _lockout(args: argparse.Namespace, store: Store) -> int:
         if bool(args.user) == bool(args.all):
             sys.stderr.write("pta-broker: name one user, or --all\n")
             return 2
-        user = None if args.all else _user(store, args.tenant, args.user)
-        cleared = store.policy.clear_counters(args.tenant, user)
+        if args.all:
+            cleared = store.policy.clear_counters(args.tenant)
+        else:
+            keys = _user(store, args.tenant, args.user)
+            cleared = sum(store.policy.clear_counters(args.tenant, key) for key in keys)
         sys.stdout.write(f"cleared {cleared} counter(s): applies within a second\n")
         return 0
     now = time.time()
@@ -256,9 +265,11 @@ def _mfa(args: argparse.Namespace, store: Store) -> int:
         text = json.dumps(rows, indent=2) if args.json else "\n".join(r["user"] for r in rows)
         sys.stdout.write(text + "\n" if text else "")
         return 0
-    user = _user(store, args.tenant, args.user)
+    keys = _user(store, args.tenant, args.user)
+    user = keys[0]
     if args.action == "remove":
-        if not store.policy.remove_mfa(args.tenant, user):
+        # Every key the account's authenticator may be under: none must be left to find.
+        if not sum(store.policy.remove_mfa(args.tenant, key) for key in keys):
             sys.stderr.write(f"pta-broker: {user} has no authenticator\n")
             return 1
         sys.stdout.write(f"removed the authenticator of {user}\n")
@@ -274,7 +285,9 @@ def _mfa(args: argparse.Namespace, store: Store) -> int:
         return 2
     secret = mfa.new_secret()
     store.policy.enrol_mfa(args.tenant, user, key.seal(secret, args.tenant, user), time.time())
-    uri = mfa.provisioning_uri(secret, user, args.issuer)
+    for older in keys[1:]:  # One enrolled under a typed name before would be found second.
+        store.policy.remove_mfa(args.tenant, older)
+    uri = mfa.provisioning_uri(secret, typed_key(parse_upn(args.user)), args.issuer)
     del secret
     sys.stdout.write(f"{uri}\n")
     if not args.no_qr and sys.stdout.isatty():

@@ -1,13 +1,16 @@
 """Where the sign-in policy's state persists: policies, counters, networks, MFA secrets.
 
-Tables in the broker's SQLite store, on the store's own connection. Every write is one
-statement (atomic by itself), so the serving broker and the CLI can both write. Nothing about
-a password is kept here (the recent-failure hashes live in memory only), and a TOTP secret
-only sealed under the operator's MFA key.
+Also how each agent's directories name accounts (:mod:`broker.accounts`: the CLI keys users
+as the serving broker does), and which accounts a directory lately said exist (their counters
+are never shed). Tables in the broker's SQLite store, on the store's own connection. Every
+write is one statement or one immediate transaction, so the serving broker and the CLI can
+both write. Nothing about a password is kept here (the recent-failure hashes live in memory
+only), and a TOTP secret only sealed under the operator's MFA key.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -16,6 +19,7 @@ from broker.tenant_policy import TenantPolicy
 
 if TYPE_CHECKING:
     import sqlite3
+    from collections.abc import Sequence
 
 Location = Literal["familiar", "unfamiliar"]
 LOCATIONS: tuple[Location, ...] = ("familiar", "unfamiliar")
@@ -46,6 +50,21 @@ CREATE TABLE IF NOT EXISTS familiar_networks (
     prefix TEXT NOT NULL,
     last_success REAL NOT NULL,
     PRIMARY KEY (tenant, user, prefix)
+);
+CREATE TABLE IF NOT EXISTS account_rules (
+    tenant TEXT NOT NULL REFERENCES tenants(name) ON DELETE CASCADE,
+    agent_id TEXT NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+    domain TEXT NOT NULL,
+    directory TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    reported_at REAL NOT NULL,
+    PRIMARY KEY (tenant, agent_id, domain)
+);
+CREATE TABLE IF NOT EXISTS known_accounts (
+    tenant TEXT NOT NULL REFERENCES tenants(name) ON DELETE CASCADE,
+    user TEXT NOT NULL,
+    confirmed_at REAL NOT NULL,
+    PRIMARY KEY (tenant, user)
 );
 CREATE TABLE IF NOT EXISTS mfa_secrets (
     tenant TEXT NOT NULL REFERENCES tenants(name) ON DELETE CASCADE,
@@ -145,6 +164,57 @@ class PolicyStore:
         self._db.execute(
             "DELETE FROM lockouts WHERE last_failure < ? AND locked_until < ?", (horizon, horizon)
         )
+
+    def known_accounts(self) -> set[tuple[str, str]]:
+        """(tenant, user key) of every account a directory has said exists, lately."""
+        rows = self._db.execute("SELECT tenant, user FROM known_accounts")
+        return {(tenant, user) for tenant, user in rows}
+
+    def add_known_account(self, tenant: str, user: str, now: float) -> None:
+        """Remember that a directory answered for this account (not "unknown user")."""
+        self._db.execute(
+            "INSERT INTO known_accounts (tenant, user, confirmed_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (tenant, user) DO UPDATE SET confirmed_at = excluded.confirmed_at",
+            (tenant, user, now),
+        )
+
+    def forget_known_accounts_before(self, horizon: float) -> None:
+        """Forget accounts confirmed before ``horizon`` that have no counter left."""
+        self._db.execute(
+            "DELETE FROM known_accounts WHERE confirmed_at < ? AND NOT EXISTS (SELECT 1 FROM"
+            " lockouts l WHERE l.tenant = known_accounts.tenant AND l.user = known_accounts.user)",
+            (horizon,),
+        )
+
+    # How agents' directories name accounts ----------------------------------------------------
+
+    def account_rules(self) -> list[tuple[str, str, str, str, str]]:
+        """(tenant, agent id, domain, directory, scope) of every agent's last hello."""
+        rows = self._db.execute(
+            "SELECT tenant, agent_id, domain, directory, scope FROM account_rules"
+            " ORDER BY tenant, agent_id, domain"
+        )
+        return [tuple(row) for row in rows]
+
+    def replace_account_rules(
+        self, tenant: str, agent_id: str, rules: Sequence[tuple[str, str, str]]
+    ) -> None:
+        """Replace what an agent said, per domain: (domain, directory, scope)."""
+        now = time.time()
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute(
+                "DELETE FROM account_rules WHERE tenant = ? AND agent_id = ?", (tenant, agent_id)
+            )
+            self._db.executemany(
+                "INSERT INTO account_rules (tenant, agent_id, domain, directory, scope,"
+                " reported_at) VALUES (?, ?, ?, ?, ?, ?)",
+                [(tenant, agent_id, *rule, now) for rule in rules],
+            )
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     # Familiar networks -------------------------------------------------------------------------
 

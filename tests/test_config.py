@@ -10,6 +10,7 @@ import pytest
 from agent.config import AgentConfig, DirectoryConfig, load_config
 from pta.config import parse_duration, parse_endpoint
 from pta.errors import InvalidRequest
+from pta.v1 import agent_pb2
 
 URL = "ldap://ldap.example.com"
 BASE_DN = "dc=example,dc=com"
@@ -215,6 +216,47 @@ class TestDirectoryConfig:
     def test_login_value(self, attribute: str, username: str, expected: str) -> None:
         """UPN and mail are searched for the whole name, other attributes for the local part."""
         assert directory(login_attribute=attribute).login_value(username) == expected
+
+    @pytest.mark.parametrize(
+        ("base_dn", "expected"),
+        [
+            ("dc=example,dc=com", "dc=example,dc=com"),
+            ("DC=Example, DC=COM", "dc=example,dc=com"),
+            (" ou = People ,dc=example + x=y ", "ou=people,dc=example+x=y"),
+            ("cn=a\\, b , dc=x", "cn=a\\, b,dc=x"),  # An escaped comma is part of a value.
+            ("cn=a\\ ,dc=x", "cn=a\\ ,dc=x"),  # So is an escaped trailing space.
+            ("o=a[b],dc=x", "o=a\\5bb\\5d,dc=x"),  # Hex-escaped: no [ or ] in an identity.
+        ],
+        ids=[
+            "plain",
+            "case-and-spaces",
+            "spaces-round-separators",
+            "escaped-comma",
+            "escaped-space",
+            "brackets-escaped",
+        ],
+    )
+    def test_directory_id(self, base_dn: str, expected: str) -> None:
+        """Two agents writing one base DN differently report one directory identity."""
+        assert directory(base_dn=base_dn).directory_id == expected
+
+    def test_hello_directories(self) -> None:
+        """Each directory's domains, identity and login scope, in the configured order."""
+        config = AgentConfig(
+            state_dir=Path(),
+            directories=(
+                directory(domains=("mail.example",), login_attribute="mail"),
+                directory(login_attribute="sAMAccountName"),
+            ),
+        )
+        said = [
+            (list(d.domains), d.directory_id, agent_pb2.LoginScope.Name(d.login_scope))
+            for d in config.hello_directories()
+        ]
+        assert said == [
+            (["mail.example"], BASE_DN.lower(), "LOGIN_SCOPE_FULL_NAME"),
+            ([], BASE_DN.lower(), "LOGIN_SCOPE_LOCAL_PART"),
+        ]
 
 
 class TestAgentConfig:

@@ -245,7 +245,9 @@ class TestSmartLockout:
         for _ in range(THRESHOLD - 1):
             assert guard.sign_in("outage", secret("after")).outcome == Outcome.INVALID_CREDENTIALS
         listed = guard.broker.cli("lockout", "list", "--tenant", "guard").stdout
-        assert f"outage@{DOMAIN}\tunfamiliar\tfailures {THRESHOLD - 1}" in listed
+        # Keyed on the directory account: the agent searches uid, the part before the @.
+        account = f"outage@[{guard.slapd.base_dn}]"
+        assert f"{account}\tunfamiliar\tfailures {THRESHOLD - 1}" in listed
 
     def test_lockouts_survive_a_restart_and_an_admin_clears_them(self, guard: Guard) -> None:
         """The counters are in the store; ``pta-broker lockout clear`` unlocks within a tick."""
@@ -261,7 +263,8 @@ class TestSmartLockout:
         reply = guard.sign_in("restarted", USERS["restarted"], ip=OFFICE_IP)
         assert reply.outcome == Outcome.LOCKED_BY_POLICY
         shown = guard.broker.cli("tenant", "show", "guard").stdout
-        assert f"restarted@{DOMAIN}" in shown
+        # Still the account's key before the agent is back: the broker kept what it said.
+        assert f"restarted@[{guard.slapd.base_dn}]" in shown
         cleared = len(guard.broker.log_events("lockout.cleared"))
         guard.broker.cli("lockout", "clear", "--tenant", "guard", f"Restarted@{DOMAIN}")
         wait_for(lambda: len(guard.broker.log_events("lockout.cleared")) > cleared)

@@ -1,11 +1,21 @@
 from pta.v1 import outcome_pb2 as _outcome_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class LoginScope(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LOGIN_SCOPE_UNSPECIFIED: _ClassVar[LoginScope]
+    LOGIN_SCOPE_FULL_NAME: _ClassVar[LoginScope]
+    LOGIN_SCOPE_LOCAL_PART: _ClassVar[LoginScope]
+LOGIN_SCOPE_UNSPECIFIED: LoginScope
+LOGIN_SCOPE_FULL_NAME: LoginScope
+LOGIN_SCOPE_LOCAL_PART: LoginScope
 
 class EnrollRequest(_message.Message):
     __slots__ = ("token", "csr_pem", "envelope_public_key", "hostname", "version")
@@ -84,16 +94,28 @@ class BrokerMessage(_message.Message):
     def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., validations: _Optional[_Union[Validations, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("agent_id", "version", "domains", "max_in_flight")
+    __slots__ = ("agent_id", "version", "domains", "max_in_flight", "directories")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DOMAINS_FIELD_NUMBER: _ClassVar[int]
     MAX_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    DIRECTORIES_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     version: str
     domains: _containers.RepeatedScalarFieldContainer[str]
     max_in_flight: int
-    def __init__(self, agent_id: _Optional[str] = ..., version: _Optional[str] = ..., domains: _Optional[_Iterable[str]] = ..., max_in_flight: _Optional[int] = ...) -> None: ...
+    directories: _containers.RepeatedCompositeFieldContainer[DirectoryAccounts]
+    def __init__(self, agent_id: _Optional[str] = ..., version: _Optional[str] = ..., domains: _Optional[_Iterable[str]] = ..., max_in_flight: _Optional[int] = ..., directories: _Optional[_Iterable[_Union[DirectoryAccounts, _Mapping]]] = ...) -> None: ...
+
+class DirectoryAccounts(_message.Message):
+    __slots__ = ("domains", "directory_id", "login_scope")
+    DOMAINS_FIELD_NUMBER: _ClassVar[int]
+    DIRECTORY_ID_FIELD_NUMBER: _ClassVar[int]
+    LOGIN_SCOPE_FIELD_NUMBER: _ClassVar[int]
+    domains: _containers.RepeatedScalarFieldContainer[str]
+    directory_id: str
+    login_scope: LoginScope
+    def __init__(self, domains: _Optional[_Iterable[str]] = ..., directory_id: _Optional[str] = ..., login_scope: _Optional[_Union[LoginScope, str]] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("tenant", "domains", "heartbeat_interval_ms", "acks_in_results", "lost_requests_counted")

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-    from broker.policy_store import Location
+    from broker.policy_store import CounterKind
 
 Outcome = outcome_pb2.Outcome
 TENANT = "acme"
@@ -180,13 +180,20 @@ async def refused(
 
 
 async def fail(
-    policy: SignInPolicy, times: int, address: str = ELSEWHERE, upn: Upn = ALICE
+    policy: SignInPolicy,
+    times: int,
+    address: str = ELSEWHERE,
+    upn: Upn = ALICE,
+    outcome: int = Outcome.INVALID_CREDENTIALS,
 ) -> list[str]:
-    """Have the directory refuse ``times`` never used wrong passwords; return them."""
+    """Have the directory refuse ``times`` never used wrong passwords; return them.
+
+    ``outcome`` is the directory's answer: UNKNOWN_USER for a name it does not have.
+    """
     passwords = [f"Refused-{next(_wrong)}" for _ in range(times)]
     for password in passwords:
         attempt = await admitted(policy, password, address, upn)
-        policy.end(attempt, Outcome.INVALID_CREDENTIALS)
+        policy.end(attempt, outcome)
     return passwords
 
 
@@ -197,7 +204,7 @@ async def succeed(policy: SignInPolicy, address: str = ELSEWHERE) -> Attempt:
     return attempt
 
 
-def failures(store: Store, location: Location = "unfamiliar", user: str = ALICE_KEY) -> int:
+def failures(store: Store, location: CounterKind = "unfamiliar", user: str = ALICE_KEY) -> int:
     """The failures the store holds for a user at a kind of location."""
     counter = store.policy.counters().get((TENANT, user, location))
     return 0 if counter is None else counter.failures
@@ -1108,19 +1115,80 @@ class TestBounds:
         assert policy._waiters == {}
 
     async def test_counters_are_shed_past_the_cap(
-        self, store: Store, policy: SignInPolicy, monkeypatch: pytest.MonkeyPatch
+        self,
+        store: Store,
+        signer: TokenSigner,
+        clock: FakeClock,
+        monkeypatch: pytest.MonkeyPatch,
     ) -> None:
-        """A flood of names sheds the oldest unlocked counters; a locked one is kept."""
+        """A flood of unknown names sheds the oldest unlocked counters; a locked one is kept."""
         monkeypatch.setattr("broker.policy.MAX_COUNTERS", 20)
+        policy = make_policy(store, signer, clock)
         configure(store, policy, lockout_threshold=2)
         await fail(policy, 2)  # Alice: locked.
         for n in range(30):
-            await fail(policy, 1, upn=parse_upn(f"sprayed{n}@example.com"))
+            sprayed = parse_upn(f"sprayed{n}@example.com")
+            await fail(policy, 1, upn=sprayed, outcome=Outcome.UNKNOWN_USER)
             assert len(policy._counters) <= 20
         counters = store.policy.counters()
         assert len(counters) <= 20
         assert (TENANT, ALICE_KEY, "unfamiliar") in counters
         assert (await refused(policy, RIGHT)).outcome == Outcome.LOCKED_BY_POLICY
+
+    async def test_a_flood_of_unknown_names_never_resets_a_victim(
+        self,
+        store: Store,
+        signer: TokenSigner,
+        clock: FakeClock,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """A victim's count and directory-guard count outlive any flood of made-up names.
+
+        Alice (a user the directory knows: it answered INVALID_CREDENTIALS) has two wrong
+        passwords counted; then 300 names the directory does not know fail once each, from a
+        table capped at 40 counters, the oldest failures of all being hers. The table stays
+        bounded, her counts stay, across a restart too; so the guard still stops her
+        guesser one short of the directory's own lockout.
+        """
+        monkeypatch.setattr("broker.policy.MAX_COUNTERS", 40)
+        policy = make_policy(store, signer, clock)
+        policy.directory_reported(TENANT, [report(5)])  # Unfamiliar budget: 5 - 1 - 1 = 3.
+        await fail(policy, 2)
+        for round_ in range(2):  # Before and after a restart.
+            for n in range(150):
+                clock.now += 1  # Every flooding name fails later than alice did.
+                sprayed = parse_upn(f"made-up-{round_}-{n}@example.com")
+                await fail(policy, 1, upn=sprayed, outcome=Outcome.UNKNOWN_USER)
+                assert len(policy._counters) <= 40
+            assert failures(store) == 2
+            assert failures(store, "directory") == 2
+            assert len(store.policy.counters()) <= 40
+            policy = make_policy(store, signer, clock)
+            policy.directory_reported(TENANT, [report(5)])
+        await fail(policy, 1)
+        verdict = await refused(policy, "Refused-after-flood")
+        assert verdict.decided_by == "directory_guard"
+
+    async def test_known_accounts_filling_the_table_still_bound_unknown_names(
+        self,
+        store: Store,
+        signer: TokenSigner,
+        clock: FakeClock,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """More real accounts with counts than the cap: all kept, unknown names still bounded."""
+        monkeypatch.setattr("broker.policy.MAX_COUNTERS", 20)
+        policy = make_policy(store, signer, clock)
+        real = [parse_upn(f"real{n}@example.com") for n in range(15)]  # 30 counters.
+        for upn in real:
+            await fail(policy, 1, upn=upn)
+        for n in range(200):
+            clock.now += 1
+            sprayed = parse_upn(f"made-up-{n}@example.com")
+            await fail(policy, 1, upn=sprayed, outcome=Outcome.UNKNOWN_USER)
+            assert len(policy._counters) <= 30 + 20 + 2
+        kept = {user for _, user, _ in policy._counters}
+        assert {user_key(upn) for upn in real} <= kept
 
     async def test_one_agent_cannot_unsay_another(self, policy: SignInPolicy) -> None:
         """An agent that cannot read the threshold leaves another agent's report standing."""
