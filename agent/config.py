@@ -7,6 +7,8 @@ and hidden from ``repr``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -120,6 +122,26 @@ class DirectoryConfig:
             lambda match: f"\\{ord(match.group()):02x}", normalize_dn(self.base_dn)
         )[:MAX_DIRECTORY_ID]
 
+    @property
+    def settings_digest(self) -> bytes:
+        """SHA-256 of every setting that decides this directory's answers, never a secret.
+
+        The broker forgets what it remembers of refused passwords when an agent comes back
+        with other settings: a broken configuration's answers must not outlive it.
+        """
+        settings = [
+            list(self.urls),
+            self.base_dn,
+            self.kind,
+            self.login_attribute,
+            self.bind_dn,
+            self.start_tls,
+            str(self.ca_file or ""),
+            self.password_policy_dn,
+            list(self.domains),
+        ]
+        return hashlib.sha256(json.dumps(settings).encode()).digest()
+
     def login_value(self, username: str) -> str:
         """Return what to search the login attribute for, given ``user@domain``."""
         upn = parse_upn(username)  # The domain lower-cased and without a trailing dot.
@@ -170,6 +192,7 @@ class AgentConfig:
                     if d.full_name_login
                     else scopes.LOGIN_SCOPE_LOCAL_PART
                 ),
+                settings_digest=d.settings_digest,
             )
             for d in self.directories
         ]

@@ -149,15 +149,16 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         agent_port: int,
         on_directory_report: Callable[[str, list[DirectoryPolicyRecord]], None] | None = None,
         enrol_limiter: RateLimiter | None = None,
-        on_accounts: Callable[[str, str, dict[str, AccountRule]], None] | None = None,
+        on_accounts: Callable[[str, str, dict[str, AccountRule], bytes], None] | None = None,
     ) -> None:
         """Wire the service (see :class:`broker.config.BrokerConfig` for the values).
 
         ``on_directory_report(tenant, records)`` is called with each directory report once it
         is stored: the sign-in policy checks there that its own lockout trips first.
-        ``on_accounts(tenant, agent_id, rules)`` is called with what a hello says of how each
-        served domain's names map to directory accounts, before the stream is attached: the
-        sign-in policy keys its counts on those accounts.
+        ``on_accounts(tenant, agent_id, rules, settings)`` is called with what a hello says of
+        how each served domain's names map to directory accounts, and the digests of its
+        directories' settings, before the stream is attached: the sign-in policy keys its
+        counts on those accounts, and forgets refused passwords when the settings changed.
         """
         self._on_directory_report = on_directory_report
         self._enrol_limiter = enrol_limiter or RateLimiter(ENROL_RATE, ENROL_BURST)
@@ -341,7 +342,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             raise PermissionDenied("the agent serves none of its tenant's verified domains")
         if self._on_accounts is not None:
             rules = hello_rules(hello.directories, domains)
-            self._on_accounts(record.tenant, record.agent_id, rules)
+            settings = b"".join(d.settings_digest[:64] for d in hello.directories)
+            self._on_accounts(record.tenant, record.agent_id, rules, settings)
         capacity = hello.max_in_flight or DEFAULT_CAPACITY
         return Connection(
             connection_id=secrets.token_hex(8),

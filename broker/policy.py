@@ -24,7 +24,7 @@ from broker import lockout, mfa
 from broker.accounts import AccountMap, typed_key
 from broker.dispatch import MAY_HAVE_TRIED
 from broker.policy_store import LOCATIONS
-from broker.recent_failures import RecentFailures
+from broker.recent_failures import RecentFailures, Repeat
 from broker.tenant_policy import TenantPolicy, familiar_prefix, in_networks
 from pta.errors import (
     ChallengeExpired,
@@ -36,8 +36,9 @@ from pta.errors import (
 from pta.v1 import outcome_pb2
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Mapping
 
+    from broker.accounts import AccountRule
     from broker.policy_store import CounterKey, Location, MfaRecord, PolicyStore
     from broker.signing import TokenSigner
     from broker.store import DirectoryPolicyRecord
@@ -100,6 +101,9 @@ class Attempt:
     digest: bytes = b""
     #: A right TOTP code came with it (a password change under an MFA policy).
     second_factor: bool = False
+    #: The password was refused moments ago as an unknown name: checked again, not counted
+    #: again unless the directory now answers otherwise.
+    recheck: bool = False
     ended: bool = False
 
 
@@ -148,6 +152,8 @@ class SignInPolicy:
         self._clock = clock
         #: How each tenant's directories name accounts: what the policy keys users by.
         self.accounts = AccountMap(store) if accounts is None else accounts
+        #: (tenant, agent id) -> the digests of that agent's directory settings, last hello.
+        self._settings: dict[tuple[str, str], bytes] = {}
         self._max_counters = MAX_COUNTERS if max_counters is None else max_counters
         self._shed_above = self._max_counters
         #: (tenant, account) a directory answered for lately: their counters are never shed.
@@ -178,6 +184,24 @@ class SignInPolicy:
             if policies.get(tenant) != policy:
                 log.info("policy.changed", tenant=tenant, **policy.describe())
                 self._check_thresholds(tenant)
+
+    def agent_configured(
+        self, tenant: str, agent_id: str, rules: Mapping[str, AccountRule], settings: bytes
+    ) -> None:
+        """Take what an agent's hello says of its directories, before its stream attaches.
+
+        ``rules``: how each domain's names map to accounts (:class:`AccountMap`).
+        ``settings``: the digests of its directories' settings. When an agent comes back with
+        other settings than it had, the tenant's refused passwords are forgotten: what a broken
+        configuration answered (a base DN with a typo finds nobody; a wrong login attribute
+        finds someone else) must not keep refusing a right password once it is fixed.
+        """
+        self.accounts.record(tenant, agent_id, rules)
+        before = self._settings.get((tenant, agent_id))
+        self._settings[(tenant, agent_id)] = settings
+        if before is not None and settings and before != settings:
+            self._recent.forget_tenant(tenant)
+            log.info("policy.repeats_forgotten", tenant=tenant, agent_id=agent_id)
 
     def policy_of(self, tenant: str) -> TenantPolicy:
         """A tenant's policy (the defaults unless set)."""
@@ -283,10 +307,13 @@ class SignInPolicy:
             counter = lockout.current(self._counters.get(key, lockout.CLEAN), rule, now)
             if (wait := lockout.locked_for(counter, now)) > 0:
                 return _locked(wait)
-            seen = False
+            seen = Repeat.NO
             if password is not None:
                 seen, attempt.digest = self._recent.check(f"{tenant}\0{user}", password)
-            if seen:
+            # Refused as an unknown name: asked again (a misconfigured directory may have said
+            # so), counted only if the answer differs (see end).
+            attempt.recheck = seen == Repeat.UNKNOWN_NAME
+            if seen == Repeat.REFUSED:
                 return Verdict(
                     outcome=Outcome.INVALID_CREDENTIALS,
                     message="wrong username or password",
@@ -353,12 +380,7 @@ class SignInPolicy:
                 waiter.set_result(None)
         sent_key: CounterKey = (attempt.tenant, attempt.user, "directory")
         if outcome in WRONG or outcome == MAY_HAVE_TRIED:
-            if outcome != MAY_HAVE_TRIED:  # A lost try says nothing of the password.
-                self._recent.add(f"{attempt.tenant}\0{attempt.user}", attempt.digest)
-                self._fail(key, rule)
-            now = self._clock()
-            sent = lockout.current(self._counters.get(sent_key, lockout.CLEAN), rule, now)
-            self._save(sent_key, lockout.Counter(failures=sent.failures + 1, last_failure=now))
+            self._count_wrong(attempt, outcome, key)
         elif outcome in PASSWORD_RIGHT:
             # The directory just took a password: its own count of failures starts again, and
             # one refused before may be the new one (a user who tried it, then changed to it).
@@ -366,6 +388,20 @@ class SignInPolicy:
             self._save(sent_key, lockout.CLEAN)
             if not self._wants_mfa(attempt):
                 self._succeed(attempt)
+
+    def _count_wrong(self, attempt: Attempt, outcome: int, key: CounterKey) -> None:
+        """A wrong password, an unknown name, or a lost try that may have been either."""
+        if attempt.recheck and outcome == Outcome.UNKNOWN_USER:
+            return  # The same answer to the same password: not a new guess, as any repeat.
+        rule = attempt.policy.lockout
+        if outcome != MAY_HAVE_TRIED:  # A lost try says nothing of the password.
+            known = outcome != Outcome.UNKNOWN_USER
+            self._recent.add(f"{attempt.tenant}\0{attempt.user}", attempt.digest, known=known)
+            self._fail(key, rule)
+        sent_key: CounterKey = (attempt.tenant, attempt.user, "directory")
+        now = self._clock()
+        sent = lockout.current(self._counters.get(sent_key, lockout.CLEAN), rule, now)
+        self._save(sent_key, lockout.Counter(failures=sent.failures + 1, last_failure=now))
 
     def grant(self, attempt: Attempt, request_id: str) -> Verdict:
         """What a right password gets: a token, or an MFA challenge when the policy wants one.

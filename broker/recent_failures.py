@@ -6,6 +6,12 @@ with a wrong password counts. So a repeat of a password that was just refused is
 INVALID_CREDENTIALS by the broker, without reaching an agent, for ``ttl`` seconds (then, or
 after any success of the user, it is checked by the directory again).
 
+A refusal for a name the directory does not know (``UNKNOWN_USER``) is remembered apart: a
+repeat of it is not counted either (so counts say nothing of whether a name exists), but it is
+checked by the directory again rather than refused here. A directory that answered "no such
+user" may have been misconfigured (a base DN with a typo); once fixed, that user's right
+password must get through at once.
+
 Nothing that could recover a password is kept: an entry is HMAC-SHA256 under a random key
 that exists only in this process and is replaced every ``ttl`` seconds (the previous key is
 kept one more period, so entries live their full ``ttl``). Nothing is ever written to disk.
@@ -13,6 +19,7 @@ kept one more period, so entries live their full ``ttl``). Nothing is ever writt
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import hmac
 import secrets
@@ -30,6 +37,16 @@ PER_USER = 4
 #: Users remembered; the least recently failing are forgotten first.
 MAX_USERS = 100_000
 DIGEST_BYTES = 16
+
+
+class Repeat(enum.IntEnum):
+    """What :meth:`RecentFailures.check` found; falsy when the password is not a repeat."""
+
+    NO = 0
+    #: Refused for an account the directory knows: answer it here, uncounted.
+    REFUSED = 1
+    #: Refused as an unknown name: check it again, but do not count it again.
+    UNKNOWN_NAME = 2
 
 
 class RecentFailures:
@@ -50,8 +67,8 @@ class RecentFailures:
         self._clock = clock
         self._keys: list[bytes] = [secrets.token_bytes(32)]
         self._rotated = clock()
-        #: user key -> [(digest, expires)], newest last.
-        self._entries: OrderedDict[str, list[tuple[bytes, float]]] = OrderedDict()
+        #: user key -> [(digest, expires, the directory knew the name)], newest last.
+        self._entries: OrderedDict[str, list[tuple[bytes, float, bool]]] = OrderedDict()
 
     def __len__(self) -> int:
         """How many users have a remembered failure."""
@@ -66,8 +83,8 @@ class RecentFailures:
         message = user.encode() + b"\0" + password.encode()
         return hmac.new(key, message, hashlib.sha256).digest()[:DIGEST_BYTES]
 
-    def check(self, user: str, password: str) -> tuple[bool, bytes]:
-        """Whether ``password`` was refused for ``user`` within ``ttl``, and its digest.
+    def check(self, user: str, password: str) -> tuple[Repeat, bytes]:
+        """Whether ``password`` was refused for ``user`` within ``ttl`` (and how), its digest.
 
         The digest is what :meth:`add` takes if the directory refuses the password now, so
         the password itself need not be kept until the directory has answered.
@@ -77,24 +94,36 @@ class RecentFailures:
         current = self._digest(self._keys[0], user, password)
         entries = self._entries.get(user)
         if not entries:  # The usual case: one HMAC, none under the previous key.
-            return False, current
+            return Repeat.NO, current
         digests = [current, *(self._digest(key, user, password) for key in self._keys[1:])]
-        live = [(d, exp) for d, exp in entries if exp > now]
+        live = [entry for entry in entries if entry[1] > now]
         if live:
             self._entries[user] = live
         else:
             del self._entries[user]
-        seen = any(hmac.compare_digest(d, c) for d, _ in live for c in digests)
-        return seen, digests[0]
+        for digest, _, known in live:
+            if any(hmac.compare_digest(digest, c) for c in digests):
+                return (Repeat.REFUSED if known else Repeat.UNKNOWN_NAME), digests[0]
+        return Repeat.NO, digests[0]
 
-    def add(self, user: str, digest: bytes) -> None:
-        """Remember a refused password of ``user`` by the digest :meth:`check` gave."""
+    def add(self, user: str, digest: bytes, *, known: bool = True) -> None:
+        """Remember a refused password of ``user`` by the digest :meth:`check` gave.
+
+        ``known``: the directory refused it for an account it has (not "no such user").
+        """
         now = self._clock()
-        entries = self._entries.pop(user, [])
-        entries.append((digest, now + self._ttl))
+        # The same password refused again (now for a known account) replaces what was said.
+        entries = [e for e in self._entries.pop(user, []) if not hmac.compare_digest(e[0], digest)]
+        entries.append((digest, now + self._ttl, known))
         self._entries[user] = entries[-self._per_user :]
         while len(self._entries) > self._max_users:
             self._entries.popitem(last=False)
+
+    def forget_tenant(self, tenant: str) -> None:
+        """Forget every refused password of a tenant's users (its directories changed)."""
+        prefix = f"{tenant}\0"
+        for user in [u for u in self._entries if u.startswith(prefix)]:
+            del self._entries[user]
 
     def forget(self, user: str) -> None:
         """Forget a user's refused passwords (after a success, or an administrator's unlock)."""

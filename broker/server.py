@@ -184,7 +184,7 @@ class Broker:
             agent_endpoint=config.agent_endpoint,
             agent_port=self.agent_port,
             on_directory_report=policy.directory_reported,
-            on_accounts=policy.accounts.record,
+            on_accounts=policy.agent_configured,
         )
         rpc.add_service(public, SERVICES[0], signin)
         for server in (public, agents):

@@ -108,14 +108,16 @@ class Hello(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., version: _Optional[str] = ..., domains: _Optional[_Iterable[str]] = ..., max_in_flight: _Optional[int] = ..., directories: _Optional[_Iterable[_Union[DirectoryAccounts, _Mapping]]] = ...) -> None: ...
 
 class DirectoryAccounts(_message.Message):
-    __slots__ = ("domains", "directory_id", "login_scope")
+    __slots__ = ("domains", "directory_id", "login_scope", "settings_digest")
     DOMAINS_FIELD_NUMBER: _ClassVar[int]
     DIRECTORY_ID_FIELD_NUMBER: _ClassVar[int]
     LOGIN_SCOPE_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_DIGEST_FIELD_NUMBER: _ClassVar[int]
     domains: _containers.RepeatedScalarFieldContainer[str]
     directory_id: str
     login_scope: LoginScope
-    def __init__(self, domains: _Optional[_Iterable[str]] = ..., directory_id: _Optional[str] = ..., login_scope: _Optional[_Union[LoginScope, str]] = ...) -> None: ...
+    settings_digest: bytes
+    def __init__(self, domains: _Optional[_Iterable[str]] = ..., directory_id: _Optional[str] = ..., login_scope: _Optional[_Union[LoginScope, str]] = ..., settings_digest: _Optional[bytes] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("tenant", "domains", "heartbeat_interval_ms", "acks_in_results", "lost_requests_counted")

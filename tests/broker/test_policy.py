@@ -452,6 +452,59 @@ class TestSignInPolicyRepeats:
         await admitted(policy, "Wrong-1")
 
 
+class TestRepeatsOfUnknownNames:
+    """A refusal as "no such user" is not counted again, but is asked again."""
+
+    async def test_unknown_name_asked_again_not_counted(
+        self, store: Store, policy: SignInPolicy
+    ) -> None:
+        """The same password for a name the directory did not find: admitted, not counted."""
+        configure(store, policy, lockout_threshold=3)
+        first = await admitted(policy, "Typo-base-1")
+        policy.end(first, Outcome.UNKNOWN_USER)
+        for _ in range(5):  # A broken agent keeps saying "no such user": never counted again.
+            again = await admitted(policy, "Typo-base-1")
+            assert again.recheck
+            policy.end(again, Outcome.UNKNOWN_USER)
+        assert failures(store) == 1
+
+    async def test_fixed_directory_lets_the_right_password_in(self, policy: SignInPolicy) -> None:
+        """Asked again once the directory is fixed: a right password is a success."""
+        first = await admitted(policy, RIGHT)
+        policy.end(first, Outcome.UNKNOWN_USER)
+        again = await admitted(policy, RIGHT)
+        policy.end(again, Outcome.SUCCESS)
+        assert not (await admitted(policy, RIGHT)).recheck, "a success forgets it"
+
+    async def test_now_a_wrong_password_counts(self, store: Store, policy: SignInPolicy) -> None:
+        """Asked again, the directory now knows the account and refuses: that counts."""
+        first = await admitted(policy, "Wrong-now-1")
+        policy.end(first, Outcome.UNKNOWN_USER)
+        again = await admitted(policy, "Wrong-now-1")
+        policy.end(again, Outcome.INVALID_CREDENTIALS)
+        assert failures(store) == 2
+        verdict = await refused(policy, "Wrong-now-1")
+        assert verdict.decided_by == "repeat"
+
+
+class TestAgentSettingsChange:
+    """An agent back with other directory settings: the tenant's refused passwords go."""
+
+    async def test_changed_settings_forget_repeats(self, policy: SignInPolicy) -> None:
+        """Same settings: still a repeat; other settings: checked by the directory again."""
+        policy.agent_configured(TENANT, "agt-a", {}, b"settings-1")
+        attempt = await admitted(policy, "Wrong-1")
+        policy.end(attempt, Outcome.INVALID_CREDENTIALS)
+        policy.agent_configured(TENANT, "agt-a", {}, b"settings-1")  # A reconnect.
+        assert (await refused(policy, "Wrong-1")).decided_by == "repeat"
+        policy.agent_configured(TENANT, "agt-b", {}, b"settings-b")  # Another agent's first.
+        assert (await refused(policy, "Wrong-1")).decided_by == "repeat"
+        with structlog.testing.capture_logs() as logs:
+            policy.agent_configured(TENANT, "agt-a", {}, b"settings-2")
+        assert [e["event"] for e in logs if e["event"] == "policy.repeats_forgotten"]
+        await admitted(policy, "Wrong-1")
+
+
 class TestSignInPolicyNonAnswers:
     """Only the directory's word on the password counts."""
 

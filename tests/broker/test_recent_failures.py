@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.recent_failures import DIGEST_BYTES, RecentFailures
+from broker.recent_failures import DIGEST_BYTES, RecentFailures, Repeat
 
 TTL = 100.0
 ALICE = "acme\0alice@example.com"
@@ -114,7 +114,7 @@ class TestRecentFailuresTtl:
         clock.now = 10.0
         refuse(recent, ALICE, WRONG)
         clock.now = 10.0 + elapsed
-        assert recent.check(ALICE, WRONG)[0] is seen
+        assert bool(recent.check(ALICE, WRONG)[0]) is seen
 
     def test_expired_user_is_dropped(self, recent: RecentFailures, clock: FakeClock) -> None:
         """A user whose every entry expired is no longer held in memory."""
@@ -178,7 +178,13 @@ class TestRecentFailuresBounds:
         passwords = [f"Wrong-{n}" for n in range(5)]
         for password in passwords:
             refuse(recent, ALICE, password)
-        assert [recent.check(ALICE, p)[0] for p in passwords] == [False, False, True, True, True]
+        assert [bool(recent.check(ALICE, p)[0]) for p in passwords] == [
+            False,
+            False,
+            True,
+            True,
+            True,
+        ]
 
     def test_max_users_forgets_least_recently_failing(self, recent: RecentFailures) -> None:
         """Past ``max_users``, the users whose last failure is oldest are forgotten first."""
@@ -211,3 +217,25 @@ class TestRecentFailuresForget:
         """Forgetting a user with nothing remembered is harmless."""
         recent.forget(ALICE)
         assert len(recent) == 0
+
+
+class TestUnknownNames:
+    """A refusal as an unknown name is remembered apart; a tenant can be forgotten at once."""
+
+    def test_unknown_name_is_told_apart(self, recent: RecentFailures) -> None:
+        """Added with known=False: check says UNKNOWN_NAME, not REFUSED."""
+        _, digest = recent.check(ALICE, WRONG)
+        recent.add(ALICE, digest, known=False)
+        assert recent.check(ALICE, WRONG)[0] == Repeat.UNKNOWN_NAME
+        refuse(recent, ALICE, "Other-wrong")
+        assert recent.check(ALICE, "Other-wrong")[0] == Repeat.REFUSED
+
+    def test_forget_tenant(self, recent: RecentFailures) -> None:
+        """Every user of one tenant is forgotten; another tenant's are kept."""
+        refuse(recent, "acme\0alice", WRONG)
+        refuse(recent, "acme\0bob", WRONG)
+        refuse(recent, "globex\0alice", WRONG)
+        recent.forget_tenant("acme")
+        assert not recent.check("acme\0alice", WRONG)[0]
+        assert not recent.check("acme\0bob", WRONG)[0]
+        assert recent.check("globex\0alice", WRONG)[0] == Repeat.REFUSED
