@@ -23,7 +23,7 @@ from broker.ca import CertificateAuthority
 from broker.config import DEFAULT_LISTEN, BrokerConfig, load_config
 from broker.ownership import CannotStart
 from broker.server import Broker
-from broker.store import Store
+from broker.store import STATUS_FRESHNESS, Store
 from pta import logging as pta_logging
 from pta.config import parse_duration
 from pta.errors import InvalidRequest, PtaError
@@ -32,7 +32,6 @@ from pta.tokens import TOKEN_ID, parse_token
 log = structlog.get_logger()
 DEFAULT_ENROLMENT_TTL = "1h"
 #: The serving broker reports its streams every second; older reports are of a stopped broker.
-STATUS_FRESHNESS = 5.0
 
 
 def _limit_options(serve: argparse.ArgumentParser) -> None:

@@ -226,6 +226,17 @@ class AccountMap:
         others = sorted(d for d, r in self._rules[tenant].items() if r == rule and d != domain)
         return [f"{local}@[{rule.directory}]", typed, *(f"{local}@{d}" for d in others)]
 
+    def domains(self, tenant: str, key: str) -> list[str]:
+        """The domains whose names a key's account is reached by (its own for a typed key)."""
+        _, _, where = key.rpartition("@")
+        if not where.startswith("["):
+            return [where]
+        directory = where[1:-1]
+        rules = self._rules.get(tenant, {})
+        return sorted(
+            d for d, r in rules.items() if r.scope == "local" and r.directory == directory
+        )
+
     def record(self, tenant: str, agent_id: str, rules: Mapping[str, AccountRule]) -> None:
         """Take an agent's word from its hello; keep it in the store; warn on disagreement.
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
-    from collections.abc import Container, Mapping
+    from collections.abc import Container, Iterable, Mapping
 
 DEFAULT_THRESHOLD = 10
 DEFAULT_DURATION = 60.0
@@ -142,3 +142,33 @@ def to_shed(
         if (key[0], key[1]) not in protected
     )
     return [key for _, key in candidates[:excess]]
+
+
+#: Directories locking after this many failures or more keep one try for familiar places.
+DIRECTORY_RESERVE_FROM = 4
+
+
+def lowest_threshold(reported: Iterable[int]) -> int | None:
+    """A domain's threshold from what its agents reported (0: never locks; None: nobody said).
+
+    The lowest threshold that locks wins; 0 only when no agent reports one that does.
+    """
+    lowest: int | None = None
+    for threshold in reported:
+        if lowest is None or (threshold and (not lowest or threshold < lowest)):
+            lowest = threshold
+    return lowest
+
+
+def directory_budget(threshold: int | None, *, unfamiliar: bool) -> int | None:
+    """How many wrong passwords may be in the directory's count at once (None: no bound).
+
+    One short of the directory's own lockout, so that the cloud can never lock a user out on
+    premises, however the broker's own counters stand (two kinds of location, a lock that ran
+    out and let one more through). Unfamiliar places stop one earlier still, so that the
+    user's own last try is theirs.
+    """
+    if not threshold:
+        return None
+    reserve = 1 if unfamiliar and threshold >= DIRECTORY_RESERVE_FROM else 0
+    return threshold - 1 - reserve

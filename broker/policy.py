@@ -72,8 +72,6 @@ FAMILIAR_REFRESH = 3600.0
 MAX_WAITING_PER_USER = 32
 #: Counters kept of accounts no directory said exist; past this the oldest are forgotten.
 MAX_COUNTERS = 200_000
-#: Directories locking after this many failures or more keep one try for familiar places.
-DIRECTORY_RESERVE_FROM = 4
 MAX_CHALLENGE_ID_CHARS = 64
 
 
@@ -203,6 +201,11 @@ class SignInPolicy:
             self._recent.forget_tenant(tenant)
             log.info("policy.repeats_forgotten", tenant=tenant, agent_id=agent_id)
 
+    @property
+    def mfa_ready(self) -> bool:
+        """Whether this broker can check second factors (it was given an MFA key)."""
+        return self._mfa_key is not None
+
     def policy_of(self, tenant: str) -> TenantPolicy:
         """A tenant's policy (the defaults unless set)."""
         return self._policies.get(tenant) or _DEFAULT
@@ -313,18 +316,21 @@ class SignInPolicy:
             # Refused as an unknown name: asked again (a misconfigured directory may have said
             # so), counted only if the answer differs (see end).
             attempt.recheck = seen == Repeat.UNKNOWN_NAME
-            if seen == Repeat.REFUSED:
-                return Verdict(
-                    outcome=Outcome.INVALID_CREDENTIALS,
-                    message="wrong username or password",
-                    decided_by="repeat",
-                )
             pending = self._pending.get(key, 0)
             in_flight = sum(self._pending.get((tenant, user, kind), 0) for kind in LOCATIONS)
             sent = lockout.current(
                 self._counters.get((tenant, user, "directory"), lockout.CLEAN), rule, now
             )
-            if budget is not None and sent.failures + in_flight >= budget:
+            full = budget is not None and sent.failures + in_flight >= budget
+            # A repeat is answered here, as ever; one refused as an unknown name is asked again
+            # only while the guard has room (the name may exist by now), never refused by it.
+            if seen == Repeat.REFUSED or (attempt.recheck and full):
+                return Verdict(
+                    outcome=Outcome.INVALID_CREDENTIALS,
+                    message="wrong username or password",
+                    decided_by="repeat",
+                )
+            if full:
                 if not in_flight:
                     return _guarded(sent.last_failure + rule.forget_after - now)
             elif pending < lockout.attempts_left(counter, rule):
@@ -590,13 +596,14 @@ class SignInPolicy:
                 by_agent[key] = report.lockout_threshold
             else:  # This agent cannot tell (any more); another agent's word still stands.
                 by_agent.pop(key, None)
-        lowest: dict[str, int] = {}
+        said: dict[str, list[int]] = {}
         for (domain, _), threshold in by_agent.items():
-            # The lowest threshold that locks; 0 ("never locks") only if no agent says one.
-            known = lowest.get(domain)
-            if known is None or (threshold and (not known or threshold < known)):
-                lowest[domain] = threshold
-        self._directory[tenant] = lowest
+            said.setdefault(domain, []).append(threshold)
+        self._directory[tenant] = {
+            domain: lowest
+            for domain, thresholds in said.items()
+            if (lowest := lockout.lowest_threshold(thresholds)) is not None
+        }
         self._check_thresholds(tenant)
 
     def _check_thresholds(self, tenant: str) -> None:
@@ -675,18 +682,9 @@ class SignInPolicy:
             self._store.add_known_account(tenant, user, self._clock())
 
     def _directory_budget(self, tenant: str, domain: str, location: Location) -> int | None:
-        """How many wrong passwords may be in the directory's count at once (None: unknown).
-
-        One short of the directory's own lockout, so that the cloud can never lock a user out
-        on premises, however the broker's own counters stand (two kinds of location, a lock
-        that ran out and let one more through). Unfamiliar places stop one earlier still, so
-        that the user's own last try is theirs.
-        """
+        """How many wrong passwords may be in the directory's count at once (None: unknown)."""
         threshold = self._directory.get(tenant, {}).get(domain)
-        if not threshold:
-            return None
-        reserve = 1 if location == "unfamiliar" and threshold >= DIRECTORY_RESERVE_FROM else 0
-        return threshold - 1 - reserve
+        return lockout.directory_budget(threshold, unfamiliar=location == "unfamiliar")
 
     def _fail(self, key: CounterKey, rule: lockout.LockoutRule) -> lockout.Counter:
         now = self._clock()

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 import segno
 
-from broker import mfa
+from broker import lockout, mfa
 from broker.accounts import AccountMap, typed_key
 from broker.config import mfa_key_file
 from broker.policy import threshold_warning
+from broker.store import STATUS_FRESHNESS
 from broker.tenant_policy import MFA_MODES
 from pta.config import parse_duration
 from pta.errors import InvalidRequest, NotFound
@@ -96,6 +97,9 @@ def add_parsers(
     enroll.add_argument("--mfa-key-file", help="the key that seals secrets")
     enroll.add_argument("--issuer", default=DEFAULT_MFA_ISSUER, help="name shown in the app")
     enroll.add_argument("--no-qr", action="store_true", help="print the URI only")
+    enroll.add_argument(
+        "--replace", action="store_true", help="replace an authenticator already enrolled"
+    )
     data_dir(enroll)
     remove = factor.add_parser("remove", help="remove a user's authenticator")
     remove.add_argument("--tenant", required=True)
@@ -170,7 +174,49 @@ def _set_policy(args: argparse.Namespace, store: Store) -> int:
     policy = store.policy.tenant_policy(args.name).updated(**changes)
     store.policy.set_tenant_policy(args.name, policy)
     sys.stdout.write(json.dumps(policy.describe(), indent=2) + "\n")
+    serving = store.status(fresh_within=STATUS_FRESHNESS)
+    if policy.mfa != "never" and serving.get("mfa_key") == "no":
+        sys.stderr.write(
+            "pta-broker: WARNING: the broker serving this store has no MFA key: sign-ins that"
+            " need a second factor are answered UNAVAILABLE until it is restarted with"
+            " --mfa-key-file (make one with `pta-broker mfa keygen FILE`)\n"
+        )
     return 0
+
+
+def _guards(store: Store, tenant: str, now: float) -> dict[str, dict[str, Any]]:
+    """Per account with wrong passwords in the directory's count: what the guard does now.
+
+    The same arithmetic as the serving broker's (:func:`broker.lockout.directory_budget`):
+    it refuses once the count reaches the bound, from unfamiliar places one sooner, until the
+    count is forgotten (a success through pta, ``lockout clear``, or a quiet day).
+    """
+    rule = store.policy.tenant_policy(tenant).lockout
+    said: dict[str, list[int]] = {}
+    for report in store.directory_policies(tenant):
+        if report.known:
+            said.setdefault(report.domain, []).append(report.lockout_threshold)
+    accounts = AccountMap(store.policy)
+    guards: dict[str, dict[str, Any]] = {}
+    for (owner, user, kind), counter in store.policy.counters().items():
+        if owner != tenant or kind != "directory" or not rule.enabled:
+            continue
+        sent = lockout.current(counter, rule, now)
+        domains = accounts.domains(tenant, user)
+        threshold = lockout.lowest_threshold(t for d in domains for t in said.get(d, []))
+        refuses = [
+            where
+            for where, unfamiliar in (("everywhere", False), ("from unfamiliar places", True))
+            if (budget := lockout.directory_budget(threshold, unfamiliar=unfamiliar)) is not None
+            and sent.failures >= budget
+        ]
+        guards[user] = {
+            "sent_to_directory": sent.failures,
+            "directory_locks_at": threshold,
+            "refuses": refuses[0] if refuses else "",
+            "until": _iso(sent.last_failure + rule.forget_after) if refuses else "",
+        }
+    return guards
 
 
 def _show(args: argparse.Namespace, store: Store) -> int:
@@ -198,6 +244,12 @@ def _show(args: argparse.Namespace, store: Store) -> int:
         "policy": policy.describe(),
         "directories": directories,
         "locked_users": sorted({k[1] for k, c in counters if c.locked_until > now}),
+        # Held back by the directory guard: one more would lock them in the directory.
+        "guarded_users": {
+            user: {"refuses": g["refuses"], "until": g["until"]}
+            for user, g in sorted(_guards(store, tenant, now).items())
+            if g["refuses"]
+        },
         "users_with_failures": len({k[1] for k, _ in counters}),
         "mfa_users": len(store.policy.mfa_users(tenant)),
     }
@@ -212,6 +264,13 @@ def _show(args: argparse.Namespace, store: Store) -> int:
         if d["warning"]:
             out.append(f"    WARNING: {d['warning']}")
     out.append(f"  locked now: {', '.join(shown['locked_users']) or 'nobody'}")
+    guarded = [
+        f"{user} ({g['refuses']}, until {g['until']})" for user, g in shown["guarded_users"].items()
+    ]
+    out.append(
+        "  held back by the directory guard (one more would lock them on premises): "
+        + (", ".join(guarded) or "nobody")
+    )
     out.append(f"  users with failures counted: {shown['users_with_failures']}")
     out.append(f"  users with an authenticator: {shown['mfa_users']}")
     sys.stdout.write("\n".join(out) + "\n")
@@ -232,7 +291,8 @@ def _lockout(args: argparse.Namespace, store: Store) -> int:
         sys.stdout.write(f"cleared {cleared} counter(s): applies within a second\n")
         return 0
     now = time.time()
-    rows = [
+    guards = _guards(store, args.tenant, now)
+    rows: list[dict[str, Any]] = [
         {
             "user": user,
             "location": location,
@@ -240,6 +300,7 @@ def _lockout(args: argparse.Namespace, store: Store) -> int:
             "lockouts": c.lockouts,
             "locked_for_seconds": max(0, round(c.locked_until - now)),
             "last_failure": _iso(c.last_failure),
+            **({"guard": guards[user]} if location == "directory" and user in guards else {}),
         }
         for (tenant, user, location), c in sorted(store.policy.counters().items())
         if tenant == args.tenant
@@ -248,10 +309,15 @@ def _lockout(args: argparse.Namespace, store: Store) -> int:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return 0
     for row in rows:
-        sys.stdout.write(
-            f"{row['user']}\t{row['location']}\tfailures {row['failures']}"
-            f"\tlocked for {row['locked_for_seconds']} s\n"
-        )
+        line = f"{row['user']}\t{row['location']}\tfailures {row['failures']}"
+        if guard := row.get("guard"):
+            locks = guard["directory_locks_at"] or "unknown"
+            line += f"\tsent to the directory, which locks at {locks}"
+            if guard["refuses"]:
+                line += f"\tguard refuses {guard['refuses']} until {guard['until']}"
+        else:
+            line += f"\tlocked for {row['locked_for_seconds']} s"
+        sys.stdout.write(line + "\n")
     return 0
 
 
@@ -274,6 +340,12 @@ def _mfa(args: argparse.Namespace, store: Store) -> int:
             return 1
         sys.stdout.write(f"removed the authenticator of {user}\n")
         return 0
+    if not args.replace and any(store.policy.mfa(args.tenant, k) for k in keys):
+        sys.stderr.write(
+            f"pta-broker: {user} already has an authenticator: --replace enrols a new one"
+            " (the old one stops working at once)\n"
+        )
+        return 1
     key = mfa.MfaKey.load(
         mfa_key_file(vars(args), os.environ), os.environ.get("PTA_BROKER_MFA_KEY", "")
     )

@@ -228,6 +228,7 @@ class Broker:
                 if time.monotonic() - reported >= STATUS_INTERVAL:
                     reported = time.monotonic()
                     store.agents.report_connections([_status(c) for c in dispatcher.connections()])
+                    store.report_status({"mfa_key": "yes" if policy.mfa_ready else "no"})
             except Exception:
                 log.exception("broker.maintenance_failed")
 

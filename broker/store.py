@@ -22,10 +22,13 @@ from pta.names import normalize_domain
 from pta.tokens import EnrolmentToken, new_token
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
     from pathlib import Path
 
 STORE_FILE = "pta.sqlite3"
+#: What the serving broker reports (streams, status) is stale after this many seconds: it
+#: reports every second, so older means it stopped without saying so.
+STATUS_FRESHNESS = 5.0
 #: One message for every unusable token, so a guesser learns nothing.
 TOKEN_REFUSED = "enrolment token is unknown, used or expired"  # noqa: S105 - a message
 _TENANT = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
@@ -46,6 +49,11 @@ CREATE TABLE IF NOT EXISTS tokens (
     created_at REAL NOT NULL,
     expires_at REAL NOT NULL,
     used_at REAL
+);
+CREATE TABLE IF NOT EXISTS broker_status (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    updated_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS directory_policies (
     tenant TEXT NOT NULL REFERENCES tenants(name) ON DELETE CASCADE,
@@ -245,6 +253,26 @@ class Store:
         (version,) = self._db.execute("PRAGMA data_version").fetchone()
         seen, self._seen_version = self._seen_version, version
         return bool(version != seen)
+
+    # What the serving broker says of itself, for the CLI ---------------------------------------
+
+    def report_status(self, values: Mapping[str, str]) -> None:
+        """Replace what the serving broker reports about itself (e.g. whether it has an MFA key)."""
+        now = time.time()
+        with transaction(self._db):
+            self._db.execute("DELETE FROM broker_status")
+            self._db.executemany(
+                "INSERT INTO broker_status (name, value, updated_at) VALUES (?, ?, ?)",
+                [(name, value, now) for name, value in values.items()],
+            )
+
+    def status(self, *, fresh_within: float) -> dict[str, str]:
+        """What a broker serving this store reported within ``fresh_within`` s (empty: none)."""
+        rows = self._db.execute(
+            "SELECT name, value FROM broker_status WHERE updated_at >= ?",
+            (time.time() - fresh_within,),
+        )
+        return dict(rows)
 
     # Directory lockout policies ---------------------------------------------------------------
 

@@ -184,6 +184,17 @@ class TestSmartLockout:
             guarded = guard.sign_in("grower", secret("guess-after"))
             assert guarded.outcome == Outcome.LOCKED_BY_POLICY
             assert "directory" in guarded.message
+            # Operators see the guard's refusal and its end, not "locked for 0 s".
+            listed = guard.broker.cli("lockout", "list", "--tenant", "guard").stdout.splitlines()
+            rows = [r for r in listed if r.startswith("grower@") and "\tdirectory\t" in r]
+            assert len(rows) == 1, listed
+            row = rows[0]
+            assert f"which locks at {DIRECTORY_THRESHOLD}" in row
+            assert "guard refuses from unfamiliar places until " in row
+            shown = guard.broker.cli("tenant", "show", "guard").stdout
+            (held,) = [line for line in shown.splitlines() if "held back by the directory" in line]
+            assert "grower@" in held
+            assert "from unfamiliar places, until " in held
             # Unfamiliar places stop at slapd's 5 - 2; the office keeps the last try.
             assert guard.failures_in_directory("grower") == DIRECTORY_THRESHOLD - 2
             office = guard.sign_in("grower", USERS["grower"], ip=OFFICE_IP)
@@ -492,6 +503,45 @@ class TestMfa:
         assert done.returncode == 0, done.stderr
         assert "MFA_REQUIRED" in done.stderr
         assert _verify(guard, done.stdout.strip())["sub"] == f"mfa-cli@{DOMAIN}"
+
+
+class TestMfaCommands:
+    """The MFA commands refuse what would surprise an administrator, in one line."""
+
+    def test_enrol_again_needs_replace(self, guard: Guard) -> None:
+        """A second enrol without --replace is refused; with it, only the new secret works."""
+        first = _enrol(guard, "mfa-twice")
+        again = guard.broker.cli(
+            "mfa", "enroll", "--tenant", "guard", f"mfa-twice@{DOMAIN}", "--mfa-key-file",
+            str(guard.key_file), check=False,
+        )  # fmt: skip
+        assert again.returncode == 1
+        assert "already has an authenticator: --replace" in again.stderr
+        assert "otpauth" not in again.stdout, "no new secret was made"
+        replaced = guard.broker.cli(
+            "mfa", "enroll", "--tenant", "guard", f"mfa-twice@{DOMAIN}", "--mfa-key-file",
+            str(guard.key_file), "--replace",
+        )  # fmt: skip
+        uri = urllib.parse.urlparse(replaced.stdout.strip())
+        second = known(urllib.parse.parse_qs(uri.query)["secret"][0])
+        assert base64.b32decode(second + "=" * (-len(second) % 8)) != first
+
+    def test_mfa_policy_warns_when_the_broker_has_no_key(self, run_dir: Path) -> None:
+        """`tenant policy --mfa always` against a broker serving without a key: a warning."""
+        broker = BrokerProcess.start(run_dir, "broker-no-mfa-key")
+        try:
+            broker.add_tenant("nokey", "nokey.example")
+            wait_for(
+                lambda: (
+                    "no MFA key"
+                    in broker.cli("tenant", "policy", "nokey", "--mfa", "always").stderr
+                ),
+                what="the warning (the broker reports its state every second)",
+            )
+            quiet = broker.cli("tenant", "policy", "nokey", "--mfa", "never")
+            assert "WARNING" not in quiet.stderr
+        finally:
+            broker.stop()
 
 
 class TestTokens:

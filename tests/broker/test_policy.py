@@ -468,6 +468,23 @@ class TestRepeatsOfUnknownNames:
             policy.end(again, Outcome.UNKNOWN_USER)
         assert failures(store) == 1
 
+    async def test_no_room_at_the_guard_answers_as_a_repeat(
+        self, store: Store, policy: SignInPolicy
+    ) -> None:
+        """With the guard full, asked again would be refused by it: answered as a repeat.
+
+        So an unknown name's repeats get what a known account's get (INVALID_CREDENTIALS,
+        decided by the repeat memory), never a guard refusal that would tell them apart.
+        """
+        configure(store, policy, lockout_threshold=20)
+        policy.directory_reported(TENANT, [report(5)])  # Budget from elsewhere: 3.
+        for n in range(3):
+            policy.end(await admitted(policy, f"Nobody-{n}"), Outcome.UNKNOWN_USER)
+        verdict = await refused(policy, "Nobody-0")
+        assert verdict.outcome == Outcome.INVALID_CREDENTIALS
+        assert verdict.decided_by == "repeat"
+        assert (await refused(policy, "Nobody-new")).decided_by == "directory_guard"
+
     async def test_fixed_directory_lets_the_right_password_in(self, policy: SignInPolicy) -> None:
         """Asked again once the directory is fixed: a right password is a success."""
         first = await admitted(policy, RIGHT)
