@@ -311,11 +311,11 @@ class SignInPolicy:
             if (wait := lockout.locked_for(counter, now)) > 0:
                 return _locked(wait)
             seen = Repeat.NO
-            if password is not None:
+            if password is not None:  # (None: a readmission, which keeps what was found.)
                 seen, attempt.digest = self._recent.check(f"{tenant}\0{user}", password)
-            # Refused as an unknown name: asked again (a misconfigured directory may have said
-            # so), counted only if the answer differs (see end).
-            attempt.recheck = seen == Repeat.UNKNOWN_NAME
+                # Refused as an unknown name: asked again (a misconfigured directory may have
+                # said so), counted only if the answer differs (see end).
+                attempt.recheck = seen == Repeat.UNKNOWN_NAME
             pending = self._pending.get(key, 0)
             in_flight = sum(self._pending.get((tenant, user, kind), 0) for kind in LOCATIONS)
             sent = lockout.current(
@@ -325,11 +325,7 @@ class SignInPolicy:
             # A repeat is answered here, as ever; one refused as an unknown name is asked again
             # only while the guard has room (the name may exist by now), never refused by it.
             if seen == Repeat.REFUSED or (attempt.recheck and full):
-                return Verdict(
-                    outcome=Outcome.INVALID_CREDENTIALS,
-                    message="wrong username or password",
-                    decided_by="repeat",
-                )
+                return REPEATED
             if full:
                 if not in_flight:
                     return _guarded(sent.last_failure + rule.forget_after - now)
@@ -738,6 +734,10 @@ class SignInPolicy:
 
 
 _DEFAULT = TenantPolicy()
+#: The answer to a password refused moments ago: not counted, not sent again.
+REPEATED = Verdict(
+    outcome=Outcome.INVALID_CREDENTIALS, message="wrong username or password", decided_by="repeat"
+)
 
 
 def _locked(wait: float) -> Verdict:

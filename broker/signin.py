@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from broker.dispatch import AgentLost, Answer, Dispatcher, Job
-from broker.policy import Attempt, SignInPolicy, Verdict
+from broker.policy import REPEATED, Attempt, SignInPolicy, Verdict
 from broker.ratelimit import RateLimiter, client_address, peer_address
 from broker.signin_stream import DEFAULT_IDLE_SECONDS, SignInStreamSession
 from pta import sealing
@@ -323,13 +323,18 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
                 verdict = admitted
             else:
                 audit = audit.bind(location=admitted.location)
-                answer = await self._check_admitted(admitted, credentials, request_id, deadline)
-                audit = audit.bind(agent_id=answer.agent_id, outcome=_outcome_name(answer.outcome))
-                outcome, message = _visible(answer)
-                verdict = Verdict(outcome=outcome, message=message, decided_by="directory")
-                if grant and outcome == Outcome.SUCCESS:
-                    granted = self._policy.grant(admitted, request_id)
-                    verdict = replace(granted, message=message) if granted.token else granted
+                answer = await self._directory_answer(admitted, credentials, request_id, deadline)
+                if answer is None:  # A lost repeat of an unknown name: as any repeat.
+                    verdict = REPEATED
+                else:
+                    audit = audit.bind(
+                        agent_id=answer.agent_id, outcome=_outcome_name(answer.outcome)
+                    )
+                    outcome, message = _visible(answer)
+                    verdict = Verdict(outcome=outcome, message=message, decided_by="directory")
+                    if grant and outcome == Outcome.SUCCESS:
+                        granted = self._policy.grant(admitted, request_id)
+                        verdict = replace(granted, message=message) if granted.token else granted
         except PtaError as error:
             audit.info(
                 event, status=error.code.name, reason=error.message, duration_ms=_ms(started)
@@ -343,6 +348,26 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
             duration_ms=_ms(started),
         )
         return request_id, verdict
+
+    async def _directory_answer(
+        self,
+        attempt: Attempt,
+        credentials: agent_pb2.Credentials,
+        request_id: str,
+        deadline: float,
+    ) -> Answer | None:
+        """The directory's answer to an admitted attempt; None: answer it as a repeat.
+
+        A repeat of a password refused as an unknown name whose agent was lost, with no room
+        for another try, gets what any repeat gets, not UNAVAILABLE, which a known account's
+        repeat (answered by the policy, never sent) could never get.
+        """
+        try:
+            return await self._check_admitted(attempt, credentials, request_id, deadline)
+        except AgentLost:
+            if not attempt.recheck:
+                raise
+            return None
 
     def _second_factor(self, attempt: Attempt, code: str) -> Attempt | Verdict:
         """The attempt, if its code is right or none is wanted; else the policy's answer."""

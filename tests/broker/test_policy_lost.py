@@ -182,3 +182,19 @@ class TestLost:
         policy.end(attempt, MAY_HAVE_TRIED)
         assert await policy.readmit(attempt, deadline())
         policy.end(attempt, Outcome.INVALID_CREDENTIALS)
+
+
+class TestLostRepeatOfUnknownName:
+    """A repeat of an unknown name's refusal, lost: no room means 'answer as a repeat'."""
+
+    async def test_readmission_keeps_the_recheck(self, store: Store, policy: SignInPolicy) -> None:
+        """The guard full after the lost try: refused, and still marked a recheck."""
+        reported(policy, 5)  # Budget from elsewhere: 3.
+        for n in range(2):
+            policy.end(await admitted(policy, f"Nobody-{n}"), Outcome.UNKNOWN_USER)
+        again = await admitted(policy, "Nobody-0")
+        assert again.recheck
+        policy.end(again, MAY_HAVE_TRIED)
+        assert sent(store) == 3
+        assert not await policy.readmit(again, deadline())
+        assert again.recheck, "the signin service answers it as a repeat, not UNAVAILABLE"
