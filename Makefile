@@ -19,7 +19,7 @@ system-deps:
 
 ## demo: start a directory, a broker and an agent, and sign users in (Ctrl-C stops all)
 demo: deps system-deps
-	$(BIN)/pta-demo
+	$(BIN)/python -m tooling.demo
 
 ## test: the whole suite, against a real slapd over real gRPC and mTLS
 test: deps system-deps
@@ -27,7 +27,7 @@ test: deps system-deps
 
 ## bench: end-to-end sign-ins against a direct LDAP bind, same run (not a test)
 bench: deps system-deps
-	$(BIN)/pta-bench $(BENCH_ARGS)
+	$(BIN)/python -m tooling.bench $(BENCH_ARGS)
 
 ## lint: ruff (lint and format) and mypy --strict
 lint: deps
@@ -37,7 +37,7 @@ lint: deps
 
 ## proto: regenerate pta/v1 from proto/ (the result is committed)
 proto: deps
-	$(BIN)/python -m pta.protogen
+	$(BIN)/python -m tooling.protogen
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo .bench

@@ -9,7 +9,7 @@ need=""
 [ -x /usr/sbin/slapd ] || need="$need slapd"
 command -v ldapwhoami >/dev/null 2>&1 || need="$need ldap-utils"
 python3 -c 'import ensurepip, venv' 2>/dev/null || need="$need python3-venv"
-# A real Active Directory domain controller for the AD tests (pta/samba.py: AD_PACKAGES).
+# A real Active Directory domain controller for the AD tests (tooling/samba.py: AD_PACKAGES).
 for pkg in samba samba-ad-provision samba-dsdb-modules samba-vfs-modules ldb-tools; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need="$need $pkg"
 done

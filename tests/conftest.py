@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING
 import pytest
 import structlog
 
-from pta.slapd import DirectoryUser, Slapd
 from tests import require_all
 from tests.require_all import pytest_make_collect_report, pytest_runtest_makereport
 from tests.secrets_registry import secret
 from tests.support import ALICE_PASSWORD, AgentProcess, BrokerProcess
+from tooling.slapd import DirectoryUser, Slapd
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -30,9 +30,11 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from broker.store import DirectoryPolicyRecord
-    from pta.slapd import Slapd
+    from tooling.slapd import Slapd
 
 BIN = Path(sys.executable).parent
+#: The checkout: where `python -m tooling.…` finds the tooling package (never installed).
+ROOT = Path(__file__).resolve().parent.parent
 #: The sample user every load signs in as (see tests/conftest.py USERS).
 ALICE_PASSWORD = secrets_registry.secret("Alice-pw-1!")
 START_TIMEOUT = 15.0

@@ -20,10 +20,10 @@ import ldap3
 import pytest
 
 from broker import mfa
-from pta.slapd import DirectoryUser, Slapd
 from pta.v1 import outcome_pb2, signin_pb2, signin_pb2_grpc
 from tests.secrets_registry import known, secret
 from tests.support import AgentProcess, BrokerProcess, wait_for
+from tooling.slapd import DirectoryUser, Slapd
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 Outcome = outcome_pb2.Outcome
 TENANT = "onedir"
 ONE, TWO = "one.example", "two.example"
-DIRECTORY_THRESHOLD = 5  # pta/slapd.py's default password policy: pwdMaxFailure.
+DIRECTORY_THRESHOLD = 5  # tooling/slapd.py's default password policy: pwdMaxFailure.
 #: The directory guard's budget from an unfamiliar place: one short, one kept for the user.
 GUARD_BUDGET = DIRECTORY_THRESHOLD - 2
 ACCOUNT = "alice@[dc=example,dc=com]"

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pta.samba import LOCKOUT_THRESHOLD, AdUser, SambaDC, samba_missing_reason
 from pta.v1 import outcome_pb2, signin_pb2, signin_pb2_grpc
 from tests.secrets_registry import known, secret
 from tests.support import AgentProcess, BrokerProcess
+from tooling.samba import LOCKOUT_THRESHOLD, AdUser, SambaDC, samba_missing_reason
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -28,8 +28,8 @@ from agent.identity import AgentIdentity
 from agent.link import Link
 from agent.validation import ReplayGuard, Validator
 from pta import tls
-from pta.slapd import free_port
 from tests.support import AgentProcess, BrokerProcess, wait_for
+from tooling.slapd import free_port
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from structlog.typing import EventDict, Processor, WrappedLogger
 
-    from pta.slapd import Slapd
+    from tooling.slapd import Slapd
 
 LIFETIME = 12.0
 #: How much later than its computed time a step may happen on a busy machine.

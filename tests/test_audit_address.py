@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-    from pta.slapd import Slapd
+    from tooling.slapd import Slapd
 
 CLAIMED = "198.51.100.23"
 

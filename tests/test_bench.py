@@ -9,22 +9,24 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pta.bench import PhaseResult, _ratios, _with_adjacent_baselines
-from tests.support import BIN
+from tests.support import BIN, ROOT
+from tooling.bench import PhaseResult, _ratios, _with_adjacent_baselines
 
 if TYPE_CHECKING:
     from pathlib import Path
 
 
 class TestBenchSmoke:
-    """``pta-bench`` end to end, one second a phase."""
+    """``python -m tooling.bench`` end to end, one second a phase."""
 
     def test_bench_runs_and_reports(self, tmp_path: Path) -> None:
         """It exits 0 (every answer right) and writes the ratios the issue names."""
         out = tmp_path / "bench.json"
         done = subprocess.run(
             [
-                str(BIN / "pta-bench"),
+                str(BIN / "python"),
+                "-m",
+                "tooling.bench",
                 "--duration",
                 "1",
                 "--concurrency",
@@ -36,6 +38,7 @@ class TestBenchSmoke:
             ],
             capture_output=True,
             text=True,
+            cwd=ROOT,
             timeout=120,
             check=False,
         )
@@ -89,12 +92,15 @@ class TestBenchSmoke:
         out = tmp_path / "bench.json"
         done = subprocess.run(
             [
-                str(BIN / "pta-bench"),
+                str(BIN / "python"),
+                "-m",
+                "tooling.bench",
                 *("--duration", "0.5", "--concurrency", "4", "--users", "10"),
                 *("--api", "stream", "--json", str(out)),
             ],
             capture_output=True,
             text=True,
+            cwd=ROOT,
             timeout=120,
             check=False,
         )

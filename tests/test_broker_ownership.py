@@ -10,8 +10,8 @@ from __future__ import annotations
 import subprocess
 from typing import TYPE_CHECKING
 
-from pta.slapd import free_port
 from tests.support import BIN, BrokerProcess
+from tooling.slapd import free_port
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -14,7 +14,7 @@ from tests.support import AgentProcess, BrokerProcess, SignInLoad
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from pta.slapd import Slapd
+    from tooling.slapd import Slapd
 
 SECONDS = 9.0
 #: Seconds between kills: a range, as the review ran it.

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import subprocess
 
-from tests.support import BIN
+from tests.support import BIN, ROOT
 
 
 class TestDemo:
-    """``pta-demo --exit`` as a newcomer runs it (without waiting for Ctrl-C)."""
+    """``python -m tooling.demo --exit`` as a newcomer runs it (without waiting for Ctrl-C)."""
 
     def test_demo_signs_users_in_and_cleans_up(self) -> None:
         """Each sign-in gets its expected answer; no process or work directory is left."""
         done = subprocess.run(
-            [str(BIN / "pta-demo"), "--exit"],
+            [str(BIN / "python"), "-m", "tooling.demo", "--exit"],
             capture_output=True,
             text=True,
+            cwd=ROOT,
             timeout=120,
             check=False,
         )

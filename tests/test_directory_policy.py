@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 import grpc
 import pytest
 
-from pta.slapd import DirectoryUser, Slapd, free_port
 from pta.v1 import agent_pb2, agent_pb2_grpc, outcome_pb2
 from tests.conftest import DOMAIN, USERS
 from tests.support import AgentProcess, BrokerProcess, agent_credentials, wait_for
+from tooling.slapd import DirectoryUser, Slapd, free_port
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -15,7 +15,7 @@ from tests.support import AgentProcess, BrokerProcess, SignInLoad, wait_for
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from pta.slapd import Slapd
+    from tooling.slapd import Slapd
 
 
 @pytest.fixture(scope="module")

@@ -23,9 +23,9 @@ from agent.config import DirectoryConfig
 from agent.directory import LdapDirectory
 from broker.accounts import AccountRule, account_key, fold
 from pta.names import parse_upn
-from pta.slapd import DirectoryUser, Slapd
 from pta.v1 import outcome_pb2
 from tests.secrets_registry import secret
+from tooling.slapd import DirectoryUser, Slapd
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

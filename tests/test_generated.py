@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pta import protogen
+from tooling import protogen
 
 if TYPE_CHECKING:
     from pathlib import Path

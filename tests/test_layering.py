@@ -16,11 +16,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 #: package -> the top-level packages it must never import.
+#: ``tooling`` (demo, bench, test directories) may use them all; none of them uses it.
 FORBIDDEN = {
-    "pta": {"broker", "agent", "client"},
-    "broker": {"agent", "client"},
-    "agent": {"broker", "client"},
-    "client": {"broker", "agent"},
+    "pta": {"broker", "agent", "client", "tooling"},
+    "broker": {"agent", "client", "tooling"},
+    "agent": {"broker", "client", "tooling"},
+    "client": {"broker", "agent", "tooling"},
 }
 
 
@@ -48,7 +49,7 @@ class TestLayering:
         assert {k: v for k, v in offenders.items() if v} == {}
 
     def test_only_directory_module_imports_ldap3(self) -> None:
-        """LDAP is spoken in the agent's directory modules (the throwaway servers aside).
+        """LDAP is spoken in the agent's directory modules only (tooling is not pta).
 
         ``agent/directory.py`` (ldap3's connections), ``agent/ldappool.py`` and
         ``agent/ldapconn.py`` (the sign-in's searches and binds on the event loop, decoded by
@@ -60,15 +61,13 @@ class TestLayering:
             for path in (ROOT / package).rglob("*.py")
             if "ldap3" in _imports(path)
         }
-        # The throwaway slapd and the benchmark's direct-bind baseline also speak LDAP.
-        assert users <= {
-            "agent/directory.py",
-            "agent/ldappool.py",
-            "agent/ldapconn.py",
-            "pta/slapd.py",
-            "pta/samba.py",
-            "pta/loadgen.py",
-        }
+        assert users <= {"agent/directory.py", "agent/ldappool.py", "agent/ldapconn.py"}
+
+    def test_tooling_is_not_shipped(self) -> None:
+        """The wheel packages the programs and ``pta``; the tooling stays in the checkout."""
+        pyproject = (ROOT / "pyproject.toml").read_text()
+        assert 'include = ["pta*", "broker*", "agent*", "client*"]' in pyproject
+        assert "tooling" not in pyproject.split("[project.scripts]")[1].split("[")[0]
 
     def test_dispatch_has_no_grpc(self) -> None:
         """The dispatcher is pure logic, tested without a network."""

@@ -6,10 +6,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pta.slapd import DirectoryUser, Slapd
 from pta.v1 import outcome_pb2
 from tests.secrets_registry import secret
 from tests.support import AgentProcess, BrokerProcess
+from tooling.slapd import DirectoryUser, Slapd
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-    from pta.slapd import Slapd
+    from tooling.slapd import Slapd
 
 Outcome = outcome_pb2.Outcome
 TENANT = "lost"

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from pta.slapd import Slapd
+    from tooling.slapd import Slapd
 
 Outcome = outcome_pb2.Outcome
 QUEUE_LIMIT = 8

@@ -6,10 +6,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pta.slapd import DirectoryUser, Slapd
 from pta.v1 import outcome_pb2, signin_pb2, signin_pb2_grpc
 from tests.secrets_registry import known, secret
 from tests.support import AgentProcess, BrokerProcess, signin_cli
+from tooling.slapd import DirectoryUser, Slapd
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

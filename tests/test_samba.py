@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 import ldap3
 import pytest
 
-from pta.samba import (
+from tests.secrets_registry import secret
+from tooling.samba import (
     AD_PACKAGES,
     LOCKOUT_THRESHOLD,
     AdState,
@@ -28,7 +29,6 @@ from pta.samba import (
     install_command,
     samba_missing_reason,
 )
-from tests.secrets_registry import secret
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING
 import grpc
 import pytest
 
-from pta.slapd import DirectoryUser, Slapd
 from pta.v1 import outcome_pb2
 from tests.secrets_registry import secret
 from tests.support import AgentProcess, BrokerProcess, unread_by, wait_for
+from tooling.slapd import DirectoryUser, Slapd
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

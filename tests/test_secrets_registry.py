@@ -34,7 +34,7 @@ SECRET_NAMES = frozenset(
 EXEMPT = frozenset({"secrets_registry.py"})
 #: Imports through which a module can send a secret out of the test process.
 WIRE = frozenset(
-    {"grpc", "grpc.aio", "ldap3", "subprocess", "pta.slapd", "pta.samba", "tests.support"}
+    {"grpc", "grpc.aio", "ldap3", "subprocess", "tooling.slapd", "tooling.samba", "tests.support"}
     | {"tests.conftest"}
 )
 #: Helpers every test module may call (their definitions are read for parameter names).

@@ -17,7 +17,7 @@ from tests.support import AgentProcess, BrokerProcess, wait_for
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from pta.slapd import Slapd
+    from tooling.slapd import Slapd
 
 Outcome = outcome_pb2.Outcome
 

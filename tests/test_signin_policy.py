@@ -20,10 +20,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker import mfa
-from pta.slapd import DirectoryUser, Slapd, free_port
 from pta.v1 import outcome_pb2, signin_pb2, signin_pb2_grpc
 from tests.secrets_registry import known, secret
 from tests.support import AgentProcess, BrokerProcess, signin_cli, wait_for
+from tooling.slapd import DirectoryUser, Slapd, free_port
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -35,7 +35,7 @@ OFFICE = "10.20.0.0/16"
 OFFICE_IP = "10.20.1.5"
 ATTACKER_IP = "198.51.100.66"
 THRESHOLD = 3
-DIRECTORY_THRESHOLD = 5  # pta/slapd.py's default password policy: pwdMaxFailure
+DIRECTORY_THRESHOLD = 5  # tooling/slapd.py's default password policy: pwdMaxFailure
 TOKEN_TTL = 2.0
 USERS = {
     name: secret(f"{name.capitalize()}-Pw-9!")

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING
 import grpc
 import pytest
 
-from pta.slapd import DirectoryUser, Slapd
 from pta.v1 import outcome_pb2, signin_pb2
 from tests.secrets_registry import require, secret
 from tests.support import AgentProcess, BrokerProcess, wait_for
+from tooling.slapd import DirectoryUser, Slapd
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 import ldap3
 import pytest
 
-from pta.slapd import DirectoryUser, Slapd, find_slapd
 from tests.secrets_registry import secret
+from tooling.slapd import DirectoryUser, Slapd, find_slapd
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

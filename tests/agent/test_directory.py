@@ -13,10 +13,10 @@ import pytest
 from agent.config import DirectoryConfig
 from agent.directory import Check, LdapDirectory
 from pta.errors import DirectoryUnavailable
-from pta.slapd import DirectoryUser, Slapd, free_port
 from pta.v1 import outcome_pb2
 from tests.conftest import USERS
 from tests.secrets_registry import secret
+from tooling.slapd import DirectoryUser, Slapd, free_port
 
 Outcome = outcome_pb2.Outcome
 

@@ -10,9 +10,9 @@ import pytest
 from agent.config import DirectoryConfig
 from agent.directory import LdapDirectory
 from agent.dncache import DnCache
-from pta.slapd import DirectoryUser, Slapd
 from pta.v1 import outcome_pb2
 from tests.secrets_registry import secret
+from tooling.slapd import DirectoryUser, Slapd
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator

@@ -21,9 +21,9 @@ from agent import ldapwire, ppolicy
 from agent.directory import PPOLICY_CONTROL
 from agent.ldappool import BindPool, SearchPool, tls_context
 from pta.errors import DirectoryUnavailable
-from pta.samba import AdUser, SambaDC, _write_tls, samba_missing_reason
-from pta.slapd import DirectoryUser, Slapd, free_port
 from tests.secrets_registry import secret
+from tooling.samba import AdUser, SambaDC, _write_tls, samba_missing_reason
+from tooling.slapd import DirectoryUser, Slapd, free_port
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator

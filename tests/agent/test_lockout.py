@@ -12,7 +12,7 @@ from agent import lockout
 from agent.config import DirectoryConfig
 from agent.directory import LdapDirectory
 from agent.lockout import LockoutPolicy, PolicyReporter
-from pta.slapd import Slapd, free_port
+from tooling.slapd import Slapd, free_port
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence

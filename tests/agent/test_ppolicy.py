@@ -20,10 +20,10 @@ from structlog.testing import capture_logs
 
 from agent import outcomes, ppolicy
 from agent.ppolicy import PolicyError, PolicyResponse
-from pta.slapd import DirectoryUser, Slapd
 from pta.v1 import outcome_pb2
 from tests.secrets_registry import secret
 from tests.support import wait_for
+from tooling.slapd import DirectoryUser, Slapd
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
@@ -320,17 +320,17 @@ EXPIRED = DirectoryUser(uid="expired", password=secret("Expired-pw-4"), expired=
 LOCKOUT = DirectoryUser(uid="tries", password=secret("Tries-pw-5"))
 WARNED = DirectoryUser(uid="warned", password=secret("Warned-pw-6"))
 GRACE = DirectoryUser(uid="grace", password=secret("Grace-pw-7"), expired=True)
-MAX_AGE = 90 * 86400  # pta/slapd.py's default pwdMaxAge
+MAX_AGE = 90 * 86400  # tooling/slapd.py's default pwdMaxAge
 EXPIRE_WARNING = 7 * 86400
 GRACE_LOGINS = 2
-MAX_FAILURE = 5  # pta/slapd.py's default pwdMaxFailure
+MAX_FAILURE = 5  # tooling/slapd.py's default pwdMaxFailure
 
 
 @pytest.fixture(scope="module")
 def slapd() -> Iterator[Slapd]:
     """A slapd with one user per ppolicy state and two policy changes made over LDAP.
 
-    The default policy gains ``pwdExpireWarning`` (7 days), which pta/slapd.py does not set;
+    The default policy gains ``pwdExpireWarning`` (7 days), which tooling/slapd.py does not set;
     the grace user gets a policy of its own with two grace logins, so that ``expired`` stays
     expired without grace.
     """

@@ -3,7 +3,7 @@
 Active Directory answers a failed simple bind with a ``data XXX`` subcode (52e bad password, 533
 disabled, 773 must change, 532 expired, 701 account expired, 775 locked, 530 logon hours) that the
 agent has to map to an outcome; only a real AD DC produces them, so this module runs Debian's
-Samba as one, twin of :mod:`pta.slapd`.  Each :class:`SambaDC` is private: a provisioned domain
+Samba as one, twin of :mod:`tooling.slapd`.  Each :class:`SambaDC` is private: a provisioned domain
 restored from a cached tarball into its own temp dir, its own ``smb.conf`` (never
 ``/etc/samba/smb.conf``), only the ``ldap`` service, bound to 127.0.0.1 only, and a process group
 that is always killed on exit.

@@ -1,4 +1,4 @@
-"""``pta-demo`` (``make demo``): a directory, a broker and an agent on this machine, and sign-ins.
+"""``make demo``: a directory, a broker and an agent on this machine, and sign-ins.
 
 Every piece is the real program started the way an operator would start it (the console
 scripts, in their own processes, over real TLS on 127.0.0.1), so what the demo shows is what a
@@ -25,9 +25,9 @@ from cryptography.hazmat.primitives.hashes import SHA1
 from cryptography.hazmat.primitives.twofactor.totp import TOTP
 
 from pta import logging as pta_logging
-from pta.localrun import BIN, LocalDeployment
-from pta.slapd import DirectoryUser, Slapd
 from pta.v1 import signin_pb2, signin_pb2_grpc
+from tooling.localrun import BIN, LocalDeployment
+from tooling.slapd import DirectoryUser, Slapd
 
 DOMAIN = "example.com"
 USERS = (
@@ -63,7 +63,7 @@ def step(text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; return the exit code."""
-    parser = argparse.ArgumentParser(prog="pta-demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tooling.demo", description=__doc__)
     parser.add_argument(
         "--exit", action="store_true", help="stop after the sign-ins instead of waiting for Ctrl-C"
     )

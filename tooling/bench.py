@@ -1,4 +1,4 @@
-"""``pta-bench`` (``make bench``): end-to-end sign-ins against a direct LDAP bind, in one run.
+"""``make bench``: end-to-end sign-ins against a direct LDAP bind, in one run.
 
 It starts a throwaway slapd with N users, a broker and one or more agents (the real programs, as
 processes), then measures, on the same machine in the same run:
@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from pta import logging as pta_logging
-from pta.loadgen import APIS, Case, LoadSpec, Sample, cases, direct_binds, end_to_end
-from pta.localrun import LocalDeployment
-from pta.slapd import DirectoryUser, Slapd
+from tooling.loadgen import APIS, Case, LoadSpec, Sample, cases, direct_binds, end_to_end
+from tooling.localrun import LocalDeployment
+from tooling.slapd import DirectoryUser, Slapd
 
 DOMAIN = "bench.example"
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -178,7 +178,9 @@ def _measure(  # noqa: PLR0913 - one phase's facts, by name
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     """The command line, with ``levels`` and ``apis`` parsed out of their comma lists."""
-    parser = argparse.ArgumentParser(prog="pta-bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tooling.bench", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per phase")
     parser.add_argument("--agents", type=int, default=1, help="agents of the tenant")
     parser.add_argument("--concurrency", default="1,16,64", help="comma-separated")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Self
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from pta.slapd import Slapd
+    from tooling.slapd import Slapd
 
 BIN = Path(sys.executable).parent
 START_TIMEOUT = 30.0
