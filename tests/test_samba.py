@@ -18,13 +18,13 @@ import ldap3
 import pytest
 
 from tests.secrets_registry import secret
+from tooling.daemon import group_members
 from tooling.samba import (
     AD_PACKAGES,
     LOCKOUT_THRESHOLD,
     AdState,
     AdUser,
     SambaDC,
-    _group_members,
     find_samba,
     install_command,
     samba_missing_reason,
@@ -216,12 +216,13 @@ class TestLifecycle:
 
     def test_stop_leaves_no_process_then_restarts(self, dc: SambaDC) -> None:
         """stop() kills every Samba process, frees the port and the dir; start() works again."""
-        assert dc._proc is not None
+        assert dc._daemon is not None
+        assert dc._daemon.pid is not None
         assert dc.directory is not None
-        pgid, directory = dc._proc.pid, dc.directory
-        assert len(_group_members(pgid)) > 1  # the root and its prefork workers
+        pgid, directory = dc._daemon.pid, dc.directory
+        assert len(group_members(pgid)) > 1  # the root and its prefork workers
         dc.stop()
-        assert _group_members(pgid) == []
+        assert group_members(pgid) == []
         assert not directory.exists()
         assert subprocess.run(["pgrep", "-f", str(directory)], check=False).returncode == 1
         with pytest.raises(ConnectionRefusedError):

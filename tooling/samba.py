@@ -29,7 +29,6 @@ import re
 import secrets
 import shlex
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -48,6 +47,7 @@ from ldap3.core.exceptions import LDAPException
 from ldap3.utils.dn import escape_rdn
 
 from pta import tls
+from tooling.daemon import Daemon, tail
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -241,7 +241,7 @@ class SambaDC:
         self.timings: dict[str, float] = {}
         self._workdir, self._cache_dir, self._lock_timeout = workdir, cache_dir, lock_timeout
         self._old_password_minutes = old_password_minutes
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._daemon: Daemon | None = None
         self._lock: IO[str] | None = None
 
     def __repr__(self) -> str:
@@ -334,9 +334,9 @@ class SambaDC:
         itself: it runs with ``-i``, which stops it when its stdin (a pipe from us) closes.
         """
         atexit.unregister(self.stop)
-        proc, self._proc, self.ldaps_url, self.ldap_url = self._proc, None, "", ""
-        if proc is not None:
-            _kill_group(proc)
+        daemon, self._daemon, self.ldaps_url, self.ldap_url = self._daemon, None, "", ""
+        if daemon is not None:
+            daemon.stop(timeout=STOP_TIMEOUT)
         if self.directory is not None:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = None
@@ -433,29 +433,21 @@ class SambaDC:
             argv, input=ldif, capture_output=True, text=True, timeout=60, check=False
         )
         if done.returncode != 0:
-            msg = f"ldbmodify failed with {done.returncode}: {_tail(done.stderr + done.stdout)}"
+            msg = f"ldbmodify failed with {done.returncode}: {tail(done.stderr + done.stdout)}"
             raise RuntimeError(msg)
 
     def _spawn(self, root: Path) -> None:
-        binary, output = find_samba() or Path("samba"), root / "samba.log"
+        binary = find_samba() or Path("samba")
         conf = root / "etc" / "smb.conf"
-        with output.open("wb") as sink:  # a file, not a pipe: nobody has to drain it
-            self._proc = proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-                [binary, "-i", "-d", "1", "-s", conf],
-                stdin=subprocess.PIPE,  # held open: its EOF at our death stops Samba (-i)
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group, killed whole by stop()
-            )
-        deadline = time.monotonic() + READY_TIMEOUT
-        while not _answers(self.admin_dn, self.admin_password, self.ca_file):
-            if proc.poll() is not None:
-                msg = f"samba exited with {proc.returncode}: {_tail(output.read_text())}"
-                raise RuntimeError(msg)
-            if time.monotonic() > deadline:
-                msg = f"samba did not answer within {READY_TIMEOUT} s: {_tail(output.read_text())}"
-                raise RuntimeError(msg)
-            time.sleep(0.05)
+        # stdin held open: its EOF at our death stops Samba (-i), however we die.
+        self._daemon = Daemon(
+            "samba", [binary, "-i", "-d", "1", "-s", conf], root / "samba.log", hold_stdin=True
+        )
+        self._daemon.start(
+            lambda: _answers(self.admin_dn, self.admin_password, self.ca_file),
+            timeout=READY_TIMEOUT,
+            poll=0.05,
+        )
         self.ldaps_url = f"ldaps://{HOST}:{LDAPS_PORT}"
         self.ldap_url = f"ldap://{HOST}:{LDAP_PORT}"
 
@@ -472,13 +464,9 @@ def _run(argv: Sequence[str | Path], timeout: float = 120) -> str:
     )
     if done.returncode != 0:
         tool, output = Path(argv[0]).name, done.stderr + done.stdout
-        msg = f"{tool} failed with {done.returncode}: {_tail(output)}"
+        msg = f"{tool} failed with {done.returncode}: {tail(output)}"
         raise RuntimeError(msg)
     return done.stdout
-
-
-def _tail(text: str, limit: int = 2000) -> str:
-    return text[-limit:].strip() or "(no output)"
 
 
 def _provision(target: Path, realm: str, domain: str) -> None:
@@ -651,36 +639,6 @@ def _check_ports_free() -> None:
         with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=1):
             msg = f"{HOST}:{port} is taken by another process: Samba can use no other port"
             raise RuntimeError(msg)
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM Samba's process group, SIGKILL what lingers, wait until no member is left."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)  # pid is its own group's id
-    if proc.stdin is not None:
-        proc.stdin.close()
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=STOP_TIMEOUT)
-    deadline = time.monotonic() + STOP_TIMEOUT
-    while (members := _group_members(proc.pid)) and time.monotonic() < deadline + STOP_TIMEOUT:
-        if time.monotonic() > deadline:  # prefork workers may outlive the root a moment
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-        time.sleep(0.01)
-    if members:
-        log.warning("samba.unkillable", pids=members)
-    proc.wait()
-
-
-def _group_members(pgid: int) -> list[int]:
-    """Pids of live (not zombie) processes in a process group, read from ``/proc``."""
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            fields = stat.read_text().rpartition(")")[2].split()
-            if fields[0] != "Z" and int(fields[2]) == pgid:
-                members.append(int(stat.parent.name))
-    return members
 
 
 def _answers(dn: str, password: str, ca_file: Path) -> bool:

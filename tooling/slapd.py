@@ -13,18 +13,13 @@ from __future__ import annotations
 
 import atexit
 import base64
-import contextlib
-import ctypes
 import hashlib
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +30,10 @@ import structlog
 from ldap3.core.exceptions import LDAPException
 from ldap3.utils.dn import escape_rdn, parse_dn
 
+from tooling.daemon import Daemon, DaemonExited, tail
+
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Mapping, Sequence
 
 __all__ = ["DirectoryUser", "Slapd", "find_slapd", "free_port", "ssha"]
 
@@ -48,7 +45,6 @@ READY_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
 _START_ATTEMPTS = 3  # another process may take the free port before slapd binds it
 _SCHEMAS = ("core", "cosine", "inetorgperson", "nis")
-_PR_SET_PDEATHSIG = 1
 _Attrs = dict[str, "str | Sequence[str] | None"]
 _POLICY: _Attrs = {
     "objectClass": ("device", "pwdPolicy"),  # pwdPolicy is auxiliary in 2.5
@@ -165,10 +161,6 @@ def _quote(value: object) -> str:
     return f'"{escaped}"'
 
 
-def _tail(text: str, limit: int = 2000) -> str:
-    return text[-limit:].strip() or "(no output)"
-
-
 class Slapd:
     """Context manager: a private slapd on a free 127.0.0.1 port, in its own temp dir.
 
@@ -233,7 +225,7 @@ class Slapd:
         self.url, self.port = "", 0
         self.directory: Path | None = None
         self._workdir, self._binary = workdir, slapd_binary
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._daemon: Daemon | None = None
 
     def __repr__(self) -> str:
         """Show where the server is, never the admin password."""
@@ -242,7 +234,7 @@ class Slapd:
     @property
     def pid(self) -> int | None:
         """The slapd process id while started (the benchmark reads its CPU counters)."""
-        return self._proc.pid if self._proc is not None else None
+        return self._daemon.pid if self._daemon is not None else None
 
     def user_dn(self, uid: str) -> str:
         """Return the DN of a user, with the uid escaped as an RDN value."""
@@ -327,7 +319,7 @@ access to attrs=userPassword by self write by anonymous auth by * none
                 try:
                     self._spawn(binary, root)
                     break
-                except _SlapdExitedError:
+                except DaemonExited:
                     if attempt == _START_ATTEMPTS:
                         raise
         except BaseException:
@@ -337,11 +329,9 @@ access to attrs=userPassword by self write by anonymous auth by * none
 
     def pause(self) -> None:
         """Stop the server process but keep its data and port: a directory outage."""
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=STOP_TIMEOUT)
+        daemon, self._daemon = self._daemon, None
+        if daemon is not None:
+            daemon.stop(timeout=STOP_TIMEOUT)
 
     def resume(self) -> None:
         """Start the paused server again on the same port, with the same data.
@@ -355,28 +345,17 @@ access to attrs=userPassword by self write by anonymous auth by * none
         self._spawn(self._binary or find_slapd(), self.directory, self.port)
 
     def _spawn(self, binary: Path, root: Path, port: int | None = None) -> None:
-        port, output = port or free_port(), root / "slapd.log"
+        port = port or free_port()
         url = f"ldap://127.0.0.1:{port}"
         argv: list[str | Path] = [binary, "-d", "none", "-f", root / "slapd.conf", "-h", f"{url}/"]
-        with output.open("wb") as sink:  # a file, not a pipe: nobody has to drain it
-            self._proc = proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # the terminal's Ctrl-C is ours to handle
-                preexec_fn=_die_with_parent(),  # noqa: PLW1509 - one prctl call, see there
+        self._daemon = Daemon("slapd", argv, root / "slapd.log", die_with_parent=True)
+        try:
+            self._daemon.start(
+                lambda: _answers(port, self.admin_dn, self.admin_password), timeout=READY_TIMEOUT
             )
-        deadline = time.monotonic() + READY_TIMEOUT
-        while not _answers(port, self.admin_dn, self.admin_password):
-            if proc.poll() is not None:
-                self._proc = None
-                msg = f"slapd exited with {proc.returncode}: {_tail(output.read_text())}"
-                raise _SlapdExitedError(msg)
-            if time.monotonic() > deadline:
-                msg = f"slapd did not answer within {READY_TIMEOUT} s: {_tail(output.read_text())}"
-                raise RuntimeError(msg)
-            time.sleep(0.01)
+        except BaseException:
+            self._daemon = None
+            raise
         self.url, self.port = url, port
 
     def stop(self) -> None:
@@ -386,16 +365,9 @@ access to attrs=userPassword by self write by anonymous auth by * none
         exit that skips ``__exit__`` leaves no process behind.
         """
         atexit.unregister(self.stop)
-        proc, self._proc, self.url, self.port = self._proc, None, "", 0
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)  # pid is its own group's id
-            try:
-                proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        daemon, self._daemon, self.url, self.port = self._daemon, None, "", 0
+        if daemon is not None:
+            daemon.stop(timeout=STOP_TIMEOUT)
         if self.directory is not None:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = None
@@ -411,38 +383,14 @@ access to attrs=userPassword by self write by anonymous auth by * none
         self.stop()
 
 
-class _SlapdExitedError(RuntimeError):
-    """slapd died before answering, e.g. because its port was taken meanwhile."""
-
-
 def _slapadd(binary: Path, root: Path) -> None:
     """Load the LDIF offline: the only way to set ppolicy's operational attributes."""
     conf, ldif = root / "slapd.conf", root / "users.ldif"
     argv: list[str | Path] = [binary, "-Ta", "-q", "-f", conf, "-l", ldif]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)  # noqa: S603
     if done.returncode != 0:
-        msg = f"slapadd failed with {done.returncode}: {_tail(done.stderr)}"
+        msg = f"slapadd failed with {done.returncode}: {tail(done.stderr)}"
         raise RuntimeError(msg)
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """Make the kernel SIGTERM slapd when we die, even by SIGKILL (Linux only).
-
-    atexit and ``__exit__`` do not run when the test runner is killed; the
-    death signal still fires.  It fires when the spawning *thread* ends, so it
-    is armed only from the main thread, whose end is the process's end.
-    """
-    if sys.platform != "linux" or threading.current_thread() is not threading.main_thread():
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    parent = os.getpid()
-
-    def arm() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # we died before the signal was armed
-            os._exit(1)
-
-    return arm
 
 
 def _answers(port: int, dn: str, password: str) -> bool:
