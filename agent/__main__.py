@@ -1,9 +1,12 @@
 """``pta-agent``: enrol once with a token, then run, dialling out to the broker.
 
 Exit codes: 0 done (enrolled; or stopped when asked, everything sent to it answered), 1
-refused or failed (one line says why; or the drain's 15 s ran out), 2 usage error, 130
-interrupted (Ctrl-C while enrolling), 128 + N stopped by a second signal N before its drain
-finished (143 for two SIGTERMs).
+refused or failed (one line says why; or the drain's 15 s ran out), 2 usage error, 78 the
+configuration is wrong (one line names the setting: a misspelt key, a wrong service-account
+password, a base DN or login attribute the directory does not have; a directory that is merely
+unreachable is not one: the agent starts, warns and retries), 130 interrupted (Ctrl-C while
+enrolling), 128 + N stopped by a second signal N before its drain finished (143 for two
+SIGTERMs).
 """
 
 from __future__ import annotations
@@ -17,18 +20,23 @@ from pathlib import Path
 
 import structlog
 
+from agent import preflight
 from agent.config import AgentConfig, load_config
 from agent.directory import LdapDirectory
 from agent.enrol import enrol
 from agent.identity import AgentIdentity
+from agent.preflight import ConfigurationError
 from agent.runner import Agent
 from pta import logging as pta_logging
-from pta.errors import PtaError
+from pta.errors import DirectoryUnavailable, PtaError
 
 log = structlog.get_logger()
 #: How long a stopping agent may take to answer what it was sent (a second signal: at once).
 DRAIN_GRACE = 15.0
 INTERRUPTED = 130
+#: EX_CONFIG (sysexits.h): a supervisor can be told not to restart an agent that cannot work
+#: until someone fixes its configuration (systemd: RestartPreventExitStatus=78).
+CONFIGURATION_ERROR = 78
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -84,7 +92,15 @@ def main(argv: list[str] | None = None) -> int:
             identity = asyncio.run(enrol(args.broker, token.strip(), Path(args.state_dir)))
             sys.stdout.write(f"enrolled as {identity.agent_id} of {identity.tenant}\n")
             return 0
-        return asyncio.run(_run(load_config(vars(args), os.environ)))
+        try:
+            config = load_config(vars(args), os.environ)
+        except (ValueError, OSError) as error:  # OSError: the password file is missing
+            sys.stderr.write(f"pta-agent: {error}\n")
+            return CONFIGURATION_ERROR
+        return asyncio.run(_run(config))
+    except ConfigurationError as error:
+        sys.stderr.write(f"pta-agent: {error.message}\n")
+        return CONFIGURATION_ERROR
     except (PtaError, ValueError, FileNotFoundError) as error:
         sys.stderr.write(f"pta-agent: {getattr(error, 'message', error)}\n")
         return 1
@@ -95,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
 async def _run(config: AgentConfig) -> int:
     identity = AgentIdentity.load(config.state_dir)  # Fails early when never enrolled.
-    directories = [LdapDirectory(d) for d in config.directories]
+    directories = await _checked_directories(config)
 
     def directory_for(domain: str) -> LdapDirectory | None:
         chosen = config.directory_for(domain)
@@ -142,6 +158,27 @@ async def _run(config: AgentConfig) -> int:
             directory.close()
     log.info("agent.stopped", exit_code=code)
     return code
+
+
+async def _checked_directories(config: AgentConfig) -> list[LdapDirectory]:
+    """Every configured directory, each checked against the directory itself, side by side.
+
+    Raises:
+        ConfigurationError: The first wrong setting a directory reported (all are closed).
+    """
+    directories = [LdapDirectory(d) for d in config.directories]
+    checks = [asyncio.to_thread(preflight.check, d) for d in directories]
+    results = await asyncio.gather(*checks, return_exceptions=True)
+    for directory, done in zip(directories, results, strict=True):
+        if isinstance(done, DirectoryUnavailable):
+            # Not a configuration error: start, and try it again with each sign-in.
+            urls = list(directory.config.urls)
+            log.warning("directory.unreachable_at_start", urls=urls, reason=done.message)
+        elif isinstance(done, BaseException):
+            for opened in directories:
+                opened.close()
+            raise done
+    return directories
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ and hidden from ``repr``.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
@@ -19,7 +20,7 @@ from pta.names import normalize_domain, parse_upn
 from pta.v1 import agent_pb2
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
 ENV_PREFIX = "PTA_AGENT_"
 DEFAULT_LOGIN_ATTRIBUTE = "uid"
@@ -85,8 +86,7 @@ class DirectoryConfig:
             raise ValueError(f"directory kind is one of {sorted(KINDS)}, not {self.kind!r}")
         if self.kind == "ad":
             self._check_ad()
-        if self.start_tls and self.ca_file is None:
-            raise ValueError("StartTLS needs a ca_file to verify the directory by")
+        self._check_tls()
         if self.password_policy_dn and self.kind == "ad":
             raise ValueError(
                 "password_policy_dn is for OpenLDAP: AD's threshold is read from the domain"
@@ -94,6 +94,16 @@ class DirectoryConfig:
         if not _ATTRIBUTE.match(self.login_attribute):
             raise ValueError(f"not an LDAP attribute name: {self.login_attribute!r}")
         object.__setattr__(self, "domains", tuple(normalize_domain(d) for d in self.domains))
+
+    def _check_tls(self) -> None:
+        if self.start_tls and self.ca_file is None:
+            raise ValueError("StartTLS needs a ca_file to verify the directory by")
+        tls = self.start_tls or any(u.startswith("ldaps://") for u in self.urls)
+        if self.ca_file is not None and not tls:
+            raise ValueError(
+                "ca_file (--ca-file) is given but no connection uses TLS: use ldaps:// URLs or "
+                "start_tls (--start-tls), or drop ca_file"
+            )
 
     def _check_ad(self) -> None:
         # Samba and Windows refuse simple binds in clear text by default, and rightly so.
@@ -250,6 +260,64 @@ def _directory(values: Mapping[str, Any]) -> DirectoryConfig:
     )
 
 
+#: The keys a config file may set at its top level (and the flags' names): one directory.
+FILE_KEYS = (
+    "state_dir",
+    "ldap_url",
+    "base_dn",
+    "bind_dn",
+    "bind_password_file",
+    "login_attribute",
+    "password_policy_dn",
+    "ca_file",
+    "kind",
+    "start_tls",
+    "max_in_flight",
+    "pool_size",
+)
+#: The keys a ``[[directory]]`` table may set.
+DIRECTORY_KEYS = (
+    "ldap_url",
+    "urls",
+    "base_dn",
+    "kind",
+    "start_tls",
+    "domains",
+    "bind_dn",
+    "bind_password_file",
+    "login_attribute",
+    "password_policy_dn",
+    "ca_file",
+    "connect_timeout",
+    "receive_timeout",
+    "pool_size",
+)
+
+
+def _check_keys(values: Mapping[str, Any], path: str) -> None:
+    """Refuse a key the agent does not know: a misspelt one would silently do nothing.
+
+    Raises:
+        ValueError: Naming the key, where it is, and the nearest known key.
+    """
+
+    def refuse(key: str, known: Sequence[str], where: str) -> None:
+        near = difflib.get_close_matches(key, known, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise ValueError(f"{path}: unknown key {key!r}{where}{hint}")
+
+    for key in values:
+        if key not in (*FILE_KEYS, "directory"):
+            refuse(key, (*FILE_KEYS, "directory"), "")
+    tables = values.get("directory", [])
+    if not isinstance(tables, list):
+        raise ValueError(f"{path}: directories are [[directory]] tables")  # noqa: TRY004 - config
+    for number, table in enumerate(tables, 1):
+        for key in table:
+            if key not in DIRECTORY_KEYS:
+                refuse(key, DIRECTORY_KEYS, f" in [[directory]] {number}")
+
+
 def load_config(options: Mapping[str, Any], environ: Mapping[str, str]) -> AgentConfig:
     """Build the configuration: flags over ``PTA_AGENT_*`` variables over the config file.
 
@@ -265,23 +333,14 @@ def load_config(options: Mapping[str, Any], environ: Mapping[str, str]) -> Agent
     """
     file_values: dict[str, Any] = {}
     if path := options.get("config") or environ.get(ENV_PREFIX + "CONFIG"):
-        file_values = tomllib.loads(Path(path).read_text())
+        try:
+            file_values = tomllib.loads(Path(path).read_text())
+        except tomllib.TOMLDecodeError as error:
+            raise ValueError(f"{path} is not valid TOML: {error}") from None
+        _check_keys(file_values, path)
     flat = {
         key: options.get(key) or environ.get(ENV_PREFIX + key.upper()) or file_values.get(key)
-        for key in (
-            "state_dir",
-            "ldap_url",
-            "base_dn",
-            "bind_dn",
-            "bind_password_file",
-            "login_attribute",
-            "password_policy_dn",
-            "ca_file",
-            "kind",
-            "start_tls",
-            "max_in_flight",
-            "pool_size",
-        )
+        for key in FILE_KEYS
     }
     if not flat["state_dir"]:
         raise ValueError("--state-dir (or PTA_AGENT_STATE_DIR) is required")

@@ -387,7 +387,14 @@ class LdapDirectory:
             conns = self._local.conns = _ThreadConnections()
         return conns
 
-    def _open(self, user: str | None, password: str | None, *, simple: bool) -> ldap3.Connection:
+    def open_connection(
+        self, user: str | None, password: str | None, *, simple: bool
+    ) -> ldap3.Connection:
+        """An ldap3 connection to the first server that answers, opened (StartTLS done), unbound.
+
+        Raises:
+            LDAPException, OSError: When no server answered (see ``COMMUNICATION_ERRORS``).
+        """
         conn = ldap3.Connection(
             self._pool,
             user=user,
@@ -412,7 +419,7 @@ class LdapDirectory:
         event loop instead (:meth:`_sign_in_bind`).
         """
         if conns.user is None:
-            conns.user = self._open(None, None, simple=True)
+            conns.user = self.open_connection(None, None, simple=True)
         user = conns.user
         user.user, user.password = dn, password
         try:
@@ -425,7 +432,7 @@ class LdapDirectory:
         """The thread's search connection (service account or anonymous), bound."""
         if conns.search is None:
             config = self.config
-            conns.search = self._open(
+            conns.search = self.open_connection(
                 config.bind_dn or None, config.bind_password or None, simple=bool(config.bind_dn)
             )
             if not conns.search.bind(read_server_info=False):

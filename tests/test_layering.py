@@ -53,7 +53,8 @@ class TestLayering:
 
         ``agent/directory.py`` (ldap3's connections), ``agent/ldappool.py`` and
         ``agent/ldapconn.py`` (the sign-in's searches and binds on the event loop, decoded by
-        ldap3).
+        ldap3), ``agent/preflight.py`` (the configuration checked against the directory at
+        start).
         """
         users = {
             str(path.relative_to(ROOT))
@@ -61,7 +62,12 @@ class TestLayering:
             for path in (ROOT / package).rglob("*.py")
             if "ldap3" in _imports(path)
         }
-        assert users <= {"agent/directory.py", "agent/ldappool.py", "agent/ldapconn.py"}
+        assert users <= {
+            "agent/directory.py",
+            "agent/ldappool.py",
+            "agent/ldapconn.py",
+            "agent/preflight.py",
+        }
 
     def test_tooling_is_not_shipped(self) -> None:
         """The wheel packages the programs and ``pta``; the tooling stays in the checkout."""
