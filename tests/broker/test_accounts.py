@@ -301,7 +301,8 @@ class TestPolicyFollowsTheAccount:
         refused = await _begin(policy, "Alice@example.org", "Wrong-3")
         assert isinstance(refused, Verdict)
         assert refused.decided_by == "directory_guard"
-        assert {user for _, user, _ in policy._counters} == {"alice@[ou=people,dc=example,dc=com]"}
+        users = {user for _, user, _ in policy.gate.counters}
+        assert users == {"alice@[ou=people,dc=example,dc=com]"}
 
     async def test_a_refused_password_is_remembered_across_domains(
         self, policy: SignInPolicy

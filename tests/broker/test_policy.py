@@ -694,7 +694,7 @@ class TestSignInPolicyAllowance:
         soon = asyncio.get_running_loop().time() + 0.005
         with pytest.raises(DeadlineExceeded):
             await policy.begin(TENANT, ALICE, "Maybe-b", ELSEWHERE, deadline=soon)
-        assert policy._waiters == {}
+        assert policy.gate._waiters == {}
 
     async def test_no_allowance_when_off(self, store: Store, policy: SignInPolicy) -> None:
         """With the lockout off, any number of checks run at once."""
@@ -1182,7 +1182,7 @@ class TestBounds:
             task.cancel()
         await asyncio.gather(*waiting, return_exceptions=True)
         policy.end(first, None)
-        assert policy._waiters == {}
+        assert policy.gate._waiters == {}
 
     async def test_counters_are_shed_past_the_cap(
         self,
@@ -1192,14 +1192,14 @@ class TestBounds:
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         """A flood of unknown names sheds the oldest unlocked counters; a locked one is kept."""
-        monkeypatch.setattr("broker.policy.MAX_COUNTERS", 20)
+        monkeypatch.setattr("broker.lockout_gate.MAX_COUNTERS", 20)
         policy = make_policy(store, signer, clock)
         configure(store, policy, lockout_threshold=2)
         await fail(policy, 2)  # Alice: locked.
         for n in range(30):
             sprayed = parse_upn(f"sprayed{n}@example.com")
             await fail(policy, 1, upn=sprayed, outcome=Outcome.UNKNOWN_USER)
-            assert len(policy._counters) <= 20
+            assert len(policy.gate.counters) <= 20
         counters = store.policy.counters()
         assert len(counters) <= 20
         assert (TENANT, ALICE_KEY, "unfamiliar") in counters
@@ -1220,7 +1220,7 @@ class TestBounds:
         bounded, her counts stay, across a restart too; so the guard still stops her
         guesser one short of the directory's own lockout.
         """
-        monkeypatch.setattr("broker.policy.MAX_COUNTERS", 40)
+        monkeypatch.setattr("broker.lockout_gate.MAX_COUNTERS", 40)
         policy = make_policy(store, signer, clock)
         policy.directory_reported(TENANT, [report(5)])  # Unfamiliar budget: 5 - 1 - 1 = 3.
         await fail(policy, 2)
@@ -1229,7 +1229,7 @@ class TestBounds:
                 clock.now += 1  # Every flooding name fails later than alice did.
                 sprayed = parse_upn(f"made-up-{round_}-{n}@example.com")
                 await fail(policy, 1, upn=sprayed, outcome=Outcome.UNKNOWN_USER)
-                assert len(policy._counters) <= 40
+                assert len(policy.gate.counters) <= 40
             assert failures(store) == 2
             assert failures(store, "directory") == 2
             assert len(store.policy.counters()) <= 40
@@ -1247,7 +1247,7 @@ class TestBounds:
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         """More real accounts with counts than the cap: all kept, unknown names still bounded."""
-        monkeypatch.setattr("broker.policy.MAX_COUNTERS", 20)
+        monkeypatch.setattr("broker.lockout_gate.MAX_COUNTERS", 20)
         policy = make_policy(store, signer, clock)
         real = [parse_upn(f"real{n}@example.com") for n in range(15)]  # 30 counters.
         for upn in real:
@@ -1256,8 +1256,8 @@ class TestBounds:
             clock.now += 1
             sprayed = parse_upn(f"made-up-{n}@example.com")
             await fail(policy, 1, upn=sprayed, outcome=Outcome.UNKNOWN_USER)
-            assert len(policy._counters) <= 30 + 20 + 2
-        kept = {user for _, user, _ in policy._counters}
+            assert len(policy.gate.counters) <= 30 + 20 + 2
+        kept = {user for _, user, _ in policy.gate.counters}
         assert {user_key(upn) for upn in real} <= kept
 
     async def test_one_agent_cannot_unsay_another(self, policy: SignInPolicy) -> None:
@@ -1265,4 +1265,4 @@ class TestBounds:
         policy.directory_reported(TENANT, [report(5)])
         other = dataclasses.replace(report(0, known=False), agent_id="agent-b")
         policy.directory_reported(TENANT, [other])
-        assert policy._directory[TENANT][DOMAIN] == 5
+        assert policy.gate.directory[TENANT][DOMAIN] == 5
