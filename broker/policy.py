@@ -14,23 +14,22 @@ the store is re-read when the CLI changed it.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import structlog
 
-from broker import mfa
 from broker.accounts import AccountMap, typed_key
 from broker.lockout_gate import MAX_COUNTERS, MAX_WAITING_PER_USER, LockoutGate
+from broker.second_factor import SecondFactor
 from broker.tenant_policy import TenantPolicy, familiar_prefix, in_networks
-from broker.verdicts import REPEATED, Attempt, Outcome, Verdict, locked
-from pta.errors import ChallengeExpired, InvalidRequest, Unavailable
+from broker.verdicts import REPEATED, Attempt, Outcome, Verdict
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
 
+    from broker import mfa
     from broker.accounts import AccountRule
-    from broker.policy_store import Location, MfaRecord, PolicyStore
+    from broker.policy_store import Location, PolicyStore
     from broker.recent_failures import RecentFailures
     from broker.signing import TokenSigner
     from broker.store import DirectoryPolicyRecord
@@ -50,7 +49,6 @@ __all__ = [
 ]
 #: A familiar network's "last success" is rewritten at most this often.
 FAMILIAR_REFRESH = 3600.0
-MAX_CHALLENGE_ID_CHARS = 64
 
 
 def user_key(upn: Upn) -> str:
@@ -84,9 +82,6 @@ class SignInPolicy:
         """
         self._store = store
         self.signer = signer
-        self._mfa_key = mfa_key
-        # Not `or`: both have a length, and an empty one is falsy.
-        self._challenges = mfa.Challenges() if challenges is None else challenges
         self._clock = clock
         #: Counters, checks in flight, directory thresholds, the repeat memory.
         self.gate = LockoutGate(store, recent=recent, clock=clock, max_counters=max_counters)
@@ -96,6 +91,16 @@ class SignInPolicy:
         self._settings: dict[tuple[str, str], bytes] = {}
         self._policies: dict[str, TenantPolicy] = {}
         self._familiar: dict[tuple[str, str], dict[str, float]] = {}
+        #: The second factor: challenges, codes, secrets.
+        self.mfa = SecondFactor(
+            store,
+            self.accounts,
+            self.gate,
+            self.policy_of,
+            mfa_key=mfa_key,
+            challenges=challenges,
+            clock=clock,
+        )
         self.reload()
 
     # State ------------------------------------------------------------------------------------
@@ -132,7 +137,7 @@ class SignInPolicy:
     @property
     def mfa_ready(self) -> bool:
         """Whether this broker can check second factors (it was given an MFA key)."""
-        return self._mfa_key is not None
+        return self.mfa.ready
 
     def policy_of(self, tenant: str) -> TenantPolicy:
         """A tenant's policy (the defaults unless set)."""
@@ -200,7 +205,7 @@ class SignInPolicy:
         A right password is a full success unless a second factor is still to come (then
         :meth:`grant`'s challenge, once completed, is).
         """
-        if self.gate.end(attempt, outcome) and not self._wants_mfa(attempt):
+        if self.gate.end(attempt, outcome) and not self.mfa.wants(attempt):
             self._succeed(attempt)
 
     def directory_reported(self, tenant: str, reports: Iterable[DirectoryPolicyRecord]) -> None:
@@ -214,174 +219,29 @@ class SignInPolicy:
         Raises:
             Unavailable: When a second factor is required but this broker has no MFA key.
         """
-        if not self._wants_mfa(attempt):
+        if not self.mfa.wants(attempt):
             return self._token(attempt.tenant, attempt.subject, request_id, ("pwd",))
-        if self._mfa_record(attempt.tenant, attempt.subject) is None:
-            return Verdict(
-                outcome=Outcome.MFA_NOT_ENROLLED,
-                message="a second factor is required and none is enrolled: ask your administrator",
-                decided_by="mfa",
-            )
-        if self._mfa_key is None:
-            log.error("mfa.no_key", tenant=attempt.tenant, fix="serve with --mfa-key-file")
-            raise Unavailable("a second factor is required but cannot be checked now")
-        challenge_id = self._challenges.open(
-            tenant=attempt.tenant,
-            user=attempt.user,
-            subject=attempt.subject,
-            address=attempt.address,
-            location=attempt.location,
-            request_id=request_id,
-        )
-        return Verdict(
-            outcome=Outcome.MFA_REQUIRED,
-            message="enter the code from your authenticator app",
-            decided_by="mfa",
-            challenge_id=challenge_id,
-            challenge_ttl=int(self._challenges.ttl),
-        )
+        return self.mfa.challenge(attempt, request_id)
 
     def complete(self, challenge_id: str, code: str) -> tuple[Verdict, mfa.Challenge]:
-        """Check a second factor for an open challenge.
+        """Check a second factor for an open challenge (:meth:`SecondFactor.complete`).
 
-        A wrong (or already used) code counts toward the lockout like a wrong password; the
-        challenge stays open for its few remaining tries, and closes on anything else.
+        A right code is a full success: the token, the network made familiar.
 
         Returns:
             The verdict, and the challenge it answers (tenant, user, the sign-in's request id).
-
-        Raises:
-            InvalidRequest: When the id or the code is malformed.
-            ChallengeExpired: When the challenge is unknown, expired or used up.
-            Unavailable: When the broker cannot open the user's secret (no or another key).
         """
-        if not challenge_id or len(challenge_id) > MAX_CHALLENGE_ID_CHARS:
-            raise InvalidRequest("challenge_id is missing or too long")
-        if not mfa.well_formed_code(code):
-            raise InvalidRequest("the code is six digits")
-        challenge = self._challenges.get(challenge_id)
-        if challenge is None:
-            raise ChallengeExpired("this sign-in has expired or was used up: sign in again")
-        verdict = self._check_code(challenge, code)
-        if verdict.outcome != Outcome.INVALID_CREDENTIALS or challenge.attempts_left <= 0:
-            self._challenges.close(challenge_id)
+        verdict, challenge, attempt = self.mfa.complete(challenge_id, code)
+        if verdict is None:
+            self._succeed(attempt)
+            verdict = self._token(
+                challenge.tenant, challenge.subject, challenge.request_id, ("pwd", "otp")
+            )
         return verdict, challenge
 
     def second_factor(self, attempt: Attempt, code: str) -> Verdict | None:
-        """Check the code a password change carries, when the policy wants one here.
-
-        A change of password is an account takeover if a stolen password is enough, so it
-        needs the same second factor a sign-in would; the code comes with the change itself
-        (nothing waits between two calls, no password is held), and is checked before the
-        old password reaches the directory.
-
-        Returns:
-            None to go ahead (no code wanted, or the right one: its step is spent), else the
-            answer: MFA_REQUIRED without a code, a wrong code (counted), locked, not enrolled.
-
-        Raises:
-            InvalidRequest: When the code is not six digits.
-            Unavailable: When the broker cannot open the user's secret.
-        """
-        if not self._wants_mfa(attempt):
-            return None
-        if not code:
-            return Verdict(
-                outcome=Outcome.MFA_REQUIRED,
-                message="changing the password needs the code from your authenticator app",
-                decided_by="mfa",
-            )
-        if not mfa.well_formed_code(code):
-            raise InvalidRequest("the code is six digits")
-        verdict = self._verify_code(attempt, code)
-        if verdict is None:
-            attempt.second_factor = True
-        return verdict
-
-    def _check_code(self, challenge: mfa.Challenge, code: str) -> Verdict:
-        attempt = Attempt(
-            tenant=challenge.tenant,
-            domain="",
-            user=challenge.user,
-            subject=challenge.subject,
-            address=challenge.address,
-            location=challenge.location,
-            policy=self.policy_of(challenge.tenant),
-        )
-        verdict = self._verify_code(attempt, code)
-        if verdict is None:
-            self._succeed(attempt)
-            return self._token(
-                challenge.tenant, challenge.subject, challenge.request_id, ("pwd", "otp")
-            )
-        if verdict.outcome != Outcome.INVALID_CREDENTIALS:
-            return verdict
-        challenge.attempts_left -= 1
-        left = (
-            f"{challenge.attempts_left} more tries" if challenge.attempts_left else "sign in again"
-        )
-        return replace(verdict, message=f"{verdict.message} ({left})")
-
-    def _verify_code(self, attempt: Attempt, code: str) -> Verdict | None:
-        """None when ``code`` is right (its time step is then spent); else the answer.
-
-        A wrong or already used code counts toward the lockout like a wrong password.
-        """
-        tenant = attempt.tenant
-        rule = self.policy_of(tenant).lockout
-        key = (tenant, attempt.user, attempt.location)
-        now = self._clock()
-        if (wait := self.gate.locked_for(key, rule)) > 0:
-            return locked(wait)
-        found = self._mfa_record(tenant, attempt.subject)
-        if found is None:
-            return Verdict(
-                outcome=Outcome.MFA_NOT_ENROLLED,
-                message="a second factor is required and none is enrolled: ask your administrator",
-                decided_by="mfa",
-            )
-        enrolled_as, record = found
-        secret = self._secret(tenant, enrolled_as, record.sealed)
-        step = mfa.matching_step(secret, code, now, after=record.last_step)
-        if step is not None and self._store.use_mfa_step(tenant, enrolled_as, step):
-            return None
-        self.gate.fail(key, rule)
-        if (wait := self.gate.locked_for(key, rule)) > 0:
-            return locked(wait)
-        return Verdict(
-            outcome=Outcome.INVALID_CREDENTIALS,
-            message="wrong or already used code",
-            decided_by="mfa",
-        )
-
-    def _mfa_record(self, tenant: str, typed: str) -> tuple[str, MfaRecord] | None:
-        """The authenticator of the account behind a typed key, and the key it is under.
-
-        Enrolment (``pta-broker mfa enroll``) keys it on the account; one enrolled before the
-        agents said how their directory names accounts is under a typed name (this domain's
-        first, then the directory's other domains'), and still counts: the secret is sealed
-        to the key it was enrolled under, which is why that key is returned.
-        """
-        for key in self.accounts.keys(tenant, typed):
-            if (record := self._store.mfa(tenant, key)) is not None:
-                return key, record
-        return None
-
-    def _secret(self, tenant: str, user: str, sealed: bytes) -> bytes:
-        """Open a user's TOTP secret for one check; it is not kept.
-
-        Raises:
-            Unavailable: When this broker has no MFA key, or not the one it was sealed with.
-        """
-        unavailable = Unavailable("a second factor is required but cannot be checked now")
-        if self._mfa_key is None:
-            log.error("mfa.no_key", tenant=tenant, fix="serve with --mfa-key-file")
-            raise unavailable
-        try:
-            return self._mfa_key.open(sealed, tenant, user)
-        except mfa.MfaKeyError:
-            log.exception("mfa.cannot_open_secret", tenant=tenant, user=user)
-            raise unavailable from None
+        """The code a password change carries (:meth:`SecondFactor.for_change`)."""
+        return self.mfa.for_change(attempt, code)
 
     # Directory thresholds ---------------------------------------------------------------------
 
@@ -410,12 +270,6 @@ class SignInPolicy:
         if seen is not None and self._clock() - seen < policy.familiar_window:
             return "familiar"
         return "unfamiliar"
-
-    def _wants_mfa(self, attempt: Attempt) -> bool:
-        if attempt.second_factor:
-            return False
-        mode = attempt.policy.mfa
-        return mode == "always" or (mode == "unfamiliar" and attempt.location == "unfamiliar")
 
     def _succeed(self, attempt: Attempt) -> None:
         """A full success: clear the counter of its kind of location; the network is familiar.

@@ -956,7 +956,7 @@ class TestSignInPolicyComplete:
             store.policy,
             policy.signer,
             mfa_key=other,
-            challenges=policy._challenges,
+            challenges=policy.mfa._challenges,
             recent=RecentFailures(clock=phone.clock),
             clock=phone.clock,
         )
