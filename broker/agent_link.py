@@ -19,7 +19,7 @@ import structlog
 
 from broker import agent_access
 from broker.accounts import hello_rules
-from broker.dispatch import Answer, Connection, Dispatcher
+from broker.jobs import Answer, Connection
 from broker.ratelimit import RateLimiter, peer_address
 from broker.store import ReportedPolicy
 from pta import sealing, tls
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from broker.accounts import AccountRule
     from broker.agent_store import CertificateRecord
     from broker.ca import CertificateAuthority
+    from broker.dispatch import Dispatcher
     from broker.store import DirectoryPolicyRecord, Store
 
 log = structlog.get_logger()

@@ -12,133 +12,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import structlog
 
-from pta.errors import NoAgentAvailable, Overloaded, PtaError, Unavailable
+from broker.jobs import LOST_AFTER_ACK, MAY_HAVE_TRIED, AgentLost, Answer, Connection, Job
+from pta import sealing
+from pta.errors import DeadlineExceeded, NoAgentAvailable, Overloaded, PtaError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+    from collections.abc import Awaitable, Callable
 
 log = structlog.get_logger()
 
 DEFAULT_QUEUE_LIMIT = 1024
-LOST_AFTER_ACK = (
-    "the agent checking this sign-in was lost after it started, and another try now could "
-    "lock the account in the organisation's directory: sign in again later"
-)
-#: What a job is settled with when its agent was lost after acknowledging it: the password
-#: may have been tried (not an outcome of the contract; the lockout counts it as a possible
-#: wrong password at the directory).
-MAY_HAVE_TRIED = -1
-
-
-class AgentLost(Unavailable):
-    """The agent was lost after the job was written to it: the caller may send it on.
-
-    The job keeps its envelopes for the tenant's other connections; whether another agent
-    may try it again is the lockout's decision (a second try may count twice at the
-    directory), not the dispatcher's.
-    """
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """An agent's verdict on one job (``outcome`` is a ``pta.v1.Outcome`` value)."""
-
-    outcome: int
-    message: str
-    agent_id: str
-
-
-@dataclass(eq=False, slots=True, kw_only=True)
-class Job:
-    """One sign-in waiting for, or being worked on by, an agent."""
-
-    request_id: str
-    tenant: str
-    domain: str
-    #: Event-loop time after which nobody wants the answer.
-    deadline: float
-    deadline_unix_ms: int
-    #: Connection id -> envelope sealed to that connection's key.
-    envelopes: dict[str, bytes]
-    future: asyncio.Future[Answer]
-    connection_id: str | None = None
-    #: Handed to the stream for its agent (``written``), or acknowledged by an agent that says
-    #: so (``acked``): either way it may have been tried, and if the agent is lost the job
-    #: fails with :class:`AgentLost`; only its caller may send it on (see :meth:`resend`).
-    written: bool = False
-    acked: bool = False
-    #: Told, once, what became of the job in the end: the agent's outcome, or None when no
-    #: agent will ever answer it. Later than the future when the caller stopped waiting first:
-    #: an agent that has the job may still bind, and the lockout must hear what it found.
-    settled: Callable[[int | None], None] | None = None
-
-    def settle(self, outcome: int | None) -> None:
-        """Report the job's final fate (once)."""
-        callback, self.settled = self.settled, None
-        if callback is not None:
-            callback(outcome)
-
-    @property
-    def done(self) -> bool:
-        """Whether the job has its one answer (or failure) already."""
-        return self.future.done()
-
-    def resend(
-        self, future: asyncio.Future[Answer], settled: Callable[[int | None], None] | None
-    ) -> Job:
-        """A copy to dispatch again after :class:`AgentLost`: a fresh answer and accounting.
-
-        Its envelopes are those still held for other connections (the lost one's is gone).
-        """
-        return Job(
-            request_id=self.request_id,
-            tenant=self.tenant,
-            domain=self.domain,
-            deadline=self.deadline,
-            deadline_unix_ms=self.deadline_unix_ms,
-            envelopes=dict(self.envelopes),
-            future=future,
-            settled=settled,
-        )
-
-
-@dataclass(eq=False, slots=True, kw_only=True)
-class Connection:
-    """One live Connect stream of an agent."""
-
-    connection_id: str
-    agent_id: str
-    tenant: str
-    domains: frozenset[str]
-    capacity: int
-    envelope_key: X25519PublicKey
-    version: str = ""
-    serial: str = ""
-    outbox: asyncio.Queue[Job] = field(default_factory=asyncio.Queue)
-    in_flight: dict[str, Job] = field(default_factory=dict)
-    draining: bool = False
-    #: Set when the stream should end: drained and idle, or cut (then ``end_error`` says why).
-    ended: asyncio.Event = field(default_factory=asyncio.Event)
-    end_error: PtaError | None = None
-    #: Wall-clock times, for operators.
-    connected_at: float = field(default_factory=time.time)
-    last_seen: float = field(default_factory=time.time)
-
-    def serves(self, domain: str) -> bool:
-        """Whether new jobs for ``domain`` may be sealed to this connection."""
-        return not self.draining and domain in self.domains
-
-    @property
-    def free(self) -> int:
-        """How many more jobs the agent said it takes at once."""
-        return self.capacity - len(self.in_flight)
 
 
 class Dispatcher:
@@ -309,6 +196,106 @@ class Dispatcher:
         job.settle(None)
         self._pump(conn.tenant)
         self._end_if_drained(conn)
+
+    # A whole check ---------------------------------------------------------------------
+
+    async def check(  # noqa: PLR0913 - one sign-in's facts, by name
+        self,
+        tenant: str,
+        domain: str,
+        request_id: str,
+        plaintext: bytes,
+        budget: float,
+        *,
+        settled: Callable[[int | None], None] | None = None,
+        readmit: Callable[[float], Awaitable[bool]] | None = None,
+    ) -> Answer:
+        """Seal ``plaintext`` to each candidate connection, dispatch, await the one answer.
+
+        The one way a check goes to an agent: the job, its envelopes, its resending after a
+        lost agent and its withdrawal when the caller stops waiting all live here.
+
+        Args:
+            tenant: The tenant whose agents may check it.
+            domain: The user's domain (which agents serve it).
+            request_id: The sign-in's id, bound into each envelope.
+            plaintext: The serialised credentials; sealed, never kept.
+            budget: Seconds to wait for the answer.
+            settled: Called exactly once with what became of the check in the end: the
+                agent's outcome, even one that arrives after ``budget`` ran out, or None when
+                no agent checked it.
+            readmit: Asked, with the deadline, when the agent checking it was lost after it
+                may have tried the password: True lets another agent try (``settled`` is
+                then called again for that try). None: never.
+
+        Raises:
+            NoAgentAvailable: No agent of the tenant serving the domain is connected.
+            Overloaded: The tenant's queue is full.
+            DeadlineExceeded: No answer within ``budget`` seconds.
+        """
+        loop = asyncio.get_running_loop()
+        conns = self.candidates(tenant, domain)
+        if not conns:
+            if settled is not None:
+                settled(None)
+            raise NoAgentAvailable(f"no agent is connected for {domain}")
+        job: Job | None = None
+        try:
+            deadline = loop.time() + budget
+            deadline_ms = int((time.time() + budget) * 1000)
+            envelopes = {
+                conn.connection_id: sealing.seal(
+                    plaintext,
+                    conn.envelope_key,
+                    sealing.EnvelopeContext(
+                        tenant=tenant,
+                        agent_id=conn.agent_id,
+                        request_id=request_id,
+                        domain=domain,
+                        deadline_unix_ms=deadline_ms,
+                    ),
+                )
+                for conn in conns
+            }
+            job = Job(
+                request_id=request_id,
+                tenant=tenant,
+                domain=domain,
+                deadline=deadline,
+                deadline_unix_ms=deadline_ms,
+                envelopes=envelopes,
+                future=loop.create_future(),
+                settled=settled,
+            )
+            self.submit(job)
+        except BaseException:
+            if job is not None:
+                job.settled = None
+            if settled is not None:  # Never dispatched: no agent will check it.
+                settled(None)
+            raise
+        while True:
+            try:
+                return await self._answer(job)
+            except AgentLost:
+                if readmit is None or not await readmit(deadline):
+                    raise
+            job = job.resend(loop.create_future(), settled)
+            try:
+                self.submit(job)
+            except BaseException:
+                job.settle(None)
+                raise
+
+    async def _answer(self, job: Job) -> Answer:
+        """Await a dispatched job's answer until its deadline; withdraw it either way."""
+        try:
+            async with asyncio.timeout_at(job.deadline):
+                return await job.future
+        except TimeoutError:
+            raise DeadlineExceeded("no agent answered before the deadline") from None
+        finally:
+            self.withdraw(job)
 
     def queued(self, tenant: str) -> int:
         """Return how many jobs of a tenant wait for an agent."""

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from broker import lockout
-from broker.dispatch import MAY_HAVE_TRIED
+from broker.jobs import MAY_HAVE_TRIED
 from broker.policy_store import LOCATIONS
 from broker.recent_failures import RecentFailures, Repeat
 from broker.verdicts import (

@@ -26,7 +26,7 @@ from broker import agent_access, ownership
 from broker.agent_link import AgentService
 from broker.agent_store import ConnectionStatus
 from broker.ca import CertificateAuthority
-from broker.dispatch import Connection, Dispatcher
+from broker.dispatch import Dispatcher
 from broker.mfa import Challenges, MfaKey
 from broker.policy import SignInPolicy
 from broker.ratelimit import RateLimiter
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from google.protobuf.descriptor import ServiceDescriptor
 
     from broker.config import BrokerConfig
+    from broker.jobs import Connection
 
 log = structlog.get_logger()
 ENDPOINTS_FILE = "endpoints.json"

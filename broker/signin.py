@@ -19,16 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from broker.dispatch import AgentLost, Answer, Dispatcher, Job
+from broker.jobs import AgentLost, Answer
 from broker.policy import REPEATED, Attempt, SignInPolicy, Verdict
 from broker.ratelimit import RateLimiter, client_address, peer_address
 from broker.signin_stream import DEFAULT_IDLE_SECONDS, SignInStreamSession
-from pta import sealing
 from pta.errors import (
-    DeadlineExceeded,
     DirectoryUnavailable,
     InvalidRequest,
-    NoAgentAvailable,
     NotFound,
     Overloaded,
     PtaError,
@@ -39,10 +36,11 @@ from pta.names import check_password, parse_upn
 from pta.v1 import agent_pb2, outcome_pb2, signin_pb2, signin_pb2_grpc
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator
 
     import grpc
 
+    from broker.dispatch import Dispatcher
     from broker.store import Store
 
 log = structlog.get_logger()
@@ -395,7 +393,7 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
         try:
             # The policy hears the agent's real answer, even one that comes after the caller
             # stopped waiting: the directory counted that password whether or not we waited.
-            return await self.check(
+            return await self._dispatcher.check(
                 attempt.tenant,
                 attempt.domain,
                 request_id,
@@ -406,101 +404,6 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
             )
         finally:
             del plaintext
-
-    async def check(  # noqa: PLR0913 - one sign-in's facts, by name
-        self,
-        tenant: str,
-        domain: str,
-        request_id: str,
-        plaintext: bytes,
-        budget: float,
-        *,
-        settled: Callable[[int | None], None] | None = None,
-        readmit: Callable[[float], Awaitable[bool]] | None = None,
-    ) -> Answer:
-        """Seal ``plaintext`` to each candidate connection, dispatch, await the one answer.
-
-        Args:
-            tenant: The tenant whose agents may check it.
-            domain: The user's domain (which agents serve it).
-            request_id: The sign-in's id, bound into each envelope.
-            plaintext: The serialised credentials; sealed, never kept.
-            budget: Seconds to wait for the answer.
-            settled: Called exactly once with what became of the check in the end: the
-                agent's outcome, even one that arrives after ``budget`` ran out, or None when
-                no agent checked it.
-            readmit: Asked, with the deadline, when the agent checking it was lost after it
-                may have tried the password: True lets another agent try (``settled`` is
-                then called again for that try). None: never.
-
-        Raises:
-            NoAgentAvailable: No agent of the tenant serving the domain is connected.
-            Overloaded: The tenant's queue is full.
-            DeadlineExceeded: No answer within ``budget`` seconds.
-        """
-        loop = asyncio.get_running_loop()
-        conns = self._dispatcher.candidates(tenant, domain)
-        if not conns:
-            if settled is not None:
-                settled(None)
-            raise NoAgentAvailable(f"no agent is connected for {domain}")
-        job: Job | None = None
-        try:
-            deadline = loop.time() + budget
-            deadline_ms = int((time.time() + budget) * 1000)
-            envelopes = {
-                conn.connection_id: sealing.seal(
-                    plaintext,
-                    conn.envelope_key,
-                    sealing.EnvelopeContext(
-                        tenant=tenant,
-                        agent_id=conn.agent_id,
-                        request_id=request_id,
-                        domain=domain,
-                        deadline_unix_ms=deadline_ms,
-                    ),
-                )
-                for conn in conns
-            }
-            job = Job(
-                request_id=request_id,
-                tenant=tenant,
-                domain=domain,
-                deadline=deadline,
-                deadline_unix_ms=deadline_ms,
-                envelopes=envelopes,
-                future=loop.create_future(),
-                settled=settled,
-            )
-            self._dispatcher.submit(job)
-        except BaseException:
-            if job is not None:
-                job.settled = None
-            if settled is not None:  # Never dispatched: no agent will check it.
-                settled(None)
-            raise
-        while True:
-            try:
-                return await self._answer(job)
-            except AgentLost:
-                if readmit is None or not await readmit(deadline):
-                    raise
-            job = job.resend(loop.create_future(), settled)
-            try:
-                self._dispatcher.submit(job)
-            except BaseException:
-                job.settle(None)
-                raise
-
-    async def _answer(self, job: Job) -> Answer:
-        """Await a dispatched job's answer until its deadline; withdraw it either way."""
-        try:
-            async with asyncio.timeout_at(job.deadline):
-                return await job.future
-        except TimeoutError:
-            raise DeadlineExceeded("no agent answered before the deadline") from None
-        finally:
-            self._dispatcher.withdraw(job)
 
 
 def _response(request_id: str, verdict: Verdict) -> signin_pb2.SignInResponse:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from broker.agent_link import MAX_DOMAINS, MAX_SOURCE_CHARS, accepted_policies
-from broker.dispatch import Connection
+from broker.jobs import Connection
 from broker.store import ReportedPolicy
 from pta import sealing
 from pta.v1 import agent_pb2

@@ -10,7 +10,8 @@ import contextlib
 from typing import TYPE_CHECKING, Any
 
 from broker.agent_link import AgentService
-from broker.dispatch import Connection, Dispatcher, Job
+from broker.dispatch import Dispatcher
+from broker.jobs import Connection, Job
 from pta import sealing
 from pta.errors import NoAgentAvailable, Unavailable
 from pta.v1 import agent_pb2, outcome_pb2

@@ -7,7 +7,8 @@ import dataclasses
 
 import pytest
 
-from broker.dispatch import MAY_HAVE_TRIED, AgentLost, Answer, Connection, Dispatcher, Job
+from broker.dispatch import Dispatcher
+from broker.jobs import MAY_HAVE_TRIED, AgentLost, Answer, Connection, Job
 from pta import sealing
 from pta.errors import NoAgentAvailable, Overloaded
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from broker.dispatch import MAY_HAVE_TRIED
+from broker.jobs import MAY_HAVE_TRIED
 from broker.policy import Attempt, SignInPolicy, user_key
 from broker.recent_failures import RecentFailures
 from broker.signing import TokenSigner

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.dispatch import Answer
+from broker.jobs import Answer
 from broker.signin import _visible
 from pta.errors import DirectoryUnavailable, Unavailable
 from pta.v1 import outcome_pb2
