@@ -1,46 +1,39 @@
-"""``pta.v1.SignInService``: one sign-in in, one definite answer out, before its deadline.
+"""``pta.v1.SignInService``: the contract's side of a sign-in; the work is the use case's.
 
-The password lives here only long enough to be sealed, once per agent connection that may
-check it; from then on only envelopes exist. The answer the client sees hides whether a user
-exists; the audit event keeps the true outcome. ``SignInStream`` carries many sign-ins over
-one call (``broker/signin_stream.py``); each of them takes the same path as ``SignIn``.
+Each call's request becomes one :meth:`broker.signin_flow.SignInFlow.run` (credentials and the
+caller in, request id and verdict out) and its result the response; the one place errors
+become statuses is :func:`pta.errors.rpc_errors`. ``SignInStream`` carries many sign-ins over
+one call (``broker/signin_stream.py``); each of them takes the same path as ``SignIn``. The
+password lives in the request only until the flow seals it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import ipaddress
-import secrets
 import time
-from dataclasses import replace
-from ipaddress import IPv4Network, IPv6Network
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from broker.jobs import AgentLost, Answer
-from broker.policy import REPEATED, Attempt, SignInPolicy, Verdict
 from broker.ratelimit import RateLimiter, client_address, peer_address
+from broker.signin_flow import SignInFlow, elapsed_ms, outcome_name, parse_client_ip
 from broker.signin_stream import DEFAULT_IDLE_SECONDS, SignInStreamSession
 from pta.errors import (
-    DirectoryUnavailable,
-    InvalidRequest,
-    NotFound,
     Overloaded,
     PtaError,
-    Unavailable,
     rpc_errors,
 )
-from pta.names import check_password, parse_upn
+from pta.names import check_password
 from pta.v1 import agent_pb2, outcome_pb2, signin_pb2, signin_pb2_grpc
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+    from ipaddress import IPv4Network, IPv6Network
 
     import grpc
 
     from broker.dispatch import Dispatcher
+    from broker.policy import SignInPolicy, Verdict
     from broker.store import Store
 
 log = structlog.get_logger()
@@ -50,18 +43,6 @@ MAX_CLIENT_IP_CHARS = 64
 DEFAULT_STREAMS_PER_ADDRESS = 32
 #: SignInStreams the broker holds open at once, from everyone.
 MAX_STREAMS = 4096
-#: What the user is told; the agent may add a detail such as "password expires in 3 days".
-MESSAGES: dict[int, str] = {
-    Outcome.SUCCESS: "signed in",
-    Outcome.INVALID_CREDENTIALS: "wrong username or password",
-    Outcome.PASSWORD_EXPIRED: "your password has expired: change it to sign in",
-    Outcome.PASSWORD_MUST_CHANGE: "you must change your password before signing in",
-    Outcome.ACCOUNT_LOCKED: "your account is locked",
-    Outcome.ACCOUNT_DISABLED: "your account is disabled",
-    Outcome.ACCOUNT_EXPIRED: "your account has expired",
-    Outcome.ACCOUNT_RESTRICTED: "you may not sign in at this time or from this computer",
-    Outcome.PASSWORD_REJECTED: "the new password does not meet the password policy",
-}
 
 
 class SignInService(signin_pb2_grpc.SignInServiceServicer):
@@ -92,10 +73,14 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
             streams_per_address: SignInStreams one caller address may hold open at once.
         """
         self._trusted = trusted_proxies
-        self._limiter = limiter if limiter is not None else RateLimiter(0)
-        self._store = store
-        self._dispatcher = dispatcher
         self._policy = policy
+        self._flow = SignInFlow(
+            store=store,
+            dispatcher=dispatcher,
+            policy=policy,
+            limiter=limiter,
+            trusted_proxies=trusted_proxies,
+        )
         self._timeout = timeout
         self._streams: set[SignInStreamSession] = set()
         self._stream_idle = stream_idle
@@ -181,7 +166,7 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
         """
         check_password(request.password)
         credentials = agent_pb2.Credentials(username=request.username, password=request.password)
-        request_id, verdict = await self._serve(
+        request_id, verdict = await self._flow.run(
             "signin.completed",
             credentials,
             request.client_ip,
@@ -205,7 +190,9 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
         async with rpc_errors(context):
             started = time.perf_counter()
             # Refused before the code is spent; recorded as the decision would use it.
-            client_ip = client_address(_client_ip(request.client_ip), context.peer(), self._trusted)
+            client_ip = client_address(
+                parse_client_ip(request.client_ip), context.peer(), self._trusted
+            )
             try:
                 verdict, challenge = self._policy.complete(request.challenge_id, request.code)
             except PtaError as error:
@@ -218,9 +205,9 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
                 tenant=challenge.tenant,
                 user=challenge.subject,
                 client_ip=client_ip,
-                answer=_outcome_name(verdict.outcome),
+                answer=outcome_name(verdict.outcome),
                 decided_by=verdict.decided_by,
-                duration_ms=_ms(started),
+                duration_ms=elapsed_ms(started),
             )
             return _response(challenge.request_id, verdict)
 
@@ -248,7 +235,7 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
                 password=request.old_password,
                 new_password=request.new_password,
             )
-            request_id, verdict = await self._serve(
+            request_id, verdict = await self._flow.run(
                 "password_change.completed",
                 credentials,
                 request.client_ip,
@@ -266,145 +253,6 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
                 retry_after_seconds=verdict.retry_after,
             )
 
-    async def _serve(  # noqa: PLR0913 - the call's parts, by name
-        self,
-        event: str,
-        credentials: agent_pb2.Credentials,
-        client_ip: str,
-        *,
-        peer: str,
-        deadline: float,
-        grant: bool,
-        mfa_code: str | None = None,
-    ) -> tuple[str, Verdict]:
-        """Police, route, seal, dispatch and await one credential check; audit it as ``event``.
-
-        Args:
-            event: The audit event's name.
-            credentials: What to check; cleared once sealed.
-            client_ip: The end user's address as the request gives it.
-            peer: The caller's address as grpc names it (the rate limit's key, unless the
-                caller is a trusted proxy and ``client_ip`` is given).
-            deadline: Event-loop time by which the answer is due.
-            grant: Whether a right password earns a token (or an MFA challenge).
-            mfa_code: A password change's TOTP code (None for a sign-in): checked first
-                when the policy wants a second factor.
-
-        Returns:
-            The request id, and what the client is told.
-        """
-        request_id = secrets.token_hex(12)
-        started = time.perf_counter()
-        upn = parse_upn(credentials.username)
-        claimed = _client_ip(client_ip)
-        caller = client_address(claimed, peer, self._trusted)
-        # The audit records the address every decision used (rate limit, location): a
-        # client_ip only counts from a trusted proxy; one that did not count is kept apart.
-        audit = log.bind(request_id=request_id, user=str(upn), client_ip=caller)
-        if claimed and claimed != caller:
-            audit = audit.bind(claimed_client_ip=claimed)
-        try:
-            if self._limiter.enabled:
-                self._limiter.check(caller)
-            tenant = self._store.tenant_for_domain(upn.domain)
-            if tenant is None:
-                audit = audit.bind(outcome="UNKNOWN_DOMAIN")
-                raise NotFound(f"no organisation signs in users of {upn.domain}")
-            audit = audit.bind(tenant=tenant)
-            admitted = await self._policy.begin(
-                tenant, upn, credentials.password, caller, deadline=deadline
-            )
-            if isinstance(admitted, Attempt) and mfa_code is not None:
-                admitted = self._second_factor(admitted, mfa_code)
-            if isinstance(admitted, Verdict):  # Decided before any agent: locked, a repeat…
-                credentials.Clear()
-                verdict = admitted
-            else:
-                audit = audit.bind(location=admitted.location)
-                answer = await self._directory_answer(admitted, credentials, request_id, deadline)
-                if answer is None:  # A lost repeat of an unknown name: as any repeat.
-                    verdict = REPEATED
-                else:
-                    audit = audit.bind(
-                        agent_id=answer.agent_id, outcome=_outcome_name(answer.outcome)
-                    )
-                    outcome, message = _visible(answer)
-                    verdict = Verdict(outcome=outcome, message=message, decided_by="directory")
-                    if grant and outcome == Outcome.SUCCESS:
-                        granted = self._policy.grant(admitted, request_id)
-                        verdict = replace(granted, message=message) if granted.token else granted
-        except PtaError as error:
-            audit.info(
-                event, status=error.code.name, reason=error.message, duration_ms=_ms(started)
-            )
-            raise
-        audit.info(
-            event,
-            status="OK",
-            answer=_outcome_name(verdict.outcome),
-            decided_by=verdict.decided_by,
-            duration_ms=_ms(started),
-        )
-        return request_id, verdict
-
-    async def _directory_answer(
-        self,
-        attempt: Attempt,
-        credentials: agent_pb2.Credentials,
-        request_id: str,
-        deadline: float,
-    ) -> Answer | None:
-        """The directory's answer to an admitted attempt; None: answer it as a repeat.
-
-        A repeat of a password refused as an unknown name whose agent was lost, with no room
-        for another try, gets what any repeat gets, not UNAVAILABLE, which a known account's
-        repeat (answered by the policy, never sent) could never get.
-        """
-        try:
-            return await self._check_admitted(attempt, credentials, request_id, deadline)
-        except AgentLost:
-            if not attempt.recheck:
-                raise
-            return None
-
-    def _second_factor(self, attempt: Attempt, code: str) -> Attempt | Verdict:
-        """The attempt, if its code is right or none is wanted; else the policy's answer."""
-        try:
-            verdict = self._policy.second_factor(attempt, code)
-        except BaseException:
-            self._policy.end(attempt, None)
-            raise
-        if verdict is None:
-            return attempt
-        self._policy.end(attempt, None)  # Nothing reached the directory.
-        return verdict
-
-    async def _check_admitted(
-        self,
-        attempt: Attempt,
-        credentials: agent_pb2.Credentials,
-        request_id: str,
-        deadline: float,
-    ) -> Answer:
-        """Seal and check an admitted attempt; the policy hears the directory's answer."""
-        budget = deadline - asyncio.get_running_loop().time()
-        plaintext = credentials.SerializeToString()
-        credentials.Clear()
-        try:
-            # The policy hears the agent's real answer, even one that comes after the caller
-            # stopped waiting: the directory counted that password whether or not we waited.
-            return await self._dispatcher.check(
-                attempt.tenant,
-                attempt.domain,
-                request_id,
-                plaintext,
-                budget,
-                settled=functools.partial(self._policy.end, attempt),
-                readmit=functools.partial(self._policy.readmit, attempt),
-            )
-        finally:
-            del plaintext
-
 
 def _response(request_id: str, verdict: Verdict) -> signin_pb2.SignInResponse:
     return signin_pb2.SignInResponse(
@@ -417,46 +265,3 @@ def _response(request_id: str, verdict: Verdict) -> signin_pb2.SignInResponse:
         mfa_expires_in_seconds=verdict.challenge_ttl,
         retry_after_seconds=verdict.retry_after,
     )
-
-
-def _client_ip(text: str) -> str:
-    if not text:
-        return ""
-    if len(text) > MAX_CLIENT_IP_CHARS:
-        raise InvalidRequest("client_ip is too long")
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        raise InvalidRequest("client_ip is not an IP address") from None
-
-
-def _outcome_name(value: int) -> str:
-    try:
-        return Outcome.Name(value)
-    except ValueError:
-        return f"UNKNOWN({value})"
-
-
-def _visible(answer: Answer) -> tuple[int, str]:
-    """Turn an agent's answer into the outcome and message the client may see.
-
-    Raises:
-        DirectoryUnavailable: The agent could not reach its directory.
-        Unavailable: The agent refused the request, or answered something unknown here.
-    """
-    outcome = answer.outcome
-    if outcome == Outcome.DIRECTORY_UNAVAILABLE:
-        raise DirectoryUnavailable("the organisation's directory is unavailable; try again")
-    if outcome == Outcome.REQUEST_REJECTED:
-        raise Unavailable("the agent refused the request; try again")
-    if outcome == Outcome.UNKNOWN_USER:
-        outcome = Outcome.INVALID_CREDENTIALS
-    base = MESSAGES.get(outcome)
-    if base is None:
-        raise Unavailable("the agent gave an answer this broker does not understand")
-    detail = answer.message if outcome != Outcome.INVALID_CREDENTIALS else ""
-    return outcome, f"{base} ({detail})" if detail else base
-
-
-def _ms(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000, 3)

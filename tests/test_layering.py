@@ -75,6 +75,27 @@ class TestLayering:
         assert 'include = ["pta*", "broker*", "agent*", "client*"]' in pyproject
         assert "tooling" not in pyproject.split("[project.scripts]")[1].split("[")[0]
 
-    def test_dispatch_has_no_grpc(self) -> None:
-        """The dispatcher is pure logic, tested without a network."""
-        assert "grpc" not in _imports(ROOT / "broker" / "dispatch.py")
+    @pytest.mark.parametrize(
+        "module",
+        [
+            "dispatch",
+            "jobs",
+            "signin_flow",
+            "policy",
+            "lockout_gate",
+            "lockout",
+            "verdicts",
+            "second_factor",
+            "accounts",
+            "store",
+            "agent_store",
+            "policy_store",
+        ],
+    )
+    def test_use_case_policy_and_store_have_no_grpc(self, module: str) -> None:
+        """The sign-in use case, the policy, the dispatcher and the store speak no gRPC.
+
+        The servicers (``broker/signin.py``, ``broker/agent_link.py``) translate between the
+        contract and these; everything below them is tested without a network.
+        """
+        assert "grpc" not in _imports(ROOT / "broker" / f"{module}.py")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from broker.jobs import Answer
-from broker.signin import _visible
+from broker.signin_flow import visible as shown_to_client
 from pta.errors import DirectoryUnavailable, Unavailable
 from pta.v1 import outcome_pb2
 
@@ -29,13 +29,17 @@ class TestVisible:
     )
     def test_outcomes(self, outcome: int, visible: int) -> None:
         """Each outcome maps to what the client sees."""
-        assert _visible(Answer(outcome=outcome, message="", agent_id="a"))[0] == visible
+        assert shown_to_client(Answer(outcome=outcome, message="", agent_id="a"))[0] == visible
 
     def test_detail_never_added_to_a_wrong_password(self) -> None:
         """An agent's message is shown, except on wrong passwords (it could leak existence)."""
-        shown = _visible(Answer(outcome=Outcome.SUCCESS, message="expires in 3 days", agent_id="a"))
+        shown = shown_to_client(
+            Answer(outcome=Outcome.SUCCESS, message="expires in 3 days", agent_id="a")
+        )
         assert shown[1] == "signed in (expires in 3 days)"
-        hidden = _visible(Answer(outcome=Outcome.UNKNOWN_USER, message="no such", agent_id="a"))
+        hidden = shown_to_client(
+            Answer(outcome=Outcome.UNKNOWN_USER, message="no such", agent_id="a")
+        )
         assert hidden[1] == "wrong username or password"
 
     @pytest.mark.parametrize(
@@ -51,4 +55,4 @@ class TestVisible:
     def test_non_answers_are_unavailable(self, outcome: int, error: type[Exception]) -> None:
         """No definite answer about the user: a status, never a made-up outcome."""
         with pytest.raises(error):
-            _visible(Answer(outcome=outcome, message="", agent_id="a"))
+            shown_to_client(Answer(outcome=outcome, message="", agent_id="a"))
