@@ -15,6 +15,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hpke, serialization
 from cryptography.hazmat.primitives.asymmetric import x25519
 
+from pta import keys
 from pta.errors import EnvelopeRejected
 
 SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POLY1305)
@@ -79,12 +80,8 @@ def load_public_key(raw: bytes) -> x25519.X25519PublicKey:
 
 
 def private_key_bytes(key: x25519.X25519PrivateKey) -> bytes:
-    """Serialise the private key as PKCS#8 PEM for the agent's 0600 state file."""
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
+    """Serialise the envelope key for the agent's 0600 state file (:mod:`pta.keys`)."""
+    return keys.private_pem(key)
 
 
 def load_private_key(pem: bytes) -> x25519.X25519PrivateKey:
@@ -93,7 +90,7 @@ def load_private_key(pem: bytes) -> x25519.X25519PrivateKey:
     Raises:
         TypeError: When the file holds another kind of key.
     """
-    key = serialization.load_pem_private_key(pem, password=None)
+    key = keys.load_private(pem)
     if not isinstance(key, x25519.X25519PrivateKey):
         raise TypeError("the envelope key file does not hold an X25519 key")
     return key

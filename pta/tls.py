@@ -17,6 +17,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from pta import keys
+
 if TYPE_CHECKING:
     import datetime
     from collections.abc import Iterable, Mapping
@@ -47,21 +49,17 @@ def new_private_key() -> ec.EllipticCurvePrivateKey:
 
 
 def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    """Serialise a private key as unencrypted PKCS#8 PEM (protected by file mode, not a pass)."""
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
+    """Serialise a TLS private key (:func:`pta.keys.private_pem`)."""
+    return keys.private_pem(key)
 
 
 def load_key(pem: bytes) -> ec.EllipticCurvePrivateKey:
-    """Load a P-256 private key.
+    """Load a TLS private key (P-256).
 
     Raises:
         TypeError: When the PEM holds another kind of key.
     """
-    key = serialization.load_pem_private_key(pem, password=None)
+    key = keys.load_private(pem)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise TypeError("expected an ECDSA private key")
     return key
