@@ -24,6 +24,7 @@ import structlog
 
 from agent import lockout
 from pta import __version__, rpc, tls
+from pta.rpc import StreamEnded
 from pta.v1 import agent_pb2, agent_pb2_grpc
 
 if TYPE_CHECKING:
@@ -40,9 +41,6 @@ BACKOFF_MAX = 30.0
 HEALTHY_SESSION = 10.0
 WELCOME_TIMEOUT = 10.0
 DEFAULT_HEARTBEAT = 5.0
-#: While other batches are being checked, wait this long for their results before writing, so
-#: that one stream message carries several. With nothing else in progress, write at once.
-COALESCE_SECONDS = 0.001
 
 
 @dataclass(slots=True)
@@ -61,10 +59,6 @@ class _Ack:
 
 
 Outgoing = list[agent_pb2.ValidationResult] | _Control | _Ack
-
-
-class _StreamEnded(Exception):
-    """The broker closed the stream: ends the session's task group."""
 
 
 def _rpc_error(error: BaseException) -> grpc.aio.AioRpcError | None:
@@ -215,7 +209,7 @@ class Link:
                                 ),
                             )
                         )
-            except* _StreamEnded:
+            except* StreamEnded:
                 pass
             finally:
                 call.cancel()
@@ -236,7 +230,7 @@ class Link:
         while True:
             message = await call.read()
             if not isinstance(message, agent_pb2.BrokerMessage):  # grpc.aio.EOF
-                raise _StreamEnded
+                raise StreamEnded
             kind = message.WhichOneof("kind")
             if kind == "validations":
                 requests = list(message.validations.requests)
@@ -295,7 +289,7 @@ class Link:
                 await call.write(agent_pb2.AgentMessage(heartbeat=beat))
                 continue
             if self._checking:  # More results are on their way: let them join this message.
-                await asyncio.sleep(COALESCE_SECONDS)
+                await asyncio.sleep(rpc.COALESCE_SECONDS)
             results: list[agent_pb2.ValidationResult] = []
             acks: list[_Ack] = []
             controls: list[_Control] = []

@@ -21,6 +21,16 @@ if TYPE_CHECKING:
 
     from google.protobuf.descriptor import ServiceDescriptor
 
+#: Both ends of an agent's stream, when the other side still has earlier work in progress,
+#: wait this long for more before writing, so that one stream message carries several: each
+#: message costs both sides a system call and wake-ups. Idle, they write at once.
+COALESCE_SECONDS: Final = 0.001
+
+
+class StreamEnded(Exception):
+    """The other side closed the stream, or went silent: ends the stream's task group."""
+
+
 #: Every sign-in, enrolment and renewal message is small: the public endpoint refuses larger
 #: ones (RESOURCE_EXHAUSTED) before parsing them.
 MAX_MESSAGE_BYTES: Final = 64 * 1024

@@ -1,4 +1,4 @@
-"""The broker's reading of an agent stream (``broker/agent_link.py``): acks inside results.
+"""The broker's reading of an agent stream (``broker/agent_stream.py``): acks inside results.
 
 The reader runs against a real dispatcher and a scripted stream of agent messages.
 """
@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any
 
-from broker.agent_link import AgentService
+from broker.agent_stream import AgentStream
 from broker.dispatch import Dispatcher
 from broker.jobs import Connection, Job
 from pta import sealing
@@ -73,9 +73,11 @@ class TestAcksInResults:
         assert {first.connection_id, second.connection_id} == {"a", "b"}
         mine = first if first.connection_id == "a" else second
         other = second if mine is first else first
-        service: Any = AgentService.__new__(AgentService)
-        service._dispatcher = dispatcher
-        service._heartbeat = 60.0
+        service: Any = AgentStream(
+            store=None,  # type: ignore[arg-type]  # reads no report here
+            dispatcher=dispatcher,
+            heartbeat_interval=60.0,
+        )
         results = agent_pb2.Results(acks=[mine.request_id])
         reader = asyncio.create_task(
             service._receive(_stream(agent_pb2.AgentMessage(results=results)), a)
@@ -99,9 +101,11 @@ class TestAcksInResults:
         dispatcher.attach(a)
         job = _job("r1", a)
         dispatcher.submit(job)
-        service: Any = AgentService.__new__(AgentService)
-        service._dispatcher = dispatcher
-        service._heartbeat = 60.0
+        service: Any = AgentStream(
+            store=None,  # type: ignore[arg-type]  # reads no report here
+            dispatcher=dispatcher,
+            heartbeat_interval=60.0,
+        )
         result = agent_pb2.ValidationResult(request_id="r1", outcome=outcome_pb2.SUCCESS)
         message = agent_pb2.AgentMessage(results=agent_pb2.Results(results=[result], acks=["r1"]))
         reader = asyncio.create_task(service._receive(_stream(message), a))
@@ -134,9 +138,11 @@ class TestGivenUpBeforeSent:
         fates: list[int | None] = []
         busy, given_up = _job("r0", conn), _job("r1", conn)
         given_up.settled = fates.append
-        service: Any = AgentService.__new__(AgentService)
-        service._dispatcher = dispatcher
-        service._heartbeat = 60.0
+        service: Any = AgentStream(
+            store=None,  # type: ignore[arg-type]  # reads no report here
+            dispatcher=dispatcher,
+            heartbeat_interval=60.0,
+        )
         context = _Context()
         sender = asyncio.create_task(service._send(context, conn))
         dispatcher.submit(busy)

@@ -1,8 +1,8 @@
-"""``broker/agent_link.py``: which policies of an agent's directory report the broker keeps."""
+"""``broker/agent_stream.py``: which policies of an agent's directory report the broker keeps."""
 
 from __future__ import annotations
 
-from broker.agent_link import MAX_DOMAINS, MAX_SOURCE_CHARS, accepted_policies
+from broker.agent_stream import MAX_DOMAINS, MAX_SOURCE_CHARS, accepted_policies
 from broker.jobs import Connection
 from broker.store import ReportedPolicy
 from pta import sealing
