@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from broker.mfa import DEFAULT_CHALLENGE_TTL
-from broker.signing import DEFAULT_ISSUER, DEFAULT_KEY_LIFETIME, DEFAULT_TOKEN_TTL
+from broker.policy.mfa import DEFAULT_CHALLENGE_TTL
+from broker.policy.signing import DEFAULT_ISSUER, DEFAULT_KEY_LIFETIME, DEFAULT_TOKEN_TTL
 from pta.config import parse_duration, parse_endpoint
 
 if TYPE_CHECKING:

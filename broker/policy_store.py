@@ -1,6 +1,6 @@
 """Where the sign-in policy's state persists: policies, counters, networks, MFA secrets.
 
-Also how each agent's directories name accounts (:mod:`broker.accounts`: the CLI keys users
+Also how each agent's directories name accounts (:mod:`broker.policy.accounts`: the CLI keys users
 as the serving broker does), and which accounts a directory lately said exist (their counters
 are never shed). Tables in the broker's SQLite store, on the store's own connection. Every
 write is one statement or one immediate transaction, so the serving broker and the CLI can
@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from broker.lockout import Counter
-from broker.tenant_policy import TenantPolicy
+from broker.policy.lockout import Counter
+from broker.policy.tenant_policy import TenantPolicy
 
 if TYPE_CHECKING:
     import sqlite3

@@ -22,18 +22,19 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from broker import agent_access, ownership
-from broker.agent_link import AgentService
+from broker import ownership
 from broker.agent_store import ConnectionStatus
-from broker.ca import CertificateAuthority
-from broker.dispatch import Dispatcher
-from broker.mfa import Challenges, MfaKey
-from broker.policy import SignInPolicy
-from broker.ratelimit import RateLimiter
-from broker.rotation import ServerCertificates
-from broker.signin import SignInService
-from broker.signing import TokenSigner
+from broker.api.agents import AgentService
+from broker.api.signin import SignInService
+from broker.dispatch.dispatcher import Dispatcher
+from broker.policy.mfa import Challenges, MfaKey
+from broker.policy.ratelimit import RateLimiter
+from broker.policy.signin_policy import SignInPolicy
+from broker.policy.signing import TokenSigner
+from broker.server_certificates import ServerCertificates
 from broker.store import Store
+from broker.trust import agent_access
+from broker.trust.ca import CertificateAuthority
 from pta import rpc, tls
 from pta.v1 import agent_pb2, signin_pb2
 
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
     from google.protobuf.descriptor import ServiceDescriptor
 
     from broker.config import BrokerConfig
-    from broker.jobs import Connection
+    from broker.dispatch.jobs import Connection
 
 log = structlog.get_logger()
 ENDPOINTS_FILE = "endpoints.json"

@@ -2,10 +2,10 @@
 
 Rate limit, tenant, the policy's admission (a locked user, a repeat, the directory guard are
 answered here), the second factor a password change carries, the check by an agent (through
-:meth:`broker.dispatch.Dispatcher.check`), what the agent's answer may show the client, the
-token or MFA challenge a right password earns, and one audit event. No gRPC: the servicers in
-:mod:`broker.signin` turn requests into calls of :meth:`SignInFlow.run` and its result into
-responses.
+:meth:`~broker.dispatch.dispatcher.Dispatcher.check`), what the agent's answer may show the
+client, the token or MFA challenge a right password earns, and one audit event. No gRPC: the
+servicers in :mod:`broker.api.signin` turn requests into calls of :meth:`SignInFlow.run` and its
+result into responses.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from broker.jobs import AgentLost
-from broker.policy import REPEATED, Attempt, Verdict
-from broker.ratelimit import RateLimiter, client_address
+from broker.dispatch.jobs import AgentLost
+from broker.policy.ratelimit import RateLimiter, client_address
+from broker.policy.signin_policy import REPEATED, Attempt, Verdict
 from pta.errors import (
     DirectoryUnavailable,
     InvalidRequest,
@@ -36,9 +36,9 @@ from pta.v1 import outcome_pb2
 if TYPE_CHECKING:
     from ipaddress import IPv4Network, IPv6Network
 
-    from broker.dispatch import Dispatcher
-    from broker.jobs import Answer
-    from broker.policy import SignInPolicy
+    from broker.dispatch.dispatcher import Dispatcher
+    from broker.dispatch.jobs import Answer
+    from broker.policy.signin_policy import SignInPolicy
     from broker.store import Store
     from pta.v1 import agent_pb2
 
@@ -71,7 +71,7 @@ class SignInFlow:
         limiter: RateLimiter | None = None,
         trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = (),
     ) -> None:
-        """Wire the flow (see :class:`broker.signin.SignInService` for the values)."""
+        """Wire the flow (see :class:`broker.api.signin.SignInService` for the values)."""
         self._store = store
         self._dispatcher = dispatcher
         self._policy = policy

@@ -19,7 +19,7 @@ import jwt
 import ldap3
 import pytest
 
-from broker import mfa
+from broker.policy import mfa
 from pta.v1 import outcome_pb2, signin_pb2, signin_pb2_grpc
 from tests.secrets_registry import known, secret
 from tests.support import AgentProcess, BrokerProcess, wait_for

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import grpc
 import pytest
 
-from broker.ca import CertificateAuthority
+from broker.trust.ca import CertificateAuthority
 from pta import sealing, tls
 from pta.v1 import agent_pb2, agent_pb2_grpc
 from tests.secrets_registry import known

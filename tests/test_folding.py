@@ -21,7 +21,7 @@ from ldap3.utils.conv import escape_filter_chars
 
 from agent.config import DirectoryConfig
 from agent.directory import LdapDirectory
-from broker.accounts import AccountRule, account_key, fold
+from broker.policy.accounts import AccountRule, account_key, fold
 from pta.names import parse_upn
 from pta.v1 import outcome_pb2
 from tests.secrets_registry import secret

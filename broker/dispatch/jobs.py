@@ -1,0 +1,132 @@
+"""What the dispatcher moves: a sign-in's job, an agent's connection, an agent's answer.
+
+Plain values and their own small rules (a job is settled once; a connection says whether it
+takes new work), with no gRPC and no queueing: :mod:`broker.dispatch.dispatcher` does the moving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from pta.errors import PtaError, Unavailable
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+LOST_AFTER_ACK = (
+    "the agent checking this sign-in was lost after it started, and another try now could "
+    "lock the account in the organisation's directory: sign in again later"
+)
+#: What a job is settled with when its agent was lost after acknowledging it: the password
+#: may have been tried (not an outcome of the contract; the lockout counts it as a possible
+#: wrong password at the directory).
+MAY_HAVE_TRIED = -1
+
+
+class AgentLost(Unavailable):
+    """The agent was lost after the job was written to it: the caller may send it on.
+
+    The job keeps its envelopes for the tenant's other connections; whether another agent
+    may try it again is the lockout's decision (a second try may count twice at the
+    directory), not the dispatcher's.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An agent's verdict on one job (``outcome`` is a ``pta.v1.Outcome`` value)."""
+
+    outcome: int
+    message: str
+    agent_id: str
+
+
+@dataclass(eq=False, slots=True, kw_only=True)
+class Job:
+    """One sign-in waiting for, or being worked on by, an agent."""
+
+    request_id: str
+    tenant: str
+    domain: str
+    #: Event-loop time after which nobody wants the answer.
+    deadline: float
+    deadline_unix_ms: int
+    #: Connection id -> envelope sealed to that connection's key.
+    envelopes: dict[str, bytes]
+    future: asyncio.Future[Answer]
+    connection_id: str | None = None
+    #: Handed to the stream for its agent (``written``), or acknowledged by an agent that says
+    #: so (``acked``): either way it may have been tried, and if the agent is lost the job
+    #: fails with :class:`AgentLost`; only its caller may send it on (see :meth:`resend`).
+    written: bool = False
+    acked: bool = False
+    #: Told, once, what became of the job in the end: the agent's outcome, or None when no
+    #: agent will ever answer it. Later than the future when the caller stopped waiting first:
+    #: an agent that has the job may still bind, and the lockout must hear what it found.
+    settled: Callable[[int | None], None] | None = None
+
+    def settle(self, outcome: int | None) -> None:
+        """Report the job's final fate (once)."""
+        callback, self.settled = self.settled, None
+        if callback is not None:
+            callback(outcome)
+
+    @property
+    def done(self) -> bool:
+        """Whether the job has its one answer (or failure) already."""
+        return self.future.done()
+
+    def resend(
+        self, future: asyncio.Future[Answer], settled: Callable[[int | None], None] | None
+    ) -> Job:
+        """A copy to dispatch again after :class:`AgentLost`: a fresh answer and accounting.
+
+        Its envelopes are those still held for other connections (the lost one's is gone).
+        """
+        return Job(
+            request_id=self.request_id,
+            tenant=self.tenant,
+            domain=self.domain,
+            deadline=self.deadline,
+            deadline_unix_ms=self.deadline_unix_ms,
+            envelopes=dict(self.envelopes),
+            future=future,
+            settled=settled,
+        )
+
+
+@dataclass(eq=False, slots=True, kw_only=True)
+class Connection:
+    """One live Connect stream of an agent."""
+
+    connection_id: str
+    agent_id: str
+    tenant: str
+    domains: frozenset[str]
+    capacity: int
+    envelope_key: X25519PublicKey
+    version: str = ""
+    serial: str = ""
+    outbox: asyncio.Queue[Job] = field(default_factory=asyncio.Queue)
+    in_flight: dict[str, Job] = field(default_factory=dict)
+    draining: bool = False
+    #: Set when the stream should end: drained and idle, or cut (then ``end_error`` says why).
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    end_error: PtaError | None = None
+    #: Wall-clock times, for operators.
+    connected_at: float = field(default_factory=time.time)
+    last_seen: float = field(default_factory=time.time)
+
+    def serves(self, domain: str) -> bool:
+        """Whether new jobs for ``domain`` may be sealed to this connection."""
+        return not self.draining and domain in self.domains
+
+    @property
+    def free(self) -> int:
+        """How many more jobs the agent said it takes at once."""
+        return self.capacity - len(self.in_flight)
