@@ -23,7 +23,6 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from broker import ownership
-from broker.agent_store import ConnectionStatus
 from broker.api.agents import AgentService
 from broker.api.signin import SignInService
 from broker.dispatch.dispatcher import Dispatcher
@@ -32,7 +31,8 @@ from broker.policy.ratelimit import RateLimiter
 from broker.policy.signin_policy import SignInPolicy
 from broker.policy.signing import TokenSigner
 from broker.server_certificates import ServerCertificates
-from broker.store import Store
+from broker.store import open_store
+from broker.store.records import ConnectionStatus
 from broker.trust import agent_access
 from broker.trust.ca import CertificateAuthority
 from pta import rpc, tls
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
     from broker.config import BrokerConfig
     from broker.dispatch.jobs import Connection
+    from broker.store.protocols import Store
 
 log = structlog.get_logger()
 ENDPOINTS_FILE = "endpoints.json"
@@ -127,7 +128,7 @@ class Broker:
         if not config.reuse_port:
             ownership.check_free(config.listen, flag="--listen")
             ownership.check_free(config.agent_listen, flag="--agent-listen")
-        store = self._store = Store(config.data_dir)
+        store = self._store = open_store(config.data_dir)
         ca = CertificateAuthority.load_or_create(config.data_dir)
         self.certificates = ServerCertificates(
             ca, config.data_dir, config.san, config.server_cert_lifetime

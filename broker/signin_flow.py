@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from broker.dispatch.dispatcher import Dispatcher
     from broker.dispatch.jobs import Answer
     from broker.policy.signin_policy import SignInPolicy
-    from broker.store import Store
+    from broker.store.protocols import Store
     from pta.v1 import agent_pb2
 
 log = structlog.get_logger()

@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from broker.store import Store
+from broker.store import open_store
 from pta.v1 import outcome_pb2, signin_pb2, signin_pb2_grpc
 from tests import secrets_registry
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from broker.store import DirectoryPolicyRecord
+    from broker.store.records import DirectoryPolicyRecord
     from tooling.slapd import Slapd
 
 BIN = Path(sys.executable).parent
@@ -160,7 +160,8 @@ class BrokerProcess:
 
     def directory_policies(self, tenant: str, agent_id: str) -> dict[str, DirectoryPolicyRecord]:
         """An agent's last directory report as the broker stored it, by domain."""
-        store = Store(self.data_dir)  # SQLite: read beside the serving broker, as the CLI does.
+        # SQLite: read beside the serving broker, as the CLI does.
+        store = open_store(self.data_dir)
         try:
             return {r.domain: r for r in store.directory_policies(tenant) if r.agent_id == agent_id}
         finally:

@@ -93,3 +93,25 @@ class TestLayering:
             name for name in speaking if not name.startswith("broker/api/") and name not in allowed
         } == set()
         assert "broker/api/signin.py" in speaking  # the check reads real imports
+
+    def test_only_the_sqlite_store_knows_sql(self) -> None:
+        """SQL lives in ``broker/store/sqlite/``; everything else sees the store's protocols.
+
+        Only :func:`broker.store.open_store` chooses an implementation, so another one (a shared
+        database for several brokers) replaces it without touching the layers above.
+        """
+        sql, implementation = set(), set()
+        for path in (ROOT / "broker").rglob("*.py"):
+            name = str(path.relative_to(ROOT))
+            if name.startswith("broker/store/sqlite/"):
+                continue
+            tree = ast.parse(path.read_text(), filename=name)
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import) and any(a.name == "sqlite3" for a in node.names):
+                    sql.add(name)
+                elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                    "broker.store.sqlite"
+                ):
+                    implementation.add(name)
+        assert sql == set()
+        assert implementation == {"broker/store/__init__.py"}

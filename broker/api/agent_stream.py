@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from broker.dispatch.jobs import Answer, Connection
-from broker.store import ReportedPolicy
+from broker.store.records import ReportedPolicy
 from pta import rpc
 from pta.errors import InvalidRequest
 from pta.names import normalize_domain
@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     import grpc
 
     from broker.dispatch.dispatcher import Dispatcher
-    from broker.store import DirectoryPolicyRecord, Store
+    from broker.store.protocols import Store
+    from broker.store.records import DirectoryPolicyRecord
 
 log = structlog.get_logger()
 #: A hello or a directory report names at most this many domains.

@@ -39,10 +39,10 @@ if TYPE_CHECKING:
 
     import grpc
 
-    from broker.agent_store import CertificateRecord
     from broker.dispatch.dispatcher import Dispatcher
     from broker.policy.accounts import AccountRule
-    from broker.store import DirectoryPolicyRecord, Store
+    from broker.store.protocols import Store
+    from broker.store.records import CertificateRecord, DirectoryPolicyRecord
     from broker.trust.ca import CertificateAuthority
 
 log = structlog.get_logger()

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     from broker.dispatch.dispatcher import Dispatcher
     from broker.policy.signin_policy import SignInPolicy, Verdict
-    from broker.store import Store
+    from broker.store.protocols import Store
 
 log = structlog.get_logger()
 Outcome = outcome_pb2.Outcome

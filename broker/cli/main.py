@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -22,12 +22,16 @@ from broker.cli import policy as policy_commands
 from broker.config import DEFAULT_LISTEN, BrokerConfig, load_config
 from broker.ownership import CannotStart
 from broker.server import Broker
-from broker.store import STATUS_FRESHNESS, Store
+from broker.store import open_store
+from broker.store.records import STATUS_FRESHNESS
 from broker.trust.ca import CertificateAuthority
 from pta import logging as pta_logging
 from pta.config import parse_duration
 from pta.errors import InvalidRequest, PtaError
 from pta.tokens import TOKEN_ID, parse_token
+
+if TYPE_CHECKING:
+    from broker.store.protocols import Store
 
 log = structlog.get_logger()
 DEFAULT_ENROLMENT_TTL = "1h"
@@ -143,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (data / "ca.pem").exists():
             sys.stderr.write(f"pta-broker: {data} holds no broker: run `pta-broker serve` once\n")
             return 2
-        store = Store(data)
+        store = open_store(data)
         try:
             return _manage(args, store, data)
         finally:

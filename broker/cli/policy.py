@@ -21,7 +21,7 @@ from broker.policy import lockout, mfa
 from broker.policy.accounts import AccountMap, typed_key
 from broker.policy.signin_policy import threshold_warning
 from broker.policy.tenant_policy import MFA_MODES
-from broker.store import STATUS_FRESHNESS
+from broker.store.records import STATUS_FRESHNESS
 from pta.config import parse_duration
 from pta.errors import InvalidRequest, NotFound
 from pta.names import parse_upn
@@ -29,7 +29,7 @@ from pta.names import parse_upn
 if TYPE_CHECKING:
     import argparse
 
-    from broker.store import Store
+    from broker.store.protocols import Store
 
 DEFAULT_MFA_ISSUER = "pta"
 

@@ -32,15 +32,15 @@ from broker.policy.verdicts import (
     guarded,
     locked,
 )
-from broker.policy_store import LOCATIONS
+from broker.store.records import LOCATIONS
 from pta.errors import DeadlineExceeded, Overloaded
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
     from broker.policy.tenant_policy import TenantPolicy
-    from broker.policy_store import CounterKey, Location, PolicyStore
-    from broker.store import DirectoryPolicyRecord
+    from broker.store.protocols import PolicyStore
+    from broker.store.records import CounterKey, DirectoryPolicyRecord, Location
 
 log = structlog.get_logger()
 #: Sign-ins of one user waiting their turn; more are refused (each wake-up wakes them all).

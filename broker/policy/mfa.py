@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-    from broker.policy_store import Location
+    from broker.store.records import Location
 
 KEY_BYTES = 32
 SECRET_BYTES = 20  # RFC 4226 recommends 160 bits.

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from broker.policy.accounts import AccountMap
     from broker.policy.lockout_gate import LockoutGate
     from broker.policy.tenant_policy import TenantPolicy
-    from broker.policy_store import MfaRecord, PolicyStore
+    from broker.store.protocols import PolicyStore
+    from broker.store.records import MfaRecord
 
 log = structlog.get_logger()
 MAX_CHALLENGE_ID_CHARS = 64

@@ -31,8 +31,8 @@ if TYPE_CHECKING:
     from broker.policy.accounts import AccountRule
     from broker.policy.recent_failures import RecentFailures
     from broker.policy.signing import TokenSigner
-    from broker.policy_store import Location, PolicyStore
-    from broker.store import DirectoryPolicyRecord
+    from broker.store.protocols import PolicyStore
+    from broker.store.records import DirectoryPolicyRecord, Location
     from pta.names import Upn
 
 log = structlog.get_logger()

@@ -13,7 +13,7 @@ from pta.v1 import outcome_pb2
 
 if TYPE_CHECKING:
     from broker.policy.tenant_policy import TenantPolicy
-    from broker.policy_store import Location
+    from broker.store.records import Location
 
 Outcome = outcome_pb2.Outcome
 #: Answers that prove the password right (the directory checks it before saying these).

@@ -29,8 +29,9 @@ from pta.errors import Overloaded, TenantMismatch, Unauthenticated
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping
 
-    from broker.agent_store import AgentStore, CertificateRecord
     from broker.dispatch.dispatcher import Dispatcher
+    from broker.store.protocols import AgentStore
+    from broker.store.records import CertificateRecord
 
 log = structlog.get_logger()
 

@@ -7,12 +7,16 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from broker.store import STORE_FILE, ReportedPolicy, Store
+from broker.store import open_store
+from broker.store.records import ReportedPolicy
+from broker.store.sqlite.store import STORE_FILE
 from pta.errors import Unauthenticated
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
+
+    from broker.store.protocols import Store
 
 KEY = bytes(range(32))
 
@@ -20,7 +24,7 @@ KEY = bytes(range(32))
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
     """A store with tenants ``acme`` (two domains, two agents) and ``globex`` (one agent)."""
-    opened = Store(tmp_path)
+    opened = open_store(tmp_path)
     opened.add_tenant("acme", ["example.com", "other.example"])
     opened.add_tenant("globex", ["globex.example"])
     for agent_id, tenant in (("agt-a", "acme"), ("agt-b", "acme"), ("agt-g", "globex")):
@@ -84,7 +88,7 @@ class TestDirectoryPolicies:
     def test_survives_reopening(self, store: Store, tmp_path: Path) -> None:
         """Reports are persistent, like the rest of the store."""
         store.record_directory_policies("acme", "agt-a", [_policy("example.com", 5)])
-        again = Store(tmp_path)
+        again = open_store(tmp_path)
         try:
             assert [r.lockout_threshold for r in again.directory_policies("acme")] == [5]
         finally:
@@ -133,7 +137,7 @@ class TestCertificates:
             " envelope_public_key BLOB NOT NULL, issued_at REAL NOT NULL, not_after REAL NOT NULL);"
         )
         db.close()
-        opened = Store(tmp_path)
+        opened = open_store(tmp_path)
         try:
             opened.add_tenant("acme", ["example.com"])
             opened.agents.add(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from broker.api.agent_stream import MAX_DOMAINS, MAX_SOURCE_CHARS, accepted_policies
 from broker.dispatch.jobs import Connection
-from broker.store import ReportedPolicy
+from broker.store.records import ReportedPolicy
 from pta import sealing
 from pta.v1 import agent_pb2
 

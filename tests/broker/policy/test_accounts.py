@@ -31,13 +31,16 @@ from broker.policy.recent_failures import RecentFailures
 from broker.policy.signin_policy import Attempt, SignInPolicy, Verdict
 from broker.policy.signing import TokenSigner
 from broker.policy.tenant_policy import TenantPolicy
-from broker.store import DirectoryPolicyRecord, Store
+from broker.store import open_store
+from broker.store.records import DirectoryPolicyRecord
 from pta.errors import InvalidRequest
 from pta.names import parse_upn
 from pta.v1 import agent_pb2, outcome_pb2
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+    from broker.store.protocols import Store
 
 Outcome = outcome_pb2.Outcome
 Scope = agent_pb2.LoginScope
@@ -59,7 +62,7 @@ def _dir(
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
     """A real store: tenant acme owning three domains, with two enrolled agents."""
-    store = Store(tmp_path)
+    store = open_store(tmp_path)
     store.add_tenant(TENANT, list(DOMAINS))
     for agent_id in ("agt-a", "agt-b"):
         store.agents.add(

@@ -30,7 +30,8 @@ from broker.policy.signin_policy import (
 )
 from broker.policy.signing import TokenSigner
 from broker.policy.tenant_policy import TenantPolicy
-from broker.store import DirectoryPolicyRecord, Store
+from broker.store import open_store
+from broker.store.records import DirectoryPolicyRecord
 from pta.errors import (
     ChallengeExpired,
     DeadlineExceeded,
@@ -45,7 +46,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-    from broker.policy_store import CounterKind
+    from broker.store.protocols import Store
+    from broker.store.records import CounterKind
 
 Outcome = outcome_pb2.Outcome
 TENANT = "acme"
@@ -88,7 +90,7 @@ def clock() -> FakeClock:
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
     """A real store in ``tmp_path`` with the tenant acme owning example.com."""
-    store = Store(tmp_path)
+    store = open_store(tmp_path)
     store.add_tenant(TENANT, [DOMAIN])
     yield store
     store.close()
@@ -589,7 +591,7 @@ class TestSignInPolicyState:
         configure(store, policy, lockout_threshold=2, lockout_duration=600.0)
         await fail(policy, 2)
         store.close()
-        reopened = Store(tmp_path)
+        reopened = open_store(tmp_path)
         try:
             restarted = make_policy(reopened, signer, clock)
             verdict = await refused(restarted, RIGHT)

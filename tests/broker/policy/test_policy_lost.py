@@ -16,13 +16,16 @@ from broker.dispatch.jobs import MAY_HAVE_TRIED
 from broker.policy.recent_failures import RecentFailures
 from broker.policy.signin_policy import Attempt, SignInPolicy, user_key
 from broker.policy.signing import TokenSigner
-from broker.store import DirectoryPolicyRecord, Store
+from broker.store import open_store
+from broker.store.records import DirectoryPolicyRecord
 from pta.names import parse_upn
 from pta.v1 import outcome_pb2
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
+
+    from broker.store.protocols import Store
 
 Outcome = outcome_pb2.Outcome
 TENANT = "acme"
@@ -46,7 +49,7 @@ class FakeClock:
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
     """A real store with acme owning example.com."""
-    opened = Store(tmp_path)
+    opened = open_store(tmp_path)
     opened.add_tenant(TENANT, [DOMAIN])
     yield opened
     opened.close()

@@ -6,7 +6,7 @@ import contextlib
 
 import pytest
 
-from broker.agent_store import CertificateRecord
+from broker.store.records import CertificateRecord
 from broker.trust.agent_access import StreamSlots
 from pta.errors import Overloaded
 

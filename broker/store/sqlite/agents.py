@@ -13,10 +13,10 @@ off, and the other's next renewal is refused.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from broker.sqlite import transaction
+from broker.store.records import AgentRecord, CertificateRecord, ConnectionStatus
+from broker.store.sqlite.db import transaction
 from pta.errors import Unauthenticated
 
 if TYPE_CHECKING:
@@ -61,60 +61,6 @@ CERTIFICATE_COLUMNS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class CertificateRecord:
-    """What the broker knows about one agent certificate it issued."""
-
-    serial: str
-    agent_id: str
-    tenant: str
-    envelope_public_key: bytes
-    not_after: float
-    revoked: bool
-    #: Replaced by a renewal that was used, or by a later renewal of its predecessor.
-    retired: bool = False
-    predecessor: str | None = None
-
-    def refusal(self, now: float) -> str:
-        """Why this certificate may not connect or renew now (``""`` when it may)."""
-        if self.revoked:
-            return "this agent has been revoked: enrol it again with a new token"
-        if self.retired:
-            return "this certificate was replaced by a renewal: the agent must use its newest"
-        if self.not_after <= now:
-            return "this agent certificate has expired: enrol the agent again with a new token"
-        return ""
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionStatus:
-    """A live stream as the serving broker last reported it."""
-
-    connection_id: str
-    agent_id: str
-    version: str
-    serial: str
-    domains: list[str]
-    connected_at: float
-    last_seen: float
-    in_flight: int
-
-
-@dataclass(frozen=True, slots=True)
-class AgentRecord:
-    """An enrolled agent, its usable certificates (oldest first) and its live streams."""
-
-    agent_id: str
-    tenant: str
-    hostname: str
-    version: str
-    enrolled_at: float
-    revoked_at: float | None
-    #: (serial, not_after) of every certificate that can still connect: unexpired, not retired.
-    certificates: list[tuple[str, float]]
-    connections: list[ConnectionStatus]
-
-
 _CERTIFICATE_SELECT = (
     "SELECT c.serial, c.agent_id, a.tenant, c.envelope_public_key, c.not_after,"
     " a.revoked_at IS NOT NULL, c.retired_at IS NOT NULL, c.predecessor"
@@ -136,8 +82,8 @@ def _certificate(row: tuple[Any, ...]) -> CertificateRecord:
     )
 
 
-class AgentStore:
-    """The agent tables, on a connection the :class:`broker.store.Store` opened."""
+class SqliteAgentStore:
+    """The agent tables, on the connection :class:`~.store.SqliteStore` opened."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         """Create the tables if needed, and add the columns a store made earlier lacks."""

@@ -8,15 +8,20 @@ file while the broker serves; the broker notices through SQLite's ``data_version
 
 from __future__ import annotations
 
-import re
 import sqlite3
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from broker.agent_store import AgentStore
-from broker.policy_store import PolicyStore
-from broker.sqlite import connect, transaction
+from broker.store.records import (
+    TOKEN_REFUSED,
+    DirectoryPolicyRecord,
+    ReportedPolicy,
+    TokenRecord,
+    check_tenant_name,
+)
+from broker.store.sqlite.agents import SqliteAgentStore
+from broker.store.sqlite.db import connect, transaction
+from broker.store.sqlite.policy import SqlitePolicyStore
 from pta.errors import InvalidRequest, NotFound, Unauthenticated
 from pta.names import normalize_domain
 from pta.tokens import EnrolmentToken, new_token
@@ -26,12 +31,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 STORE_FILE = "pta.sqlite3"
-#: What the serving broker reports (streams, status) is stale after this many seconds: it
-#: reports every second, so older means it stopped without saying so.
-STATUS_FRESHNESS = 5.0
-#: One message for every unusable token, so a guesser learns nothing.
-TOKEN_REFUSED = "enrolment token is unknown, used or expired"  # noqa: S105 - a message
-_TENANT = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tenants (
@@ -68,63 +67,15 @@ CREATE TABLE IF NOT EXISTS directory_policies (
 """
 
 
-@dataclass(frozen=True, slots=True)
-class TokenRecord:
-    """An enrolment token as listed to operators: never its secret, which is not kept."""
-
-    token_id: str
-    tenant: str
-    created_at: float
-    expires_at: float
-    used_at: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class ReportedPolicy:
-    """What an agent says one domain's directory does with wrong passwords."""
-
-    domain: str
-    #: False when the agent could not read it: then the threshold says nothing (stored as 0).
-    known: bool
-    #: Failed binds after which the directory locks the account; 0 means never.
-    lockout_threshold: int
-    #: Where the agent read it, or why it could not, for operators.
-    source: str
-
-
-@dataclass(frozen=True, slots=True)
-class DirectoryPolicyRecord:
-    """A domain's directory lockout policy as one agent of the tenant last reported it."""
-
-    tenant: str
-    domain: str
-    agent_id: str
-    known: bool
-    lockout_threshold: int
-    source: str
-    reported_at: float
-
-
-def check_tenant_name(name: str) -> str:
-    """Check a tenant name: it appears in certificate URIs, so it is kept to DNS-label form.
-
-    Raises:
-        InvalidRequest: When it is not a lower-case DNS label.
-    """
-    if not _TENANT.match(name):
-        raise InvalidRequest(f"tenant names are lower-case DNS labels, not {name[:64]!r}")
-    return name
-
-
-class Store:
+class SqliteStore:
     """SQLite-backed state; one instance per process, used from one thread at a time."""
 
     def __init__(self, data_dir: Path) -> None:
         """Open (and create) the store in ``data_dir``."""
         self._db = connect(data_dir / STORE_FILE)
         self._db.executescript(SCHEMA)
-        self.agents = AgentStore(self._db)
-        self.policy = PolicyStore(self._db)
+        self.agents = SqliteAgentStore(self._db)
+        self.policy = SqlitePolicyStore(self._db)
         self._domains: dict[str, str] = {}
         self._domains_version = -1
         self._seen_version = -1

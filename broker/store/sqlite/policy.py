@@ -11,23 +11,16 @@ only), and a TOTP secret only sealed under the operator's MFA key.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from broker.policy.lockout import Counter
 from broker.policy.tenant_policy import TenantPolicy
+from broker.store.records import CounterKey, MfaRecord
 
 if TYPE_CHECKING:
     import sqlite3
     from collections.abc import Sequence
 
-Location = Literal["familiar", "unfamiliar"]
-LOCATIONS: tuple[Location, ...] = ("familiar", "unfamiliar")
-#: What a counter counts: wrong answers from one kind of location, or ("directory") wrong
-#: passwords sent to the directory since it last took one of the user's.
-CounterKind = Literal["familiar", "unfamiliar", "directory"]
-#: (tenant, user key, kind)
-CounterKey = tuple[str, str, CounterKind]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tenant_policies (
@@ -77,18 +70,8 @@ CREATE TABLE IF NOT EXISTS mfa_secrets (
 """
 
 
-@dataclass(frozen=True, slots=True)
-class MfaRecord:
-    """A user's enrolled TOTP authenticator, its secret still sealed."""
-
-    sealed: bytes
-    #: The last TOTP time step accepted: a code of it or an earlier one never works again.
-    last_step: int
-    enrolled_at: float
-
-
-class PolicyStore:
-    """The policy tables, on a connection the :class:`broker.store.Store` opened."""
+class SqlitePolicyStore:
+    """The policy tables, on the connection :class:`~.store.SqliteStore` opened."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         """Create the tables if needed."""

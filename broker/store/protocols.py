@@ -1,0 +1,230 @@
+"""What the broker persists, by aggregate: the seam every store implementation fills.
+
+The use case, the policy, dispatch and trust are typed against these protocols, never against
+an implementation; :func:`broker.store.open_store` picks one (today SQLite in the data
+directory, :mod:`broker.store.sqlite`). Each method states what a caller may rely on, in
+particular what must happen atomically, since several processes write one store (the serving
+broker and the CLI now; several brokers later): an implementation keeps these promises however
+it is built. Calls are synchronous and short (one statement or one transaction).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Collection, Mapping, Sequence
+
+    from broker.policy.lockout import Counter
+    from broker.policy.tenant_policy import TenantPolicy
+    from broker.store.records import (
+        AgentRecord,
+        CertificateRecord,
+        ConnectionStatus,
+        CounterKey,
+        DirectoryPolicyRecord,
+        MfaRecord,
+        ReportedPolicy,
+        TokenRecord,
+    )
+    from pta.tokens import EnrolmentToken
+
+
+class TenantStore(Protocol):
+    """Tenants and the domains they verified: which tenant a sign-in belongs to."""
+
+    def add_tenant(self, name: str, domains: list[str]) -> None:
+        """Create a tenant owning ``domains``, all or nothing.
+
+        Raises:
+            InvalidRequest: The name is not a DNS label, is taken, or a domain is owned.
+        """
+
+    def tenants(self) -> dict[str, list[str]]:
+        """Every tenant with its domains."""
+
+    def tenant_for_domain(self, domain: str) -> str | None:
+        """The tenant that owns ``domain``; on every sign-in, so it must be cheap."""
+
+    def tenant_domains(self, tenant: str) -> frozenset[str]:
+        """The domains a tenant has verified."""
+
+
+class TokenStore(Protocol):
+    """One-time enrolment tokens, kept as hashes only."""
+
+    def create_token(self, tenant: str, ttl: float, ca_sha256: str) -> EnrolmentToken:
+        """A new token for ``tenant``, usable for ``ttl`` seconds (its secret is not kept).
+
+        Raises:
+            NotFound: No such tenant.
+        """
+
+    def check_token(self, token: EnrolmentToken) -> str:
+        """The tenant of a usable token, without using it up.
+
+        Raises:
+            Unauthenticated: Unknown, wrong, used or expired (one message for all).
+        """
+
+    def consume_token(self, token: EnrolmentToken) -> str:
+        """Use a token up and return its tenant: of any number of racing calls, one succeeds.
+
+        Raises:
+            Unauthenticated: As :meth:`check_token`.
+        """
+
+    def list_tokens(self) -> list[TokenRecord]:
+        """Every token, newest first."""
+
+    def delete_token(self, token_id: str) -> bool:
+        """Delete a token; whether it existed."""
+
+
+class ReportStore(Protocol):
+    """What agents and the serving broker report, kept for decisions and for operators."""
+
+    def record_directory_policies(
+        self, tenant: str, agent_id: str, policies: Sequence[ReportedPolicy]
+    ) -> list[DirectoryPolicyRecord]:
+        """Replace an agent's report of its directories' lockout thresholds; the records kept."""
+
+    def directory_policies(self, tenant: str) -> list[DirectoryPolicyRecord]:
+        """Every agent's last report for ``tenant``'s domains, by domain then agent."""
+
+    def report_status(self, values: Mapping[str, str]) -> None:
+        """Replace what the serving broker says of itself (e.g. that it holds an MFA key)."""
+
+    def status(self, *, fresh_within: float) -> dict[str, str]:
+        """What a serving broker reported within ``fresh_within`` seconds (empty: none)."""
+
+
+class AgentStore(Protocol):
+    """Enrolled agents, the certificates issued to them, revocations and live streams."""
+
+    def add(  # noqa: PLR0913 - one record, named fields
+        self,
+        *,
+        agent_id: str,
+        tenant: str,
+        hostname: str,
+        version: str,
+        serial: str,
+        envelope_public_key: bytes,
+        not_after: float,
+    ) -> None:
+        """Record a newly enrolled agent and its first certificate."""
+
+    def renew(
+        self, old: CertificateRecord, *, serial: str, envelope_public_key: bytes, not_after: float
+    ) -> None:
+        """Record a renewal of ``old``, atomically retiring an earlier renewal never used.
+
+        Raises:
+            Unauthenticated: ``old`` may no longer renew (revoked, retired, expired).
+        """
+
+    def attached(self, record: CertificateRecord) -> None:
+        """A stream of ``record`` was attached: the certificate it renewed is retired."""
+
+    def revoke(self, agent_id: str) -> bool:
+        """Revoke an agent (none of its certificates connects or renews again); if it existed."""
+
+    def certificate(self, serial: str) -> CertificateRecord | None:
+        """A certificate the broker issued, with its agent's tenant and state."""
+
+    def certificates(self, serials: Collection[str]) -> dict[str, CertificateRecord]:
+        """Many certificates at once (every live stream's, each tick), by serial."""
+
+    def report_connections(self, statuses: list[ConnectionStatus]) -> None:
+        """Replace the serving broker's snapshot of its live streams, for operators."""
+
+    def list(self, *, fresh_within: float) -> list[AgentRecord]:
+        """Every agent with its usable certificates and the streams reported lately."""
+
+
+class PolicyStore(Protocol):
+    """What the sign-in policy must not forget: policies, counters, networks, MFA secrets.
+
+    Nothing about a password is ever kept; a TOTP secret only sealed under the MFA key.
+    """
+
+    def tenant_policy(self, tenant: str) -> TenantPolicy:
+        """A tenant's policy (the defaults when it never set one)."""
+
+    def tenant_policies(self) -> dict[str, TenantPolicy]:
+        """Every tenant's policy that differs from the defaults."""
+
+    def set_tenant_policy(self, tenant: str, policy: TenantPolicy) -> None:
+        """Replace a tenant's policy."""
+
+    def counters(self) -> dict[CounterKey, Counter]:
+        """Every counter that is not clean."""
+
+    def save_counter(self, key: CounterKey, counter: Counter) -> None:
+        """Write one counter; a clean one is deleted."""
+
+    def clear_counters(self, tenant: str, user: str | None = None) -> int:
+        """An administrator's unlock of one user's counters, or a whole tenant's; how many."""
+
+    def forget_counters_before(self, horizon: float) -> None:
+        """Delete counters that lock nobody and whose last failure is older than ``horizon``."""
+
+    def known_accounts(self) -> set[tuple[str, str]]:
+        """(tenant, user key) of every account a directory lately said exists."""
+
+    def add_known_account(self, tenant: str, user: str, now: float) -> None:
+        """Remember that a directory answered for this account (its counters are never shed)."""
+
+    def forget_known_accounts_before(self, horizon: float) -> None:
+        """Forget accounts confirmed before ``horizon`` that have no counter left."""
+
+    def account_rules(self) -> list[tuple[str, str, str, str, str]]:
+        """(tenant, agent id, domain, directory, scope) of every agent's last hello."""
+
+    def replace_account_rules(
+        self, tenant: str, agent_id: str, rules: Sequence[tuple[str, str, str]]
+    ) -> None:
+        """Replace what an agent said of its directories, per domain: (domain, directory, scope)."""
+
+    def familiar(self) -> dict[tuple[str, str], dict[str, float]]:
+        """(tenant, user) -> {network prefix: last successful sign-in from it}."""
+
+    def save_familiar(self, tenant: str, user: str, prefix: str, last_success: float) -> None:
+        """Record a successful sign-in from a network."""
+
+    def forget_familiar_before(self, tenant: str, horizon: float) -> None:
+        """Delete a tenant's networks not signed in from since ``horizon``."""
+
+    def mfa(self, tenant: str, user: str) -> MfaRecord | None:
+        """A user's sealed TOTP secret, if one is enrolled."""
+
+    def enrol_mfa(self, tenant: str, user: str, sealed: bytes, now: float) -> None:
+        """Store a user's new sealed TOTP secret, replacing any earlier one."""
+
+    def use_mfa_step(self, tenant: str, user: str, step: int) -> bool:
+        """Spend a TOTP time step, atomically: true only if later than every step used before."""
+
+    def remove_mfa(self, tenant: str, user: str) -> bool:
+        """Remove a user's authenticator; whether there was one."""
+
+    def mfa_users(self, tenant: str) -> list[tuple[str, float]]:
+        """(user, enrolled at) of every user of a tenant with an authenticator."""
+
+
+class Store(TenantStore, TokenStore, ReportStore, Protocol):
+    """The whole store a broker (or a management command) opens: every aggregate."""
+
+    @property
+    def agents(self) -> AgentStore:
+        """Agents, certificates and streams."""
+
+    @property
+    def policy(self) -> PolicyStore:
+        """The sign-in policy's state."""
+
+    def changed(self) -> bool:
+        """Whether anyone else wrote to the store since the last call: reload what is cached."""
+
+    def close(self) -> None:
+        """Release the store's connections."""

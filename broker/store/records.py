@@ -1,0 +1,145 @@
+"""What the broker keeps, as values: the records every store implementation reads and writes.
+
+The protocols (:mod:`broker.store.protocols`) speak these; the SQLite implementation
+(:mod:`broker.store.sqlite`) maps them to rows. Nothing here knows SQL or holds a secret.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from pta.errors import InvalidRequest
+
+#: What the serving broker reports (streams, status) is stale after this many seconds: it
+#: reports every second, so older means it stopped without saying so.
+STATUS_FRESHNESS = 5.0
+
+#: One message for every unusable token, so a guesser learns nothing.
+TOKEN_REFUSED = "enrolment token is unknown, used or expired"  # noqa: S105 - a message
+
+_TENANT = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+
+Location = Literal["familiar", "unfamiliar"]
+
+LOCATIONS: tuple[Location, ...] = ("familiar", "unfamiliar")
+
+#: What a counter counts: wrong answers from one kind of location, or ("directory") wrong
+#: passwords sent to the directory since it last took one of the user's.
+CounterKind = Literal["familiar", "unfamiliar", "directory"]
+
+#: (tenant, user key, kind)
+CounterKey = tuple[str, str, CounterKind]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """An enrolment token as listed to operators: never its secret, which is not kept."""
+
+    token_id: str
+    tenant: str
+    created_at: float
+    expires_at: float
+    used_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReportedPolicy:
+    """What an agent says one domain's directory does with wrong passwords."""
+
+    domain: str
+    #: False when the agent could not read it: then the threshold says nothing (stored as 0).
+    known: bool
+    #: Failed binds after which the directory locks the account; 0 means never.
+    lockout_threshold: int
+    #: Where the agent read it, or why it could not, for operators.
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryPolicyRecord:
+    """A domain's directory lockout policy as one agent of the tenant last reported it."""
+
+    tenant: str
+    domain: str
+    agent_id: str
+    known: bool
+    lockout_threshold: int
+    source: str
+    reported_at: float
+
+
+def check_tenant_name(name: str) -> str:
+    """Check a tenant name: it appears in certificate URIs, so it is kept to DNS-label form.
+
+    Raises:
+        InvalidRequest: When it is not a lower-case DNS label.
+    """
+    if not _TENANT.match(name):
+        raise InvalidRequest(f"tenant names are lower-case DNS labels, not {name[:64]!r}")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateRecord:
+    """What the broker knows about one agent certificate it issued."""
+
+    serial: str
+    agent_id: str
+    tenant: str
+    envelope_public_key: bytes
+    not_after: float
+    revoked: bool
+    #: Replaced by a renewal that was used, or by a later renewal of its predecessor.
+    retired: bool = False
+    predecessor: str | None = None
+
+    def refusal(self, now: float) -> str:
+        """Why this certificate may not connect or renew now (``""`` when it may)."""
+        if self.revoked:
+            return "this agent has been revoked: enrol it again with a new token"
+        if self.retired:
+            return "this certificate was replaced by a renewal: the agent must use its newest"
+        if self.not_after <= now:
+            return "this agent certificate has expired: enrol the agent again with a new token"
+        return ""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionStatus:
+    """A live stream as the serving broker last reported it."""
+
+    connection_id: str
+    agent_id: str
+    version: str
+    serial: str
+    domains: list[str]
+    connected_at: float
+    last_seen: float
+    in_flight: int
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRecord:
+    """An enrolled agent, its usable certificates (oldest first) and its live streams."""
+
+    agent_id: str
+    tenant: str
+    hostname: str
+    version: str
+    enrolled_at: float
+    revoked_at: float | None
+    #: (serial, not_after) of every certificate that can still connect: unexpired, not retired.
+    certificates: list[tuple[str, float]]
+    connections: list[ConnectionStatus]
+
+
+@dataclass(frozen=True, slots=True)
+class MfaRecord:
+    """A user's enrolled TOTP authenticator, its secret still sealed."""
+
+    sealed: bytes
+    #: The last TOTP time step accepted: a code of it or an earlier one never works again.
+    last_step: int
+    enrolled_at: float
