@@ -11,7 +11,6 @@ result into responses.
 from __future__ import annotations
 
 import asyncio
-import functools
 import ipaddress
 import secrets
 import time
@@ -123,28 +122,34 @@ class SignInFlow:
                 audit = audit.bind(outcome="UNKNOWN_DOMAIN")
                 raise NotFound(f"no organisation signs in users of {upn.domain}")
             audit = audit.bind(tenant=tenant)
-            admitted = await self._policy.begin(
+            async with self._policy.attempt(
                 tenant, upn, credentials.password, caller, deadline=deadline
-            )
-            if isinstance(admitted, Attempt) and mfa_code is not None:
-                admitted = self._second_factor(admitted, mfa_code)
-            if isinstance(admitted, Verdict):  # Decided before any agent: locked, a repeat…
-                credentials.Clear()
-                verdict = admitted
-            else:
-                audit = audit.bind(location=admitted.location)
-                answer = await self._directory_answer(admitted, credentials, request_id, deadline)
-                if answer is None:  # A lost repeat of an unknown name: as any repeat.
-                    verdict = REPEATED
+            ) as admission:
+                admitted = admission
+                if isinstance(admitted, Attempt) and mfa_code is not None:
+                    # A wrong or missing code: nothing reaches the directory.
+                    admitted = self._policy.second_factor(admitted, mfa_code) or admitted
+                if isinstance(admitted, Verdict):  # Decided before any agent: locked, a repeat…
+                    credentials.Clear()
+                    verdict = admitted
                 else:
-                    audit = audit.bind(
-                        agent_id=answer.agent_id, outcome=outcome_name(answer.outcome)
+                    audit = audit.bind(location=admitted.location)
+                    answer = await self._directory_answer(
+                        admitted, credentials, request_id, deadline
                     )
-                    outcome, message = visible(answer)
-                    verdict = Verdict(outcome=outcome, message=message, decided_by="directory")
-                    if grant and outcome == Outcome.SUCCESS:
-                        granted = self._policy.grant(admitted, request_id)
-                        verdict = replace(granted, message=message) if granted.token else granted
+                    if answer is None:  # A lost repeat of an unknown name: as any repeat.
+                        verdict = REPEATED
+                    else:
+                        audit = audit.bind(
+                            agent_id=answer.agent_id, outcome=outcome_name(answer.outcome)
+                        )
+                        outcome, message = visible(answer)
+                        verdict = Verdict(outcome=outcome, message=message, decided_by="directory")
+                        if grant and outcome == Outcome.SUCCESS:
+                            granted = self._policy.grant(admitted, request_id)
+                            verdict = (
+                                replace(granted, message=message) if granted.token else granted
+                            )
         except PtaError as error:
             audit.info(
                 event, status=error.code.name, reason=error.message, duration_ms=elapsed_ms(started)
@@ -179,18 +184,6 @@ class SignInFlow:
                 raise
             return None
 
-    def _second_factor(self, attempt: Attempt, code: str) -> Attempt | Verdict:
-        """The attempt, if its code is right or none is wanted; else the policy's answer."""
-        try:
-            verdict = self._policy.second_factor(attempt, code)
-        except BaseException:
-            self._policy.end(attempt, None)
-            raise
-        if verdict is None:
-            return attempt
-        self._policy.end(attempt, None)  # Nothing reached the directory.
-        return verdict
-
     async def _check_admitted(
         self,
         attempt: Attempt,
@@ -205,14 +198,15 @@ class SignInFlow:
         try:
             # The policy hears the agent's real answer, even one that comes after the caller
             # stopped waiting: the directory counted that password whether or not we waited.
+            settled, readmit = self._policy.accounting(attempt)
             return await self._dispatcher.check(
                 attempt.tenant,
                 attempt.domain,
                 request_id,
                 plaintext,
                 budget,
-                settled=functools.partial(self._policy.end, attempt),
-                readmit=functools.partial(self._policy.readmit, attempt),
+                settled=settled,
+                readmit=readmit,
             )
         finally:
             del plaintext

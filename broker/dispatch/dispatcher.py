@@ -81,8 +81,7 @@ class Dispatcher:
                     tenant=job.tenant,
                     agent_id=conn.agent_id,
                 )
-                job.settle(MAY_HAVE_TRIED)
-                _fail(job, AgentLost(LOST_AFTER_ACK))
+                job.conclude(MAY_HAVE_TRIED, error=AgentLost(LOST_AFTER_ACK))
             elif any(cid in tenant_conns for cid in job.envelopes) and not job.done:
                 queue.appendleft(job)
             else:
@@ -160,9 +159,7 @@ class Dispatcher:
         job = conn.in_flight.pop(request_id, None)
         if job is None:
             return False
-        if not job.future.done():
-            job.future.set_result(answer)
-        job.settle(answer.outcome)
+        job.conclude(answer.outcome, answer)
         self._pump(conn.tenant)
         self._end_if_drained(conn)
         return True
@@ -295,7 +292,10 @@ class Dispatcher:
         except TimeoutError:
             raise DeadlineExceeded("no agent answered before the deadline") from None
         finally:
-            self.withdraw(job)
+            # The accounting runs here, on the caller's task, for a job that has its end; one
+            # an agent still holds is withdrawn and settles when the agent answers or is lost.
+            if not job.settle_for_caller():
+                self.withdraw(job)
 
     def queued(self, tenant: str) -> int:
         """Return how many jobs of a tenant wait for an agent."""
@@ -312,8 +312,8 @@ class Dispatcher:
         while queue:
             job = queue.popleft()
             if job.done or job.deadline <= now:
-                # Its caller answers (DEADLINE_EXCEEDED, most likely); an agent never sees it.
-                job.settle(None)
+                # An agent never sees it; a caller still waiting hears so on its own task.
+                job.conclude(None, error=DeadlineExceeded("no agent answered before the deadline"))
                 continue
             # Least loaded first; a draining connection only when every other connection that
             # can open the job is full.
@@ -355,6 +355,4 @@ class Dispatcher:
 
 def _fail(job: Job, error: PtaError) -> None:
     """Answer a job with ``error``: no agent will check it (or can say whether it did)."""
-    if not job.future.done():
-        job.future.set_exception(error)
-    job.settle(None)
+    job.conclude(None, error=error)

@@ -66,15 +66,43 @@ class Job:
     written: bool = False
     acked: bool = False
     #: Told, once, what became of the job in the end: the agent's outcome, or None when no
-    #: agent will ever answer it. Later than the future when the caller stopped waiting first:
-    #: an agent that has the job may still bind, and the lockout must hear what it found.
+    #: agent will ever answer it. Called on the caller's task while it waits (see
+    #: :meth:`conclude`); later, by whoever ends the job, when the caller stopped waiting
+    #: first: an agent that has the job may still bind, and the lockout must hear what it found.
     settled: Callable[[int | None], None] | None = None
+    #: Whether the job has its end (:meth:`conclude`), and what :attr:`settled` is to hear.
+    concluded: bool = False
+    final_outcome: int | None = None
 
     def settle(self, outcome: int | None) -> None:
         """Report the job's final fate (once)."""
         callback, self.settled = self.settled, None
         if callback is not None:
             callback(outcome)
+
+    def conclude(
+        self, outcome: int | None, answer: Answer | None = None, error: PtaError | None = None
+    ) -> None:
+        """End the job with ``answer`` or ``error``; ``outcome`` is what the accounting hears.
+
+        A caller still waiting hears both on its own task (it settles the job when it wakes,
+        :meth:`settle_for_caller`); a caller that stopped waiting handed its accounting to the
+        job, so it is settled here, on whatever task ended the job.
+        """
+        if self.future.done():
+            self.settle(outcome)
+            return
+        self.concluded, self.final_outcome = True, outcome
+        if answer is not None:
+            self.future.set_result(answer)
+        else:
+            self.future.set_exception(error or Unavailable("the sign-in ended without an answer"))
+
+    def settle_for_caller(self) -> bool:
+        """On the caller's task, once it stops waiting: settle a concluded job; whether it was."""
+        if self.concluded:
+            self.settle(self.final_outcome)
+        return self.concluded
 
     @property
     def done(self) -> bool:

@@ -13,6 +13,8 @@ the store is re-read when the CLI changed it.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import time
 from typing import TYPE_CHECKING
 
@@ -25,7 +27,7 @@ from broker.policy.tenant_policy import TenantPolicy, familiar_prefix, in_networ
 from broker.policy.verdicts import REPEATED, Attempt, Outcome, Verdict
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 
     from broker.policy import mfa
     from broker.policy.accounts import AccountRule
@@ -194,6 +196,34 @@ class SignInPolicy:
         if not policy.lockout.enabled:
             return attempt
         return await self.gate.admit(attempt, password, deadline) or attempt
+
+    @contextlib.asynccontextmanager
+    async def attempt(
+        self, tenant: str, upn: Upn, password: str, address: str, *, deadline: float
+    ) -> AsyncIterator[Attempt | Verdict]:
+        """Admit one check (:meth:`begin`) and make sure its accounting runs exactly once.
+
+        The block checks an :class:`Attempt` through the dispatcher with :meth:`accounting`,
+        or answers without one. On leaving, an attempt no agent was given (the policy answered
+        itself, a wrong second factor, no agent, an error before dispatch) ends here, on the
+        caller's task, with no answer. One handed to the dispatcher was settled on the
+        caller's task when its answer came (or its agent was lost) while the caller waited;
+        if the caller stopped waiting first, its job settles it when the agent answers: the
+        directory counts that password whether or not anyone waits for it.
+        """
+        admitted = await self.begin(tenant, upn, password, address, deadline=deadline)
+        try:
+            yield admitted
+        finally:
+            if isinstance(admitted, Attempt) and not admitted.dispatched:
+                self.end(admitted, None)
+
+    def accounting(
+        self, attempt: Attempt
+    ) -> tuple[Callable[[int | None], None], Callable[[float], Awaitable[bool]]]:
+        """What the dispatcher reports each try of ``attempt`` to: its end, and readmission."""
+        attempt.dispatched = True
+        return functools.partial(self.end, attempt), functools.partial(self.readmit, attempt)
 
     async def readmit(self, attempt: Attempt, deadline: float) -> bool:
         """See :meth:`LockoutGate.readmit`: another agent may try a lost check, or not."""

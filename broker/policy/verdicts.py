@@ -57,6 +57,8 @@ class Attempt:
     #: again unless the directory now answers otherwise.
     recheck: bool = False
     ended: bool = False
+    #: Handed to the dispatcher: from then on each try is settled by its job, exactly once.
+    dispatched: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

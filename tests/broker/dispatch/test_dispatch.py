@@ -10,7 +10,7 @@ import pytest
 from broker.dispatch.dispatcher import Dispatcher
 from broker.dispatch.jobs import MAY_HAVE_TRIED, AgentLost, Answer, Connection, Job
 from pta import sealing
-from pta.errors import NoAgentAvailable, Overloaded
+from pta.errors import DeadlineExceeded, NoAgentAvailable, Overloaded
 
 TENANT = "acme"
 OTHER_TENANT = "globex"
@@ -489,6 +489,8 @@ class TestDispatcherDetach:
         error = failure(job)
         assert isinstance(error, AgentLost)
         assert not isinstance(error, NoAgentAvailable)
+        assert settled == [], "the waiting caller settles it, on its own task"
+        assert job.settle_for_caller()
         assert settled == [MAY_HAVE_TRIED]
         assert sent(b) == []
         assert list(job.envelopes) == ["b"], "the other connection's envelope is kept"
@@ -525,6 +527,7 @@ class TestDispatcherDetach:
         assert not again.acked
         assert dispatcher.complete(b, "r1", ANSWER)
         assert again.future.result() == ANSWER
+        assert again.settle_for_caller()
         assert settled == [ANSWER.outcome]
 
     async def test_queued_jobs_kept_only_when_routable(self, dispatcher: Dispatcher) -> None:
@@ -729,6 +732,8 @@ class TestJobSettlement:
         dispatcher.submit(job)
         clock.now = NOW + 2
         dispatcher.complete(conn, "busy", ANSWER)
+        assert isinstance(failure(job), DeadlineExceeded)
+        assert job.settle_for_caller()
         assert fates == [None]
         assert sent(conn) == ["busy"]
 
@@ -741,8 +746,47 @@ class TestJobSettlement:
         dispatcher.submit(job)
         dispatcher.acknowledge(conn, ["r4"])
         dispatcher.detach(conn)
-        assert fates == [MAY_HAVE_TRIED]
         assert isinstance(failure(job), AgentLost)
+        assert job.settle_for_caller()
+        assert fates == [MAY_HAVE_TRIED]
+
+    async def test_a_caller_that_left_hands_its_accounting_to_the_job(
+        self, dispatcher: Dispatcher
+    ) -> None:
+        """Gone before its agent was lost: the job is settled where it ends, once."""
+        conn = make_conn("a")
+        dispatcher.attach(conn)
+        job = make_job("r4", conn)
+        fates = self._watched(job)
+        dispatcher.submit(job)
+        job.written = True  # On the agent's stream.
+        dispatcher.withdraw(job)  # The caller's deadline passed; the agent still has it.
+        assert not job.settle_for_caller()
+        dispatcher.detach(conn)
+        assert fates == [MAY_HAVE_TRIED]
+
+    async def test_check_settles_on_the_callers_task(self, dispatcher: Dispatcher) -> None:
+        """Through :meth:`Dispatcher.check`: the answer's accounting runs on the caller's task."""
+        conn = make_conn("a")
+        dispatcher.attach(conn)
+        tasks: list[asyncio.Task[object] | None] = []
+
+        def settled(outcome: int | None) -> None:
+            tasks.append(asyncio.current_task())
+            assert outcome == ANSWER.outcome
+
+        caller = asyncio.create_task(
+            dispatcher.check(TENANT, DOMAIN, "r6", b"credentials", 5.0, settled=settled)
+        )
+        job = await conn.outbox.get()
+
+        async def agent_answers() -> None:
+            assert dispatcher.complete(conn, job.request_id, ANSWER)
+
+        answering = asyncio.create_task(agent_answers())
+        assert await caller == ANSWER
+        await answering
+        assert tasks == [caller], "counted on the caller's task, not the agent stream's"
 
     async def test_requeued_job_settles_when_answered(self, dispatcher: Dispatcher) -> None:
         """An unacknowledged job moves to another agent and settles with that one's answer."""
@@ -755,4 +799,5 @@ class TestJobSettlement:
         dispatcher.detach(a)
         assert fates == []
         dispatcher.complete(b, "r5", ANSWER)
+        assert job.settle_for_caller()
         assert fates == [ANSWER.outcome]

@@ -698,6 +698,54 @@ class TestSignInPolicyAllowance:
             await policy.begin(TENANT, ALICE, "Maybe-b", ELSEWHERE, deadline=soon)
         assert policy.gate._waiters == {}
 
+
+class TestAttemptBlock:
+    """``async with policy.attempt(...)``: every admitted check is accounted for exactly once."""
+
+    async def test_leaving_without_an_agent_frees_the_place(
+        self, store: Store, policy: SignInPolicy
+    ) -> None:
+        """An error before dispatch ends the attempt on the way out: the next check runs."""
+        configure(store, policy, lockout_threshold=1)
+        with pytest.raises(RuntimeError):
+            async with policy.attempt(TENANT, ALICE, "Maybe-a", ELSEWHERE, deadline=deadline()):
+                raise RuntimeError("before any agent")
+        assert isinstance(await begin(policy, "Maybe-b"), Attempt)
+
+    async def test_a_dispatched_attempt_is_the_jobs_to_settle(
+        self, store: Store, policy: SignInPolicy
+    ) -> None:
+        """Handed to the dispatcher, an attempt is not ended by the block (its agent may bind).
+
+        The user's one place stays taken until the job settles it: here a late wrong
+        password, which locks the user, so the next check is refused, not admitted.
+        """
+        configure(store, policy, lockout_threshold=1)
+        async with policy.attempt(
+            TENANT, ALICE, "Late-wrong", ELSEWHERE, deadline=deadline()
+        ) as admitted_:
+            assert isinstance(admitted_, Attempt)
+            settled, _ = policy.accounting(admitted_)
+        soon = asyncio.get_running_loop().time() + 0.005
+        with pytest.raises(DeadlineExceeded):  # Still in flight: the next one waits.
+            await policy.begin(TENANT, ALICE, "Maybe-b", ELSEWHERE, deadline=soon)
+        settled(Outcome.INVALID_CREDENTIALS)
+        settled(Outcome.SUCCESS)  # Once only.
+        verdict = await begin(policy, "Maybe-c")
+        assert isinstance(verdict, Verdict)
+        assert verdict.outcome == Outcome.LOCKED_BY_POLICY
+
+    async def test_a_policy_answer_needs_no_ending(
+        self, store: Store, policy: SignInPolicy
+    ) -> None:
+        """A locked user's block yields the policy's verdict and leaves nothing behind."""
+        configure(store, policy, lockout_threshold=1)
+        await fail(policy, 1)
+        async with policy.attempt(TENANT, ALICE, RIGHT, ELSEWHERE, deadline=deadline()) as got:
+            assert isinstance(got, Verdict)
+            assert got.outcome == Outcome.LOCKED_BY_POLICY
+        assert policy.gate._waiters == {}
+
     async def test_no_allowance_when_off(self, store: Store, policy: SignInPolicy) -> None:
         """With the lockout off, any number of checks run at once."""
         configure(store, policy, lockout_threshold=0)
