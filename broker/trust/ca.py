@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -110,6 +111,14 @@ class CertificateAuthority:
         tls.write_public(cert_path, tls.cert_pem(cert))
         return cls(key, cert)
 
+    def issued(self, cert: x509.Certificate) -> bool:
+        """Whether this CA signed ``cert``: by signature, since every pta CA has the same name."""
+        try:
+            cert.verify_directly_issued_by(self.cert)
+        except (ValueError, TypeError, InvalidSignature):
+            return False
+        return True
+
     def _leaf(
         self,
         public_key: ec.EllipticCurvePublicKey,
@@ -158,7 +167,7 @@ class CertificateAuthority:
                 _san(names)
                 == cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
                 and _now() < tls.renewal_due(cert)
-                and cert.issuer == self.cert.subject
+                and self.issued(cert)
             ):
                 key_pem = key_path.read_bytes()
                 return ServerIdentity(key_pem, tls.cert_pem(cert) + self.cert_pem, cert)
