@@ -14,7 +14,8 @@ import pytest
 from pta.v1 import outcome_pb2, signin_pb2, signin_pb2_grpc
 from tests.secrets_registry import known, secret
 from tests.support import AgentProcess, BrokerProcess
-from tooling.samba import LOCKOUT_THRESHOLD, AdUser, SambaDC, samba_missing_reason
+from tooling.samba import AdUser, SambaDC, samba_missing_reason
+from tooling.samba_host import LOCKOUT_THRESHOLD
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -21,7 +21,6 @@ from tests.secrets_registry import secret
 from tooling.daemon import group_members
 from tooling.samba import (
     AD_PACKAGES,
-    LOCKOUT_THRESHOLD,
     AdState,
     AdUser,
     SambaDC,
@@ -29,6 +28,7 @@ from tooling.samba import (
     install_command,
     samba_missing_reason,
 )
+from tooling.samba_host import LOCKOUT_THRESHOLD
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -17,37 +17,51 @@ per machine at a time: :meth:`SambaDC.start` waits for a machine-wide lock.
 from __future__ import annotations
 
 import atexit
-import base64
 import contextlib
-import datetime
-import fcntl
 import hashlib
-import ipaddress
 import json
 import os
 import re
 import secrets
 import shlex
 import shutil
-import socket
-import ssl
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Literal, Self, get_args
+from typing import IO, TYPE_CHECKING, Self
 
-import ldap3
 import structlog
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.x509.oid import ExtendedKeyUsageOID
-from ldap3.core.exceptions import LDAPException
 from ldap3.utils.dn import escape_rdn
 
-from pta import tls
+from tooling.ad_accounts import (
+    AD_STATES,
+    AdState,
+    AdUser,
+    filetime,
+    ldif_modify,
+    ldif_record,
+    state_changes,
+    unicode_pwd,
+)
 from tooling.daemon import Daemon, tail
+from tooling.samba_host import (
+    HOST,
+    LDAP_PORT,
+    LDAPS_PORT,
+    MIN_PASSWORD_LENGTH,
+    NETBIOS_NAME,
+    PASSWORD_POLICY,
+    answers,
+    check_ports_free,
+    default_cache_dir,
+    machine_lock,
+    provision,
+    remove_stale_dirs,
+    run,
+    smb_conf,
+    write_tls,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -65,10 +79,6 @@ __all__ = [
 
 log = structlog.get_logger()
 
-AdState = Literal[
-    "normal", "disabled", "must_change", "expired", "account_expired", "locked", "logon_hours"
-]
-AD_STATES: tuple[AdState, ...] = get_args(AdState)
 #: Debian packages a SambaDC needs, installed with ``--no-install-recommends``.  samba only
 #: recommends the ldb modules (dsdb) and ``acl_xattr`` (vfs) that provisioning fails without.
 #: winbind, krb5-user and ldap-utils are not needed: an ldap-only DC opens none of their files.
@@ -79,69 +89,15 @@ AD_PACKAGES = (
     "samba-vfs-modules",
     "ldb-tools",
 )
-HOST = "127.0.0.1"
-LDAP_PORT, LDAPS_PORT = 389, 636  # fixed by Samba, see the module docstring
-NETBIOS_NAME = "DC"  # not the machine's host name, so the cached domain fits any machine
-LOCKOUT_THRESHOLD = 5  # wrong passwords in a row lock an account (for 30 minutes)
-MIN_PASSWORD_LENGTH = 7  # Samba's default; complexity stays on, as in a fresh AD
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
 LOCK_TIMEOUT = 120.0
 _RECIPE = 1  # bump when provisioning changes: caches made by older code are then ignored
-_PROVISION_PASSWORD = "Provision-only-1"  # noqa: S105 - replaced at every start
-_POLICY = (  # `samba-tool domain passwordsettings set`: defaults but min age 0 and a lockout
-    "--complexity=on",
-    f"--min-pwd-length={MIN_PASSWORD_LENGTH}",
-    "--min-pwd-age=0",  # else users could not change a password set by a test that same day
-    "--max-pwd-age=42",
-    f"--account-lockout-threshold={LOCKOUT_THRESHOLD}",
-    "--account-lockout-duration=30",
-    "--reset-account-lockout-after=30",
-)
 _COMPLEX = "1"  # pwdProperties with DOMAIN_PASSWORD_COMPLEX, what --complexity=on stores
 # DSDB_CONTROL_PASSWORD_BYPASS_LAST_SET_OID: lets pwdLastSet take any value (AD allows only 0
 # and -1).  Samba honours it from local ldb tools only, never over LDAP.
 _BYPASS_LAST_SET = "1.3.6.1.4.1.7165.4.3.20"
-_NORMAL_ACCOUNT, _DISABLED_ACCOUNT = "512", "514"  # userAccountControl, ACCOUNTDISABLE = 2
-_NEVER = "9223372036854775807"  # accountExpires: never
-_LONG_AGO = "125911584000000000"  # 2000-01-01 as FILETIME: beyond any maximum password age
-_FILETIME_EPOCH = 11_644_473_600  # seconds from 1601-01-01 to 1970-01-01
-_DAY = 86_400 * 10**7  # in FILETIME's 100 ns units
-_HOURS = 21  # logonHours: one bit per hour of the week
-_SAM_MAX = 20  # sAMAccountName length limit
-_SAM_FORBIDDEN = set('"/\\[]:;|=,+*?<>@')
 _TAR_XATTRS = ("--xattrs", "--xattrs-include=*", "--acls")  # sysvol carries NT ACLs in xattrs
-_LOCK_FILE = Path(tempfile.gettempdir()) / "pta-samba-dc.lock"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AdUser:
-    """One user account created in the domain at start, in one account state.
-
-    Attributes:
-        sam: ``sAMAccountName`` and CN; the UPN is ``sam@upn_suffix``.
-        password: Clear-text password; any length (the policy is bypassed at creation).
-        state: Account state; its bind answer is in the module docstring.
-        mail: Optional ``mail``.
-
-    """
-
-    sam: str
-    password: str = field(repr=False)
-    state: AdState = "normal"
-    mail: str | None = None
-
-    def __post_init__(self) -> None:
-        """Reject what AD would: a sAMAccountName is at most 20 characters, some forbidden."""
-        if not self.sam.strip() or len(self.sam) > _SAM_MAX or _SAM_FORBIDDEN & set(self.sam):
-            msg = f"invalid sAMAccountName {self.sam!r}"
-            raise ValueError(msg)
-        if not self.password:
-            msg = "AdUser.password must not be empty"
-            raise ValueError(msg)
-        if self.state not in AD_STATES:
-            msg = f"unknown state {self.state!r}"
-            raise ValueError(msg)
 
 
 def install_command() -> list[str]:
@@ -277,7 +233,7 @@ class SambaDC:
         if state not in AD_STATES:
             msg = f"unknown state {state!r}"
             raise ValueError(msg)
-        self._ldbmodify(_modify(self.user_dn(sam), _state(state, _filetime())))
+        self._ldbmodify(ldif_modify(self.user_dn(sam), state_changes(state, filetime())))
 
     def add_user(self, user: AdUser) -> None:
         """Create one more user in a running domain.
@@ -305,18 +261,18 @@ class SambaDC:
         began, self.timings = time.monotonic(), {}
         atexit.register(self.stop)
         try:
-            self._lock = _machine_lock(self._lock_timeout)
-            _check_ports_free()
-            _remove_stale_dirs(Path(self._workdir or tempfile.gettempdir()))
+            self._lock = machine_lock(self._lock_timeout)
+            check_ports_free()
+            remove_stale_dirs(Path(self._workdir or tempfile.gettempdir()))
             archive = self._cached_domain()
             self.directory = root = Path(tempfile.mkdtemp(prefix="pta-samba-", dir=self._workdir))
             with self._timed("restore"):
-                _run(["tar", *_TAR_XATTRS, "-xf", archive, "-C", root])
-            conf = _smb_conf(root, self.realm, self.domain)
+                run(["tar", *_TAR_XATTRS, "-xf", archive, "-C", root])
+            conf = smb_conf(root, self.realm, self.domain)
             if self._old_password_minutes is not None:
                 conf += f"\told password allowed period = {self._old_password_minutes}\n"
             (root / "etc" / "smb.conf").write_text(conf)
-            _write_tls(root / "private" / "tls", f"{NETBIOS_NAME}.{self.upn_suffix}".lower())
+            write_tls(root / "private" / "tls", f"{NETBIOS_NAME}.{self.upn_suffix}".lower())
             with self._timed("users"):
                 self._ldbmodify(self._accounts_ldif(self.users, admin=True))
             with self._timed("ready"):
@@ -373,10 +329,10 @@ class SambaDC:
         that shapes the result, the Samba version included.  Callers hold the machine lock,
         so two processes never provision at once.
         """
-        version = _run([find_samba() or "samba", "-V"]).strip()
-        facts = [_RECIPE, version, self.realm, self.domain, NETBIOS_NAME, _POLICY]
+        version = run([find_samba() or "samba", "-V"]).strip()
+        facts = [_RECIPE, version, self.realm, self.domain, NETBIOS_NAME, PASSWORD_POLICY]
         key = hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:16]
-        cache_dir = self._cache_dir or _default_cache_dir()
+        cache_dir = self._cache_dir or default_cache_dir()
         archive = cache_dir / f"samba-{key}.tar"
         if archive.exists():
             return archive
@@ -386,9 +342,9 @@ class SambaDC:
             tempfile.TemporaryDirectory(prefix="pta-samba-provision-", dir=self._workdir) as tmp,
         ):
             target = Path(tmp) / "dc"
-            _provision(target, self.realm, self.domain)
+            provision(target, self.realm, self.domain)
             partial = cache_dir / f".{archive.name}.{os.getpid()}"
-            _run(["tar", *_TAR_XATTRS, "-cf", partial, "-C", target, "."])
+            run(["tar", *_TAR_XATTRS, "-cf", partial, "-C", target, "."])
             partial.replace(archive)
         log.info("samba.provisioned", archive=str(archive), seconds=self.timings["provision"])
         return archive
@@ -400,26 +356,28 @@ class SambaDC:
         length and complexity even to local ldb writes, and test passwords need not be strong.
         Being one transaction, the running server never sees the relaxed policy.
         """
-        now = _filetime()
+        now = filetime()
         relaxed = [("pwdProperties", "0"), ("minPwdLength", "0")]
-        parts = [_modify(self.base_dn, relaxed)]
+        parts = [ldif_modify(self.base_dn, relaxed)]
         if admin:
             parts.append(
-                _modify(self.admin_dn, [_password(self.admin_password), ("pwdLastSet", str(now))])
+                ldif_modify(
+                    self.admin_dn, [unicode_pwd(self.admin_password), ("pwdLastSet", str(now))]
+                )
             )
         for user in users:
             attrs: list[tuple[str, str | bytes]] = [
                 ("objectClass", "user"),
                 ("sAMAccountName", user.sam),
                 ("userPrincipalName", self.upn(user.sam)),
-                _password(user.password),
+                unicode_pwd(user.password),
                 ("pwdLastSet", str(now)),
             ]
             attrs += [("mail", user.mail)] if user.mail else []
-            parts.append(_record(self.user_dn(user.sam), "add", attrs))
-            parts.append(_modify(self.user_dn(user.sam), _state(user.state, now)))
+            parts.append(ldif_record(self.user_dn(user.sam), "add", attrs))
+            parts.append(ldif_modify(self.user_dn(user.sam), state_changes(user.state, now)))
         strict = [("pwdProperties", _COMPLEX), ("minPwdLength", str(MIN_PASSWORD_LENGTH))]
-        parts.append(_modify(self.base_dn, strict))
+        parts.append(ldif_modify(self.base_dn, strict))
         return "".join(parts)
 
     def _ldbmodify(self, ldif: str) -> None:
@@ -444,219 +402,9 @@ class SambaDC:
             "samba", [binary, "-i", "-d", "1", "-s", conf], root / "samba.log", hold_stdin=True
         )
         self._daemon.start(
-            lambda: _answers(self.admin_dn, self.admin_password, self.ca_file),
+            lambda: answers(self.admin_dn, self.admin_password, self.ca_file),
             timeout=READY_TIMEOUT,
             poll=0.05,
         )
         self.ldaps_url = f"ldaps://{HOST}:{LDAPS_PORT}"
         self.ldap_url = f"ldap://{HOST}:{LDAP_PORT}"
-
-
-def _default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "pta"
-
-
-def _run(argv: Sequence[str | Path], timeout: float = 120) -> str:
-    """Run a tool to completion; fail with its output's tail, never with a password in it."""
-    done = subprocess.run(  # noqa: S603 - argv built here from fixed tool names
-        [str(a) for a in argv], capture_output=True, text=True, timeout=timeout, check=False
-    )
-    if done.returncode != 0:
-        tool, output = Path(argv[0]).name, done.stderr + done.stdout
-        msg = f"{tool} failed with {done.returncode}: {tail(output)}"
-        raise RuntimeError(msg)
-    return done.stdout
-
-
-def _provision(target: Path, realm: str, domain: str) -> None:
-    """Provision a domain into ``target`` and set its password policy.
-
-    An empty ``--configfile`` keeps ``/etc/samba/smb.conf`` out; the later ``samba-tool`` runs
-    name the provisioned one for the same reason.
-    """
-    target.parent.joinpath("empty.conf").write_text("")
-    _run([
-        "samba-tool", "domain", "provision",
-        f"--configfile={target.parent / 'empty.conf'}",
-        f"--targetdir={target}",
-        f"--realm={realm}",
-        f"--domain={domain}",
-        f"--host-name={NETBIOS_NAME}",
-        "--server-role=dc",
-        "--dns-backend=NONE",
-        f"--adminpass={_PROVISION_PASSWORD}",
-        f"--option=interfaces={HOST}",
-        "--option=bind interfaces only=yes",
-        "--option=server services=ldap",
-    ])  # fmt: skip
-    conf, sam_ldb = target / "etc" / "smb.conf", target / "private" / "sam.ldb"
-    _run(["samba-tool", "domain", "passwordsettings", "set", "-s", conf, "-H", sam_ldb, *_POLICY])
-
-
-def _smb_conf(root: Path, realm: str, domain: str) -> str:
-    """The per-run configuration: the provisioned one's, with every path inside ``root``.
-
-    Only the ``ldap`` service runs (no kdc, dns, smb, rpc): simple binds need nothing else.
-    """
-    return f"""[global]
-	netbios name = {NETBIOS_NAME}
-	realm = {realm}
-	workgroup = {domain}
-	server role = active directory domain controller
-	server services = ldap
-	interfaces = {HOST}
-	bind interfaces only = yes
-	private dir = {root}/private
-	binddns dir = {root}/bind-dns
-	lock directory = {root}
-	state directory = {root}/state
-	cache directory = {root}/cache
-	pid directory = {root}
-	ncalrpc dir = {root}/ncalrpc
-"""
-
-
-def _write_tls(tls_dir: Path, dns_name: str) -> None:
-    """Write a CA and a server certificate valid for 127.0.0.1 where Samba looks for them.
-
-    Samba would make its own, but for ``CN=<host>.<realm>`` with no subjectAltName: a client
-    connecting to 127.0.0.1 and checking the name (ldap3 does, the agent does) rejects it.
-    """
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key, key = tls.new_private_key(), tls.new_private_key()
-    ca_name = tls.name("pta throwaway AD CA")
-    start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=30)
-    ca = (
-        x509.CertificateBuilder()
-        .issuer_name(ca_name)
-        .subject_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    names = [x509.DNSName(dns_name), x509.IPAddress(ipaddress.ip_address(HOST))]
-    cert = (
-        x509.CertificateBuilder()
-        .issuer_name(ca_name)
-        .subject_name(tls.name(dns_name))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    tls_dir.mkdir(parents=True, exist_ok=True)
-    tls.write_public(tls_dir / "ca.pem", tls.cert_pem(ca))
-    tls.write_public(tls_dir / "cert.pem", tls.cert_pem(cert))
-    tls.write_private(tls_dir / "key.pem", tls.key_pem(key))  # Samba refuses a readable key
-
-
-def _filetime() -> int:
-    """Now, as AD stores times: 100 ns units since 1601-01-01."""
-    return int((time.time() + _FILETIME_EPOCH) * 10**7)
-
-
-def _state(state: AdState, now: int) -> list[tuple[str, str | bytes]]:
-    """Every attribute an account state depends on, so a new state also clears the old one."""
-    return [
-        ("userAccountControl", _DISABLED_ACCOUNT if state == "disabled" else _NORMAL_ACCOUNT),
-        ("pwdLastSet", {"must_change": "0", "expired": _LONG_AGO}.get(state, str(now))),
-        ("accountExpires", str(now - _DAY) if state == "account_expired" else _NEVER),
-        ("lockoutTime", str(now) if state == "locked" else "0"),
-        ("logonHours", bytes(_HOURS) if state == "logon_hours" else b"\xff" * _HOURS),
-    ]
-
-
-def _password(password: str) -> tuple[str, bytes]:
-    """``unicodePwd``: the password in double quotes, UTF-16-LE, as AD requires."""
-    return "unicodePwd", f'"{password}"'.encode("utf-16-le")
-
-
-def _ldif_line(name: str, value: str | bytes) -> str:
-    """Render one LDIF line; bytes and anything not plain ASCII go base64 (RFC 2849)."""
-    if isinstance(value, str) and re.fullmatch(r"[!-9;=?-~][ -~]*(?<! )", value):
-        return f"{name}: {value}\n"
-    raw = value.encode() if isinstance(value, str) else value
-    return f"{name}:: {base64.b64encode(raw).decode('ascii')}\n"
-
-
-def _record(dn: str, changetype: str, lines: Sequence[tuple[str, str | bytes]]) -> str:
-    body = "".join(_ldif_line(name, value) for name, value in lines)
-    return f"{_ldif_line('dn', dn)}changetype: {changetype}\n{body}\n"
-
-
-def _modify(dn: str, changes: Sequence[tuple[str, str | bytes]]) -> str:
-    """An LDIF modify replacing each attribute with one value."""
-    body = "".join(f"replace: {n}\n{_ldif_line(n, v)}-\n" for n, v in changes)
-    return f"{_ldif_line('dn', dn)}changetype: modify\n{body}\n"
-
-
-def _machine_lock(timeout: float) -> IO[str]:
-    """Take the lock that lets one SambaDC at a time own 127.0.0.1's LDAP ports.
-
-    Raises:
-        RuntimeError: another SambaDC still held it after ``timeout`` seconds.
-
-    """
-    handle = _LOCK_FILE.open("a")
-    deadline, waited = time.monotonic() + timeout, False
-    while True:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                handle.close()
-                msg = f"another SambaDC on this machine held {_LOCK_FILE} for {timeout} s"
-                raise RuntimeError(msg) from None
-            if not waited:
-                log.info("samba.waiting", lock=str(_LOCK_FILE))
-                waited = True
-            time.sleep(0.1)
-        else:
-            return handle
-
-
-def _remove_stale_dirs(parent: Path) -> None:
-    """Remove the temp dirs of SambaDCs whose process was killed before it could clean up.
-
-    Only the holder of the machine lock runs a SambaDC, so under the lock any such dir is stale.
-    """
-    for stale in parent.glob("pta-samba-*"):
-        if stale.is_dir():
-            log.info("samba.stale_dir_removed", path=str(stale))
-            shutil.rmtree(stale, ignore_errors=True)
-
-
-def _check_ports_free() -> None:
-    """Fail clearly when something else (a system samba or slapd?) holds an LDAP port."""
-    for port in (LDAP_PORT, LDAPS_PORT, 3268, 3269):
-        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=1):
-            msg = f"{HOST}:{port} is taken by another process: Samba can use no other port"
-            raise RuntimeError(msg)
-
-
-def _answers(dn: str, password: str, ca_file: Path) -> bool:
-    """Whether Samba answers an LDAPS bind as the Administrator right now.
-
-    A fresh ``ldap3.Server`` each time: one that failed to connect marks its address
-    unavailable for five seconds, which would stall start-up that long.
-    """
-    tls_config = ldap3.Tls(ca_certs_file=str(ca_file), validate=ssl.CERT_REQUIRED)
-    server = ldap3.Server(
-        HOST, port=LDAPS_PORT, use_ssl=True, tls=tls_config, get_info=ldap3.NONE, connect_timeout=1
-    )
-    conn = ldap3.Connection(server, dn, password, receive_timeout=5)
-    try:
-        conn.open()
-        return bool(conn.bind())
-    except (OSError, LDAPException):
-        return False
-    finally:
-        with contextlib.suppress(OSError, LDAPException):
-            conn.unbind()

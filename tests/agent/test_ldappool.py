@@ -22,7 +22,8 @@ from agent.directory import PPOLICY_CONTROL
 from agent.ldappool import BindPool, SearchPool, tls_context
 from pta.errors import DirectoryUnavailable
 from tests.secrets_registry import secret
-from tooling.samba import AdUser, SambaDC, _write_tls, samba_missing_reason
+from tooling.samba import AdUser, SambaDC, samba_missing_reason
+from tooling.samba_host import write_tls
 from tooling.slapd import DirectoryUser, Slapd, free_port
 
 if TYPE_CHECKING:
@@ -522,7 +523,7 @@ class TestStartTlsInjection:
         The real directory behind the TLS answers invalidCredentials; the sign-in must never
         see a success, and no password goes over a connection whose stream was tampered with.
         """
-        _write_tls(tmp_path, "dc.example")
+        write_tls(tmp_path, "dc.example")
         server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         server_tls.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
         binds: list[bytes] = []
