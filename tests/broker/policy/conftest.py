@@ -1,0 +1,11 @@
+"""The policy tests' fixtures (defined in :mod:`tests.broker.policy.helpers`)."""
+
+from tests.broker.policy.helpers import (  # noqa: F401 - fixtures, found by name
+    challenges,
+    clock,
+    mfa_key,
+    phone,
+    policy,
+    signer,
+    store,
+)
