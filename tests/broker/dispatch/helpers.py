@@ -11,23 +11,11 @@ from broker.dispatch.jobs import Answer, Connection, Job
 from pta import sealing
 
 TENANT = "acme"
-
-
 OTHER_TENANT = "globex"
-
-
 DOMAIN = "example.com"
-
-
 NOW = 1000.0
-
-
 LATER = NOW + 30.0
-
-
 ENVELOPE_KEY = sealing.generate_key().public_key()
-
-
 ANSWER = Answer(outcome=1, message="ok", agent_id="agent-a")
 
 

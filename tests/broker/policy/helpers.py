@@ -38,53 +38,21 @@ if TYPE_CHECKING:
     from broker.store.records import CounterKind
 
 Outcome = outcome_pb2.Outcome
-
-
 TENANT = "acme"
-
-
 DOMAIN = "example.com"
-
-
 ISSUER = "pta-broker-test"
-
-
 AUDIENCE = "app.example.com"
-
-
 ALICE = parse_upn("alice@example.com")
-
-
 ALICE_KEY = user_key(ALICE)
-
-
 BOB = parse_upn("bob@example.com")
-
-
 OFFICE_NET = "10.0.0.0/8"
-
-
 OFFICE = "10.1.2.3"
-
-
 ELSEWHERE = "203.0.113.7"
-
-
 HOME = "198.51.100.7"
-
-
 HOME_NEIGHBOUR = "198.51.100.200"
-
-
 RIGHT = "Right-pw-1!"
-
-
 CHALLENGE_TTL = 60.0
-
-
 CHALLENGE_ATTEMPTS = 3
-
-
 #: Numbers every wrong password apart, so none is ever a repeat by accident.
 _wrong = itertools.count()
 
