@@ -8,7 +8,8 @@ the opaque status grpcio gives when a deserializer raises.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Final
+import asyncio
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import grpc
 from google.protobuf import message as pb_message
@@ -27,8 +28,34 @@ if TYPE_CHECKING:
 COALESCE_SECONDS: Final = 0.001
 
 
+_Item = TypeVar("_Item")
+
+
 class StreamEnded(Exception):
     """The other side closed the stream, or went silent: ends the stream's task group."""
+
+
+async def next_batch(
+    outbox: asyncio.Queue[_Item], heartbeat: float, more_coming: Callable[[], bool]
+) -> list[_Item] | None:
+    """What a stream's writer sends next: every item waiting, or None for a heartbeat.
+
+    Both ends of an agent's stream write the same way: wait for the first item; while the other
+    side still works on earlier ones (``more_coming``, asked once the first is taken), wait
+    :data:`COALESCE_SECONDS` for more to join it; then take everything waiting. None when
+    ``heartbeat`` seconds pass with nothing to send: the writer sends a heartbeat instead.
+    """
+    try:
+        async with asyncio.timeout(heartbeat):
+            first = await outbox.get()
+    except TimeoutError:
+        return None
+    if more_coming():
+        await asyncio.sleep(COALESCE_SECONDS)
+    batch = [first]
+    while not outbox.empty():
+        batch.append(outbox.get_nowait())
+    return batch
 
 
 #: Every sign-in, enrolment and renewal message is small: the public endpoint refuses larger

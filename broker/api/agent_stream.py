@@ -234,18 +234,14 @@ class AgentStream:
 
     async def _send(self, context: grpc.aio.ServicerContext[Any, Any], conn: Connection) -> None:
         while True:
-            try:
-                async with asyncio.timeout(self._heartbeat):
-                    job = await conn.outbox.get()
-            except TimeoutError:
+            # Earlier jobs not answered yet: let more join this message.
+            batch = await rpc.next_batch(
+                conn.outbox, self._heartbeat, lambda: len(conn.in_flight) > conn.outbox.qsize() + 1
+            )
+            if batch is None:
                 heartbeat = agent_pb2.Heartbeat(sent_unix_ms=int(time.time() * 1000))
                 await context.write(agent_pb2.BrokerMessage(heartbeat=heartbeat))
                 continue
-            if len(conn.in_flight) > conn.outbox.qsize() + 1:  # Earlier jobs not answered yet.
-                await asyncio.sleep(rpc.COALESCE_SECONDS)
-            batch = [job]
-            while not conn.outbox.empty():
-                batch.append(conn.outbox.get_nowait())
             sending = []
             for job in batch:
                 if not job.done and job.connection_id == conn.connection_id:
