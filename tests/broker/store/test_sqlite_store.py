@@ -1,4 +1,4 @@
-"""``broker/store.py``: directory lockout policies, in a real SQLite store."""
+"""``broker/store/sqlite/``: directory reports and agent certificates in a real SQLite store."""
 
 from __future__ import annotations
 
