@@ -90,6 +90,8 @@ class TestLayering:
             "store",
             "agent_store",
             "policy_store",
+            "banned_passwords",
+            "password_protection",
         ],
     )
     def test_use_case_policy_and_store_have_no_grpc(self, module: str) -> None:
