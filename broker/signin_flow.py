@@ -1,11 +1,11 @@
 """One credential check, from what the client typed to what it is told: the sign-in use case.
 
-Rate limit, tenant, the policy's admission (a locked user, a repeat, the directory guard are
-answered here), the second factor a password change carries, the check by an agent (through
-:meth:`broker.dispatch.Dispatcher.check`), what the agent's answer may show the client, the
-token or MFA challenge a right password earns, and one audit event. No gRPC: the servicers in
-:mod:`broker.signin` turn requests into calls of :meth:`SignInFlow.run` and its result into
-responses.
+Rate limit, tenant, a password change's banned new password, the policy's admission (a locked
+user, a repeat, the directory guard are answered here), the second factor a password change
+carries, the check by an agent (through :meth:`broker.dispatch.Dispatcher.check`), what the
+agent's answer may show the client, the token or MFA challenge a right password earns, and one
+audit event. No gRPC: the servicers in :mod:`broker.signin` turn requests into calls of
+:meth:`SignInFlow.run` and its result into responses.
 """
 
 from __future__ import annotations
@@ -123,7 +123,10 @@ class SignInFlow:
                 audit = audit.bind(outcome="UNKNOWN_DOMAIN")
                 raise NotFound(f"no organisation signs in users of {upn.domain}")
             audit = audit.bind(tenant=tenant)
-            admitted = await self._policy.begin(
+            # A banned new password is refused first: nothing counted, nothing sealed.
+            admitted = self._policy.password_refusal(
+                tenant, upn, credentials.new_password
+            ) or await self._policy.begin(
                 tenant, upn, credentials.password, caller, deadline=deadline
             )
             if isinstance(admitted, Attempt) and mfa_code is not None:

@@ -6,13 +6,15 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pta.v1 import outcome_pb2, signin_pb2, signin_pb2_grpc
+from pta.v1 import outcome_pb2
 from tests.secrets_registry import known, secret
-from tests.support import AgentProcess, BrokerProcess, signin_cli
+from tests.support import AgentProcess, BrokerProcess, change_password, signin_cli
 from tooling.slapd import DirectoryUser, Slapd
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+    from pta.v1 import signin_pb2
 
 Outcome = outcome_pb2.Outcome
 PAT = secret("Pat-pw-11+")
@@ -49,17 +51,8 @@ def change_agent(broker: BrokerProcess, change_directory: Slapd) -> Iterator[Age
 def change(
     broker: BrokerProcess, user: str, old: str, new: str
 ) -> signin_pb2.ChangePasswordResponse:
-    """Call ChangePassword once."""
-    with broker.channel() as channel:
-        response: signin_pb2.ChangePasswordResponse = signin_pb2_grpc.SignInServiceStub(
-            channel
-        ).ChangePassword(
-            signin_pb2.ChangePasswordRequest(
-                username=f"{user}@chg.example", old_password=old, new_password=new
-            ),
-            timeout=15,
-        )
-    return response
+    """Call ChangePassword once for a user of ``chg.example``."""
+    return change_password(broker, f"{user}@chg.example", old, new)
 
 
 @pytest.mark.usefixtures("change_agent")
@@ -81,7 +74,7 @@ class TestChangePassword:
 
     @pytest.mark.parametrize(
         ("new", "reason"),
-        [(known("Ab1"), "too short"), (CARL, "used before")],
+        [(known("Zq7#kLm"), "too short"), (CARL, "used before")],
         ids=["too-short", "in-history"],
     )
     def test_policy_rejection_says_why(self, broker: BrokerProcess, new: str, reason: str) -> None:
