@@ -56,6 +56,10 @@ MESSAGES: dict[int, str] = {
     Outcome.ACCOUNT_EXPIRED: "your account has expired",
     Outcome.ACCOUNT_RESTRICTED: "you may not sign in at this time or from this computer",
     Outcome.PASSWORD_REJECTED: "the new password does not meet the password policy",
+    Outcome.CHANGE_REFUSED: (
+        "the organisation's directory refused to change the password, for a reason other than"
+        " its password rules: ask an administrator"
+    ),
 }
 
 
