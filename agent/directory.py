@@ -53,6 +53,9 @@ COMMUNICATION_ERRORS = (
     OSError,
 )
 CONSTRAINT_VIOLATION = 19
+#: A password change's answers that say the server could not do it now, not that it refuses:
+#: none (-1), operationsError, timeLimitExceeded, adminLimitExceeded, busy, unavailable, other.
+TRANSIENT_CHANGE_CODES = frozenset({-1, 1, 3, 11, 51, 52, 80})
 #: Bind answers after which a cached DN may be the cause (the user moved or was deleted).
 STALE_DN_OUTCOMES = frozenset({Outcome.INVALID_CREDENTIALS, Outcome.UNKNOWN_USER})
 #: At most this many ``pwdPolicy`` entries are read when searching the base DN for them.
@@ -79,7 +82,14 @@ AD_CHANGE_BAD_OLD = "00000056"
 
 
 def _change_verdict(result: Mapping[str, Any]) -> Verdict:
-    """What a password change's result means for the user."""
+    """What a password change's result means for the user.
+
+    A refusal that is neither a wrong old password nor the password policy's (no right to
+    write the password, a change the server will not perform) is CHANGE_REFUSED: trying again
+    will not help, so the user is not told to, and the operator finds the directory's own
+    result code and diagnostic in a warning. Only the codes of a busy or unreachable server
+    (and no answer at all) stay DIRECTORY_UNAVAILABLE.
+    """
     code = result.get("result", -1)
     if code == 0:
         return Verdict(Outcome.SUCCESS)
@@ -90,7 +100,16 @@ def _change_verdict(result: Mapping[str, Any]) -> Verdict:
     if code == CONSTRAINT_VIOLATION or message[:8].lower() == AD_CHANGE_REJECTED:
         reason = ppolicy.rejection_reason(policy) or message.split(":", 1)[-1].strip()
         return Verdict(Outcome.PASSWORD_REJECTED, reason[:200])
-    return Verdict(outcomes.from_bind(code, message))
+    if code in TRANSIENT_CHANGE_CODES:
+        return Verdict(Outcome.DIRECTORY_UNAVAILABLE)
+    description = str(result.get("description", "")) or f"result {code}"
+    log.warning(
+        "password_change.refused_by_directory",
+        result_code=code,
+        result=description,
+        diagnostic=message[:200],
+    )
+    return Verdict(Outcome.CHANGE_REFUSED, description[:64])
 
 
 class _PolicyUnreadable(Exception):

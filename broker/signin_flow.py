@@ -1,11 +1,11 @@
 """One credential check, from what the client typed to what it is told: the sign-in use case.
 
-Rate limit, tenant, the policy's admission (a locked user, a repeat, the directory guard are
-answered here), the second factor a password change carries, the check by an agent (through
-:meth:`~broker.dispatch.dispatcher.Dispatcher.check`), what the agent's answer may show the
-client, the token or MFA challenge a right password earns, and one audit event. No gRPC: the
-servicers in :mod:`broker.api.signin` turn requests into calls of :meth:`SignInFlow.run` and its
-result into responses.
+Rate limit, tenant, a password change's banned new password, the policy's admission (a locked
+user, a repeat, the directory guard are answered here), the second factor a password change
+carries, the check by an agent (through :meth:`~broker.dispatch.dispatcher.Dispatcher.check`),
+what the agent's answer may show the client, the token or MFA challenge a right password earns,
+and one audit event. No gRPC: the servicers in :mod:`broker.api.signin` turn requests into calls
+of :meth:`SignInFlow.run` and its result into responses.
 """
 
 from __future__ import annotations
@@ -55,6 +55,10 @@ MESSAGES: dict[int, str] = {
     Outcome.ACCOUNT_EXPIRED: "your account has expired",
     Outcome.ACCOUNT_RESTRICTED: "you may not sign in at this time or from this computer",
     Outcome.PASSWORD_REJECTED: "the new password does not meet the password policy",
+    Outcome.CHANGE_REFUSED: (
+        "the organisation's directory refused to change the password, for a reason other than"
+        " its password rules: ask an administrator"
+    ),
 }
 
 
@@ -123,7 +127,12 @@ class SignInFlow:
                 raise NotFound(f"no organisation signs in users of {upn.domain}")
             audit = audit.bind(tenant=tenant)
             async with self._policy.attempt(
-                tenant, upn, credentials.password, caller, deadline=deadline
+                tenant,
+                upn,
+                credentials.password,
+                caller,
+                deadline=deadline,
+                new_password=credentials.new_password,
             ) as admission:
                 admitted = admission
                 if isinstance(admitted, Attempt) and mfa_code is not None:

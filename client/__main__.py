@@ -14,6 +14,7 @@ Exit codes (stable, for scripts):
   24  RESOURCE_EXHAUSTED      25  UNAUTHENTICATED / PERMISSION_DENIED
   26  FAILED_PRECONDITION (the MFA challenge expired: sign in again)
   29  any other gRPC status    2  usage error (a bad flag, no CA file, no password given)
+  30  CHANGE_REFUSED (the directory refused the change itself: ask an administrator)
  130  interrupted (Ctrl-C)
 
 --json prints the response with the contract's own field names (as grpcurl and the README
@@ -54,6 +55,7 @@ OUTCOME_EXIT: dict[int, int] = {
     Outcome.ACCOUNT_RESTRICTED: 16,
     Outcome.PASSWORD_REJECTED: 17,
     Outcome.LOCKED_BY_POLICY: 18,
+    Outcome.CHANGE_REFUSED: 30,
 }
 OTHER_OUTCOME_EXIT = 19
 STATUS_EXIT: dict[grpc.StatusCode, int] = {

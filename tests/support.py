@@ -201,6 +201,25 @@ class BrokerProcess:
             return response
 
 
+def change_password(
+    broker: BrokerProcess, username: str, old: str, new: str, timeout: float = 15.0
+) -> signin_pb2.ChangePasswordResponse:
+    """Call ChangePassword once through a fresh channel (raises ``grpc.RpcError`` on a status).
+
+    Both passwords must come from ``tests.secrets_registry``: the final scan looks for them.
+    """
+    secrets_registry.require(old)
+    secrets_registry.require(new)
+    with broker.channel() as channel:
+        response: signin_pb2.ChangePasswordResponse = signin_pb2_grpc.SignInServiceStub(
+            channel
+        ).ChangePassword(
+            signin_pb2.ChangePasswordRequest(username=username, old_password=old, new_password=new),
+            timeout=timeout,
+        )
+    return response
+
+
 def _json(line: str) -> dict[str, object] | None:
     try:
         value = json.loads(line)

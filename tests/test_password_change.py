@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
 import pytest
 
-from pta.v1 import outcome_pb2, signin_pb2, signin_pb2_grpc
+from pta.v1 import outcome_pb2
 from tests.secrets_registry import known, secret
-from tests.support import AgentProcess, BrokerProcess, signin_cli
+from tests.support import AgentProcess, BrokerProcess, change_password, signin_cli
 from tooling.slapd import DirectoryUser, Slapd
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+    from pta.v1 import signin_pb2
 
 Outcome = outcome_pb2.Outcome
 PAT = secret("Pat-pw-11+")
@@ -49,17 +52,8 @@ def change_agent(broker: BrokerProcess, change_directory: Slapd) -> Iterator[Age
 def change(
     broker: BrokerProcess, user: str, old: str, new: str
 ) -> signin_pb2.ChangePasswordResponse:
-    """Call ChangePassword once."""
-    with broker.channel() as channel:
-        response: signin_pb2.ChangePasswordResponse = signin_pb2_grpc.SignInServiceStub(
-            channel
-        ).ChangePassword(
-            signin_pb2.ChangePasswordRequest(
-                username=f"{user}@chg.example", old_password=old, new_password=new
-            ),
-            timeout=15,
-        )
-    return response
+    """Call ChangePassword once for a user of ``chg.example``."""
+    return change_password(broker, f"{user}@chg.example", old, new)
 
 
 @pytest.mark.usefixtures("change_agent")
@@ -81,7 +75,7 @@ class TestChangePassword:
 
     @pytest.mark.parametrize(
         ("new", "reason"),
-        [(known("Ab1"), "too short"), (CARL, "used before")],
+        [(known("Zq7#kLm"), "too short"), (CARL, "used before")],
         ids=["too-short", "in-history"],
     )
     def test_policy_rejection_says_why(self, broker: BrokerProcess, new: str, reason: str) -> None:
@@ -109,3 +103,52 @@ class TestChangePassword:
         assert done.returncode == 0, done.stdout + done.stderr
         assert "SUCCESS: password changed" in done.stdout
         assert broker.sign_in("pat@chg.example", newer).outcome == Outcome.SUCCESS
+
+
+DEAN = secret("Dean-pw-41+")
+
+
+@pytest.fixture(scope="module")
+def locked_down_agent(broker: BrokerProcess) -> Iterator[AgentProcess]:
+    """Tenant ``chgacl``: a slapd whose ACL, like slapd's default, lets no user write a password."""
+    with Slapd(users=[DirectoryUser(uid="dean", password=DEAN)], self_service=False) as server:
+        broker.add_tenant("chgacl", "chgacl.example")
+        agent = AgentProcess.start(broker, server, "chgacl", "agent-chgacl")
+        yield agent
+        agent.stop()
+
+
+class TestDirectoryRefusesTheChange:
+    """A change the directory refuses for a reason other than its password policy."""
+
+    def test_said_so_and_logged(
+        self, broker: BrokerProcess, locked_down_agent: AgentProcess
+    ) -> None:
+        """CHANGE_REFUSED, not "try again"; the agent warns with the directory's code and words."""
+        new = secret("Dean-new-pw-42")
+        response = change_password(broker, "dean@chgacl.example", DEAN, new)
+        assert Outcome.Name(response.outcome) == "CHANGE_REFUSED"
+        assert response.message == (
+            "the organisation's directory refused to change the password, for a reason other"
+            " than its password rules: ask an administrator (insufficientAccessRights)"
+        )
+        assert "try again" not in response.message
+        (warning,) = locked_down_agent.log_events("password_change.refused_by_directory")
+        assert warning["level"] == "warning"
+        assert (warning["result_code"], warning["result"]) == (50, "insufficientAccessRights")
+        assert "diagnostic" in warning
+        line = json.dumps(warning)
+        assert DEAN not in line
+        assert new not in line
+        counted = json.loads(broker.cli("lockout", "list", "--tenant", "chgacl", "--json").stdout)
+        assert counted == [], "a refused change is no wrong password"
+        assert broker.sign_in("dean@chgacl.example", DEAN).outcome == Outcome.SUCCESS
+        assert broker.sign_in("dean@chgacl.example", new).outcome == Outcome.INVALID_CREDENTIALS
+
+    @pytest.mark.usefixtures("locked_down_agent")
+    def test_cli_exit_code(self, broker: BrokerProcess) -> None:
+        """``pta-signin --change-password`` prints it and exits 30."""
+        new = secret("Dean-newer-pw-43")
+        done = signin_cli(broker, "dean@chgacl.example", f"{DEAN}\n{new}\n", "--change-password")
+        assert done.returncode == 30, done.stdout + done.stderr
+        assert done.stdout.startswith("CHANGE_REFUSED: the organisation's directory refused")

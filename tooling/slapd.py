@@ -184,6 +184,7 @@ class Slapd:
         slapd_binary: Path | None = None,
         policy: Mapping[str, str] | None = None,
         private_policies: bool = False,
+        self_service: bool = True,
     ) -> None:
         """Describe the directory; nothing runs until :meth:`start`.
 
@@ -198,6 +199,9 @@ class Slapd:
             private_policies: Let only bound users (a service account) read
                 ``ou=policies``, as a deployment that hides its policies from anonymous
                 readers; by default everyone reads everything but passwords.
+            self_service: Let users write their own ``userPassword``; without it the ACL is
+                slapd's default (``access to * by * read``): a user's password change is
+                refused with insufficientAccessRights.
 
         Raises:
             ValueError: duplicate uids or an unsupported ``base_dn``.
@@ -222,6 +226,7 @@ class Slapd:
         self.admin_password = admin_password or secrets.token_urlsafe(24)
         self._policy: _Attrs = {**_POLICY, **(policy or {})}
         self._private_policies = private_policies
+        self._self_service = self_service
         self.url, self.port = "", 0
         self.directory: Path | None = None
         self._workdir, self._binary = workdir, slapd_binary
@@ -272,6 +277,8 @@ class Slapd:
         schemas = "".join(f"include /etc/ldap/schema/{s}.schema\n" for s in _SCHEMAS)
         policies = _quote(f"ou=policies,{self.base_dn}")
         private = f"access to dn.subtree={policies} by users read by * none\n"
+        # Without self-service, slapd's own default: everyone reads everything, nobody writes.
+        own = "access to attrs=userPassword by self write by anonymous auth by * none\n"
         return f"""{schemas}
 pidfile {_quote(root / "slapd.pid")}
 argsfile {_quote(root / "slapd.args")}
@@ -290,8 +297,7 @@ overlay ppolicy
 ppolicy_default {_quote(self.policy_dn)}
 ppolicy_use_lockout
 
-access to attrs=userPassword by self write by anonymous auth by * none
-{private if self._private_policies else ""}access to * by * read
+{own if self._self_service else ""}{private if self._private_policies else ""}access to * by * read
 """
 
     def start(self) -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from broker.cli import banned as banned_commands
 from broker.cli import policy as policy_commands
 from broker.config import DEFAULT_LISTEN, BrokerConfig, load_config
 from broker.ownership import CannotStart
@@ -102,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     data_dir(listing)
 
     policy_commands.add_parsers(commands, tenant, data_dir)
+    banned_commands.add_parser(tenant, data_dir)
 
     token = commands.add_parser("token", help="manage enrolment tokens").add_subparsers(
         dest="action", required=True
@@ -158,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _manage(args: argparse.Namespace, store: Store, data: Path) -> int:
+    if args.command == "tenant" and args.action == "banned-passwords":
+        return banned_commands.run(args, store)
     if args.command in ("lockout", "mfa") or (
         args.command == "tenant" and args.action in ("policy", "show")
     ):

@@ -252,6 +252,7 @@ def _show(args: argparse.Namespace, store: Store) -> int:
         },
         "users_with_failures": len({k[1] for k, _ in counters}),
         "mfa_users": len(store.policy.mfa_users(tenant)),
+        "banned_terms": len(store.policy.banned_terms(tenant)),
     }
     if args.json:
         sys.stdout.write(json.dumps(shown, indent=2) + "\n")
@@ -273,6 +274,7 @@ def _show(args: argparse.Namespace, store: Store) -> int:
     )
     out.append(f"  users with failures counted: {shown['users_with_failures']}")
     out.append(f"  users with an authenticator: {shown['mfa_users']}")
+    out.append(f"  own banned password terms: {shown['banned_terms']} (tenant banned-passwords)")
     sys.stdout.write("\n".join(out) + "\n")
     return 0
 

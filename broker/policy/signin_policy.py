@@ -22,6 +22,7 @@ import structlog
 
 from broker.policy.accounts import AccountMap, typed_key
 from broker.policy.lockout_gate import MAX_COUNTERS, MAX_WAITING_PER_USER, LockoutGate
+from broker.policy.password_protection import PasswordProtection
 from broker.policy.second_factor import SecondFactor
 from broker.policy.tenant_policy import TenantPolicy, familiar_prefix, in_networks
 from broker.policy.verdicts import REPEATED, Attempt, Outcome, Verdict
@@ -76,11 +77,13 @@ class SignInPolicy:
         clock: Callable[[], float] = time.time,
         accounts: AccountMap | None = None,
         max_counters: int | None = None,
+        passwords: PasswordProtection | None = None,
     ) -> None:
         """Load the policies, counters, familiar networks and account rules from the store.
 
         ``max_counters`` (default :data:`MAX_COUNTERS`) bounds the counters of names no
-        directory has said exist (see :class:`LockoutGate`).
+        directory has said exist (see :class:`LockoutGate`). ``passwords``: the banned lists
+        (read from the store and the package when omitted).
         """
         self._store = store
         self.signer = signer
@@ -93,6 +96,8 @@ class SignInPolicy:
         self._settings: dict[tuple[str, str], bytes] = {}
         self._policies: dict[str, TenantPolicy] = {}
         self._familiar: dict[tuple[str, str], dict[str, float]] = {}
+        #: The banned-password lists, global and per tenant.
+        self.passwords = PasswordProtection(store) if passwords is None else passwords
         #: The second factor: challenges, codes, secrets.
         self.mfa = SecondFactor(
             store,
@@ -108,11 +113,12 @@ class SignInPolicy:
     # State ------------------------------------------------------------------------------------
 
     def reload(self) -> None:
-        """Re-read what the CLI may have changed: policies, counters (an unlock), networks."""
+        """Re-read what the CLI may have changed: policies, counters, networks, banned lists."""
         policies = self._policies
         self._policies = self._store.tenant_policies()
         self.gate.reload()
         self._familiar = self._store.familiar()
+        self.passwords.reload()
         for tenant, policy in self._policies.items():
             if policies.get(tenant) != policy:
                 log.info("policy.changed", tenant=tenant, **policy.describe())
@@ -157,6 +163,16 @@ class SignInPolicy:
 
     # Before and after the directory's check --------------------------------------------------
 
+    def password_refusal(self, tenant: str, upn: Upn, new_password: str) -> Verdict | None:
+        """A password change's answer when its new password is banned; None otherwise.
+
+        Asked before :meth:`begin`: the refusal needs nothing of the account (the old password
+        is not checked), counts nothing and sends nothing, so a locked user is answered it too.
+        """
+        if not new_password:
+            return None
+        return self.passwords.refusal(tenant, upn, new_password)
+
     async def begin(
         self, tenant: str, upn: Upn, password: str, address: str, *, deadline: float
     ) -> Attempt | Verdict:
@@ -198,10 +214,20 @@ class SignInPolicy:
         return await self.gate.admit(attempt, password, deadline) or attempt
 
     @contextlib.asynccontextmanager
-    async def attempt(
-        self, tenant: str, upn: Upn, password: str, address: str, *, deadline: float
+    async def attempt(  # noqa: PLR0913 - one sign-in's facts, by name
+        self,
+        tenant: str,
+        upn: Upn,
+        password: str,
+        address: str,
+        *,
+        deadline: float,
+        new_password: str = "",
     ) -> AsyncIterator[Attempt | Verdict]:
         """Admit one check (:meth:`begin`) and make sure its accounting runs exactly once.
+
+        A password change whose new password is banned is refused first
+        (:meth:`password_refusal`): nothing admitted, counted or sent.
 
         The block checks an :class:`Attempt` through the dispatcher with :meth:`accounting`,
         or answers without one. On leaving, an attempt no agent was given (the policy answered
@@ -211,6 +237,10 @@ class SignInPolicy:
         if the caller stopped waiting first, its job settles it when the agent answers: the
         directory counts that password whether or not anyone waits for it.
         """
+        refusal = self.password_refusal(tenant, upn, new_password)
+        if refusal is not None:
+            yield refusal
+            return
         admitted = await self.begin(tenant, upn, password, address, deadline=deadline)
         try:
             yield admitted

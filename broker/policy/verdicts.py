@@ -34,6 +34,7 @@ ACCOUNT_EXISTS = frozenset(
         Outcome.ACCOUNT_EXPIRED,
         Outcome.ACCOUNT_RESTRICTED,
         Outcome.PASSWORD_REJECTED,
+        Outcome.CHANGE_REFUSED,
     }
 )
 

@@ -158,6 +158,29 @@ class PolicyStore(Protocol):
     def set_tenant_policy(self, tenant: str, policy: TenantPolicy) -> None:
         """Replace a tenant's policy."""
 
+    def banned_terms(self, tenant: str) -> list[tuple[str, str]]:
+        """A tenant's own banned password terms: (as typed, normalised), in the order added."""
+
+    def banned_revisions(self) -> dict[str, int]:
+        """Per tenant with a list, a number that changes whenever its list does."""
+
+    def change_banned_terms(
+        self,
+        tenant: str,
+        *,
+        add: Sequence[tuple[str, str]] = (),
+        remove: Sequence[str] = (),
+        limit: int,
+    ) -> tuple[int, int, int]:
+        """Add (as typed, normalised) terms and remove normalised ones, all or nothing.
+
+        Returns:
+            How many were added, removed, and how many the tenant has now.
+
+        Raises:
+            InvalidRequest: The list would hold more than ``limit`` terms (nothing changes).
+        """
+
     def counters(self) -> dict[CounterKey, Counter]:
         """Every counter that is not clean."""
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14pta/v1/outcome.proto\x12\x06pta.v1*\xe7\x02\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0b\n\x07SUCCESS\x10\x01\x12\x17\n\x13INVALID_CREDENTIALS\x10\x02\x12\x14\n\x10PASSWORD_EXPIRED\x10\x03\x12\x18\n\x14PASSWORD_MUST_CHANGE\x10\x04\x12\x12\n\x0e\x41\x43\x43OUNT_LOCKED\x10\x05\x12\x14\n\x10\x41\x43\x43OUNT_DISABLED\x10\x06\x12\x13\n\x0f\x41\x43\x43OUNT_EXPIRED\x10\x07\x12\x10\n\x0cUNKNOWN_USER\x10\x08\x12\x19\n\x15\x44IRECTORY_UNAVAILABLE\x10\t\x12\x16\n\x12\x41\x43\x43OUNT_RESTRICTED\x10\n\x12\x14\n\x10REQUEST_REJECTED\x10\x0b\x12\x15\n\x11PASSWORD_REJECTED\x10\x0c\x12\x14\n\x10LOCKED_BY_POLICY\x10\r\x12\x10\n\x0cMFA_REQUIRED\x10\x0e\x12\x14\n\x10MFA_NOT_ENROLLED\x10\x0f\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14pta/v1/outcome.proto\x12\x06pta.v1*\xfb\x02\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0b\n\x07SUCCESS\x10\x01\x12\x17\n\x13INVALID_CREDENTIALS\x10\x02\x12\x14\n\x10PASSWORD_EXPIRED\x10\x03\x12\x18\n\x14PASSWORD_MUST_CHANGE\x10\x04\x12\x12\n\x0e\x41\x43\x43OUNT_LOCKED\x10\x05\x12\x14\n\x10\x41\x43\x43OUNT_DISABLED\x10\x06\x12\x13\n\x0f\x41\x43\x43OUNT_EXPIRED\x10\x07\x12\x10\n\x0cUNKNOWN_USER\x10\x08\x12\x19\n\x15\x44IRECTORY_UNAVAILABLE\x10\t\x12\x16\n\x12\x41\x43\x43OUNT_RESTRICTED\x10\n\x12\x14\n\x10REQUEST_REJECTED\x10\x0b\x12\x15\n\x11PASSWORD_REJECTED\x10\x0c\x12\x14\n\x10LOCKED_BY_POLICY\x10\r\x12\x10\n\x0cMFA_REQUIRED\x10\x0e\x12\x14\n\x10MFA_NOT_ENROLLED\x10\x0f\x12\x12\n\x0e\x43HANGE_REFUSED\x10\x10\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,5 +32,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pta.v1.outcome_pb2', _globa
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_OUTCOME']._serialized_start=33
-  _globals['_OUTCOME']._serialized_end=392
+  _globals['_OUTCOME']._serialized_end=412
 # @@protoc_insertion_point(module_scope)

@@ -22,6 +22,7 @@ class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LOCKED_BY_POLICY: _ClassVar[Outcome]
     MFA_REQUIRED: _ClassVar[Outcome]
     MFA_NOT_ENROLLED: _ClassVar[Outcome]
+    CHANGE_REFUSED: _ClassVar[Outcome]
 OUTCOME_UNSPECIFIED: Outcome
 SUCCESS: Outcome
 INVALID_CREDENTIALS: Outcome
@@ -38,3 +39,4 @@ PASSWORD_REJECTED: Outcome
 LOCKED_BY_POLICY: Outcome
 MFA_REQUIRED: Outcome
 MFA_NOT_ENROLLED: Outcome
+CHANGE_REFUSED: Outcome

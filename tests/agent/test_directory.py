@@ -9,7 +9,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from structlog.testing import capture_logs
 
+from agent import directory as directory_module
 from agent.config import DirectoryConfig
 from agent.directory import Check, LdapDirectory
 from pta.errors import DirectoryUnavailable
@@ -216,3 +218,49 @@ class TestCheckAll:
         assert all(isinstance(v, DirectoryUnavailable) for v in verdicts), verdicts
         assert len(dialled) == 4
         assert max(dialled) - min(dialled) < 1.0  # Serially they would be 2 s apart.
+
+
+class TestChangeVerdict:
+    """What a password change's LDAP result becomes (slapd refusing one: test_password_change)."""
+
+    @pytest.mark.parametrize(
+        ("result", "outcome"),
+        [
+            ({"result": 0}, Outcome.SUCCESS),
+            ({"result": 49, "message": ""}, Outcome.INVALID_CREDENTIALS),
+            ({"result": 19, "message": "Password is too short"}, Outcome.PASSWORD_REJECTED),
+            ({"result": 50, "description": "insufficientAccessRights"}, Outcome.CHANGE_REFUSED),
+            (
+                {
+                    "result": 53,
+                    "description": "unwillingToPerform",
+                    "message": "unwilling to verify old password",
+                },
+                Outcome.CHANGE_REFUSED,
+            ),
+            ({"result": 8, "description": "strongerAuthRequired"}, Outcome.CHANGE_REFUSED),
+            ({"result": 51, "description": "busy"}, Outcome.DIRECTORY_UNAVAILABLE),
+            ({"result": 52, "description": "unavailable"}, Outcome.DIRECTORY_UNAVAILABLE),
+            ({}, Outcome.DIRECTORY_UNAVAILABLE),
+        ],
+        ids=["ok", "wrong-old", "policy", "no-write", "unwilling", "tls", "busy", "down", "none"],
+    )
+    def test_outcome(self, result: dict[str, Any], outcome: int) -> None:
+        """Only a busy or silent server is worth trying again; a refusal is said as one."""
+        assert directory_module._change_verdict(result).outcome == outcome
+
+    def test_refusal_is_a_warning_with_the_directorys_words(self) -> None:
+        """The operator learns the result code and the diagnostic; the user, the result's name."""
+        result = {"result": 53, "description": "unwillingToPerform", "message": "no, not you"}
+        with capture_logs() as logs:
+            verdict = directory_module._change_verdict(result)
+        assert verdict.message == "unwillingToPerform"
+        assert logs == [
+            {
+                "event": "password_change.refused_by_directory",
+                "log_level": "warning",
+                "result_code": 53,
+                "result": "unwillingToPerform",
+                "diagnostic": "no, not you",
+            }
+        ]

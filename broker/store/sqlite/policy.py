@@ -1,11 +1,12 @@
 """Where the sign-in policy's state persists: policies, counters, networks, MFA secrets.
 
-Also how each agent's directories name accounts (:mod:`broker.policy.accounts`: the CLI keys users
-as the serving broker does), and which accounts a directory lately said exist (their counters
-are never shed). Tables in the broker's SQLite store, on the store's own connection. Every
-write is one statement or one immediate transaction, so the serving broker and the CLI can
-both write. Nothing about a password is kept here (the recent-failure hashes live in memory
-only), and a TOTP secret only sealed under the operator's MFA key.
+Also each tenant's own banned passwords (:mod:`broker.policy.password_protection`), how each agent's
+directories name accounts (:mod:`broker.policy.accounts`: the CLI keys users as the serving broker
+does), and which accounts a directory lately said exist (their counters are never shed).
+Tables in the broker's SQLite store, on the store's own connection. Every write is one
+statement or one immediate transaction, so the serving broker and the CLI can both write.
+Nothing about a user's password is kept here (the recent-failure hashes live in memory only),
+and a TOTP secret only sealed under the operator's MFA key.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import TYPE_CHECKING
 from broker.policy.lockout import Counter
 from broker.policy.tenant_policy import TenantPolicy
 from broker.store.records import CounterKey, MfaRecord
+from broker.store.sqlite.db import transaction
+from pta.errors import InvalidRequest
 
 if TYPE_CHECKING:
     import sqlite3
@@ -59,6 +62,17 @@ CREATE TABLE IF NOT EXISTS known_accounts (
     confirmed_at REAL NOT NULL,
     PRIMARY KEY (tenant, user)
 );
+CREATE TABLE IF NOT EXISTS banned_passwords (
+    tenant TEXT NOT NULL REFERENCES tenants(name) ON DELETE CASCADE,
+    normalised TEXT NOT NULL,
+    term TEXT NOT NULL,
+    added_at REAL NOT NULL,
+    PRIMARY KEY (tenant, normalised)
+);
+CREATE TABLE IF NOT EXISTS banned_password_revisions (
+    tenant TEXT PRIMARY KEY REFERENCES tenants(name) ON DELETE CASCADE,
+    revision INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS mfa_secrets (
     tenant TEXT NOT NULL REFERENCES tenants(name) ON DELETE CASCADE,
     user TEXT NOT NULL,
@@ -99,6 +113,72 @@ class SqlitePolicyStore:
             " ON CONFLICT (tenant) DO UPDATE SET settings = excluded.settings",
             (tenant, policy.to_json()),
         )
+
+    # Banned passwords ---------------------------------------------------------------------------
+
+    def banned_terms(self, tenant: str) -> list[tuple[str, str]]:
+        """A tenant's own banned terms: (as typed, normalised), in the order added."""
+        rows = self._db.execute(
+            "SELECT term, normalised FROM banned_passwords WHERE tenant = ?"
+            " ORDER BY added_at, normalised",
+            (tenant,),
+        )
+        return [(term, normalised) for term, normalised in rows]
+
+    def banned_revisions(self) -> dict[str, int]:
+        """Per tenant with a list, a number that changes whenever the list does.
+
+        The serving broker rebuilds a tenant's index only when its revision moved.
+        """
+        return dict(self._db.execute("SELECT tenant, revision FROM banned_password_revisions"))
+
+    def change_banned_terms(
+        self,
+        tenant: str,
+        *,
+        add: Sequence[tuple[str, str]] = (),
+        remove: Sequence[str] = (),
+        limit: int,
+    ) -> tuple[int, int, int]:
+        """Add (as typed, normalised) terms and remove normalised ones, in one transaction.
+
+        Returns:
+            How many were added, how many removed, how many the tenant has now.
+
+        Raises:
+            InvalidRequest: When the list would hold more than ``limit`` terms (nothing changes).
+        """
+        with transaction(self._db):
+            removed = sum(
+                self._db.execute(
+                    "DELETE FROM banned_passwords WHERE tenant = ? AND normalised = ?",
+                    (tenant, normalised),
+                ).rowcount
+                for normalised in remove
+            )
+            now = time.time()
+            added = sum(
+                self._db.execute(
+                    "INSERT INTO banned_passwords (tenant, normalised, term, added_at)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT (tenant, normalised) DO NOTHING",
+                    (tenant, normalised, term, now),
+                ).rowcount
+                for term, normalised in add
+            )
+            (total,) = self._db.execute(
+                "SELECT count(*) FROM banned_passwords WHERE tenant = ?", (tenant,)
+            ).fetchone()
+            if total > limit:
+                raise InvalidRequest(
+                    f"tenant {tenant} would have {total} banned terms: at most {limit}"
+                )
+            if added or removed:
+                self._db.execute(
+                    "INSERT INTO banned_password_revisions (tenant, revision) VALUES (?, 1)"
+                    " ON CONFLICT (tenant) DO UPDATE SET revision = revision + 1",
+                    (tenant,),
+                )
+        return added, removed, total
 
     # Lockout counters --------------------------------------------------------------------------
 
