@@ -2,7 +2,7 @@
 
 Only the location is cached, never an answer: every sign-in still binds. A cached DN that has
 gone stale (user renamed, moved or deleted) shows up as a failed bind, after which the caller
-looks the user up again (see :meth:`agent.directory.LdapDirectory`). Bounded in size and age.
+looks the user up again (see :meth:`agent.directory.LdapDirectory.verify`). Bounded in size and age.
 """
 
 from __future__ import annotations

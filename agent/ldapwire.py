@@ -22,7 +22,16 @@ answer's decoding stays ldap3's (``agent/ldappool.py``). No I/O here, and no lda
 
 from __future__ import annotations
 
-__all__ = ["bind_request", "control", "message_size", "search_request", "start_tls_request"]
+from ldap3.protocol.sasl.sasl import validate_simple_password
+
+__all__ = [
+    "bind_request",
+    "control",
+    "message_size",
+    "sasl_prepped",
+    "search_request",
+    "start_tls_request",
+]
 
 MAX_INT = 2**31 - 1  # RFC 4511's maxInt: the largest message id
 LDAP_VERSION = 3
@@ -167,3 +176,19 @@ def search_request(  # noqa: PLR0913 - the request's fields, by name
         + _tlv(_SEQUENCE, _tlv(_OCTET_STRING, NO_ATTRIBUTES.encode("ascii")))
     )
     return _tlv(_SEQUENCE, _integer(message_id) + _tlv(_SEARCH_REQUEST, search))
+
+
+def sasl_prepped(password: str) -> bytes:
+    """The password's bytes after SASLprep (RFC 4013), as ldap3 prepares a simple bind's.
+
+    Printable ASCII is its own SASLprep (nothing to map, NFKC leaves it alone, nothing in it
+    is prohibited or bidirectional) and most passwords are just that: they skip ldap3's
+    character-by-character table checks (≈ 30 µs a sign-in). A test holds the two equal.
+
+    Raises:
+        LDAPException: For a password SASLprep refuses (ldap3's error, as before).
+    """
+    if password.isascii() and password.isprintable():
+        return password.encode("ascii")
+    prepared: bytes = validate_simple_password(password)
+    return prepared

@@ -2,12 +2,12 @@
 
 A :class:`Link` is one identity's stream. Each session: dial the agent endpoint with that
 identity's certificate, say hello, then run a reader (validation requests in, each batch opened
-and checked in a task of its own; for an older broker, checked only once its acknowledgement
-is written), a writer (results out, with any acknowledgements waiting in the same message,
-heartbeats when idle) and a reporter (the directories' lockout thresholds, once and when they
-change: :mod:`agent.lockout`) until the stream ends; then wait a jittered, growing delay and
-dial again. A drained link (its identity was renewed, or the agent stops) tells the broker,
-answers what it was sent, and ends when the broker closes the stream.
+and checked in a task of its own; for an older broker, checked only once its acknowledgement is
+written), a writer (results out, with any acknowledgements waiting in the same message,
+heartbeats when idle) and what the runner wants done while the stream is up (``while_up``: the
+directories' lockout thresholds, :mod:`agent.lockout`) until the stream ends; then wait a
+jittered, growing delay and dial again. A drained link (its identity was renewed, or the agent
+stops) tells the broker, answers what it was sent, and ends when the broker closes the stream.
 """
 
 from __future__ import annotations
@@ -17,18 +17,17 @@ import contextlib
 import random
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 import structlog
 
-from agent import lockout
 from pta import __version__, rpc, tls
 from pta.rpc import StreamEnded
 from pta.v1 import agent_pb2, agent_pb2_grpc
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Coroutine, Sequence
 
     from agent.identity import AgentIdentity
     from agent.validation import Validator
@@ -72,6 +71,11 @@ def _rpc_error(error: BaseException) -> grpc.aio.AioRpcError | None:
     return None
 
 
+#: What runs while a stream is up: given the welcomed domains and a way to queue a message.
+Send: TypeAlias = "Callable[[agent_pb2.AgentMessage], None]"
+WhileUp: TypeAlias = "Callable[[tuple[str, ...], Send], Coroutine[Any, Any, None]]"
+
+
 class Link:
     """Keeps one identity's Connect stream up and feeds its requests to its validator."""
 
@@ -82,7 +86,7 @@ class Link:
         *,
         domains: tuple[str, ...],
         max_in_flight: int,
-        reporter: lockout.PolicyReporter | None = None,
+        while_up: WhileUp | None = None,
         directories: Sequence[agent_pb2.DirectoryAccounts] = (),
     ) -> None:
         """Prepare the link; nothing is dialled until :meth:`run`.
@@ -92,12 +96,13 @@ class Link:
             validator: Answers each validation request.
             domains: The domains to offer in hello; empty means all of the tenant's.
             max_in_flight: How many requests the broker may send at once.
-            reporter: Reads the directories' lockout policies for the broker (None: none).
+            while_up: Run beside the reader and writer for as long as each stream is up, with
+                the domains the broker welcomed and a way to queue a message (None: nothing).
             directories: How each directory maps typed names to accounts (see the hello).
         """
         self.identity = identity
         self._validator = validator
-        self._reporter = reporter
+        self._while_up = while_up
         self._domains = domains
         self._directories = list(directories)
         self._max_in_flight = max_in_flight
@@ -198,15 +203,12 @@ class Link:
                             call, outbox, heartbeat, acks_in_results=welcome.acks_in_results
                         )
                     )
-                    if self._reporter is not None:
-                        # Runs beside the reader: a slow directory delays no sign-in.
+                    if self._while_up is not None:
+                        # Runs beside the reader: whatever it waits for delays no sign-in.
                         group.create_task(
-                            lockout.keep_reporting(
-                                self._reporter,
+                            self._while_up(
                                 tuple(welcome.domains),
-                                lambda report: outbox.put_nowait(
-                                    _Control(agent_pb2.AgentMessage(directory_report=report))
-                                ),
+                                lambda message: outbox.put_nowait(_Control(message)),
                             )
                         )
             except* StreamEnded:

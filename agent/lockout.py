@@ -6,8 +6,8 @@ on premises, for every application. So after each welcome the agent reports the 
 lockout threshold for every domain it serves, re-reads it every :data:`REFRESH_INTERVAL`, and
 reports again only when something changed.
 
-Where the number comes from (read by :meth:`agent.directory.LdapDirectory.lockout_policy`,
-over the same search connection as sign-ins):
+Where the number comes from (read by :mod:`agent.lockout_policy`, over the worker threads'
+search connection):
 
 - Active Directory: ``lockoutThreshold`` on the domain object, the naming context the rootDSE
   calls ``defaultNamingContext``; 0 means it never locks. Fine-grained password policies
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
@@ -37,7 +37,6 @@ from pta.v1 import agent_pb2
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
 
-    from agent.directory import LdapDirectory
 
 log = structlog.get_logger()
 
@@ -127,10 +126,17 @@ def from_ppolicy(entries: Sequence[Entry], where: str) -> LockoutPolicy:
     )
 
 
+class PolicySource(Protocol):
+    """A directory whose lockout policy can be read (:class:`agent.directory.LdapDirectory`)."""
+
+    async def lockout_policy(self) -> LockoutPolicy:
+        """Read the policy; never raises for the directory's sake."""
+
+
 class PolicyReporter:
     """Reads the lockout policy behind each domain, each directory once per report."""
 
-    def __init__(self, directory_for: Callable[[str], LdapDirectory | None]) -> None:
+    def __init__(self, directory_for: Callable[[str], PolicySource | None]) -> None:
         """Report on the directories ``directory_for`` picks per domain."""
         self._directory_for = directory_for
 
@@ -158,7 +164,7 @@ class PolicyReporter:
         )
 
 
-async def _read(directory: LdapDirectory) -> LockoutPolicy:
+async def _read(directory: PolicySource) -> LockoutPolicy:
     try:
         async with asyncio.timeout(READ_TIMEOUT):
             return await directory.lockout_policy()

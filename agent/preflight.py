@@ -24,7 +24,7 @@ import ldap3
 import structlog
 from ldap3.utils.conv import escape_filter_chars
 
-from agent.directory import COMMUNICATION_ERRORS
+from agent.ldap_threads import COMMUNICATION_ERRORS
 from pta.errors import DirectoryUnavailable
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ def check(directory: LdapDirectory) -> None:
     config = directory.config
     where = config.urls[0] if len(config.urls) == 1 else " / ".join(config.urls)
     try:
-        conn = directory.open_connection(
+        conn = directory.threads.open_connection(
             config.bind_dn or None, config.bind_password or None, simple=bool(config.bind_dn)
         )
     except COMMUNICATION_ERRORS as error:

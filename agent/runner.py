@@ -16,18 +16,18 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 import structlog
 
-from agent import renewal
+from agent import lockout, renewal
 from agent.identity import AgentIdentity
 from agent.link import Link
 from agent.lockout import PolicyReporter
 from agent.validation import ReplayGuard, Validator
+from pta.v1 import agent_pb2
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Sequence
     from pathlib import Path
 
     from agent.directory import LdapDirectory
-    from pta.v1 import agent_pb2
 
 log = structlog.get_logger()
 _T = TypeVar("_T")
@@ -80,8 +80,18 @@ class Agent:
             validator,
             domains=self._domains,
             max_in_flight=self._max_in_flight,
-            reporter=self._reporter,
+            while_up=self._report_directories,
             directories=self._directories,
+        )
+
+    async def _report_directories(
+        self, domains: tuple[str, ...], send: Callable[[agent_pb2.AgentMessage], None]
+    ) -> None:
+        """While a stream is up: its directories' lockout thresholds, now and when they change."""
+        await lockout.keep_reporting(
+            self._reporter,
+            domains,
+            lambda report: send(agent_pb2.AgentMessage(directory_report=report)),
         )
 
     async def run(self) -> None:

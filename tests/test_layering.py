@@ -51,10 +51,11 @@ class TestLayering:
     def test_only_directory_module_imports_ldap3(self) -> None:
         """LDAP is spoken in the agent's directory modules only (tooling is not pta).
 
-        ``agent/directory.py`` (ldap3's connections), ``agent/ldappool.py`` and
-        ``agent/ldapconn.py`` (the sign-in's searches and binds on the event loop, decoded by
-        ldap3), ``agent/preflight.py`` (the configuration checked against the directory at
-        start).
+        ``agent/ldappool.py``, ``agent/ldapconn.py`` and ``agent/ldapwire.py`` (the sign-in's
+        searches and binds on the event loop, encoded by hand and SASLprepped, decoded by
+        ldap3), ``agent/ldap_threads.py`` (ldap3 on worker threads) with its two users
+        ``agent/password_change.py`` and ``agent/lockout_policy.py``, ``agent/preflight.py``
+        (the configuration checked against the directory at start).
         """
         users = {
             str(path.relative_to(ROOT))
@@ -63,9 +64,12 @@ class TestLayering:
             if "ldap3" in _imports(path)
         }
         assert users <= {
-            "agent/directory.py",
             "agent/ldappool.py",
             "agent/ldapconn.py",
+            "agent/ldapwire.py",
+            "agent/ldap_threads.py",
+            "agent/password_change.py",
+            "agent/lockout_policy.py",
             "agent/preflight.py",
         }
 
@@ -115,3 +119,71 @@ class TestLayering:
                     implementation.add(name)
         assert sql == set()
         assert implementation == {"broker/store/__init__.py"}
+
+    def test_no_import_cycle(self) -> None:
+        """No module of the programs imports, however indirectly, a module that imports it.
+
+        Imports under ``TYPE_CHECKING`` count too: a cycle of types is still two modules that
+        cannot be read apart. A package's own ``__init__`` is not an edge from its modules.
+        """
+        graph = _module_graph()
+        assert _cycles(graph) == []
+        assert "broker.api.signin" in graph  # the check reads real modules
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Module -> the modules of ours it imports (``from x import name`` may name a module)."""
+    modules: dict[str, Path] = {}
+    for package in ("pta", "broker", "agent", "client"):
+        for path in (ROOT / package).rglob("*.py"):
+            if "v1" in path.relative_to(ROOT).parts:
+                continue
+            name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+            modules[name] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module in modules and node.level == 0:
+                for alias in node.names:
+                    sub = f"{node.module}.{alias.name}"
+                    deps.add(sub if sub in modules else node.module)
+            elif isinstance(node, ast.Import):
+                deps.update(alias.name for alias in node.names if alias.name in modules)
+        graph[name] = {d for d in deps if d != name and not name.startswith(f"{d}.")}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:  # noqa: C901 - Tarjan, whole
+    """Every strongly connected group of more than one module (Tarjan), sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for dep in graph.get(node, ()):
+            if dep not in index:
+                visit(dep)
+                low[node] = min(low[node], low[dep])
+            elif dep in on_stack:
+                low[node] = min(low[node], index[dep])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return sorted(found)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from structlog.testing import capture_logs
 
-from agent import directory as directory_module
+from agent import password_change
 from agent.config import DirectoryConfig
 from agent.directory import Check, LdapDirectory
 from pta.errors import DirectoryUnavailable
@@ -247,13 +247,13 @@ class TestChangeVerdict:
     )
     def test_outcome(self, result: dict[str, Any], outcome: int) -> None:
         """Only a busy or silent server is worth trying again; a refusal is said as one."""
-        assert directory_module._change_verdict(result).outcome == outcome
+        assert password_change.change_verdict(result).outcome == outcome
 
     def test_refusal_is_a_warning_with_the_directorys_words(self) -> None:
         """The operator learns the result code and the diagnostic; the user, the result's name."""
         result = {"result": 53, "description": "unwillingToPerform", "message": "no, not you"}
         with capture_logs() as logs:
-            verdict = directory_module._change_verdict(result)
+            verdict = password_change.change_verdict(result)
         assert verdict.message == "unwillingToPerform"
         assert logs == [
             {

@@ -21,7 +21,7 @@ from ldap3.utils.conv import escape_filter_chars
 from pyasn1.codec.ber import encoder
 
 from agent import ldapwire, ppolicy
-from agent.directory import sasl_prepped
+from agent.ldapwire import sasl_prepped
 
 OID = ppolicy.CONTROL_OID
 Controls = list[tuple[str, bool, str | bytes | None]]
