@@ -1,9 +1,10 @@
 #!/bin/sh
 # Installs what a fresh Debian machine lacks for the demo, the tests and the bench:
-# Debian's OpenLDAP server and tools, Samba (an AD domain controller for the AD tests), and
-# python3-venv. The demo, tests and bench start their
-# own private slapd on 127.0.0.1, never the system one: the package's own service is kept from
-# starting during the install (a temporary policy-rc.d), so nothing listens afterwards.
+# Debian's OpenLDAP server and tools, Samba (an AD domain controller for the AD tests),
+# PostgreSQL (the store several brokers share), and python3-venv. The demo, tests and bench
+# start their own private slapd and PostgreSQL on 127.0.0.1, never the system ones: the
+# packages' own services are kept from starting during the install (a temporary policy-rc.d),
+# and PostgreSQL makes no "main" cluster, so nothing listens afterwards, not even after a reboot.
 set -eu
 need=""
 [ -x /usr/sbin/slapd ] || need="$need slapd"
@@ -13,6 +14,8 @@ python3 -c 'import ensurepip, venv' 2>/dev/null || need="$need python3-venv"
 for pkg in samba samba-ad-provision samba-dsdb-modules samba-vfs-modules ldb-tools; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need="$need $pkg"
 done
+# initdb and postgres of any major version (tooling/postgres.py: find_bindir).
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need="$need postgresql"
 [ -n "$need" ] || exit 0
 
 SUDO=""
@@ -26,8 +29,24 @@ if [ ! -e "$policy" ]; then
     $SUDO chmod 755 "$policy"
     made_policy=yes
 fi
+# On its first install, postgresql-15's postinst runs pg_createcluster for a "main" cluster
+# on port 5432 (policy-rc.d only stops it starting now: it would start at the next boot)
+# unless createcluster.conf, which includes createcluster.d/*.conf, says create_main_cluster
+# is off. The drop-in lasts as long as this install.
+no_cluster=/etc/postgresql-common/createcluster.d/pta-no-main-cluster.conf
+made_no_cluster=no
+case "$need" in
+*postgresql*)
+    if [ ! -e "$no_cluster" ]; then
+        $SUDO mkdir -p "${no_cluster%/*}"
+        echo "create_main_cluster = false" | $SUDO tee "$no_cluster" >/dev/null
+        made_no_cluster=yes
+    fi
+    ;;
+esac
 cleanup() {
     if [ "$made_policy" = yes ]; then $SUDO rm -f "$policy"; fi
+    if [ "$made_no_cluster" = yes ]; then $SUDO rm -f "$no_cluster"; fi
 }
 trap cleanup EXIT
 echo "installing Debian packages:$need (once)..."

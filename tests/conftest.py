@@ -1,4 +1,4 @@
-"""Session fixtures made of real parts: slapd, a broker process, agent processes.
+"""Session fixtures made of real parts: slapd, PostgreSQL, a broker process, agent processes.
 
 Every secret any test sends is made or registered by ``tests/secrets_registry.py``, and
 everything the run writes lives under the run directory, so ``test_secrets.py`` (run last) can
@@ -17,6 +17,7 @@ from tests import require_all
 from tests.require_all import pytest_make_collect_report, pytest_runtest_makereport
 from tests.secrets_registry import secret
 from tests.support import ALICE_PASSWORD, AgentProcess, BrokerProcess
+from tooling.postgres import Postgres, postgres_missing_reason
 from tooling.slapd import DirectoryUser, Slapd
 
 if TYPE_CHECKING:
@@ -83,6 +84,18 @@ def slapd() -> Iterator[Slapd]:
         for uid, (pw, state, _) in STATE_USERS.items()
     ]
     with Slapd(users=users) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A private PostgreSQL cluster with an empty ``pta`` database, started on first use.
+
+    Skips where PostgreSQL is missing (a failure under ``PTA_REQUIRE_ALL_SUITES=1``).
+    """
+    if reason := postgres_missing_reason():
+        pytest.skip(reason)
+    with Postgres() as server:
         yield server
 
 

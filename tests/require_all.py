@@ -2,10 +2,12 @@
 
 The Active Directory suites (a real Samba DC) and the only tests proving that the agent refuses
 a directory with an unknown CA or the wrong host name skip where Samba cannot run: not
-installed, or not root. That is right on a newcomer's laptop and wrong in CI, where a green run
-must mean they ran: ``.ci/run`` sets the variable. Every kind of skip is caught: a ``skip`` or
-``skipif`` mark, ``pytest.skip()`` in a test or a fixture (reported at setup), and a module
-skipped while it is collected. An expected failure (``xfail``) is not a skip and stays one.
+installed, or not root; the PostgreSQL suites (``tests/test_postgres.py``, the ``postgres``
+fixture) skip where PostgreSQL is not installed. That is right on a newcomer's laptop and wrong
+in CI, where a green run must mean they ran: ``.ci/run`` sets the variable. Every kind of skip
+is caught: a ``skip`` or ``skipif`` mark, ``pytest.skip()`` in a test or a fixture (reported at
+setup), and a module skipped while it is collected. An expected failure (``xfail``) is not a
+skip and stays one.
 
 The hooks are imported into ``tests/conftest.py``; the variable is read once, at configuration,
 because ``conftest._no_pta_environment`` hides every ``PTA_*`` variable while a test runs.

@@ -12,6 +12,7 @@ import concurrent.futures
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -461,3 +462,19 @@ def signin_cli(
         timeout=30,
         check=False,
     )
+
+
+def listeners() -> Iterator[tuple[str, str, int]]:
+    """Yield (``tcp`` or ``tcp6``, address, port) of each listening TCP socket on the machine.
+
+    Read from ``/proc/net``: what the kernel has bound, whatever the server says it did.  IPv6
+    addresses are reported as ``ipv6``: a test only needs to see that there is one.
+    """
+    for family in ("tcp", "tcp6"):
+        for line in (Path("/proc/net") / family).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            if state == "0A":  # TCP_LISTEN
+                address, port = local.split(":")
+                raw = bytes.fromhex(address)
+                shown = socket.inet_ntoa(raw[::-1]) if len(raw) == 4 else "ipv6"  # little-endian
+                yield family, shown, int(port, 16)

@@ -18,6 +18,7 @@ import ldap3
 import pytest
 
 from tests.secrets_registry import secret
+from tests.support import listeners
 from tooling.daemon import group_members
 from tooling.samba import (
     AD_PACKAGES,
@@ -174,12 +175,7 @@ class TestTransport:
         """Every LDAP listener (389, 636, 3268, 3269) is on 127.0.0.1; none on IPv6."""
         del dc
         ports = {389, 636, 3268, 3269}
-        found = {
-            (family, address, port)
-            for family in ("tcp", "tcp6")
-            for address, port in _listeners(Path("/proc/net") / family)
-            if port in ports
-        }
+        found = {listener for listener in listeners() if listener[2] in ports}
         assert found == {("tcp", "127.0.0.1", port) for port in ports}
 
     def test_start_tls_on_the_plain_port(self, dc: SambaDC) -> None:
@@ -316,16 +312,3 @@ class TestInstall:
             assert "apt-get install" in REASON
         else:
             assert find_samba() == Path("/usr/sbin/samba")
-
-
-def _listeners(table: Path) -> Iterator[tuple[str, int]]:
-    """Yield (address, port) of each listening socket in a /proc/net/tcp{,6} table."""
-    for line in table.read_text().splitlines()[1:]:
-        local, state = line.split()[1], line.split()[3]
-        if state == "0A":  # TCP_LISTEN
-            address, port = local.split(":")
-            raw = bytes.fromhex(address)
-            if len(raw) == 4:  # IPv4, little-endian
-                yield socket.inet_ntoa(raw[::-1]), int(port, 16)
-            else:
-                yield "ipv6", int(port, 16)

@@ -1,9 +1,11 @@
 """A server process for tests and the demo: started in its own group, awaited, stopped whole.
 
-slapd and Samba are run the same way: output to a file (never a pipe nobody drains), their own
-process group (the terminal's Ctrl-C is ours to handle, and a stop takes every forked worker),
-"ready" meaning the server answered a real request, and a failure that ends with the tail of
-the server's own output.
+slapd, Samba and PostgreSQL are run the same way: output to a file (never a pipe nobody drains),
+their own process group (the terminal's Ctrl-C is ours to handle, and a stop takes every forked
+worker), "ready" meaning the server answered a real request, and a failure that ends with the
+tail of the server's own output.  PostgreSQL's workers leave the group (each calls ``setsid``
+so that the postmaster can signal it with its own children): the leader's children are
+signalled and awaited with the group.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import pwd
 import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 import structlog
 
@@ -26,6 +29,14 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 _PR_SET_PDEATHSIG = 1
+
+
+class Credentials(TypedDict):
+    """``subprocess`` arguments that run a child as another user (see :func:`as_user`)."""
+
+    user: int | None
+    group: int | None
+    extra_groups: list[int] | None
 
 
 class DaemonExited(RuntimeError):
@@ -40,7 +51,7 @@ def tail(text: str, limit: int = 2000) -> str:
 class Daemon:
     """One server process; :meth:`start` returns once ``ready()`` is true, :meth:`stop` ends it."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - keyword-only knobs, each with a default
         self,
         name: str,
         argv: Sequence[str | Path],
@@ -48,6 +59,8 @@ class Daemon:
         *,
         hold_stdin: bool = False,
         die_with_parent: bool = False,
+        user: str | None = None,
+        stop_signal: signal.Signals = signal.SIGTERM,
     ) -> None:
         """Describe the process; nothing runs until :meth:`start`.
 
@@ -59,12 +72,17 @@ class Daemon:
                 (``samba -i``) then stops when this process dies, however it dies.
             die_with_parent: Have the kernel SIGTERM it when this process dies, even by
                 SIGKILL (Linux; armed only from the main thread, see :func:`_die_with_parent`).
+            user: Run it as this system user (PostgreSQL refuses root); see :func:`as_user`.
+            stop_signal: What :meth:`stop` sends first.  PostgreSQL's postmaster wants SIGINT
+                ("fast" shutdown: it ends its sessions); its SIGTERM waits for clients to leave.
         """
         self.name = name
         self._argv = list(argv)
         self.output = output
         self._hold_stdin = hold_stdin
         self._die_with_parent = die_with_parent
+        self._user = user
+        self._stop_signal = stop_signal
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -87,6 +105,7 @@ class Daemon:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 preexec_fn=_die_with_parent() if self._die_with_parent else None,  # noqa: PLW1509
+                **as_user(self._user),
             )
         deadline = time.monotonic() + timeout
         while not ready():
@@ -100,26 +119,47 @@ class Daemon:
                 raise RuntimeError(msg)
             time.sleep(poll)
 
-    def stop(self, *, timeout: float) -> None:
-        """SIGTERM the whole group, SIGKILL what lingers, wait until no member is left.
+    def send(self, signum: signal.Signals) -> None:
+        """Signal the group, then the leader's children that left it (see the module's doc).
 
-        Idempotent. A prefork server's workers may outlive their parent a moment: the group is
-        watched in ``/proc`` until it is empty.
+        The leader first: once it is stopped (SIGSTOP) it forks no child behind our back.
+
+        Raises:
+            RuntimeError: Not running.
+        """
+        if self._proc is None:
+            msg = f"{self.name} is not running"
+            raise RuntimeError(msg)
+        _signal([self._proc.pid], signum, group=True)
+        _signal(_left_group(self._proc.pid), signum)
+
+    def stop(self, *, timeout: float) -> None:
+        """Send the stop signal, SIGKILL what lingers, wait until no process of it is left.
+
+        Idempotent. A prefork server's workers may outlive their parent a moment: the group,
+        and the leader's children that left it, are watched in ``/proc`` until none is left.
+        Those children get no stop signal: their leader ends them (a postmaster does, in
+        order); they are SIGKILLed with it only if they linger.  A frozen (SIGSTOP) server is
+        thawed after the signal, so that it acts on it.
         """
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)  # pid is its own group's id
+        strays = _left_group(proc.pid)
+        _signal([proc.pid], self._stop_signal, group=True)  # pid is its own group's id
+        _signal(strays, signal.SIGCONT)
+        _signal([proc.pid], signal.SIGCONT, group=True)
         if proc.stdin is not None:
             proc.stdin.close()
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=timeout)
         deadline = time.monotonic() + timeout
-        while (members := group_members(proc.pid)) and time.monotonic() < deadline + timeout:
+        while (members := group_members(proc.pid) + _alive(strays)) and (
+            time.monotonic() < deadline + timeout
+        ):
             if time.monotonic() > deadline:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
+                _signal([proc.pid], signal.SIGKILL, group=True)
+                _signal(strays, signal.SIGKILL)
             time.sleep(0.01)
         if members:
             log.warning("daemon.unkillable", name=self.name, pids=members)
@@ -131,15 +171,58 @@ class Daemon:
         return "(no output)"
 
 
+def as_user(name: str | None) -> Credentials:
+    """Arguments for ``subprocess`` that run a child as ``name`` (None: as ourselves).
+
+    The child gets the user's primary group and *no* supplementary groups: without
+    ``extra_groups=[]`` it would keep root's. ``subprocess`` switches before ``preexec_fn`` runs,
+    so a parent-death signal armed there survives (the kernel clears it on a credential change).
+
+    Raises:
+        KeyError: No such user.
+    """
+    if name is None:
+        return {"user": None, "group": None, "extra_groups": None}
+    entry = pwd.getpwnam(name)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+
 def group_members(pgid: int) -> list[int]:
     """Pids of live (not zombie) processes in a process group, read from ``/proc``."""
-    members = []
+    return [pid for pid, _, group in _live_processes() if group == pgid]
+
+
+def children(parent: int) -> list[int]:
+    """Pids of a process's live (not zombie) children, read from ``/proc``."""
+    return [pid for pid, ppid, _ in _live_processes() if ppid == parent]
+
+
+def _left_group(leader: int) -> list[int]:
+    """Pids of a group leader's live children that have left its group (PostgreSQL's)."""
+    return [pid for pid, ppid, group in _live_processes() if ppid == leader and group != leader]
+
+
+def _alive(pids: list[int]) -> list[int]:
+    live = {pid for pid, _, _ in _live_processes()}
+    return [pid for pid in pids if pid in live]
+
+
+def _live_processes() -> list[tuple[int, int, int]]:
+    """(pid, parent pid, process group) of every process that is not a zombie."""
+    found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, ValueError, IndexError):
             fields = stat.read_text().rpartition(")")[2].split()
-            if fields[0] != "Z" and int(fields[2]) == pgid:
-                members.append(int(stat.parent.name))
-    return members
+            if fields[0] != "Z":
+                found.append((int(stat.parent.name), int(fields[1]), int(fields[2])))
+    return found
+
+
+def _signal(pids: list[int], signum: signal.Signals, *, group: bool = False) -> None:
+    """Send a signal to each process (or each process group), ignoring those already gone."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            (os.killpg if group else os.kill)(pid, signum)
 
 
 def _die_with_parent() -> Callable[[], None] | None:
