@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from typing import TYPE_CHECKING
+
+from pta.expiring import ExpiringMap
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -31,38 +32,24 @@ class DnCache:
     ) -> None:
         """Create an empty cache holding at most ``size`` names for ``ttl`` seconds each."""
         self._ttl = ttl
-        self._size = size
         self._clock = clock
-        self._entries: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        self._entries: ExpiringMap[str, str] = ExpiringMap(max(size, 0), clock=clock)
         self._lock = threading.Lock()
 
     def get(self, login: str) -> str | None:
         """Return the DN remembered for ``login``, if still fresh."""
         with self._lock:
-            entry = self._entries.get(login)
-            if entry is None:
-                return None
-            expires, dn = entry
-            if expires <= self._clock():
-                del self._entries[login]
-                return None
-            self._entries.move_to_end(login)
-            return dn
+            return self._entries.get(login, touch=True)
 
     def put(self, login: str, dn: str) -> None:
         """Remember ``dn`` for ``login``, forgetting the least recently used beyond the bound."""
-        if self._size <= 0:
-            return
         with self._lock:
-            self._entries[login] = (self._clock() + self._ttl, dn)
-            self._entries.move_to_end(login)
-            while len(self._entries) > self._size:
-                self._entries.popitem(last=False)
+            self._entries.put(login, dn, expires=self._clock() + self._ttl)
 
     def forget(self, login: str) -> None:
         """Drop ``login`` (its DN may be stale)."""
         with self._lock:
-            self._entries.pop(login, None)
+            self._entries.pop(login)
 
     def __len__(self) -> int:
         """How many names are remembered (some may have expired)."""

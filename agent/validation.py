@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING
 import structlog
 from google.protobuf.message import DecodeError
 
-from agent.directory import Check
+from agent.verdicts import Check
 from pta import sealing
 from pta.errors import DirectoryUnavailable, EnvelopeRejected, PtaError
+from pta.expiring import ExpiringMap
 from pta.names import parse_upn
 from pta.v1 import agent_pb2, outcome_pb2
 
@@ -43,23 +44,29 @@ class ReplayGuard:
 
     def __init__(self) -> None:
         """Start with no id seen."""
-        #: request id -> deadline (Unix ms).
-        self._seen: dict[str, int] = {}
+        #: The latest time a request was checked against (Unix ms): ids are kept until their
+        #: deadline and the clock skew have passed by it.
+        self._now_ms = 0
+        self._seen: ExpiringMap[str, None] = ExpiringMap(None, clock=lambda: self._now_ms)
 
     def __contains__(self, request_id: object) -> bool:
-        """Whether ``request_id`` was acted on before."""
+        """Whether ``request_id`` was acted on before (and could still be replayed)."""
         return request_id in self._seen
 
     def forget(self, request_id: str) -> None:
         """Let an id be acted on again: only for one opened but never acknowledged nor tried."""
-        self._seen.pop(request_id, None)
+        self._seen.pop(request_id)
 
     def remember(self, request_id: str, deadline_ms: int, now_ms: int) -> None:
-        """Record an id; forget, now and then, the ids whose deadline is long past."""
-        self._seen[request_id] = deadline_ms
+        """Record an id until no clock could take its request as unexpired; purge now and then.
+
+        A request is refused as expired once its deadline plus :data:`CLOCK_SKEW_MS` is
+        behind; until then (that instant included) its id is held.
+        """
+        self._now_ms = now_ms
+        self._seen.put(request_id, None, expires=deadline_ms + CLOCK_SKEW_MS + 1)
         if len(self._seen) % 1024 == 0:
-            horizon = now_ms - CLOCK_SKEW_MS
-            self._seen = {rid: d for rid, d in self._seen.items() if d >= horizon}
+            self._seen.purge()
 
 
 @dataclass(slots=True)

@@ -26,6 +26,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA1
 from cryptography.hazmat.primitives.twofactor.totp import TOTP
 
+from pta.expiring import ExpiringMap
+
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
@@ -191,9 +193,9 @@ class Challenges:
         """Start with none open."""
         self.ttl = ttl
         self._attempts = attempts
-        self._limit = limit
         self._clock = clock
-        self._open: dict[str, Challenge] = {}
+        #: Oldest first; when full, the expired and then the oldest make room.
+        self._open: ExpiringMap[str, Challenge] = ExpiringMap(limit, clock=clock)
 
     def __len__(self) -> int:
         """How many challenges are open."""
@@ -211,12 +213,8 @@ class Challenges:
     ) -> str:
         """Open a challenge and return its id (a bearer secret: never log it)."""
         now = self._clock()
-        if len(self._open) >= self._limit:
-            self._open = {k: c for k, c in self._open.items() if c.expires > now}
-            while len(self._open) >= self._limit:  # Still full: the oldest go first.
-                del self._open[next(iter(self._open))]
         challenge_id = secrets.token_urlsafe(CHALLENGE_ID_BYTES)
-        self._open[challenge_id] = Challenge(
+        challenge = Challenge(
             tenant=tenant,
             user=user,
             subject=subject,
@@ -226,18 +224,17 @@ class Challenges:
             expires=now + self.ttl,
             attempts_left=self._attempts,
         )
+        self._open.put(challenge_id, challenge, expires=challenge.expires)
         return challenge_id
 
     def get(self, challenge_id: str) -> Challenge | None:
         """The open challenge with this id; None when unknown, expired or used up."""
         challenge = self._open.get(challenge_id)
-        if challenge is None:
-            return None
-        if challenge.expires <= self._clock() or challenge.attempts_left <= 0:
-            del self._open[challenge_id]
+        if challenge is not None and challenge.attempts_left <= 0:
+            self._open.pop(challenge_id)
             return None
         return challenge
 
     def close(self, challenge_id: str) -> None:
         """Close a challenge (answered, or used up)."""
-        self._open.pop(challenge_id, None)
+        self._open.pop(challenge_id)

@@ -24,8 +24,9 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections import OrderedDict
 from typing import TYPE_CHECKING
+
+from pta.expiring import ExpiringMap
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -63,12 +64,14 @@ class RecentFailures:
         """Start empty, with a fresh key."""
         self._ttl = ttl
         self._per_user = per_user
-        self._max_users = max_users
         self._clock = clock
         self._keys: list[bytes] = [secrets.token_bytes(32)]
         self._rotated = clock()
-        #: user key -> [(digest, expires, the directory knew the name)], newest last.
-        self._entries: OrderedDict[str, list[tuple[bytes, float, bool]]] = OrderedDict()
+        #: user key -> [(digest, expires, the directory knew the name)], newest last; a user's
+        #: entry lives as long as their newest failure, the least recently failing go first.
+        self._entries: ExpiringMap[str, list[tuple[bytes, float, bool]]] = ExpiringMap(
+            max_users, clock=clock
+        )
 
     def __len__(self) -> int:
         """How many users have a remembered failure."""
@@ -98,9 +101,9 @@ class RecentFailures:
         digests = [current, *(self._digest(key, user, password) for key in self._keys[1:])]
         live = [entry for entry in entries if entry[1] > now]
         if live:
-            self._entries[user] = live
+            self._entries.replace(user, live)
         else:
-            del self._entries[user]
+            self._entries.pop(user)
         for digest, _, known in live:
             if any(hmac.compare_digest(digest, c) for c in digests):
                 return (Repeat.REFUSED if known else Repeat.UNKNOWN_NAME), digests[0]
@@ -113,18 +116,17 @@ class RecentFailures:
         """
         now = self._clock()
         # The same password refused again (now for a known account) replaces what was said.
-        entries = [e for e in self._entries.pop(user, []) if not hmac.compare_digest(e[0], digest)]
+        held = self._entries.pop(user) or []
+        entries = [e for e in held if not hmac.compare_digest(e[0], digest)]
         entries.append((digest, now + self._ttl, known))
-        self._entries[user] = entries[-self._per_user :]
-        while len(self._entries) > self._max_users:
-            self._entries.popitem(last=False)
+        self._entries.put(user, entries[-self._per_user :], expires=now + self._ttl)
 
     def forget_tenant(self, tenant: str) -> None:
         """Forget every refused password of a tenant's users (its directories changed)."""
         prefix = f"{tenant}\0"
         for user in [u for u in self._entries if u.startswith(prefix)]:
-            del self._entries[user]
+            self._entries.pop(user)
 
     def forget(self, user: str) -> None:
         """Forget a user's refused passwords (after a success, or an administrator's unlock)."""
-        self._entries.pop(user, None)
+        self._entries.pop(user)
