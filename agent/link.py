@@ -283,27 +283,22 @@ class Link:
         checked only once the write carrying its acknowledgement has returned.
         """
         while True:
-            try:
-                async with asyncio.timeout(heartbeat):
-                    first = await outbox.get()
-            except TimeoutError:
+            # More results on their way (batches being checked): let them join this message.
+            batch = await rpc.next_batch(outbox, heartbeat, lambda: self._checking > 0)
+            if batch is None:
                 beat = agent_pb2.Heartbeat(sent_unix_ms=int(time.time() * 1000))
                 await call.write(agent_pb2.AgentMessage(heartbeat=beat))
                 continue
-            if self._checking:  # More results are on their way: let them join this message.
-                await asyncio.sleep(rpc.COALESCE_SECONDS)
             results: list[agent_pb2.ValidationResult] = []
             acks: list[_Ack] = []
             controls: list[_Control] = []
-            item: Outgoing | None = first
-            while item is not None:
+            for item in batch:
                 if isinstance(item, _Ack):
                     acks.append(item)
                 elif isinstance(item, _Control):
                     controls.append(item)
                 else:
                     results.extend(item)
-                item = None if outbox.empty() else outbox.get_nowait()
             for control in controls:
                 await call.write(control.message)
             acked = [request_id for ack in acks for request_id in ack.request_ids]
