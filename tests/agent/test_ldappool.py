@@ -21,38 +21,18 @@ from agent import ldapwire, ppolicy
 from agent.directory import PPOLICY_CONTROL
 from agent.ldappool import BindPool, SearchPool, tls_context
 from pta.errors import DirectoryUnavailable
+from tests.agent.scripted_ldap import Scripted, notice, result, search_done, success
 from tests.secrets_registry import secret
 from tooling.samba import AdUser, SambaDC, samba_missing_reason
 from tooling.samba_host import write_tls
 from tooling.slapd import DirectoryUser, Slapd, free_port
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator
+    from collections.abc import Iterator
     from pathlib import Path
 
 POOL_USERS = {"alice": secret("Alice-pool-1!"), "bob": secret("Bob-pool-2!")}
 AD_PASSWORD = secret("Ad-pool-pw-3!z")
-
-
-def _notice() -> bytes:
-    oid = b"1.3.6.1.4.1.1466.20036"
-    body = b"\x0a\x01\x34" + b"\x04\x00" + b"\x04\x00" + b"\x8a" + bytes((len(oid),)) + oid
-    response = b"\x78" + bytes((len(body),)) + body
-    message = b"\x02\x01\x00" + response
-    return b"\x30" + bytes((len(message),)) + message
-
-
-def _success(message_id: int) -> bytes:
-    response = b"\x61\x07\x0a\x01\x00\x04\x00\x04\x00"
-    message = b"\x02\x01" + bytes((message_id,)) + response
-    return b"\x30" + bytes((len(message),)) + message
-
-
-def _result(message_id: int, op: int, code: int) -> bytes:
-    """An LDAPResult of protocolOp ``op`` (0x61 bind, 0x78 extended) with ``code``."""
-    response = bytes((op,)) + b"\x07\x0a\x01" + bytes((code,)) + b"\x04\x00\x04\x00"
-    message = b"\x02\x01" + bytes((message_id,)) + response
-    return b"\x30" + bytes((len(message),)) + message
 
 
 SETTINGS: dict[str, Any] = {
@@ -72,7 +52,7 @@ def _searches(urls: tuple[str, ...], service: tuple[str, bytes] | None = None) -
     return SearchPool(urls, service=service, **SETTINGS)
 
 
-def _ldap3_result(url: str, dn: str, password: str) -> dict[str, Any]:
+def _ldap3result(url: str, dn: str, password: str) -> dict[str, Any]:
     conn = ldap3.Connection(
         ldap3.Server(url, get_info=ldap3.NONE), dn, password, raise_exceptions=False
     )
@@ -103,7 +83,7 @@ class TestAgainstSlapd:
             ours = await pool.bind(dn, password.encode(), (PPOLICY_CONTROL,))
         finally:
             pool.close()
-        theirs = _ldap3_result(own_slapd.url, dn, password)
+        theirs = _ldap3result(own_slapd.url, dn, password)
         for key in ("result", "description", "message", "dn", "controls"):
             assert ours.get(key) == theirs.get(key), key
 
@@ -211,47 +191,6 @@ class TestSearch:
             wrong.close()
 
 
-class _Scripted:
-    """A TCP server on 127.0.0.1 that answers each bind request as a test says."""
-
-    def __init__(self, answer: Callable[[int, asyncio.StreamWriter], Awaitable[None]]) -> None:
-        self.answer = answer
-        self.requests = 0
-        self.connections = 0
-        self.server: asyncio.Server | None = None
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        buffer = b""
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-            while True:
-                size = ldapwire.message_size(buffer)
-                if size < 0 or len(buffer) < size:
-                    chunk = await reader.read(4096)
-                    if not chunk:
-                        return
-                    buffer += chunk
-                    continue
-                message, buffer = buffer[:size], buffer[size:]
-                self.requests += 1
-                await self.answer(message[4], writer)  # One-byte ids in these tests.
-
-    async def __aenter__(self) -> str:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        port = self.server.sockets[0].getsockname()[1]
-        return f"ldap://127.0.0.1:{port}"
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        assert self.server is not None
-        self.server.close()
-
-
-def _search_done(message_id: int) -> bytes:
-    response = b"\x65\x07\x0a\x01\x00\x04\x00\x04\x00"
-    message = b"\x02\x01" + bytes((message_id,)) + response
-    return b"\x30" + bytes((len(message),)) + message
-
-
 class TestConnectionEdges:
     """Every password is sent at most once, whatever the connection does."""
 
@@ -265,9 +204,9 @@ class TestConnectionEdges:
             if requests[id(writer)] == 2:
                 writer.close()
             else:
-                writer.write(_search_done(message_id) if kind == "search" else _success(message_id))
+                writer.write(search_done(message_id) if kind == "search" else success(message_id))
 
-        scripted = _Scripted(answer)
+        scripted = Scripted(answer)
         async with scripted as url:
             if kind == "search":
                 searches = _searches((url,))
@@ -287,9 +226,9 @@ class TestConnectionEdges:
         """Part of a message arriving between requests: the connection is not used again."""
 
         async def answer(message_id: int, writer: asyncio.StreamWriter) -> None:
-            writer.write(_success(message_id) + b"\x30\x0c\x02")
+            writer.write(success(message_id) + b"\x30\x0c\x02")
 
-        scripted = _Scripted(answer)
+        scripted = Scripted(answer)
         async with scripted as url:
             pool = _pool((url,))
             assert (await pool.bind("cn=a", b"pw", ()))["result"] == 0
@@ -302,12 +241,12 @@ class TestConnectionEdges:
         """A notice of disconnection between binds: the next bind opens a fresh connection."""
 
         async def answer(message_id: int, writer: asyncio.StreamWriter) -> None:
-            writer.write(_success(message_id))
+            writer.write(success(message_id))
             await asyncio.sleep(0.05)
-            writer.write(_notice())
+            writer.write(notice())
             writer.close()
 
-        scripted = _Scripted(answer)
+        scripted = Scripted(answer)
         async with scripted as url:
             pool = _pool((url,))
             assert (await pool.bind("cn=a", b"pw", ()))["result"] == 0
@@ -320,9 +259,9 @@ class TestConnectionEdges:
         """An answer and a notice in one segment: the answer stands, the connection goes."""
 
         async def answer(message_id: int, writer: asyncio.StreamWriter) -> None:
-            writer.write(_success(message_id) + _notice())
+            writer.write(success(message_id) + notice())
 
-        scripted = _Scripted(answer)
+        scripted = Scripted(answer)
         async with scripted as url:
             pool = _pool((url,))
             assert (await pool.bind("cn=a", b"pw", ()))["result"] == 0
@@ -334,10 +273,10 @@ class TestConnectionEdges:
         """The connection closes with the bind on the wire: unavailable, never sent again."""
 
         async def answer(_message_id: int, writer: asyncio.StreamWriter) -> None:
-            writer.write(_notice())
+            writer.write(notice())
             writer.close()
 
-        scripted = _Scripted(answer)
+        scripted = Scripted(answer)
         async with scripted as url:
             pool = _pool((url,))
             with pytest.raises(DirectoryUnavailable, match="closed"):
@@ -351,7 +290,7 @@ class TestConnectionEdges:
         async def answer(_message_id: int, _writer: asyncio.StreamWriter) -> None:
             return
 
-        scripted = _Scripted(answer)
+        scripted = Scripted(answer)
         async with scripted as url:
             pool = _pool((url,), receive_timeout=0.3)
             with pytest.raises(DirectoryUnavailable, match="in time"):
@@ -366,7 +305,7 @@ class TestConnectionEdges:
         async def answer(_message_id: int, _writer: asyncio.StreamWriter) -> None:
             return
 
-        scripted = _Scripted(answer)
+        scripted = Scripted(answer)
         async with scripted as url:
             pool = _pool((url,))
             task = asyncio.create_task(pool.bind("cn=a", b"pw", ()))
@@ -383,7 +322,7 @@ class TestConnectionEdges:
         async def answer(_message_id: int, writer: asyncio.StreamWriter) -> None:
             writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
 
-        scripted = _Scripted(answer)
+        scripted = Scripted(answer)
         async with scripted as url:
             pool = _pool((url,))
             with pytest.raises(DirectoryUnavailable):
@@ -397,7 +336,7 @@ class TestConnectionEdges:
         async def answer(_message_id: int, writer: asyncio.StreamWriter) -> None:
             writer.write(b"\x30\x84\x7f\xff\xff\xff")
 
-        scripted = _Scripted(answer)
+        scripted = Scripted(answer)
         async with scripted as url:
             pool = _pool((url,))
             with pytest.raises(DirectoryUnavailable):
@@ -421,10 +360,10 @@ class TestConnectionEdges:
         async def answer(message_id: int, writer: asyncio.StreamWriter) -> None:
             for number in range(3):
                 writer.write(entry(message_id, number))
-            writer.write(_result(message_id, 0x65, 0))
+            writer.write(result(message_id, 0x65, 0))
             await writer.drain()
 
-        scripted = _Scripted(answer)
+        scripted = Scripted(answer)
         async with scripted as url:
             pool = _searches((url,))
             with pytest.raises(DirectoryUnavailable):
@@ -513,7 +452,7 @@ class TestStartTlsInjection:
     """Bytes sent in the clear after the StartTLS answer are no part of any answer over TLS."""
 
     @pytest.mark.parametrize(
-        "injected", [_FORGED_PREFIX, _success(2), b"\x30"], ids=["partial", "whole", "one-byte"]
+        "injected", [_FORGED_PREFIX, success(2), b"\x30"], ids=["partial", "whole", "one-byte"]
     )
     async def test_cleartext_before_handshake_refused(
         self, tmp_path: Path, injected: bytes
@@ -531,13 +470,13 @@ class TestStartTlsInjection:
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             with contextlib.suppress(ConnectionError, ssl.SSLError, OSError):
                 request = await reader.read(4096)  # StartTLS
-                writer.write(_result(request[4], 0x78, 0) + injected)
+                writer.write(result(request[4], 0x78, 0) + injected)
                 await writer.drain()
                 await writer.start_tls(server_tls)
                 bind = await reader.read(4096)
                 if bind:
                     binds.append(bind)
-                    writer.write(_result(bind[4], 0x61, 49))  # invalidCredentials
+                    writer.write(result(bind[4], 0x61, 49))  # invalidCredentials
                     await writer.drain()
                 await reader.read(4096)
 
@@ -565,7 +504,7 @@ class TestStartTlsInjection:
         async def answer(message_id: int, writer: asyncio.StreamWriter) -> None:
             writer.write(b"\x30\x05\x02\x01" + bytes((message_id,)) + b"\x78\x00")
 
-        scripted = _Scripted(answer)
+        scripted = Scripted(answer)
         async with scripted as url:
             pool = _pool((url,), start_tls=True)
             with pytest.raises(DirectoryUnavailable):
