@@ -1,0 +1,159 @@
+"""The store's promises (``broker/store/protocols.py``), held by every implementation.
+
+Each test opens the store several times, as separate processes do (the serving broker and the
+CLI today; several brokers on one shared store later), and races them where a protocol says
+"atomic". ``BACKENDS`` lists the implementations; one more backend adds itself there and must
+pass the same tests unchanged.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+
+from broker.policy.lockout import CLEAN, Counter
+from broker.store import open_store
+from broker.store.records import TOKEN_REFUSED
+from pta.errors import InvalidRequest, NotFound, Unauthenticated
+from pta.tokens import EnrolmentToken
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+
+    from broker.store.protocols import Store
+
+#: How each implementation is opened on a fresh location.
+BACKENDS: dict[str, Callable[[Path], Store]] = {"sqlite": open_store}
+RACERS = 8
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Store]]:
+    """Opens another handle on one fresh store (tenant ``acme`` owns example.com)."""
+    factory = BACKENDS[request.param]
+    handles: list[Store] = []
+
+    def open_handle() -> Store:
+        handle = factory(tmp_path)
+        handles.append(handle)
+        return handle
+
+    open_handle().add_tenant("acme", ["example.com"])
+    yield open_handle
+    for handle in handles:
+        handle.close()
+
+
+def race(opener: Callable[[], Store], work: Callable[[Store], object]) -> list[object]:
+    """Run ``work`` at once on RACERS handles of their own; each one's result or exception."""
+    handles = [opener() for _ in range(RACERS)]
+    start = threading.Barrier(RACERS)
+    results: list[object] = [None] * RACERS
+
+    def run(index: int) -> None:
+        start.wait()
+        try:
+            results[index] = work(handles[index])
+        except Exception as error:  # noqa: BLE001 - the race's outcome, inspected by the test
+            results[index] = error
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(RACERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not any(thread.is_alive() for thread in threads)
+    return results
+
+
+class TestEnrolmentTokens:
+    """A token works once, whichever process uses it."""
+
+    def test_used_once_under_a_race(self, opener: Callable[[], Store]) -> None:
+        """Racing consumers on separate handles: exactly one gets the tenant."""
+        token = opener().create_token("acme", 60, "ca")
+        results = race(opener, lambda store: store.consume_token(token))
+        assert results.count("acme") == 1
+        refused = [r for r in results if r != "acme"]
+        assert all(isinstance(r, Unauthenticated) for r in refused)
+        with pytest.raises(Unauthenticated):
+            opener().check_token(token)
+
+    def test_one_message_for_every_unusable_token(self, opener: Callable[[], Store]) -> None:
+        """Unknown, wrong secret, expired, deleted, used: the same refusal, nothing to learn."""
+        store = opener()
+        good = store.create_token("acme", 60, "ca")
+        expired = store.create_token("acme", 0.001, "ca")
+        deleted = store.create_token("acme", 60, "ca")
+        assert store.delete_token(deleted.token_id)
+        time.sleep(0.01)
+        unknown = EnrolmentToken("0" * len(good.token_id), good.secret, "ca")
+        wrong = EnrolmentToken(good.token_id, deleted.secret, "ca")
+        for token in (unknown, wrong, expired, deleted):
+            with pytest.raises(Unauthenticated) as refused:
+                store.check_token(token)
+            assert refused.value.message == TOKEN_REFUSED
+        assert store.consume_token(good) == "acme"
+        with pytest.raises(Unauthenticated, match=TOKEN_REFUSED):
+            store.consume_token(good)
+
+    def test_no_token_for_an_unknown_tenant(self, opener: Callable[[], Store]) -> None:
+        """A token names a tenant that exists."""
+        with pytest.raises(NotFound, match="globex"):
+            opener().create_token("globex", 60, "ca")
+
+
+class TestTotpSteps:
+    """A TOTP step is spent once: a code works once, wherever it is typed."""
+
+    def test_one_winner_per_step(self, opener: Callable[[], Store]) -> None:
+        """Racing handles spend step 100: one True; then no step up to 100 works again."""
+        opener().policy.enrol_mfa("acme", "alice", b"sealed", 0.0)
+        results = race(opener, lambda store: store.policy.use_mfa_step("acme", "alice", 100))
+        assert results.count(True) == 1
+        assert results.count(False) == RACERS - 1
+        store = opener()
+        assert not store.policy.use_mfa_step("acme", "alice", 99)
+        assert store.policy.use_mfa_step("acme", "alice", 101)
+
+
+class TestChangesAreSeen:
+    """What one process writes, another sees, and knows to reload."""
+
+    def test_changed_after_another_handle_writes(self, opener: Callable[[], Store]) -> None:
+        """``changed`` says so once after a write elsewhere, and the write is visible."""
+        broker, cli = opener(), opener()
+        broker.changed()
+        assert not broker.changed()
+        cli.add_tenant("globex", ["globex.example"])
+        assert broker.changed()
+        assert not broker.changed()
+        assert broker.tenant_for_domain("globex.example") == "globex"
+
+    def test_tenants_all_or_nothing(self, opener: Callable[[], Store]) -> None:
+        """A tenant whose domain is taken is not created at all."""
+        store = opener()
+        with pytest.raises(InvalidRequest):
+            store.add_tenant("globex", ["globex.example", "example.com"])
+        assert "globex" not in store.tenants()
+        assert store.tenant_for_domain("globex.example") is None
+
+
+class TestCounters:
+    """Lockout counters outlive the process that wrote them; clean ones are not kept."""
+
+    def test_round_trip_and_clear(self, opener: Callable[[], Store]) -> None:
+        """Saved through one handle, read through another; cleared by tenant or user."""
+        writer, reader = opener(), opener()
+        locked = Counter(failures=3, lockouts=1, locked_until=2e9, last_failure=1e9)
+        writer.policy.save_counter(("acme", "alice", "unfamiliar"), locked)
+        writer.policy.save_counter(("acme", "bob", "familiar"), Counter(failures=1))
+        assert reader.policy.counters()[("acme", "alice", "unfamiliar")] == locked
+        writer.policy.save_counter(("acme", "bob", "familiar"), CLEAN)
+        assert ("acme", "bob", "familiar") not in reader.policy.counters()
+        assert reader.policy.clear_counters("acme", "alice") == 1
+        assert writer.policy.counters() == {}
