@@ -10,9 +10,9 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
+from broker.cli.policy import known_tenant
 from broker.policy.banned_passwords import MAX_TERM, MIN_TERM, check_term
 from broker.policy.password_protection import MAX_TENANT_TERMS
-from pta.errors import NotFound
 
 if TYPE_CHECKING:
     import argparse
@@ -50,8 +50,7 @@ def run(args: argparse.Namespace, store: Store) -> int:
         InvalidRequest: When the list would be too long (nothing changes).
     """
     tenant = args.name
-    if tenant not in store.tenants():
-        raise NotFound(f"no tenant {tenant!r}")
+    known_tenant(store, tenant)
     if args.add or args.remove:
         add = [(term, check_term(term)) for term in args.add]
         remove = [check_term(term) for term in args.remove]

@@ -144,13 +144,14 @@ def _user(store: Store, tenant: str, text: str) -> list[str]:
     return AccountMap(store.policy).keys(tenant, typed_key(upn))
 
 
-def _known_tenant(store: Store, tenant: str) -> None:
+def known_tenant(store: Store, tenant: str) -> None:
+    """Raise :class:`NotFound` unless ``tenant`` exists (one sentence for every command)."""
     if tenant not in store.tenants():
         raise NotFound(f"no tenant {tenant!r}")
 
 
 def _set_policy(args: argparse.Namespace, store: Store) -> int:
-    _known_tenant(store, args.name)
+    known_tenant(store, args.name)
     changes: dict[str, Any] = {}
     if args.lockout_threshold is not None:
         changes["lockout_threshold"] = args.lockout_threshold
@@ -221,7 +222,7 @@ def _guards(store: Store, tenant: str, now: float) -> dict[str, dict[str, Any]]:
 
 def _show(args: argparse.Namespace, store: Store) -> int:
     tenant = args.name
-    _known_tenant(store, tenant)
+    known_tenant(store, tenant)
     policy = store.policy.tenant_policy(tenant)
     threshold = policy.lockout.threshold
     directories = [
@@ -280,7 +281,7 @@ def _show(args: argparse.Namespace, store: Store) -> int:
 
 
 def _lockout(args: argparse.Namespace, store: Store) -> int:
-    _known_tenant(store, args.tenant)
+    known_tenant(store, args.tenant)
     if args.action == "clear":
         if bool(args.user) == bool(args.all):
             sys.stderr.write("pta-broker: name one user, or --all\n")
@@ -324,7 +325,7 @@ def _lockout(args: argparse.Namespace, store: Store) -> int:
 
 
 def _mfa(args: argparse.Namespace, store: Store) -> int:
-    _known_tenant(store, args.tenant)
+    known_tenant(store, args.tenant)
     if args.action == "list":
         rows = [
             {"user": user, "enrolled_at": _iso(at)}

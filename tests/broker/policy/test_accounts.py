@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from broker.store.protocols import Store
+    from tests.broker.policy.helpers import FakeClock
 
 Outcome = outcome_pb2.Outcome
 Scope = agent_pb2.LoginScope
@@ -244,28 +245,9 @@ class TestAccountMap:
         assert accounts.keys(TENANT, "alice@mail.example") == ["alice@mail.example"]
 
 
-class FakeClock:
-    """Wall-clock time that moves only when told."""
-
-    def __init__(self) -> None:
-        """Start at the real now (tokens must verify)."""
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        """The fake time."""
-        return self.now
-
-
 @pytest.fixture
-def mfa_key() -> mfa.MfaKey:
-    """A fresh MFA key."""
-    return mfa.MfaKey.from_text(mfa.generate_key())
-
-
-@pytest.fixture
-def policy(store: Store, tmp_path: Path, mfa_key: mfa.MfaKey) -> SignInPolicy:
+def policy(store: Store, tmp_path: Path, mfa_key: mfa.MfaKey, clock: FakeClock) -> SignInPolicy:
     """The policy, with one agent having said example.com and example.org are one directory."""
-    clock = FakeClock()
     policy = SignInPolicy(
         store.policy,
         TokenSigner(tmp_path, issuer="t", audience="a", clock=clock),

@@ -7,7 +7,6 @@ while that cannot bring the directory's count to its lockout. Real store and pol
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import TYPE_CHECKING
 
 import pytest
@@ -16,16 +15,15 @@ from broker.dispatch.jobs import MAY_HAVE_TRIED
 from broker.policy.recent_failures import RecentFailures
 from broker.policy.signin_policy import Attempt, SignInPolicy, user_key
 from broker.policy.signing import TokenSigner
-from broker.store import open_store
 from broker.store.records import DirectoryPolicyRecord
 from pta.names import parse_upn
 from pta.v1 import outcome_pb2
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
     from broker.store.protocols import Store
+    from tests.broker.policy.helpers import FakeClock
 
 Outcome = outcome_pb2.Outcome
 TENANT = "acme"
@@ -34,31 +32,9 @@ ALICE = parse_upn("alice@example.com")
 ELSEWHERE = "203.0.113.7"
 
 
-class FakeClock:
-    """Wall-clock time that moves only when told."""
-
-    def __init__(self) -> None:
-        """Start at the real now."""
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        """The current fake time."""
-        return self.now
-
-
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    """A real store with acme owning example.com."""
-    opened = open_store(tmp_path)
-    opened.add_tenant(TENANT, [DOMAIN])
-    yield opened
-    opened.close()
-
-
-@pytest.fixture
-def policy(store: Store, tmp_path: Path) -> SignInPolicy:
-    """The policy under test (default lockout: threshold 10)."""
-    clock = FakeClock()
+def policy(store: Store, tmp_path: Path, clock: FakeClock) -> SignInPolicy:
+    """The policy under test (default lockout: threshold 10), on the folder's fake clock."""
     return SignInPolicy(
         store.policy,
         TokenSigner(tmp_path, issuer="test", clock=clock),
