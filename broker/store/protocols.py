@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from broker.policy.tenant_policy import TenantPolicy
     from broker.store.records import (
         AgentRecord,
+        BrokerRecord,
         CertificateRecord,
         ConnectionStatus,
         CounterKey,
@@ -235,7 +236,31 @@ class PolicyStore(Protocol):
         """(user, enrolled at) of every user of a tenant with an authenticator."""
 
 
-class Store(TenantStore, TokenStore, ReportStore, Protocol):
+class ClusterStore(Protocol):
+    """The brokers serving one store: which CA they share, and which of them are up.
+
+    With SQLite there is one broker; with a shared store, every broker registers and
+    heartbeats here, and agents learn from any of them where the others are.
+    """
+
+    def claim_ca(self, fingerprint: str) -> str:
+        """The cluster's CA fingerprint: the first claim is kept, later ones are answered it.
+
+        A broker whose own CA differs from the answer must not serve: its certificates would
+        not be trusted by the agents and clients of the others.
+        """
+
+    def register_broker(self, record: BrokerRecord) -> None:
+        """Say a broker is up (insert or refresh it); called at start and every heartbeat."""
+
+    def brokers(self, *, fresh_within: float) -> list[BrokerRecord]:
+        """The brokers whose heartbeat is at most ``fresh_within`` seconds old, by id."""
+
+    def deregister_broker(self, broker_id: str) -> None:
+        """A broker stopping says so, rather than waiting to go stale."""
+
+
+class Store(TenantStore, TokenStore, ReportStore, ClusterStore, Protocol):
     """The whole store a broker (or a management command) opens: every aggregate."""
 
     @property

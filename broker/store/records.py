@@ -107,6 +107,18 @@ class CertificateRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class BrokerRecord:
+    """A broker serving the store, as it last said so (its heartbeat)."""
+
+    broker_id: str
+    #: Where agents dial it (``host:port``), and where clients do.
+    agent_endpoint: str
+    public_endpoint: str
+    started_at: float
+    heartbeat_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectionStatus:
     """A live stream as the serving broker last reported it."""
 

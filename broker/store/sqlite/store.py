@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from broker.store.records import (
     TOKEN_REFUSED,
+    BrokerRecord,
     DirectoryPolicyRecord,
     ReportedPolicy,
     TokenRecord,
@@ -53,6 +54,17 @@ CREATE TABLE IF NOT EXISTS broker_status (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL,
     updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cluster (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS brokers (
+    id TEXT PRIMARY KEY,
+    agent_endpoint TEXT NOT NULL,
+    public_endpoint TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    heartbeat_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS directory_policies (
     tenant TEXT NOT NULL REFERENCES tenants(name) ON DELETE CASCADE,
@@ -224,6 +236,46 @@ class SqliteStore:
             (time.time() - fresh_within,),
         )
         return dict(rows)
+
+    # The brokers serving this store ---------------------------------------------------------
+
+    def claim_ca(self, fingerprint: str) -> str:
+        """The store's CA fingerprint: the first claim is kept."""
+        self._db.execute(
+            "INSERT INTO cluster (name, value) VALUES ('ca_sha256', ?) ON CONFLICT DO NOTHING",
+            (fingerprint,),
+        )
+        (kept,) = self._db.execute("SELECT value FROM cluster WHERE name = 'ca_sha256'").fetchone()
+        return str(kept)
+
+    def register_broker(self, record: BrokerRecord) -> None:
+        """Insert or refresh a broker's heartbeat."""
+        self._db.execute(
+            "INSERT INTO brokers (id, agent_endpoint, public_endpoint, started_at, heartbeat_at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+            " agent_endpoint = excluded.agent_endpoint,"
+            " public_endpoint = excluded.public_endpoint, heartbeat_at = excluded.heartbeat_at",
+            (
+                record.broker_id,
+                record.agent_endpoint,
+                record.public_endpoint,
+                record.started_at,
+                record.heartbeat_at,
+            ),
+        )
+
+    def brokers(self, *, fresh_within: float) -> list[BrokerRecord]:
+        """The brokers heard from within ``fresh_within`` seconds."""
+        rows = self._db.execute(
+            "SELECT id, agent_endpoint, public_endpoint, started_at, heartbeat_at FROM brokers"
+            " WHERE heartbeat_at >= ? ORDER BY id",
+            (time.time() - fresh_within,),
+        )
+        return [BrokerRecord(*row) for row in rows]
+
+    def deregister_broker(self, broker_id: str) -> None:
+        """Forget a broker that stops."""
+        self._db.execute("DELETE FROM brokers WHERE id = ?", (broker_id,))
 
     # Directory lockout policies ---------------------------------------------------------------
 

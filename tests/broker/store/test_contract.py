@@ -16,7 +16,7 @@ import pytest
 
 from broker.policy.lockout import CLEAN, Counter
 from broker.store import open_store
-from broker.store.records import TOKEN_REFUSED
+from broker.store.records import TOKEN_REFUSED, BrokerRecord
 from pta.errors import InvalidRequest, NotFound, Unauthenticated
 from pta.tokens import EnrolmentToken
 
@@ -157,3 +157,29 @@ class TestCounters:
         assert ("acme", "bob", "familiar") not in reader.policy.counters()
         assert reader.policy.clear_counters("acme", "alice") == 1
         assert writer.policy.counters() == {}
+
+
+class TestCluster:
+    """Brokers sharing a store agree on one CA and see each other come and go."""
+
+    def test_the_first_ca_claim_is_kept(self, opener: Callable[[], Store]) -> None:
+        """Racing claims: every claimant is answered the same, winning fingerprint."""
+        results = race(opener, lambda store: store.claim_ca(f"ca-{id(store)}"))
+        assert len(set(results)) == 1
+        assert opener().claim_ca("another") == results[0]
+
+    def test_brokers_heartbeat_and_go_stale(self, opener: Callable[[], Store]) -> None:
+        """A registered broker is listed while fresh, refreshed in place, gone once stale."""
+        one, two = opener(), opener()
+        now = time.time()
+        one.register_broker(BrokerRecord("b1", "h:1", "h:2", now - 60, now - 60))
+        two.register_broker(BrokerRecord("b2", "h:3", "h:4", now, now))
+        assert [b.broker_id for b in one.brokers(fresh_within=5)] == ["b2"]
+        one.register_broker(BrokerRecord("b1", "h:5", "h:2", now - 60, now))
+        listed = two.brokers(fresh_within=5)
+        assert [(b.broker_id, b.agent_endpoint, b.started_at) for b in listed] == [
+            ("b1", "h:5", now - 60),
+            ("b2", "h:3", now),
+        ]
+        two.deregister_broker("b1")
+        assert [b.broker_id for b in one.brokers(fresh_within=5)] == ["b2"]
