@@ -4,15 +4,21 @@ Before a check: a user locked out from this kind of location, a password refused
 or one more wrong password than the directory would take (the directory guard) is answered
 here, and as many checks of one user run at once as may still fail before the lockout comes
 down; the rest wait their turn. After it: only wrong passwords count, a lost try counts toward
-the guard, a right password starts the directory's count again. Counters live in memory for
-the hot path and are written through to the store; memory is bounded by shedding counters of
-names no directory said exist. Pure arithmetic is in :mod:`broker.policy.lockout`; this is
-its state.
+the guard, a right password starts the directory's count again. Pure arithmetic is in
+:mod:`broker.policy.lockout`; this is its state.
+
+Each decision runs under the user's lock in a :mod:`~broker.policy.lockout_ledger` (memory
+for one broker, the shared store for several): it reads the user's counters and the checks
+of the user in flight, and admits a check by recording it as a *flight*, which its end
+lands. A flight nobody lands by its expiry (its broker died with it) counts as a wrong
+password the directory may have seen, like a check whose agent was lost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import secrets
 import time
 from typing import TYPE_CHECKING
 
@@ -20,6 +26,7 @@ import structlog
 
 from broker.dispatch.jobs import MAY_HAVE_TRIED
 from broker.policy import lockout
+from broker.policy.lockout_ledger import Ledger, MemoryLedger
 from broker.policy.recent_failures import RecentFailures, Repeat
 from broker.policy.verdicts import (
     ACCOUNT_EXISTS,
@@ -32,7 +39,7 @@ from broker.policy.verdicts import (
     guarded,
     locked,
 )
-from broker.store.records import LOCATIONS
+from broker.store.records import Flight
 from pta.errors import DeadlineExceeded, Overloaded
 
 if TYPE_CHECKING:
@@ -40,13 +47,16 @@ if TYPE_CHECKING:
 
     from broker.policy.tenant_policy import TenantPolicy
     from broker.store.protocols import PolicyStore
-    from broker.store.records import CounterKey, DirectoryPolicyRecord, Location
+    from broker.store.records import CounterKey, DirectoryPolicyRecord, Location, UserLockout
 
 log = structlog.get_logger()
 #: Sign-ins of one user waiting their turn; more are refused (each wake-up wakes them all).
 MAX_WAITING_PER_USER = 32
 #: Counters kept of accounts no directory said exist; past this the oldest are forgotten.
 MAX_COUNTERS = 200_000
+#: A flight outlives its sign-in's deadline by this much before it counts as lost: an agent
+#: answers before the deadline (it refuses to check later), so only a dead broker gets here.
+FLIGHT_MARGIN = 10.0
 
 
 class LockoutGate:
@@ -59,32 +69,45 @@ class LockoutGate:
         recent: RecentFailures | None = None,
         clock: Callable[[], float] = time.time,
         max_counters: int | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
-        """Load the counters and the accounts known to exist from the store.
+        """Load the accounts known to exist; keep the counters in ``ledger``.
 
-        ``max_counters`` (default :data:`MAX_COUNTERS`) bounds the counters of names no
-        directory has said exist (see :meth:`_shed`).
+        ``ledger``: where each user's counters and flights live (default: this process's
+        memory, written through to ``store``, with at most ``max_counters`` (default
+        :data:`MAX_COUNTERS`) counters of names no directory has said exist).
         """
         self._store = store
         self.recent = RecentFailures() if recent is None else recent
         self._clock = clock
-        self._max_counters = MAX_COUNTERS if max_counters is None else max_counters
-        self._shed_above = self._max_counters
         #: (tenant, account) a directory answered for lately: their counters are never shed.
         self._known = store.known_accounts()
-        self._pending: dict[CounterKey, int] = {}
+        self.ledger: Ledger = ledger or MemoryLedger(
+            store,
+            known=lambda: self._known,
+            clock=clock,
+            max_counters=MAX_COUNTERS if max_counters is None else max_counters,
+        )
         self._waiters: dict[tuple[str, str], list[asyncio.Future[None]]] = {}
-        self.counters: dict[CounterKey, lockout.Counter] = store.counters()
         #: tenant -> domain -> the lowest threshold its agents reported (0: known never to lock;
         #: absent: unknown); and each report.
         self.directory: dict[str, dict[str, int]] = {}
         self._reports: dict[str, dict[tuple[str, str], int]] = {}
 
+    @property
+    def counters(self) -> dict[CounterKey, lockout.Counter]:
+        """The counters held in memory (one broker on its own store).
+
+        Raises:
+            TypeError: When the counters live in a shared store instead.
+        """
+        if not isinstance(self.ledger, MemoryLedger):
+            raise TypeError("the counters live in the shared store")
+        return self.ledger.counters
+
     def reload(self) -> None:
         """Re-read the counters the CLI may have cleared; an unlocked user's repeats go too."""
-        before = set(self.counters)
-        self.counters = self._store.counters()
-        for tenant, user in sorted({(t, u) for t, u, _ in before - set(self.counters)}):
+        for tenant, user in sorted(self.ledger.reload()):
             self.recent.forget(f"{tenant}\0{user}")
             log.info("lockout.cleared", tenant=tenant, user=user)
 
@@ -92,24 +115,21 @@ class LockoutGate:
         """Forget counters and known accounts no rule needs any more."""
         now = self._clock()
         self._store.forget_counters_before(now - lockout.FORGET_AFTER)
-        self.counters = {
-            key: c
-            for key, c in self.counters.items()
-            if lockout.current(c, policy_of(key[0]).lockout, now) is c
-        }
+        self.ledger.upkeep(lambda key, c: lockout.current(c, policy_of(key[0]).lockout, now) is c)
         self._store.forget_known_accounts_before(now - lockout.FORGET_AFTER)
         self._known = self._store.known_accounts()
-        self._shed_above = max(self._max_counters, len(self.counters) + self._max_counters // 10)
 
     def locked_for(self, key: CounterKey, rule: lockout.LockoutRule) -> float:
         """Seconds the counter ``key`` still locks for (0: not locked)."""
+        tenant, user, kind = key
         now = self._clock()
-        counter = lockout.current(self.counters.get(key, lockout.CLEAN), rule, now)
-        return lockout.locked_for(counter, now)
+        counter = self.ledger.run(tenant, user, lambda state: state.counters.get(kind))
+        return lockout.locked_for(lockout.current(counter or lockout.CLEAN, rule, now), now)
 
     def succeed(self, key: CounterKey, user: str) -> None:
         """A full success from one kind of location: its counter and the repeats are cleared."""
-        self.save(key, lockout.CLEAN)
+        tenant, account, kind = key
+        self.ledger.run(tenant, account, lambda state: state.counters.pop(kind, None))
         self.recent.forget(user)
 
     async def admit(
@@ -119,37 +139,79 @@ class LockoutGate:
 
         ``password`` is looked up in the repeat memory (None: not again, a retried check).
         """
-        tenant, user, rule = attempt.tenant, attempt.user, attempt.policy.lockout
-        key: CounterKey = (tenant, user, attempt.location)
+        tenant, user = attempt.tenant, attempt.user
         budget = self._directory_budget(tenant, attempt.domain, attempt.location)
+        loop = asyncio.get_running_loop()
         while True:
-            now = self._clock()
-            counter = lockout.current(self.counters.get(key, lockout.CLEAN), rule, now)
-            if (wait := lockout.locked_for(counter, now)) > 0:
-                return locked(wait)
             seen = Repeat.NO
             if password is not None:  # (None: a readmission, which keeps what was found.)
                 seen, attempt.digest = self.recent.check(f"{tenant}\0{user}", password)
                 # Refused as an unknown name: asked again (a misconfigured directory may have
                 # said so), counted only if the answer differs (see end).
                 attempt.recheck = seen == Repeat.UNKNOWN_NAME
-            pending = self._pending.get(key, 0)
-            in_flight = sum(self._pending.get((tenant, user, kind), 0) for kind in LOCATIONS)
-            sent = lockout.current(
-                self.counters.get((tenant, user, "directory"), lockout.CLEAN), rule, now
+            now = self._clock()
+            expires = now + max(0.0, deadline - loop.time()) + FLIGHT_MARGIN
+            decided = self.ledger.run(
+                tenant,
+                user,
+                functools.partial(
+                    self._decide,
+                    attempt=attempt,
+                    budget=budget,
+                    seen=seen,
+                    now=now,
+                    expires=expires,
+                ),
             )
-            full = budget is not None and sent.failures + in_flight >= budget
-            # A repeat is answered here, as ever; one refused as an unknown name is asked again
-            # only while the guard has room (the name may exist by now), never refused by it.
-            if seen == Repeat.REFUSED or (attempt.recheck and full):
-                return REPEATED
-            if full:
-                if not in_flight:
-                    return guarded(sent.last_failure + rule.forget_after - now)
-            elif pending < lockout.attempts_left(counter, rule):
-                self._pending[key] = pending + 1
-                return None
+            if decided is not False:
+                return None if decided is True else decided
             await self._wait_turn((tenant, user), deadline)
+
+    def _decide(  # noqa: PLR0913 - one decision's facts
+        self,
+        state: UserLockout,
+        *,
+        attempt: Attempt,
+        budget: int | None,
+        seen: Repeat,
+        now: float,
+        expires: float,
+    ) -> Verdict | bool:
+        """Under the user's lock: a refusal, True once admitted (in flight), False to wait."""
+        rule = attempt.policy.lockout
+        self._land_expired(attempt, state, now)
+        counter = lockout.current(state.counters.get(attempt.location, lockout.CLEAN), rule, now)
+        if (wait := lockout.locked_for(counter, now)) > 0:
+            return locked(wait)
+        pending = sum(f.location == attempt.location for f in state.flights.values())
+        in_flight = len(state.flights)
+        sent = lockout.current(state.counters.get("directory", lockout.CLEAN), rule, now)
+        full = budget is not None and sent.failures + in_flight >= budget
+        # A repeat is answered here, as ever; one refused as an unknown name is asked again
+        # only while the guard has room (the name may exist by now), never refused by it.
+        if seen == Repeat.REFUSED or (attempt.recheck and full):
+            return REPEATED
+        if full:
+            if not in_flight:
+                return guarded(sent.last_failure + rule.forget_after - now)
+        elif pending < lockout.attempts_left(counter, rule):
+            attempt.flight = secrets.token_hex(8)
+            state.flights[attempt.flight] = Flight(attempt.location, expires)
+            return True
+        return False
+
+    def _land_expired(self, attempt: Attempt, state: UserLockout, now: float) -> None:
+        """Count the flights nobody landed in time as tries the directory may have seen."""
+        for flight_id, flight in list(state.flights.items()):
+            if flight.expires_at <= now:
+                del state.flights[flight_id]
+                _count_sent(state, attempt.policy.lockout, now)
+                log.warning(
+                    "lockout.flight_expired",
+                    tenant=attempt.tenant,
+                    user=attempt.user,
+                    location=flight.location,
+                )
 
     async def readmit(self, attempt: Attempt, deadline: float) -> bool:
         """Let an attempt whose agent was lost after it may have tried it go to another agent.
@@ -179,6 +241,9 @@ class LockoutGate:
     async def _wait_turn(self, key: tuple[str, str], deadline: float) -> None:
         """Wait until a check of the user ``key`` (tenant, user) is answered.
 
+        With a shared ledger, a check answered at another broker wakes nobody here: the
+        wait then ends every :attr:`Ledger.poll` seconds, to decide again.
+
         Raises:
             DeadlineExceeded: When ``deadline`` (event-loop time) passes first.
             Overloaded: When too many wait for this user already.
@@ -186,26 +251,31 @@ class LockoutGate:
         waiters = self._waiters.setdefault(key, [])
         if len(waiters) >= MAX_WAITING_PER_USER:
             raise Overloaded("too many sign-ins of this user at once; try again")
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
         waiters.append(waiter)
+        poll = self.ledger.poll
+        until = deadline if poll is None else min(deadline, loop.time() + poll)
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout_at(until):
                 await waiter
         except TimeoutError:
-            raise DeadlineExceeded("earlier sign-ins of this user took too long") from None
+            if until >= deadline:
+                raise DeadlineExceeded("earlier sign-ins of this user took too long") from None
         finally:
             if waiter in waiters:
                 waiters.remove(waiter)
             if not waiters and self._waiters.get(key) is waiters:
                 del self._waiters[key]
 
-    def end(self, attempt: Attempt, outcome: int | None) -> bool:
+    def end(self, attempt: Attempt, outcome: int | None, *, succeed: bool = False) -> bool:
         """Count what the directory said about an attempt (``None``: no answer at all).
 
         Only wrong passwords count. An answer that proves the password right starts the
-        directory's count again and forgets refused passwords; the caller then decides whether
-        it is a full success (the counter of its kind of location cleared) or a second factor
-        is still to come. Returns whether the password proved right (the first end only).
+        directory's count again and forgets refused passwords; with ``succeed`` (the caller
+        knows no second factor is still to come) it is a full success too, and the counter of
+        its kind of location is cleared in the same step. Returns whether the password proved
+        right (the first end only).
         :data:`~broker.dispatch.jobs.MAY_HAVE_TRIED` (the agent was lost after it may have tried
         the password) counts toward the directory guard only: the directory may have seen a
         wrong password; the user's own lockout and the repeat memory learn nothing from it.
@@ -216,38 +286,61 @@ class LockoutGate:
         rule = attempt.policy.lockout
         if not rule.enabled:
             return False
-        self._confirm(attempt.tenant, attempt.user, outcome)
-        key = (attempt.tenant, attempt.user, attempt.location)
-        pending = self._pending.pop(key, 1) - 1
-        if pending > 0:
-            self._pending[key] = pending
-        for waiter in self._waiters.pop((attempt.tenant, attempt.user), ()):
+        tenant, user = attempt.tenant, attempt.user
+        self._confirm(tenant, user, outcome)
+        right = outcome in PASSWORD_RIGHT
+        self.ledger.run(
+            tenant,
+            user,
+            functools.partial(
+                self._settle,
+                attempt=attempt,
+                outcome=outcome,
+                succeed=right and succeed,
+                now=self._clock(),
+            ),
+        )
+        for waiter in self._waiters.pop((tenant, user), ()):
             if not waiter.done():
                 waiter.set_result(None)
-        sent_key: CounterKey = (attempt.tenant, attempt.user, "directory")
-        if outcome in WRONG or outcome == MAY_HAVE_TRIED:
-            self._count_wrong(attempt, outcome, key)
-        elif outcome in PASSWORD_RIGHT:
-            # The directory just took a password: its own count of failures starts again, and
-            # one refused before may be the new one (a user who tried it, then changed to it).
-            self.recent.forget(f"{attempt.tenant}\0{attempt.user}")
-            self.save(sent_key, lockout.CLEAN)
-            return True
-        return False
-
-    def _count_wrong(self, attempt: Attempt, outcome: int, key: CounterKey) -> None:
-        """A wrong password, an unknown name, or a lost try that may have been either."""
-        if attempt.recheck and outcome == Outcome.UNKNOWN_USER:
-            return  # The same answer to the same password: not a new guess, as any repeat.
-        rule = attempt.policy.lockout
-        if outcome != MAY_HAVE_TRIED:  # A lost try says nothing of the password.
+        if outcome in WRONG and not (attempt.recheck and outcome == Outcome.UNKNOWN_USER):
             known = outcome != Outcome.UNKNOWN_USER
-            self.recent.add(f"{attempt.tenant}\0{attempt.user}", attempt.digest, known=known)
-            self.fail(key, rule)
-        sent_key: CounterKey = (attempt.tenant, attempt.user, "directory")
-        now = self._clock()
-        sent = lockout.current(self.counters.get(sent_key, lockout.CLEAN), rule, now)
-        self.save(sent_key, lockout.Counter(failures=sent.failures + 1, last_failure=now))
+            self.recent.add(f"{tenant}\0{user}", attempt.digest, known=known)
+        elif right:
+            # The directory just took a password: one refused before may be the new one (a
+            # user who tried it, then changed to it).
+            self.recent.forget(f"{tenant}\0{user}")
+        return right
+
+    def _settle(
+        self,
+        state: UserLockout,
+        *,
+        attempt: Attempt,
+        outcome: int | None,
+        succeed: bool,
+        now: float,
+    ) -> None:
+        """Under the user's lock: land the attempt's flight and count what it said."""
+        state.flights.pop(attempt.flight, None)
+        rule = attempt.policy.lockout
+        if outcome in PASSWORD_RIGHT:
+            state.counters.pop("directory", None)  # The directory's own count starts again.
+            if succeed:
+                state.counters.pop(attempt.location, None)
+        elif outcome in WRONG or outcome == MAY_HAVE_TRIED:
+            if attempt.recheck and outcome == Outcome.UNKNOWN_USER:
+                return  # The same answer to the same password: not a new guess, as any repeat.
+            if outcome != MAY_HAVE_TRIED:  # A lost try says nothing of the password.
+                self._fail(
+                    state,
+                    tenant=attempt.tenant,
+                    user=attempt.user,
+                    kind=attempt.location,
+                    rule=rule,
+                    now=now,
+                )
+            _count_sent(state, rule, now)
 
     def directory_reported(self, tenant: str, reports: Iterable[DirectoryPolicyRecord]) -> None:
         """Remember what an agent said of its directories' own lockout (the lowest one wins)."""
@@ -267,43 +360,6 @@ class LockoutGate:
             if (lowest := lockout.lowest_threshold(thresholds)) is not None
         }
 
-    def save(self, key: CounterKey, counter: lockout.Counter) -> None:
-        """Keep a counter in memory and in the store (a clean one is forgotten in both)."""
-        if counter.clean:
-            if self.counters.pop(key, None) is not None:
-                self._store.save_counter(key, counter)
-            return
-        self.counters[key] = counter
-        self._store.save_counter(key, counter)
-        if len(self.counters) > self._shed_above:
-            self._shed()
-
-    def _shed(self) -> None:
-        """Forget the oldest counters of names no directory said exist: memory stays bounded.
-
-        Only a flood of distinct names gets here (each wrong one costs a counter for a day;
-        ``--rate-limit`` keeps it from getting here at all). Counters of an account a
-        directory answered for (:data:`ACCOUNT_EXISTS`) are never shed, whatever they hold:
-        a flood of made-up names must not hand a victim a fresh count. There are no more of
-        them than the directories have accounts, which no caller can add to. The others are
-        bounded: past ``max_counters`` in all, they are shed down to nine tenths of it,
-        unlocked ones first (least recently failing first), then locked ones (soonest to run
-        out first); when the known accounts alone fill the table, the next shed waits for a
-        tenth more. Answers do not change: an unknown name is still counted, and locked, as
-        a real one until shed.
-        """
-        drop = lockout.to_shed(
-            self.counters,
-            protected=self._known,
-            now=self._clock(),
-            keep=self._max_counters - self._max_counters // 10,
-        )
-        for key in drop:
-            del self.counters[key]
-            self._store.save_counter(key, lockout.CLEAN)
-        self._shed_above = max(self._max_counters, len(self.counters) + self._max_counters // 10)
-        log.warning("lockout.counters_shed", shed=len(drop), kept=len(self.counters))
-
     def _confirm(self, tenant: str, user: str, outcome: int | None) -> None:
         """Remember an account a directory answered for: its counters are never shed."""
         if outcome in ACCOUNT_EXISTS and (tenant, user) not in self._known:
@@ -317,19 +373,44 @@ class LockoutGate:
 
     def fail(self, key: CounterKey, rule: lockout.LockoutRule) -> lockout.Counter:
         """Count a wrong password or code against ``key``; log when it locks; the new counter."""
+        tenant, user, kind = key
+        if kind == "directory":
+            raise ValueError("the directory's count is kept by end(), not fail()")
         now = self._clock()
-        before = self.counters.get(key, lockout.CLEAN)
+        return self.ledger.run(
+            tenant,
+            user,
+            functools.partial(self._fail, tenant=tenant, user=user, kind=kind, rule=rule, now=now),
+        )
+
+    @staticmethod
+    def _fail(  # noqa: PLR0913 - one count's facts
+        state: UserLockout,
+        *,
+        tenant: str,
+        user: str,
+        kind: Location,
+        rule: lockout.LockoutRule,
+        now: float,
+    ) -> lockout.Counter:
+        before = state.counters.get(kind, lockout.CLEAN)
         counter = lockout.fail(before, rule, now)
         if counter is before:
             return counter
-        self.save(key, counter)
+        state.counters[kind] = counter
         if counter.lockouts > before.lockouts:
             log.warning(
                 "lockout.locked",
-                tenant=key[0],
-                user=key[1],
-                location=key[2],
+                tenant=tenant,
+                user=user,
+                location=kind,
                 failures=counter.failures,
                 seconds=round(counter.locked_until - now),
             )
         return counter
+
+
+def _count_sent(state: UserLockout, rule: lockout.LockoutRule, now: float) -> None:
+    """One more wrong password the directory has (or may have) seen since it last took one."""
+    sent = lockout.current(state.counters.get("directory", lockout.CLEAN), rule, now)
+    state.counters["directory"] = lockout.Counter(failures=sent.failures + 1, last_failure=now)

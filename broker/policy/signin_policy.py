@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     from broker.policy import mfa
     from broker.policy.accounts import AccountRule
+    from broker.policy.lockout_ledger import Ledger
     from broker.policy.recent_failures import RecentFailures
     from broker.policy.signing import TokenSigner
     from broker.store.protocols import PolicyStore
@@ -78,18 +79,22 @@ class SignInPolicy:
         accounts: AccountMap | None = None,
         max_counters: int | None = None,
         passwords: PasswordProtection | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         """Load the policies, counters, familiar networks and account rules from the store.
 
         ``max_counters`` (default :data:`MAX_COUNTERS`) bounds the counters of names no
         directory has said exist (see :class:`LockoutGate`). ``passwords``: the banned lists
-        (read from the store and the package when omitted).
+        (read from the store and the package when omitted). ``ledger``: where the counters
+        live (:mod:`broker.policy.lockout_ledger`; this process's memory when omitted).
         """
         self._store = store
         self.signer = signer
         self._clock = clock
         #: Counters, checks in flight, directory thresholds, the repeat memory.
-        self.gate = LockoutGate(store, recent=recent, clock=clock, max_counters=max_counters)
+        self.gate = LockoutGate(
+            store, recent=recent, clock=clock, max_counters=max_counters, ledger=ledger
+        )
         #: How each tenant's directories name accounts: what the policy keys users by.
         self.accounts = AccountMap(store) if accounts is None else accounts
         #: (tenant, agent id) -> the digests of that agent's directory settings, last hello.
@@ -265,8 +270,9 @@ class SignInPolicy:
         A right password is a full success unless a second factor is still to come (then
         :meth:`grant`'s challenge, once completed, is).
         """
-        if self.gate.end(attempt, outcome) and not self.mfa.wants(attempt):
-            self._succeed(attempt)
+        full = not self.mfa.wants(attempt)
+        if self.gate.end(attempt, outcome, succeed=full) and full:
+            self._network_familiar(attempt)
 
     def directory_reported(self, tenant: str, reports: Iterable[DirectoryPolicyRecord]) -> None:
         """Remember what an agent said of its directories' own lockout; warn when ours is late."""
@@ -339,6 +345,10 @@ class SignInPolicy:
         """
         key = (attempt.tenant, attempt.user, attempt.location)
         self.gate.succeed(key, f"{attempt.tenant}\0{attempt.user}")
+        self._network_familiar(attempt)
+
+    def _network_familiar(self, attempt: Attempt) -> None:
+        """Remember the network of a full success (rewritten at most hourly)."""
         prefix = familiar_prefix(attempt.address)
         if prefix is None:
             return

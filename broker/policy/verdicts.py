@@ -58,6 +58,8 @@ class Attempt:
     #: again unless the directory now answers otherwise.
     recheck: bool = False
     ended: bool = False
+    #: The id its admission was recorded under as in flight (see the lockout gate).
+    flight: str = ""
     #: Handed to the dispatcher: from then on each try is settled by its job, exactly once.
     dispatched: bool = False
 

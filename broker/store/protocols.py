@@ -10,10 +10,10 @@ it is built. Calls are synchronous and short (one statement or one transaction).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Mapping, Sequence
+    from collections.abc import Callable, Collection, Mapping, Sequence
 
     from broker.policy.lockout import Counter
     from broker.policy.tenant_policy import TenantPolicy
@@ -27,8 +27,11 @@ if TYPE_CHECKING:
         MfaRecord,
         ReportedPolicy,
         TokenRecord,
+        UserLockout,
     )
     from pta.tokens import EnrolmentToken
+
+_T = TypeVar("_T")
 
 
 class TenantStore(Protocol):
@@ -187,6 +190,15 @@ class PolicyStore(Protocol):
 
     def save_counter(self, key: CounterKey, counter: Counter) -> None:
         """Write one counter; a clean one is deleted."""
+
+    def with_user(self, tenant: str, user: str, work: Callable[[UserLockout], _T]) -> _T:
+        """Run ``work`` on one user's counters and flights under a lock every process honours.
+
+        ``work`` reads and changes the state in place; what it changed is written when it
+        returns, all or nothing (nothing when it raises). Of racing calls for one user, each
+        sees what the one before it wrote: guesses spread over many brokers of one store are
+        counted, and let through, exactly as at one broker.
+        """
 
     def clear_counters(self, tenant: str, user: str | None = None) -> int:
         """An administrator's unlock of one user's counters, or a whole tenant's; how many."""

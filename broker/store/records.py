@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pta.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from broker.policy.lockout import Counter
 
 #: What the serving broker reports (streams, status) is stale after this many seconds: it
 #: reports every second, so older means it stopped without saying so.
@@ -31,6 +34,29 @@ CounterKind = Literal["familiar", "unfamiliar", "directory"]
 
 #: (tenant, user key, kind)
 CounterKey = tuple[str, str, CounterKind]
+
+
+@dataclass(frozen=True, slots=True)
+class Flight:
+    """A check of a user admitted toward the directory and not answered yet, at any broker."""
+
+    location: Location
+    #: Wall-clock time after which nobody will answer it: it then counts as a wrong password
+    #: the directory may have seen (the broker that held it is gone).
+    expires_at: float
+
+
+@dataclass(slots=True)
+class UserLockout:
+    """One user's lockout state while its lock is held: what every broker's decision reads.
+
+    Changed in place by the policy; the store writes what changed when the lock is let go.
+    """
+
+    #: By kind; a kind without a counter is clean.
+    counters: dict[CounterKind, Counter]
+    #: Checks in flight, by id.
+    flights: dict[str, Flight]
 
 
 @dataclass(frozen=True, slots=True)

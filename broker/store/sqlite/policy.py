@@ -12,17 +12,22 @@ and a TOTP secret only sealed under the operator's MFA key.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from broker.policy.lockout import Counter
 from broker.policy.tenant_policy import TenantPolicy
 from broker.store.records import CounterKey, MfaRecord
+from broker.store.sqlite import user_lockout
 from broker.store.sqlite.db import transaction
 from pta.errors import InvalidRequest
 
 if TYPE_CHECKING:
     import sqlite3
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
+
+    from broker.store.records import UserLockout
+
+_T = TypeVar("_T")
 
 
 SCHEMA = """
@@ -91,6 +96,7 @@ class SqlitePolicyStore:
         """Create the tables if needed."""
         self._db = db
         db.executescript(SCHEMA)
+        db.executescript(user_lockout.SCHEMA)
 
     # Tenant policies ---------------------------------------------------------------------------
 
@@ -208,6 +214,10 @@ class SqlitePolicyStore:
             (*key, counter.failures, counter.lockouts, counter.locked_until, counter.last_failure),
         )
 
+    def with_user(self, tenant: str, user: str, work: Callable[[UserLockout], _T]) -> _T:
+        """Run ``work`` on one user's lockout state under SQLite's write lock."""
+        return user_lockout.with_user(self._db, tenant, user, work)
+
     def clear_counters(self, tenant: str, user: str | None = None) -> int:
         """An administrator's unlock: one user's counters, or a whole tenant's.
 
@@ -227,6 +237,8 @@ class SqlitePolicyStore:
         self._db.execute(
             "DELETE FROM lockouts WHERE last_failure < ? AND locked_until < ?", (horizon, horizon)
         )
+        # Flights nobody landed nor met for that long: their broker is long gone.
+        self._db.execute("DELETE FROM flights WHERE expires_at < ?", (horizon,))
 
     def known_accounts(self) -> set[tuple[str, str]]:
         """(tenant, user key) of every account a directory has said exists, lately."""

@@ -3,6 +3,7 @@
 from tests.broker.policy.helpers import (  # noqa: F401 - fixtures, found by name
     challenges,
     clock,
+    ledger,
     mfa_key,
     phone,
     policy,

@@ -16,6 +16,7 @@ import jwt
 import pytest
 
 from broker.policy import mfa
+from broker.policy.lockout_ledger import SharedLedger
 from broker.policy.recent_failures import RecentFailures
 from broker.policy.signin_policy import (
     Attempt,
@@ -102,15 +103,19 @@ def challenges(clock: FakeClock) -> mfa.Challenges:
     return mfa.Challenges(ttl=CHALLENGE_TTL, attempts=CHALLENGE_ATTEMPTS, clock=clock)
 
 
-def make_policy(
+def make_policy(  # noqa: PLR0913 - the policy's parts, by name
     store: Store,
     signer: TokenSigner,
     clock: FakeClock,
     *,
     mfa_key: mfa.MfaKey | None = None,
     challenges: mfa.Challenges | None = None,
+    shared: bool = False,
 ) -> SignInPolicy:
-    """A policy on the real store and signer, with every clock the fake one."""
+    """A policy on the real store and signer, with every clock the fake one.
+
+    ``shared``: the counters live in the store, as for several brokers on one store.
+    """
     return SignInPolicy(
         store.policy,
         signer,
@@ -118,19 +123,29 @@ def make_policy(
         challenges=mfa.Challenges(clock=clock) if challenges is None else challenges,
         recent=RecentFailures(clock=clock),
         clock=clock,
+        ledger=SharedLedger(store.policy) if shared else None,
     )
 
 
+@pytest.fixture(params=["memory", "shared"])
+def ledger(request: pytest.FixtureRequest) -> str:
+    """Where the policy under test keeps its counters: memory (one broker) or the store."""
+    return str(request.param)
+
+
 @pytest.fixture
-def policy(
+def policy(  # noqa: PLR0913, PLR0917 - fixtures, found by name
     store: Store,
     signer: TokenSigner,
     clock: FakeClock,
     mfa_key: mfa.MfaKey,
     challenges: mfa.Challenges,
+    ledger: str,
 ) -> SignInPolicy:
-    """The policy under test, with an MFA key."""
-    return make_policy(store, signer, clock, mfa_key=mfa_key, challenges=challenges)
+    """The policy under test, with an MFA key, its counters in memory and in the store."""
+    return make_policy(
+        store, signer, clock, mfa_key=mfa_key, challenges=challenges, shared=ledger == "shared"
+    )
 
 
 def configure(store: Store, policy: SignInPolicy, **changes: Any) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from broker.policy.lockout import CLEAN, Counter
 from broker.store import open_store
-from broker.store.records import TOKEN_REFUSED, BrokerRecord
+from broker.store.records import TOKEN_REFUSED, BrokerRecord, Flight, UserLockout
 from pta.errors import InvalidRequest, NotFound, Unauthenticated
 from pta.tokens import EnrolmentToken
 
@@ -157,6 +157,73 @@ class TestCounters:
         assert ("acme", "bob", "familiar") not in reader.policy.counters()
         assert reader.policy.clear_counters("acme", "alice") == 1
         assert writer.policy.counters() == {}
+
+
+class TestUserLock:
+    """One user's counters and flights change under a lock every handle honours."""
+
+    def test_admission_is_exact_under_a_race(self, opener: Callable[[], Store]) -> None:
+        """Eight handles each admit a check while fewer than three fly: exactly three do."""
+
+        def admit(store: Store) -> bool:
+            def decide(state: UserLockout) -> bool:
+                if len(state.flights) >= 3:
+                    return False
+                state.flights[f"f{id(store)}"] = Flight("unfamiliar", time.time() + 60)
+                return True
+
+            return store.policy.with_user("acme", "alice", decide)
+
+        results = race(opener, admit)
+        assert results.count(True) == 3
+        flights = opener().policy.with_user("acme", "alice", lambda state: state.flights)
+        assert len(flights) == 3
+
+    def test_counts_are_never_lost(self, opener: Callable[[], Store]) -> None:
+        """Eight racing read-modify-writes of one counter end at eight failures."""
+
+        def fail(store: Store) -> None:
+            def count(state: UserLockout) -> None:
+                before = state.counters.get("directory", CLEAN)
+                state.counters["directory"] = Counter(failures=before.failures + 1)
+
+            store.policy.with_user("acme", "alice", count)
+
+        race(opener, fail)
+        assert opener().policy.counters()[("acme", "alice", "directory")].failures == RACERS
+
+    def test_all_or_nothing_and_landing(self, opener: Callable[[], Store]) -> None:
+        """Work that raises writes nothing; a landed flight and a cleaned counter are gone."""
+        store = opener()
+
+        def start(state: UserLockout) -> None:
+            state.flights["one"] = Flight("familiar", 1e10)
+            state.counters["familiar"] = Counter(failures=2, last_failure=1e9)
+
+        store.policy.with_user("acme", "bob", start)
+
+        def broken(state: UserLockout) -> None:
+            state.flights.clear()
+            state.counters.clear()
+            raise RuntimeError
+
+        with pytest.raises(RuntimeError):
+            store.policy.with_user("acme", "bob", broken)
+        seen = opener().policy.with_user(
+            "acme", "bob", lambda state: UserLockout(dict(state.counters), dict(state.flights))
+        )
+        assert seen.flights == {"one": Flight("familiar", 1e10)}
+        assert seen.counters["familiar"].failures == 2
+
+        def land(state: UserLockout) -> None:
+            del state.flights["one"]
+            state.counters["familiar"] = CLEAN
+
+        store.policy.with_user("acme", "bob", land)
+        assert opener().policy.with_user("acme", "bob", lambda s: (s.flights, s.counters)) == (
+            {},
+            {},
+        )
 
 
 class TestCluster:

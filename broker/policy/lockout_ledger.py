@@ -1,0 +1,172 @@
+"""Where the lockout gate's per-user state lives: this process's memory, or the shared store.
+
+The gate (:mod:`broker.policy.lockout_gate`) decides under one user's lock, through
+:meth:`Ledger.run`: a decision reads that user's counters and checks in flight and changes
+them, with nothing else touching them meanwhile. The decision itself is the same code
+whichever ledger holds the state:
+
+- :class:`MemoryLedger`, for one broker on its own store (SQLite, the embedded default):
+  the counters live in memory for the hot path and are written through to the store, checks
+  in flight are only counted here (they die with the process that holds them), and memory is
+  bounded by shedding counters of names no directory said exist. A user with no failure
+  costs no store round trip at all.
+- :class:`SharedLedger`, for several brokers on one store (PostgreSQL): every decision is a
+  transaction of the store under that user's lock (:meth:`PolicyStore.with_user`), so
+  guesses spread over N brokers are let through and counted exactly as at one, and a check
+  whose broker died counts once its flight expires (see :mod:`broker.policy.lockout_gate`).
+  Nothing is cached: the store is the truth, and an administrator's unlock applies to the
+  next decision at every broker.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+import structlog
+
+from broker.policy import lockout
+from broker.store.records import UserLockout
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from broker.store.protocols import PolicyStore
+    from broker.store.records import CounterKey, CounterKind, Flight
+
+log = structlog.get_logger()
+_T = TypeVar("_T")
+KINDS: tuple[CounterKind, ...] = ("familiar", "unfamiliar", "directory")
+#: How often a check waiting for its turn looks at a shared ledger again: another broker's
+#: check ending wakes no waiter here.
+SHARED_POLL = 0.05
+
+
+class Ledger(Protocol):
+    """One user's lockout state, read and changed under that user's lock."""
+
+    #: How often waiters re-decide without being woken (None: every change wakes them).
+    poll: float | None
+
+    def run(self, tenant: str, user: str, work: Callable[[UserLockout], _T]) -> _T:
+        """Run ``work`` on the user's state; what it changes is kept (all of it, or none)."""
+
+    def reload(self) -> set[tuple[str, str]]:
+        """Re-read what another process changed; the (tenant, user) whose counters it cleared."""
+
+    def upkeep(self, keep: Callable[[CounterKey, lockout.Counter], bool]) -> None:
+        """Forget in memory the counters ``keep`` says no rule needs any more."""
+
+
+class MemoryLedger:
+    """Counters in memory, written through to the store; flights counted in memory only."""
+
+    poll: float | None = None
+
+    def __init__(
+        self,
+        store: PolicyStore,
+        *,
+        known: Callable[[], set[tuple[str, str]]],
+        clock: Callable[[], float] = time.time,
+        max_counters: int,
+    ) -> None:
+        """Load the counters; ``known``: the accounts whose counters are never shed.
+
+        ``max_counters`` bounds the counters of names no directory has said exist
+        (:meth:`_shed`).
+        """
+        self._store = store
+        self._known = known
+        self._clock = clock
+        self._max_counters = max_counters
+        self._shed_above = self._max_counters
+        self.counters: dict[CounterKey, lockout.Counter] = store.counters()
+        self._flights: dict[tuple[str, str], dict[str, Flight]] = {}
+
+    def run(self, tenant: str, user: str, work: Callable[[UserLockout], _T]) -> _T:
+        """Run ``work`` on a copy of the user's state, then keep what changed."""
+        before: dict[CounterKind, lockout.Counter] = {}
+        for kind in KINDS:
+            if (counter := self.counters.get((tenant, user, kind))) is not None:
+                before[kind] = counter
+        flights = self._flights.get((tenant, user))
+        state = UserLockout(dict(before), dict(flights) if flights else {})
+        result = work(state)
+        if state.flights:
+            self._flights[(tenant, user)] = state.flights
+        elif flights is not None:
+            del self._flights[(tenant, user)]
+        for kind in before.keys() | state.counters.keys():
+            after = state.counters.get(kind, lockout.CLEAN)
+            if after != before.get(kind, lockout.CLEAN):
+                self._save((tenant, user, kind), after)
+        return result
+
+    def reload(self) -> set[tuple[str, str]]:
+        """Re-read the counters (the CLI may have cleared some); whose were cleared."""
+        before = set(self.counters)
+        self.counters = self._store.counters()
+        return {(tenant, user) for tenant, user, _ in before - set(self.counters)}
+
+    def upkeep(self, keep: Callable[[CounterKey, lockout.Counter], bool]) -> None:
+        """Drop counters no rule needs any more; the shedding threshold follows what is left."""
+        self.counters = {key: c for key, c in self.counters.items() if keep(key, c)}
+        self._shed_above = max(self._max_counters, len(self.counters) + self._max_counters // 10)
+
+    def _save(self, key: CounterKey, counter: lockout.Counter) -> None:
+        """Keep a counter in memory and in the store (a clean one is forgotten in both)."""
+        if counter.clean:
+            if self.counters.pop(key, None) is not None:
+                self._store.save_counter(key, counter)
+            return
+        self.counters[key] = counter
+        self._store.save_counter(key, counter)
+        if len(self.counters) > self._shed_above:
+            self._shed()
+
+    def _shed(self) -> None:
+        """Forget the oldest counters of names no directory said exist: memory stays bounded.
+
+        Only a flood of distinct names gets here (each wrong one costs a counter for a day;
+        ``--rate-limit`` keeps it from getting here at all). Counters of an account a
+        directory answered for are never shed, whatever they hold: a flood of made-up names
+        must not hand a victim a fresh count. There are no more of them than the directories
+        have accounts, which no caller can add to. The others are bounded: past
+        ``max_counters`` in all, they are shed down to nine tenths of it, unlocked ones first
+        (least recently failing first), then locked ones (soonest to run out first); when the
+        known accounts alone fill the table, the next shed waits for a tenth more. Answers do
+        not change: an unknown name is still counted, and locked, as a real one until shed.
+        """
+        drop = lockout.to_shed(
+            self.counters,
+            protected=self._known(),
+            now=self._clock(),
+            keep=self._max_counters - self._max_counters // 10,
+        )
+        for key in drop:
+            del self.counters[key]
+            self._store.save_counter(key, lockout.CLEAN)
+        self._shed_above = max(self._max_counters, len(self.counters) + self._max_counters // 10)
+        log.warning("lockout.counters_shed", shed=len(drop), kept=len(self.counters))
+
+
+class SharedLedger:
+    """Every decision a transaction of the shared store, under the user's lock."""
+
+    poll: float | None = SHARED_POLL
+
+    def __init__(self, store: PolicyStore) -> None:
+        """Decide through ``store`` (one every broker of the cluster uses)."""
+        self._store = store
+
+    def run(self, tenant: str, user: str, work: Callable[[UserLockout], _T]) -> _T:
+        """See :meth:`PolicyStore.with_user`."""
+        return self._store.with_user(tenant, user, work)
+
+    def reload(self) -> set[tuple[str, str]]:
+        """Nothing is held here: every decision reads the store."""
+        return set()
+
+    def upkeep(self, keep: Callable[[CounterKey, lockout.Counter], bool]) -> None:
+        """Nothing is held here (the store forgets stale counters itself)."""

@@ -1,0 +1,128 @@
+"""Several brokers on one store decide as one: counters and checks in flight are shared.
+
+Each "broker" here is a :class:`SignInPolicy` with a :class:`SharedLedger` on its own handle
+of one real store, as separate processes have; guesses spread over them must get exactly what
+one broker allows. (The same tests with each policy's counters in its own memory would let
+through a threshold's worth of guesses per broker.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import pytest
+
+from broker.policy.lockout_gate import FLIGHT_MARGIN
+from broker.policy.signin_policy import SignInPolicy, Verdict
+from broker.store import open_store
+from tests.broker.policy.helpers import (
+    ALICE_KEY,
+    RIGHT,
+    TENANT,
+    FakeClock,
+    admitted,
+    begin,
+    configure,
+    fail,
+    failures,
+    make_policy,
+    refused,
+)
+from tests.broker.policy.helpers import Outcome as Result
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from broker.policy.signing import TokenSigner
+    from broker.store.protocols import Store
+
+BROKERS = 3
+
+
+@pytest.fixture
+def brokers(
+    store: Store,  # noqa: ARG001 - the tenant exists before the brokers start
+    tmp_path: Path,
+    signer: TokenSigner,
+    clock: FakeClock,
+) -> Iterator[list[SignInPolicy]]:
+    """Three policies, each on its own handle of the one store, counters in the store."""
+    handles = [open_store(tmp_path) for _ in range(BROKERS)]
+    policies = [make_policy(h, signer, clock, shared=True) for h in handles]
+    yield policies
+    for handle in handles:
+        handle.close()
+
+
+def configure_all(store: Store, brokers: list[SignInPolicy], **changes: int) -> None:
+    """Set acme's policy once; every broker re-reads it."""
+    for broker in brokers:
+        configure(store, broker, **changes)
+
+
+class TestGuessesSpreadOverBrokers:
+    """The threshold is the cluster's, not each broker's."""
+
+    async def test_lock_comes_down_at_the_threshold(
+        self, store: Store, brokers: list[SignInPolicy]
+    ) -> None:
+        """Three wrong passwords, one at each broker, lock alice everywhere (threshold 3)."""
+        configure_all(store, brokers, lockout_threshold=3)
+        for broker in brokers:
+            await fail(broker, 1)
+        assert failures(store) == 3
+        for broker in brokers:
+            assert (await refused(broker, RIGHT)).outcome == Result.LOCKED_BY_POLICY
+
+    async def test_checks_in_flight_count_at_every_broker(
+        self, store: Store, brokers: list[SignInPolicy]
+    ) -> None:
+        """Two checks in flight at one broker (threshold 2): another broker's third waits.
+
+        Both are refused by the directory: the waiting one is then answered as locked,
+        without ever reaching the directory.
+        """
+        configure_all(store, brokers, lockout_threshold=2)
+        first, second = brokers[0], brokers[1]
+        flying = [await admitted(first, f"Wrong-{n}") for n in range(2)]
+        third = asyncio.create_task(begin(second, "Wrong-third"))
+        await asyncio.sleep(0.2)
+        assert not third.done()
+        for attempt in flying:
+            first.end(attempt, Result.INVALID_CREDENTIALS)
+        answer = await asyncio.wait_for(third, 2)
+        assert isinstance(answer, Verdict)
+        assert answer.outcome == Result.LOCKED_BY_POLICY
+
+    async def test_a_success_anywhere_clears_the_count(
+        self, store: Store, brokers: list[SignInPolicy]
+    ) -> None:
+        """Two wrong at one broker, the right password at another: the count starts again."""
+        configure_all(store, brokers, lockout_threshold=3)
+        await fail(brokers[0], 2)
+        brokers[1].end(await admitted(brokers[1], RIGHT), Result.SUCCESS)
+        assert failures(store) == 0
+        assert failures(store, "directory") == 0
+
+
+class TestAFlightWhoseBrokerDied:
+    """A check admitted at a broker that died counts once its flight expires."""
+
+    async def test_counts_toward_the_directory_guard(
+        self,
+        store: Store,
+        brokers: list[SignInPolicy],
+        clock: FakeClock,
+    ) -> None:
+        """The dead broker's flight holds a place until it expires, then counts as sent."""
+        dead, alive = brokers[0], brokers[1]
+        await admitted(dead, "Wrong-lost")  # Its broker never ends it.
+        flights = store.policy.with_user(TENANT, ALICE_KEY, lambda s: dict(s.flights))
+        assert [f.location for f in flights.values()] == ["unfamiliar"]
+        clock.now += 5 + FLIGHT_MARGIN + 1
+        alive.end(await admitted(alive, "Wrong-next"), Result.INVALID_CREDENTIALS)
+        assert failures(store, "directory") == 2
+        assert failures(store) == 1
+        assert store.policy.with_user(TENANT, ALICE_KEY, lambda s: dict(s.flights)) == {}
