@@ -26,8 +26,10 @@ from broker import ownership
 from broker.api.agents import AgentService
 from broker.api.signin import SignInService
 from broker.dispatch.dispatcher import Dispatcher
+from broker.policy.lockout_ledger import SharedLedger
 from broker.policy.mfa import Challenges, MfaKey
 from broker.policy.ratelimit import RateLimiter
+from broker.policy.shared_challenges import SharedChallenges
 from broker.policy.signin_policy import SignInPolicy
 from broker.policy.signing import TokenSigner
 from broker.server_certificates import ServerCertificates
@@ -145,7 +147,12 @@ class Broker:
             store.policy,
             signer,
             mfa_key=MfaKey.load(config.mfa_key_file, config.mfa_key),
-            challenges=Challenges(ttl=config.mfa_challenge_ttl),
+            challenges=(
+                SharedChallenges(store.policy, ttl=config.mfa_challenge_ttl)
+                if store.shared
+                else Challenges(ttl=config.mfa_challenge_ttl)
+            ),
+            ledger=SharedLedger(store.policy) if store.shared else None,
         )
         for tenant in store.tenants():  # What agents said before a restart still holds.
             policy.directory_reported(tenant, store.directory_policies(tenant))

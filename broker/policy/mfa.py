@@ -6,8 +6,10 @@ A user's TOTP secret is made at enrolment (``pta-broker mfa enroll``), shown onc
 associated data so a sealed secret cannot be moved to another user. Codes are checked with
 ``cryptography``'s TOTP; a time step once accepted never works again.
 
-Challenges (a right password waiting for its code) live in memory only: a broker restart
-just means signing in again.
+Challenges (a right password waiting for its code) live in memory (:class:`Challenges`) for
+one broker, where a restart just means signing in again; brokers sharing a store keep them
+there (:mod:`broker.policy.shared_challenges`), so a challenge begun at one is completed at
+another. Either is a :class:`ChallengeBook`.
 """
 
 from __future__ import annotations
@@ -18,14 +20,14 @@ import hmac
 import os
 import secrets
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA1
 from cryptography.hazmat.primitives.twofactor.totp import TOTP
 
+from broker.store.records import Challenge
 from pta.expiring import ExpiringMap
 
 if TYPE_CHECKING:
@@ -162,21 +164,36 @@ def well_formed_code(code: str) -> bool:
     return len(code) == DIGITS and code.isascii() and code.isdigit()
 
 
-@dataclass(slots=True, kw_only=True)
-class Challenge:
-    """A right password waiting for its second factor."""
+class ChallengeBook(Protocol):
+    """Where open challenges are kept, by their unguessable id."""
 
-    tenant: str
-    #: The user's lockout key and their UPN as they typed it (for the token's subject).
-    user: str
-    subject: str
-    #: Where the password came from: a network that becomes familiar once the code is right.
-    address: str
-    location: Location
-    request_id: str
-    #: Monotonic time after which the challenge is gone.
-    expires: float
-    attempts_left: int
+    #: Seconds a challenge stays open.
+    ttl: float
+
+    def open(  # noqa: PLR0913 - the challenge's fields, by name
+        self,
+        *,
+        tenant: str,
+        user: str,
+        subject: str,
+        address: str,
+        location: Location,
+        request_id: str,
+    ) -> str:
+        """Open a challenge and return its id (a bearer secret: never log it)."""
+
+    def spend(self, challenge_id: str) -> Challenge | None:
+        """Take one try of an open challenge, atomically; None: unknown, expired or used up.
+
+        The challenge returned says how many tries are left after this one. Of two racing
+        calls with the last try, one gets it.
+        """
+
+    def close(self, challenge_id: str) -> None:
+        """Close a challenge (answered, or used up)."""
+
+    def upkeep(self) -> None:
+        """Forget expired challenges (called now and then)."""
 
 
 class Challenges:
@@ -235,6 +252,16 @@ class Challenges:
             return None
         return challenge
 
+    def spend(self, challenge_id: str) -> Challenge | None:
+        """Take one try of an open challenge (see :meth:`ChallengeBook.spend`)."""
+        challenge = self.get(challenge_id)
+        if challenge is not None:
+            challenge.attempts_left -= 1
+        return challenge
+
     def close(self, challenge_id: str) -> None:
         """Close a challenge (answered, or used up)."""
         self._open.pop(challenge_id)
+
+    def upkeep(self) -> None:
+        """Nothing to do: expired challenges make room as new ones come (bounded memory)."""

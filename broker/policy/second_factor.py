@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from broker.policy.lockout_gate import LockoutGate
     from broker.policy.tenant_policy import TenantPolicy
     from broker.store.protocols import PolicyStore
-    from broker.store.records import MfaRecord
+    from broker.store.records import Challenge, MfaRecord
 
 log = structlog.get_logger()
 MAX_CHALLENGE_ID_CHARS = 64
@@ -42,7 +42,7 @@ class SecondFactor:
         policy_of: Callable[[str], TenantPolicy],
         *,
         mfa_key: mfa.MfaKey | None = None,
-        challenges: mfa.Challenges | None = None,
+        challenges: mfa.ChallengeBook | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """Wire it to the store (secrets, used steps), the accounts and the lockout gate."""
@@ -52,13 +52,17 @@ class SecondFactor:
         self._policy_of = policy_of
         self._mfa_key = mfa_key
         # Not `or`: both have a length, and an empty one is falsy.
-        self._challenges = mfa.Challenges() if challenges is None else challenges
+        self._challenges: mfa.ChallengeBook = mfa.Challenges() if challenges is None else challenges
         self._clock = clock
 
     @property
     def ready(self) -> bool:
         """Whether this broker can check second factors (it was given an MFA key)."""
         return self._mfa_key is not None
+
+    def upkeep(self) -> None:
+        """Forget expired challenges."""
+        self._challenges.upkeep()
 
     def challenge(self, attempt: Attempt, request_id: str) -> Verdict:
         """What a right password gets when a second factor is wanted: a challenge to complete.
@@ -91,9 +95,7 @@ class SecondFactor:
             challenge_ttl=int(self._challenges.ttl),
         )
 
-    def complete(
-        self, challenge_id: str, code: str
-    ) -> tuple[Verdict | None, mfa.Challenge, Attempt]:
+    def complete(self, challenge_id: str, code: str) -> tuple[Verdict | None, Challenge, Attempt]:
         """Check a second factor for an open challenge.
 
         A wrong (or already used) code counts toward the lockout like a wrong password; the
@@ -113,7 +115,7 @@ class SecondFactor:
             raise InvalidRequest("challenge_id is missing or too long")
         if not mfa.well_formed_code(code):
             raise InvalidRequest("the code is six digits")
-        challenge = self._challenges.get(challenge_id)
+        challenge = self._challenges.spend(challenge_id)
         if challenge is None:
             raise ChallengeExpired("this sign-in has expired or was used up: sign in again")
         attempt, verdict = self._check_code(challenge, code)
@@ -156,7 +158,7 @@ class SecondFactor:
             attempt.second_factor = True
         return verdict
 
-    def _check_code(self, challenge: mfa.Challenge, code: str) -> tuple[Attempt, Verdict | None]:
+    def _check_code(self, challenge: Challenge, code: str) -> tuple[Attempt, Verdict | None]:
         attempt = Attempt(
             tenant=challenge.tenant,
             domain="",
@@ -169,7 +171,6 @@ class SecondFactor:
         verdict = self.verify(attempt, code)
         if verdict is None or verdict.outcome != Outcome.INVALID_CREDENTIALS:
             return attempt, verdict
-        challenge.attempts_left -= 1
         left = (
             f"{challenge.attempts_left} more tries" if challenge.attempts_left else "sign in again"
         )

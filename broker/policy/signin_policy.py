@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from broker.policy.recent_failures import RecentFailures
     from broker.policy.signing import TokenSigner
     from broker.store.protocols import PolicyStore
-    from broker.store.records import DirectoryPolicyRecord, Location
+    from broker.store.records import Challenge, DirectoryPolicyRecord, Location
     from pta.names import Upn
 
 log = structlog.get_logger()
@@ -73,7 +73,7 @@ class SignInPolicy:
         signer: TokenSigner,
         *,
         mfa_key: mfa.MfaKey | None = None,
-        challenges: mfa.Challenges | None = None,
+        challenges: mfa.ChallengeBook | None = None,
         recent: RecentFailures | None = None,
         clock: Callable[[], float] = time.time,
         accounts: AccountMap | None = None,
@@ -160,6 +160,7 @@ class SignInPolicy:
         """Forget what no rule needs any more; rotate signing keys. Called now and then."""
         now = self._clock()
         self.gate.upkeep(self.policy_of)
+        self.mfa.upkeep()
         tenants = {tenant for tenant, _ in self._familiar}
         for tenant in tenants:
             self._store.forget_familiar_before(tenant, now - self.policy_of(tenant).familiar_window)
@@ -289,7 +290,7 @@ class SignInPolicy:
             return self._token(attempt.tenant, attempt.subject, request_id, ("pwd",))
         return self.mfa.challenge(attempt, request_id)
 
-    def complete(self, challenge_id: str, code: str) -> tuple[Verdict, mfa.Challenge]:
+    def complete(self, challenge_id: str, code: str) -> tuple[Verdict, Challenge]:
         """Check a second factor for an open challenge (:meth:`SecondFactor.complete`).
 
         A right code is a full success: the token, the network made familiar.

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         AgentRecord,
         BrokerRecord,
         CertificateRecord,
+        Challenge,
         ConnectionStatus,
         CounterKey,
         DirectoryPolicyRecord,
@@ -247,6 +248,21 @@ class PolicyStore(Protocol):
     def mfa_users(self, tenant: str) -> list[tuple[str, float]]:
         """(user, enrolled at) of every user of a tenant with an authenticator."""
 
+    def open_challenge(self, key: bytes, challenge: Challenge) -> None:
+        """Keep an open MFA challenge under ``key`` (a hash of its id: never the id itself)."""
+
+    def spend_challenge(self, key: bytes, now: float) -> Challenge | None:
+        """Take one try of an unexpired challenge with tries left, atomically; None otherwise.
+
+        Of racing calls for the last try, one gets it; the record says the tries left after.
+        """
+
+    def close_challenge(self, key: bytes) -> None:
+        """Delete a challenge (answered or used up)."""
+
+    def forget_challenges_before(self, now: float) -> None:
+        """Delete the challenges expired by ``now``."""
+
 
 class ClusterStore(Protocol):
     """The brokers serving one store: which CA they share, and which of them are up.
@@ -274,6 +290,11 @@ class ClusterStore(Protocol):
 
 class Store(TenantStore, TokenStore, ReportStore, ClusterStore, Protocol):
     """The whole store a broker (or a management command) opens: every aggregate."""
+
+    #: Whether several brokers may serve this store at once: what they decide together
+    #: (lockout counters, checks in flight, MFA challenges) must then be decided in it, not
+    #: in any one broker's memory.
+    shared: bool
 
     @property
     def agents(self) -> AgentStore:

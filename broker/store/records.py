@@ -59,6 +59,24 @@ class UserLockout:
     flights: dict[str, Flight]
 
 
+@dataclass(slots=True, kw_only=True)
+class Challenge:
+    """A right password waiting for its second factor (its id, a bearer secret, apart)."""
+
+    tenant: str
+    #: The user's lockout key and their UPN as they typed it (for the token's subject).
+    user: str
+    subject: str
+    #: Where the password came from: a network that becomes familiar once the code is right.
+    address: str
+    location: Location
+    request_id: str
+    #: When the challenge is gone: monotonic time in memory, wall-clock time in a store.
+    expires: float
+    #: Codes it still takes (after the one being checked, once spent).
+    attempts_left: int
+
+
 @dataclass(frozen=True, slots=True)
 class TokenRecord:
     """An enrolment token as listed to operators: never its secret, which is not kept."""

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, TypeVar
 from broker.policy.lockout import Counter
 from broker.policy.tenant_policy import TenantPolicy
 from broker.store.records import CounterKey, MfaRecord
-from broker.store.sqlite import user_lockout
+from broker.store.sqlite import challenges, user_lockout
 from broker.store.sqlite.db import transaction
 from pta.errors import InvalidRequest
 
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import sqlite3
     from collections.abc import Callable, Sequence
 
-    from broker.store.records import UserLockout
+    from broker.store.records import Challenge, UserLockout
 
 _T = TypeVar("_T")
 
@@ -97,6 +97,7 @@ class SqlitePolicyStore:
         self._db = db
         db.executescript(SCHEMA)
         db.executescript(user_lockout.SCHEMA)
+        db.executescript(challenges.SCHEMA)
 
     # Tenant policies ---------------------------------------------------------------------------
 
@@ -362,3 +363,21 @@ class SqlitePolicyStore:
             "SELECT user, enrolled_at FROM mfa_secrets WHERE tenant = ? ORDER BY user", (tenant,)
         )
         return [(user, enrolled_at) for user, enrolled_at in rows]
+
+    # Open MFA challenges (the serving broker keeps its own in memory) ---------------------
+
+    def open_challenge(self, key: bytes, challenge: Challenge) -> None:
+        """Keep an open challenge by the hash of its id."""
+        challenges.open_challenge(self._db, key, challenge)
+
+    def spend_challenge(self, key: bytes, now: float) -> Challenge | None:
+        """Take one try of an open challenge."""
+        return challenges.spend_challenge(self._db, key, now)
+
+    def close_challenge(self, key: bytes) -> None:
+        """Delete a challenge."""
+        challenges.close_challenge(self._db, key)
+
+    def forget_challenges_before(self, now: float) -> None:
+        """Delete expired challenges."""
+        challenges.forget_challenges_before(self._db, now)

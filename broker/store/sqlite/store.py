@@ -82,6 +82,9 @@ CREATE TABLE IF NOT EXISTS directory_policies (
 class SqliteStore:
     """SQLite-backed state; one instance per process, used from one thread at a time."""
 
+    #: One broker serves a data dir (it is locked): the broker's memory may hold the rest.
+    shared = False
+
     def __init__(self, data_dir: Path) -> None:
         """Open (and create) the store in ``data_dir``."""
         self._db = connect(data_dir / STORE_FILE)

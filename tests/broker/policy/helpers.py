@@ -18,6 +18,7 @@ import pytest
 from broker.policy import mfa
 from broker.policy.lockout_ledger import SharedLedger
 from broker.policy.recent_failures import RecentFailures
+from broker.policy.shared_challenges import SharedChallenges
 from broker.policy.signin_policy import (
     Attempt,
     SignInPolicy,
@@ -98,8 +99,12 @@ def mfa_key() -> mfa.MfaKey:
 
 
 @pytest.fixture
-def challenges(clock: FakeClock) -> mfa.Challenges:
-    """Open challenges on the fake clock."""
+def challenges(clock: FakeClock, store: Store, ledger: str) -> mfa.ChallengeBook:
+    """Open challenges on the fake clock: in memory, or in the store with shared counters."""
+    if ledger == "shared":
+        return SharedChallenges(
+            store.policy, ttl=CHALLENGE_TTL, attempts=CHALLENGE_ATTEMPTS, clock=clock
+        )
     return mfa.Challenges(ttl=CHALLENGE_TTL, attempts=CHALLENGE_ATTEMPTS, clock=clock)
 
 
@@ -109,7 +114,7 @@ def make_policy(  # noqa: PLR0913 - the policy's parts, by name
     clock: FakeClock,
     *,
     mfa_key: mfa.MfaKey | None = None,
-    challenges: mfa.Challenges | None = None,
+    challenges: mfa.ChallengeBook | None = None,
     shared: bool = False,
 ) -> SignInPolicy:
     """A policy on the real store and signer, with every clock the fake one.
@@ -139,7 +144,7 @@ def policy(  # noqa: PLR0913, PLR0917 - fixtures, found by name
     signer: TokenSigner,
     clock: FakeClock,
     mfa_key: mfa.MfaKey,
-    challenges: mfa.Challenges,
+    challenges: mfa.ChallengeBook,
     ledger: str,
 ) -> SignInPolicy:
     """The policy under test, with an MFA key, its counters in memory and in the store."""

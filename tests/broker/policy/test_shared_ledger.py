@@ -14,19 +14,23 @@ from typing import TYPE_CHECKING
 import pytest
 
 from broker.policy.lockout_gate import FLIGHT_MARGIN
+from broker.policy.shared_challenges import SharedChallenges
 from broker.policy.signin_policy import SignInPolicy, Verdict
 from broker.store import open_store
+from pta.errors import ChallengeExpired
 from tests.broker.policy.helpers import (
     ALICE_KEY,
     RIGHT,
     TENANT,
     FakeClock,
+    Phone,
     admitted,
     begin,
     configure,
     fail,
     failures,
     make_policy,
+    open_challenge,
     refused,
 )
 from tests.broker.policy.helpers import Outcome as Result
@@ -35,6 +39,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
+    from broker.policy import mfa
     from broker.policy.signing import TokenSigner
     from broker.store.protocols import Store
 
@@ -47,16 +52,27 @@ def brokers(
     tmp_path: Path,
     signer: TokenSigner,
     clock: FakeClock,
+    mfa_key: mfa.MfaKey,
 ) -> Iterator[list[SignInPolicy]]:
     """Three policies, each on its own handle of the one store, counters in the store."""
     handles = [open_store(tmp_path) for _ in range(BROKERS)]
-    policies = [make_policy(h, signer, clock, shared=True) for h in handles]
+    policies = [
+        make_policy(
+            h,
+            signer,
+            clock,
+            shared=True,
+            mfa_key=mfa_key,
+            challenges=SharedChallenges(h.policy, clock=clock),
+        )
+        for h in handles
+    ]
     yield policies
     for handle in handles:
         handle.close()
 
 
-def configure_all(store: Store, brokers: list[SignInPolicy], **changes: int) -> None:
+def configure_all(store: Store, brokers: list[SignInPolicy], **changes: object) -> None:
     """Set acme's policy once; every broker re-reads it."""
     for broker in brokers:
         configure(store, broker, **changes)
@@ -126,3 +142,32 @@ class TestAFlightWhoseBrokerDied:
         assert failures(store, "directory") == 2
         assert failures(store) == 1
         assert store.policy.with_user(TENANT, ALICE_KEY, lambda s: dict(s.flights)) == {}
+
+
+class TestSecondFactorAcrossBrokers:
+    """A challenge opened at one broker is completed at another, its tries counted once."""
+
+    async def test_completed_elsewhere(
+        self, store: Store, brokers: list[SignInPolicy], phone: Phone
+    ) -> None:
+        """The password at the first broker, the code at the second: a token."""
+        configure_all(store, brokers, mfa="always")
+        challenge_id = await open_challenge(brokers[0])
+        verdict, challenge = brokers[1].complete(challenge_id, phone.code())
+        assert verdict.outcome == Result.SUCCESS
+        assert verdict.methods == ("pwd", "otp")
+        assert challenge.request_id == "req-mfa"
+        with pytest.raises(ChallengeExpired):  # Closed everywhere once answered.
+            brokers[2].complete(challenge_id, phone.code(1))
+
+    async def test_tries_are_the_clusters(
+        self, store: Store, brokers: list[SignInPolicy], phone: Phone
+    ) -> None:
+        """Three wrong codes, one at each broker, use the challenge up (it allows three)."""
+        configure_all(store, brokers, mfa="always")
+        challenge_id = await open_challenge(brokers[0])
+        for broker in brokers:
+            verdict, _ = broker.complete(challenge_id, phone.wrong_code())
+            assert verdict.outcome == Result.INVALID_CREDENTIALS
+        with pytest.raises(ChallengeExpired):
+            brokers[0].complete(challenge_id, phone.code())

@@ -16,7 +16,7 @@ import pytest
 
 from broker.policy.lockout import CLEAN, Counter
 from broker.store import open_store
-from broker.store.records import TOKEN_REFUSED, BrokerRecord, Flight, UserLockout
+from broker.store.records import TOKEN_REFUSED, BrokerRecord, Challenge, Flight, UserLockout
 from pta.errors import InvalidRequest, NotFound, Unauthenticated
 from pta.tokens import EnrolmentToken
 
@@ -224,6 +224,46 @@ class TestUserLock:
             {},
             {},
         )
+
+
+class TestMfaChallenges:
+    """A challenge's tries are counted once across handles; its id is looked up by hash."""
+
+    def test_the_last_try_goes_once(self, opener: Callable[[], Store]) -> None:
+        """Two tries left, eight racing spenders: two get one each, the rest nothing."""
+        opened = _challenge(time.time() + 60, tries=2)
+        opener().policy.open_challenge(b"k" * 32, opened)
+        results = race(opener, lambda s: s.policy.spend_challenge(b"k" * 32, time.time()))
+        spent = [r for r in results if isinstance(r, Challenge)]
+        assert len(spent) == 2
+        assert sorted(c.attempts_left for c in spent) == [0, 1]
+        assert {c.request_id for c in spent} == {opened.request_id}
+        assert results.count(None) == RACERS - 2
+
+    def test_expired_and_closed_are_gone(self, opener: Callable[[], Store]) -> None:
+        """An expired challenge is not spent (and upkeep deletes it); a closed one is gone."""
+        store = opener()
+        now = time.time()
+        for key, expires in ((b"a" * 32, now - 1), (b"b" * 32, now + 60)):
+            store.policy.open_challenge(key, _challenge(expires))
+        assert store.policy.spend_challenge(b"a" * 32, now) is None
+        opener().policy.close_challenge(b"b" * 32)
+        assert store.policy.spend_challenge(b"b" * 32, now) is None
+        store.policy.forget_challenges_before(now)
+        assert store.policy.spend_challenge(b"a" * 32, now - 10) is None
+
+
+def _challenge(expires: float, tries: int = 3) -> Challenge:
+    return Challenge(
+        tenant="acme",
+        user="alice",
+        subject="alice@example.com",
+        address="203.0.113.7",
+        location="unfamiliar",
+        request_id="req",
+        expires=expires,
+        attempts_left=tries,
+    )
 
 
 class TestCluster:
