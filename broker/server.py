@@ -32,6 +32,7 @@ from broker.policy.ratelimit import RateLimiter
 from broker.policy.shared_challenges import SharedChallenges
 from broker.policy.signin_policy import SignInPolicy
 from broker.policy.signing import TokenSigner
+from broker.policy.signing_keys import StoreKeyring
 from broker.server_certificates import ServerCertificates
 from broker.store import open_store
 from broker.store.records import ConnectionStatus
@@ -57,6 +58,8 @@ ENDPOINTS_FILE = "endpoints.json"
 MAINTENANCE_TICK = 0.25
 #: How long agent streams get to close once the public endpoint has drained.
 AGENT_STREAM_GRACE = 2.0
+#: What the key sealing a cluster's token-signing keys in the store is derived for.
+SIGNING_KEY_PURPOSE = "token-signing-keys"
 #: How often it reports its live streams for ``pta-broker agents list``.
 STATUS_INTERVAL = 1.0
 #: How often the sign-in policy forgets stale counters and networks and rotates keys.
@@ -137,7 +140,11 @@ class Broker:
         )
         dispatcher = self._dispatcher = Dispatcher(queue_limit=config.queue_limit)
         signer = TokenSigner(
-            config.data_dir,
+            (
+                StoreKeyring(store, ca.derived_key(SIGNING_KEY_PURPOSE))
+                if store.shared
+                else config.data_dir
+            ),
             issuer=config.token_issuer,
             audience=config.token_audience,
             token_ttl=config.token_ttl,

@@ -1,11 +1,14 @@
 """The tokens applications trust: JWTs signed by the broker, and the key set that verifies them.
 
 Encoding and the JWK format are PyJWT's; the keys are Ed25519 (``EdDSA``) from
-``cryptography``. Each key lives in its own file ``D/signing/<not_before_ms>-<id>.pem``
-(0600): it signs from its ``not_before`` for ``lifetime`` seconds. Rotation overlaps both
+``cryptography``, kept in a :mod:`~broker.policy.signing_keys` keyring (a file each in the data
+dir, or sealed in the store brokers share): each signs from its ``not_before`` for
+``lifetime`` seconds. Rotation overlaps both
 ways: the next key is made and published a third of a lifetime before it starts signing (so
 applications that cache the key set have it before they meet it), and a retired key stays
-published until the last token it signed has expired.
+published until the last token it signed has expired. A shared keyring is re-read at every
+rotation check (each second at most), so every broker publishes the same set and signs with
+the same key.
 """
 
 from __future__ import annotations
@@ -14,20 +17,19 @@ import json
 import secrets
 import time
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
 import jwt
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from pta import tls
+from broker.policy.signing_keys import FileKeyring, Keyring, SigningKey
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
 ALGORITHM = "EdDSA"
-SIGNING_DIR = "signing"
 DEFAULT_TOKEN_TTL = 3600.0
 DEFAULT_KEY_LIFETIME = 30 * 86400.0
 DEFAULT_ISSUER = "pta-broker"
@@ -35,15 +37,6 @@ DEFAULT_ISSUER = "pta-broker"
 PUBLISH_NEXT_AT = 2 / 3
 #: Rotation is looked at no more often than this (it runs on the sign-in path).
 ROTATION_CHECK = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class SigningKey:
-    """One Ed25519 key and when it signs."""
-
-    kid: str
-    not_before: float
-    key: Ed25519PrivateKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +52,7 @@ class TokenSigner:
 
     def __init__(  # noqa: PLR0913 - each a documented setting
         self,
-        data_dir: Path,
+        keys: Path | Keyring,
         *,
         issuer: str = DEFAULT_ISSUER,
         audience: str = "",
@@ -67,7 +60,10 @@ class TokenSigner:
         key_lifetime: float = DEFAULT_KEY_LIFETIME,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """Load the keys in ``data_dir/signing`` (making the first one if there is none).
+        """Load the keys (making the first one if there is none).
+
+        ``keys``: where they are kept, a keyring or a data dir (a file each in its
+        ``signing`` folder).
 
         Raises:
             ValueError: When the token lifetime is not shorter than the key lifetime (a key
@@ -81,42 +77,29 @@ class TokenSigner:
         self.token_ttl = token_ttl
         self._lifetime = key_lifetime
         self._clock = clock
-        self._dir = data_dir / SIGNING_DIR
-        self._dir.mkdir(mode=0o700, exist_ok=True)
-        self._keys = sorted(self._load(), key=lambda k: k.not_before)
+        self._keyring = FileKeyring(keys) if isinstance(keys, PurePath) else keys
+        self._keys = sorted(self._keyring.load(), key=lambda k: k.not_before)
         self._jwks = ""
         self._published: list[str] = []
         self._checked = float("-inf")
         self.rotate()
 
-    def _load(self) -> list[SigningKey]:
-        keys = []
-        for path in self._dir.glob("*.pem"):
-            stamp, _, kid = path.stem.partition("-")
-            if not stamp.isdigit() or not kid:
-                continue
-            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-            if isinstance(key, Ed25519PrivateKey):
-                keys.append(SigningKey(path.stem, int(stamp) / 1000, key))
-        return keys
-
-    def _create(self, not_before: float) -> SigningKey:
+    def _create(self, not_before: float, *, unless_after: float) -> None:
+        """Make a key starting at ``not_before``, unless another broker made a later one."""
         kid = f"{int(not_before * 1000)}-{secrets.token_hex(4)}"
-        key = Ed25519PrivateKey.generate()
-        pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        tls.write_private(self._dir / f"{kid}.pem", pem)
-        made = SigningKey(kid, not_before, key)
-        self._keys.append(made)
+        made = SigningKey(kid, not_before, Ed25519PrivateKey.generate())
+        if self._keyring.add(made, unless_after=unless_after):
+            self._keys.append(made)
+        else:
+            self._keys = self._keyring.load()
         self._keys.sort(key=lambda k: k.not_before)
-        return made
 
     def _active(self, now: float) -> SigningKey | None:
+        """The latest key started; else the earliest (another broker's clock runs ahead)."""
         started = [k for k in self._keys if k.not_before <= now]
-        return started[-1] if started else None
+        if started:
+            return started[-1]
+        return self._keys[0] if self._keys else None
 
     def rotate(self) -> None:
         """Make the next key when due, and drop keys no valid token can need any more.
@@ -127,19 +110,25 @@ class TokenSigner:
         if now - self._checked < ROTATION_CHECK:
             return
         self._checked = now
+        if self._keyring.shared:  # Another broker may have made or dropped one.
+            self._keys = sorted(self._keyring.load(), key=lambda k: k.not_before)
         active = self._active(now)
         if active is None or now >= active.not_before + self._lifetime:
-            active = self._create(now)
+            latest = self._keys[-1].not_before if self._keys else float("-inf")
+            self._create(now, unless_after=latest)
+            active = self._active(now)
+            if active is None:  # _create() leaves a key: its own or another broker's.
+                raise RuntimeError("no signing key")
         successor_at = active.not_before + self._lifetime
         due = now >= active.not_before + self._lifetime * PUBLISH_NEXT_AT
         if due and not any(k.not_before > active.not_before for k in self._keys):
-            self._create(successor_at)
+            self._create(successor_at, unless_after=active.not_before)
         keep = []
         for key in self._keys:
             later = [k.not_before for k in self._keys if k.not_before > key.not_before]
             retired_at = min(later) if later else None
             if retired_at is not None and retired_at <= now and retired_at + self.token_ttl < now:
-                (self._dir / f"{key.kid}.pem").unlink(missing_ok=True)
+                self._keyring.remove(key.kid)
                 continue
             keep.append(key)
         self._keys = keep

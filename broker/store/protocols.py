@@ -287,6 +287,20 @@ class ClusterStore(Protocol):
     def deregister_broker(self, broker_id: str) -> None:
         """A broker stopping says so, rather than waiting to go stale."""
 
+    def signing_keys(self) -> list[tuple[str, float, bytes]]:
+        """(kid, not before, sealed private key) of every token-signing key kept."""
+
+    def add_signing_key(
+        self, kid: str, not_before: float, sealed: bytes, *, unless_after: float
+    ) -> bool:
+        """Keep a sealed signing key, atomically unless one starting after ``unless_after`` is.
+
+        Of brokers racing to make the next key, one does; the others are answered False.
+        """
+
+    def remove_signing_key(self, kid: str) -> None:
+        """Forget a signing key (idempotent)."""
+
 
 class Store(TenantStore, TokenStore, ReportStore, ClusterStore, Protocol):
     """The whole store a broker (or a management command) opens: every aggregate."""

@@ -16,6 +16,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from pta import tls
@@ -69,6 +70,17 @@ class CertificateAuthority:
         self.cert = cert
         self.cert_pem = tls.cert_pem(cert)
         self.fingerprint = tls.fingerprint(cert)
+
+    def derived_key(self, purpose: str) -> bytes:
+        """A 32-byte key for ``purpose`` that only holders of this CA's key can derive.
+
+        HKDF-SHA256 over the CA's private scalar, the purpose as its info: brokers of one
+        cluster (which share the CA key) derive the same key, e.g. to seal what they share in
+        the store, and nobody who holds only the store can.
+        """
+        secret = self.key.private_numbers().private_value.to_bytes(66, "big")
+        info = b"pta-ca-derived-v1\0" + purpose.encode()
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret)
 
     @classmethod
     def load_or_create(cls, data_dir: Path) -> CertificateAuthority:

@@ -66,6 +66,11 @@ CREATE TABLE IF NOT EXISTS brokers (
     started_at REAL NOT NULL,
     heartbeat_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS signing_keys (
+    kid TEXT PRIMARY KEY,
+    not_before REAL NOT NULL,
+    sealed BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS directory_policies (
     tenant TEXT NOT NULL REFERENCES tenants(name) ON DELETE CASCADE,
     domain TEXT NOT NULL,
@@ -279,6 +284,30 @@ class SqliteStore:
     def deregister_broker(self, broker_id: str) -> None:
         """Forget a broker that stops."""
         self._db.execute("DELETE FROM brokers WHERE id = ?", (broker_id,))
+
+    def signing_keys(self) -> list[tuple[str, float, bytes]]:
+        """Every sealed signing key kept in the store."""
+        return list(self._db.execute("SELECT kid, not_before, sealed FROM signing_keys"))
+
+    def add_signing_key(
+        self, kid: str, not_before: float, sealed: bytes, *, unless_after: float
+    ) -> bool:
+        """Keep a key unless a later one exists, in one immediate transaction."""
+        with transaction(self._db):
+            later = self._db.execute(
+                "SELECT 1 FROM signing_keys WHERE not_before > ?", (unless_after,)
+            ).fetchone()
+            if later is not None:
+                return False
+            self._db.execute(
+                "INSERT INTO signing_keys (kid, not_before, sealed) VALUES (?, ?, ?)",
+                (kid, not_before, sealed),
+            )
+        return True
+
+    def remove_signing_key(self, kid: str) -> None:
+        """Forget a signing key."""
+        self._db.execute("DELETE FROM signing_keys WHERE kid = ?", (kid,))
 
     # Directory lockout policies ---------------------------------------------------------------
 

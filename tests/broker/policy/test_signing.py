@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from broker.policy import signing
+from broker.policy import signing, signing_keys
 from broker.policy.signing import TokenSigner
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ def verify(token: str, jwks: str, *, audience: str | None = AUDIENCE) -> dict[st
 
 def key_files(data_dir: Path) -> list[str]:
     """The key ids of the key files on disk, sorted."""
-    return sorted(p.stem for p in (data_dir / signing.SIGNING_DIR).glob("*.pem"))
+    return sorted(p.stem for p in (data_dir / signing_keys.SIGNING_DIR).glob("*.pem"))
 
 
 def other_key_set(kid: str) -> str:
@@ -122,7 +122,7 @@ class TestTokenSignerSetup:
     def test_first_key_made_and_published(self, tmp_path: Path, clock: FakeClock) -> None:
         """A new signer makes one key file (0600 in a 0700 directory) and publishes its key."""
         signer = make_signer(tmp_path, clock)
-        directory = tmp_path / signing.SIGNING_DIR
+        directory = tmp_path / signing_keys.SIGNING_DIR
         [path] = directory.glob("*.pem")
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -150,7 +150,7 @@ class TestTokenSignerSetup:
 
     def test_foreign_files_ignored(self, tmp_path: Path, clock: FakeClock) -> None:
         """Files that are not ``<ms>-<id>.pem`` Ed25519 keys are neither loaded nor deleted."""
-        directory = tmp_path / signing.SIGNING_DIR
+        directory = tmp_path / signing_keys.SIGNING_DIR
         directory.mkdir()
         ec_pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
             serialization.Encoding.PEM,

@@ -290,3 +290,19 @@ class TestCluster:
         ]
         two.deregister_broker("b1")
         assert [b.broker_id for b in one.brokers(fresh_within=5)] == ["b2"]
+
+    def test_one_next_signing_key(self, opener: Callable[[], Store]) -> None:
+        """Racing brokers each make the key after 100: one is kept; removal is idempotent."""
+        results = race(
+            opener,
+            lambda s: s.add_signing_key(f"k{id(s)}", 200.0, b"sealed", unless_after=100.0),
+        )
+        assert results.count(True) == 1
+        store = opener()
+        [(kid, not_before, sealed)] = store.signing_keys()
+        assert (not_before, sealed) == (200.0, b"sealed")
+        assert store.add_signing_key("k-late", 150.0, b"x", unless_after=99.0) is False
+        assert store.add_signing_key("k-next", 300.0, b"y", unless_after=200.0) is True
+        store.remove_signing_key(kid)
+        store.remove_signing_key(kid)
+        assert [k for k, _, _ in opener().signing_keys()] == ["k-next"]
