@@ -30,6 +30,7 @@ from broker.policy.lockout_ledger import SharedLedger
 from broker.policy.mfa import Challenges, MfaKey
 from broker.policy.ratelimit import RateLimiter
 from broker.policy.shared_challenges import SharedChallenges
+from broker.policy.shared_repeats import SharedRecentFailures
 from broker.policy.signin_policy import SignInPolicy
 from broker.policy.signing import TokenSigner
 from broker.policy.signing_keys import StoreKeyring
@@ -60,6 +61,8 @@ MAINTENANCE_TICK = 0.25
 AGENT_STREAM_GRACE = 2.0
 #: What the key sealing a cluster's token-signing keys in the store is derived for.
 SIGNING_KEY_PURPOSE = "token-signing-keys"
+#: What the key of the refused passwords' digests in a shared store is derived for.
+REFUSED_PASSWORDS_PURPOSE = "refused-passwords"
 #: How often it reports its live streams for ``pta-broker agents list``.
 STATUS_INTERVAL = 1.0
 #: How often the sign-in policy forgets stale counters and networks and rotates keys.
@@ -160,6 +163,11 @@ class Broker:
                 else Challenges(ttl=config.mfa_challenge_ttl)
             ),
             ledger=SharedLedger(store.policy) if store.shared else None,
+            recent=(
+                SharedRecentFailures(store.policy, ca.derived_key(REFUSED_PASSWORDS_PURPOSE))
+                if store.shared
+                else None
+            ),
         )
         for tenant in store.tenants():  # What agents said before a restart still holds.
             policy.directory_reported(tenant, store.directory_policies(tenant))

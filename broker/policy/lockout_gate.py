@@ -27,7 +27,7 @@ import structlog
 from broker.dispatch.jobs import MAY_HAVE_TRIED
 from broker.policy import lockout
 from broker.policy.lockout_ledger import Ledger, MemoryLedger
-from broker.policy.recent_failures import RecentFailures, Repeat
+from broker.policy.recent_failures import RecentFailures, Repeat, RepeatMemory
 from broker.policy.verdicts import (
     ACCOUNT_EXISTS,
     PASSWORD_RIGHT,
@@ -66,7 +66,7 @@ class LockoutGate:
         self,
         store: PolicyStore,
         *,
-        recent: RecentFailures | None = None,
+        recent: RepeatMemory | None = None,
         clock: Callable[[], float] = time.time,
         max_counters: int | None = None,
         ledger: Ledger | None = None,
@@ -78,7 +78,7 @@ class LockoutGate:
         :data:`MAX_COUNTERS`) counters of names no directory has said exist).
         """
         self._store = store
-        self.recent = RecentFailures() if recent is None else recent
+        self.recent: RepeatMemory = RecentFailures() if recent is None else recent
         self._clock = clock
         #: (tenant, account) a directory answered for lately: their counters are never shed.
         self._known = store.known_accounts()
@@ -115,6 +115,7 @@ class LockoutGate:
         """Forget counters and known accounts no rule needs any more."""
         now = self._clock()
         self._store.forget_counters_before(now - lockout.FORGET_AFTER)
+        self._store.forget_repeats_before(now)
         self.ledger.upkeep(lambda key, c: lockout.current(c, policy_of(key[0]).lockout, now) is c)
         self._store.forget_known_accounts_before(now - lockout.FORGET_AFTER)
         self._known = self._store.known_accounts()

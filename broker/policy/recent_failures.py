@@ -15,6 +15,8 @@ password must get through at once.
 Nothing that could recover a password is kept: an entry is HMAC-SHA256 under a random key
 that exists only in this process and is replaced every ``ttl`` seconds (the previous key is
 kept one more period, so entries live their full ``ttl``). Nothing is ever written to disk.
+Brokers sharing a store share this memory there instead
+(:mod:`broker.policy.shared_repeats`); either is a :class:`RepeatMemory`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from pta.expiring import ExpiringMap
 
@@ -48,6 +50,22 @@ class Repeat(enum.IntEnum):
     REFUSED = 1
     #: Refused as an unknown name: check it again, but do not count it again.
     UNKNOWN_NAME = 2
+
+
+class RepeatMemory(Protocol):
+    r"""The passwords lately refused per user key (``tenant\0user``), as keyed hashes."""
+
+    def check(self, user: str, password: str) -> tuple[Repeat, bytes]:
+        """Whether ``password`` was refused for ``user`` lately (and how), and its digest."""
+
+    def add(self, user: str, digest: bytes, *, known: bool = True) -> None:
+        """Remember a refused password by the digest :meth:`check` gave."""
+
+    def forget(self, user: str) -> None:
+        """Forget a user's refused passwords."""
+
+    def forget_tenant(self, tenant: str) -> None:
+        """Forget every refused password of a tenant's users."""
 
 
 class RecentFailures:

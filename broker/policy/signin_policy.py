@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from broker.policy import mfa
     from broker.policy.accounts import AccountRule
     from broker.policy.lockout_ledger import Ledger
-    from broker.policy.recent_failures import RecentFailures
+    from broker.policy.recent_failures import RepeatMemory
     from broker.policy.signing import TokenSigner
     from broker.store.protocols import PolicyStore
     from broker.store.records import Challenge, DirectoryPolicyRecord, Location
@@ -74,7 +74,7 @@ class SignInPolicy:
         *,
         mfa_key: mfa.MfaKey | None = None,
         challenges: mfa.ChallengeBook | None = None,
-        recent: RecentFailures | None = None,
+        recent: RepeatMemory | None = None,
         clock: Callable[[], float] = time.time,
         accounts: AccountMap | None = None,
         max_counters: int | None = None,

@@ -202,7 +202,10 @@ class PolicyStore(Protocol):
         """
 
     def clear_counters(self, tenant: str, user: str | None = None) -> int:
-        """An administrator's unlock of one user's counters, or a whole tenant's; how many."""
+        """An administrator's unlock of one user's counters, or a whole tenant's; how many.
+
+        The passwords they had refused lately (:meth:`repeats`) are forgotten with them.
+        """
 
     def forget_counters_before(self, horizon: float) -> None:
         """Delete counters that lock nobody and whose last failure is older than ``horizon``."""
@@ -247,6 +250,20 @@ class PolicyStore(Protocol):
 
     def mfa_users(self, tenant: str) -> list[tuple[str, float]]:
         """(user, enrolled at) of every user of a tenant with an authenticator."""
+
+    def repeats(self, tenant: str, user: str, now: float) -> list[tuple[bytes, bool]]:
+        """(digest, the name was known) of a user's passwords refused lately, unexpired."""
+
+    def add_repeat(  # noqa: PLR0913 - one entry's fields
+        self, tenant: str, user: str, digest: bytes, *, known: bool, expires_at: float, keep: int
+    ) -> None:
+        """Remember a refused password's digest (replacing the same one); keep the newest few."""
+
+    def forget_repeats(self, tenant: str, user: str | None = None) -> None:
+        """Forget a user's refused passwords, or a whole tenant's."""
+
+    def forget_repeats_before(self, now: float) -> None:
+        """Delete the entries expired by ``now``."""
 
     def open_challenge(self, key: bytes, challenge: Challenge) -> None:
         """Keep an open MFA challenge under ``key`` (a hash of its id: never the id itself)."""

@@ -12,22 +12,18 @@ and a TOTP secret only sealed under the operator's MFA key.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from broker.policy.lockout import Counter
 from broker.policy.tenant_policy import TenantPolicy
 from broker.store.records import CounterKey, MfaRecord
-from broker.store.sqlite import challenges, user_lockout
+from broker.store.sqlite.coordination import CoordinationTables
 from broker.store.sqlite.db import transaction
 from pta.errors import InvalidRequest
 
 if TYPE_CHECKING:
     import sqlite3
-    from collections.abc import Callable, Sequence
-
-    from broker.store.records import Challenge, UserLockout
-
-_T = TypeVar("_T")
+    from collections.abc import Sequence
 
 
 SCHEMA = """
@@ -89,15 +85,14 @@ CREATE TABLE IF NOT EXISTS mfa_secrets (
 """
 
 
-class SqlitePolicyStore:
+class SqlitePolicyStore(CoordinationTables):
     """The policy tables, on the connection :class:`~.store.SqliteStore` opened."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         """Create the tables if needed."""
         self._db = db
         db.executescript(SCHEMA)
-        db.executescript(user_lockout.SCHEMA)
-        db.executescript(challenges.SCHEMA)
+        self._create_coordination_tables()
 
     # Tenant policies ---------------------------------------------------------------------------
 
@@ -215,22 +210,22 @@ class SqlitePolicyStore:
             (*key, counter.failures, counter.lockouts, counter.locked_until, counter.last_failure),
         )
 
-    def with_user(self, tenant: str, user: str, work: Callable[[UserLockout], _T]) -> _T:
-        """Run ``work`` on one user's lockout state under SQLite's write lock."""
-        return user_lockout.with_user(self._db, tenant, user, work)
-
     def clear_counters(self, tenant: str, user: str | None = None) -> int:
         """An administrator's unlock: one user's counters, or a whole tenant's.
+
+        The passwords they had refused lately go too (kept here when brokers share the store).
 
         Returns:
             How many counters were cleared.
         """
-        if user is None:
-            cursor = self._db.execute("DELETE FROM lockouts WHERE tenant = ?", (tenant,))
-        else:
-            cursor = self._db.execute(
-                "DELETE FROM lockouts WHERE tenant = ? AND user = ?", (tenant, user)
-            )
+        with transaction(self._db):
+            if user is None:
+                cursor = self._db.execute("DELETE FROM lockouts WHERE tenant = ?", (tenant,))
+            else:
+                cursor = self._db.execute(
+                    "DELETE FROM lockouts WHERE tenant = ? AND user = ?", (tenant, user)
+                )
+            self.forget_repeats(tenant, user)
         return cursor.rowcount
 
     def forget_counters_before(self, horizon: float) -> None:
@@ -363,21 +358,3 @@ class SqlitePolicyStore:
             "SELECT user, enrolled_at FROM mfa_secrets WHERE tenant = ? ORDER BY user", (tenant,)
         )
         return [(user, enrolled_at) for user, enrolled_at in rows]
-
-    # Open MFA challenges (the serving broker keeps its own in memory) ---------------------
-
-    def open_challenge(self, key: bytes, challenge: Challenge) -> None:
-        """Keep an open challenge by the hash of its id."""
-        challenges.open_challenge(self._db, key, challenge)
-
-    def spend_challenge(self, key: bytes, now: float) -> Challenge | None:
-        """Take one try of an open challenge."""
-        return challenges.spend_challenge(self._db, key, now)
-
-    def close_challenge(self, key: bytes) -> None:
-        """Delete a challenge."""
-        challenges.close_challenge(self._db, key)
-
-    def forget_challenges_before(self, now: float) -> None:
-        """Delete expired challenges."""
-        challenges.forget_challenges_before(self._db, now)

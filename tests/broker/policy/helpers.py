@@ -19,6 +19,7 @@ from broker.policy import mfa
 from broker.policy.lockout_ledger import SharedLedger
 from broker.policy.recent_failures import RecentFailures
 from broker.policy.shared_challenges import SharedChallenges
+from broker.policy.shared_repeats import SharedRecentFailures
 from broker.policy.signin_policy import (
     Attempt,
     SignInPolicy,
@@ -126,7 +127,11 @@ def make_policy(  # noqa: PLR0913 - the policy's parts, by name
         signer,
         mfa_key=mfa_key,
         challenges=mfa.Challenges(clock=clock) if challenges is None else challenges,
-        recent=RecentFailures(clock=clock),
+        recent=(
+            SharedRecentFailures(store.policy, b"k" * 32, clock=clock)
+            if shared
+            else RecentFailures(clock=clock)
+        ),
         clock=clock,
         ledger=SharedLedger(store.policy) if shared else None,
     )

@@ -123,6 +123,29 @@ class TestGuessesSpreadOverBrokers:
         assert failures(store, "directory") == 0
 
 
+class TestRepeatsAcrossBrokers:
+    """One wrong password typed at two brokers is one guess."""
+
+    async def test_a_repeat_elsewhere_is_not_counted(
+        self, store: Store, brokers: list[SignInPolicy]
+    ) -> None:
+        """Refused at the first broker, typed again at the second: answered there, uncounted."""
+        [password] = await fail(brokers[0], 1)
+        verdict = await refused(brokers[1], password)
+        assert (verdict.outcome, verdict.decided_by) == (Result.INVALID_CREDENTIALS, "repeat")
+        assert failures(store) == 1
+
+    async def test_an_unlock_forgets_them_everywhere(
+        self, store: Store, brokers: list[SignInPolicy]
+    ) -> None:
+        """An administrator's unlock clears the count and the refused passwords at once."""
+        configure_all(store, brokers, lockout_threshold=2)
+        passwords = await fail(brokers[0], 2)
+        assert (await refused(brokers[2], RIGHT)).outcome == Result.LOCKED_BY_POLICY
+        store.policy.clear_counters(TENANT, ALICE_KEY)
+        await admitted(brokers[2], passwords[-1])
+
+
 class TestAFlightWhoseBrokerDied:
     """A check admitted at a broker that died counts once its flight expires."""
 

@@ -253,6 +253,43 @@ class TestMfaChallenges:
         assert store.policy.spend_challenge(b"a" * 32, now - 10) is None
 
 
+class TestRepeats:
+    """Refused passwords' digests: the newest few per user, expiring, forgotten on unlock."""
+
+    def test_kept_replaced_bounded_and_expiring(self, opener: Callable[[], Store]) -> None:
+        """Seen through another handle; the same digest replaced; the oldest beyond ``keep``."""
+        writer, reader = opener().policy, opener().policy
+        now = time.time()
+        for n in range(5):
+            writer.add_repeat(
+                "acme", "alice", bytes([n]) * 16, known=True, expires_at=now + n + 10, keep=4
+            )
+        writer.add_repeat(
+            "acme", "alice", bytes([4]) * 16, known=False, expires_at=now + 20, keep=4
+        )
+        writer.add_repeat("acme", "bob", b"b" * 16, known=True, expires_at=now + 1, keep=4)
+        seen = dict(reader.repeats("acme", "alice", now))
+        assert sorted(seen) == [bytes([n]) * 16 for n in range(1, 5)]
+        assert seen[bytes([4]) * 16] is False
+        assert reader.repeats("acme", "bob", now + 2) == []
+        reader.forget_repeats_before(now + 2)
+        assert writer.repeats("acme", "bob", now) == []
+
+    def test_forgotten_by_user_tenant_and_unlock(self, opener: Callable[[], Store]) -> None:
+        """A user's go alone; a tenant's all go; an unlock forgets the user's."""
+        store = opener().policy
+        now = time.time()
+        for user in ("alice", "bob", "carol"):
+            store.add_repeat("acme", user, b"d" * 16, known=True, expires_at=now + 60, keep=4)
+        store.forget_repeats("acme", "alice")
+        assert store.repeats("acme", "alice", now) == []
+        assert store.repeats("acme", "bob", now) != []
+        opener().policy.clear_counters("acme", "bob")
+        assert store.repeats("acme", "bob", now) == []
+        store.forget_repeats("acme")
+        assert store.repeats("acme", "carol", now) == []
+
+
 def _challenge(expires: float, tries: int = 3) -> Challenge:
     return Challenge(
         tenant="acme",
