@@ -21,7 +21,7 @@ from pta.errors import Unauthenticated
 
 if TYPE_CHECKING:
     import sqlite3
-    from collections.abc import Collection
+    from collections.abc import Collection, Sequence
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS agents (
@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS agents (
     revoked_at REAL
 );
 CREATE TABLE IF NOT EXISTS connections (
-    id TEXT PRIMARY KEY,
+    broker_id TEXT NOT NULL,
+    id TEXT NOT NULL,
     agent_id TEXT NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
     version TEXT NOT NULL,
     serial TEXT NOT NULL,
@@ -41,7 +42,8 @@ CREATE TABLE IF NOT EXISTS connections (
     connected_at REAL NOT NULL,
     last_seen REAL NOT NULL,
     in_flight INTEGER NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (broker_id, id)
 );
 CREATE TABLE IF NOT EXISTS certificates (
     serial TEXT PRIMARY KEY,
@@ -88,6 +90,10 @@ class SqliteAgentStore:
     def __init__(self, db: sqlite3.Connection) -> None:
         """Create the tables if needed, and add the columns a store made earlier lacks."""
         self._db = db
+        # A store made before streams were reported per broker: they are a second old.
+        streams = {row[1] for row in db.execute("PRAGMA table_info(connections)")}
+        if streams and "broker_id" not in streams:
+            db.execute("DROP TABLE connections")
         db.executescript(SCHEMA)
         have = {row[1] for row in db.execute("PRAGMA table_info(certificates)")}
         for column, kind in CERTIFICATE_COLUMNS.items():
@@ -185,16 +191,18 @@ class SqliteAgentStore:
                 found[record.serial] = record
         return found
 
-    def report_connections(self, statuses: list[ConnectionStatus]) -> None:
-        """Replace the live-stream snapshot the serving broker keeps for operators."""
+    def report_connections(self, broker_id: str, statuses: Sequence[ConnectionStatus]) -> None:
+        """Replace the live-stream snapshot a broker keeps for operators (empty: it stopped)."""
         now = time.time()
         with transaction(self._db):
-            self._db.execute("DELETE FROM connections")
+            self._db.execute("DELETE FROM connections WHERE broker_id = ?", (broker_id,))
             self._db.executemany(
-                "INSERT INTO connections (id, agent_id, version, serial, domains, connected_at,"
-                " last_seen, in_flight, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO connections (broker_id, id, agent_id, version, serial, domains,"
+                " connected_at, last_seen, in_flight, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
+                        broker_id,
                         s.connection_id,
                         s.agent_id,
                         s.version,
@@ -219,11 +227,11 @@ class SqliteAgentStore:
         now = time.time()
         streams: dict[str, list[ConnectionStatus]] = {}
         for row in self._db.execute(
-            "SELECT id, agent_id, version, serial, domains, connected_at, last_seen, in_flight"
-            " FROM connections WHERE updated_at >= ? ORDER BY connected_at",
+            "SELECT id, agent_id, version, serial, domains, connected_at, last_seen, in_flight,"
+            " broker_id FROM connections WHERE updated_at >= ? ORDER BY connected_at, broker_id",
             (now - fresh_within,),
         ):
-            conn_id, agent_id, version, serial, domains, connected_at, last_seen, in_flight = row
+            conn_id, agent_id, version, serial, domains, connected, seen, in_flight, broker = row
             streams.setdefault(agent_id, []).append(
                 ConnectionStatus(
                     connection_id=conn_id,
@@ -231,9 +239,10 @@ class SqliteAgentStore:
                     version=version,
                     serial=serial,
                     domains=domains.split(),
-                    connected_at=connected_at,
-                    last_seen=last_seen,
+                    connected_at=connected,
+                    last_seen=seen,
                     in_flight=in_flight,
+                    broker_id=broker,
                 )
             )
         usable: dict[str, list[tuple[str, float]]] = {}

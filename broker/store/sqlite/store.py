@@ -51,9 +51,11 @@ CREATE TABLE IF NOT EXISTS tokens (
     used_at REAL
 );
 CREATE TABLE IF NOT EXISTS broker_status (
-    name TEXT PRIMARY KEY,
+    broker_id TEXT NOT NULL,
+    name TEXT NOT NULL,
     value TEXT NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (broker_id, name)
 );
 CREATE TABLE IF NOT EXISTS cluster (
     name TEXT PRIMARY KEY,
@@ -85,6 +87,10 @@ class SqliteStore:
     def __init__(self, data_dir: Path) -> None:
         """Open (and create) the store in ``data_dir``."""
         self._db = connect(data_dir / STORE_FILE)
+        # A store made before reports were per broker: they are a second old, drop them.
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(broker_status)")}
+        if have and "broker_id" not in have:
+            self._db.execute("DROP TABLE broker_status")
         self._db.executescript(SCHEMA)
         self.agents = SqliteAgentStore(self._db)
         self.policy = SqlitePolicyStore(self._db)
@@ -117,6 +123,7 @@ class SqliteStore:
                 )
         except sqlite3.IntegrityError as error:
             raise InvalidRequest(f"tenant {name!r} or one of its domains exists already") from error
+        self._domains_version = -1  # data_version counts other connections' writes only.
 
     def tenants(self) -> dict[str, list[str]]:
         """Return every tenant with its domains."""
@@ -219,23 +226,27 @@ class SqliteStore:
 
     # What the serving broker says of itself, for the CLI ---------------------------------------
 
-    def report_status(self, values: Mapping[str, str]) -> None:
-        """Replace what the serving broker reports about itself (e.g. whether it has an MFA key)."""
+    def report_status(self, broker_id: str, values: Mapping[str, str]) -> None:
+        """Replace what a broker reports about itself (e.g. whether it has an MFA key)."""
         now = time.time()
         with transaction(self._db):
-            self._db.execute("DELETE FROM broker_status")
+            self._db.execute("DELETE FROM broker_status WHERE broker_id = ?", (broker_id,))
             self._db.executemany(
-                "INSERT INTO broker_status (name, value, updated_at) VALUES (?, ?, ?)",
-                [(name, value, now) for name, value in values.items()],
+                "INSERT INTO broker_status (broker_id, name, value, updated_at)"
+                " VALUES (?, ?, ?, ?)",
+                [(broker_id, name, value, now) for name, value in values.items()],
             )
 
-    def status(self, *, fresh_within: float) -> dict[str, str]:
-        """What a broker serving this store reported within ``fresh_within`` s (empty: none)."""
-        rows = self._db.execute(
-            "SELECT name, value FROM broker_status WHERE updated_at >= ?",
+    def status(self, *, fresh_within: float) -> dict[str, dict[str, str]]:
+        """What each broker serving this store reported within ``fresh_within`` s, by id."""
+        result: dict[str, dict[str, str]] = {}
+        for broker_id, name, value in self._db.execute(
+            "SELECT broker_id, name, value FROM broker_status WHERE updated_at >= ?"
+            " ORDER BY broker_id, name",
             (time.time() - fresh_within,),
-        )
-        return dict(rows)
+        ):
+            result.setdefault(broker_id, {})[name] = value
+        return result
 
     # The brokers serving this store ---------------------------------------------------------
 
@@ -247,6 +258,11 @@ class SqliteStore:
         )
         (kept,) = self._db.execute("SELECT value FROM cluster WHERE name = 'ca_sha256'").fetchone()
         return str(kept)
+
+    def cluster_ca(self) -> str | None:
+        """The CA fingerprint claimed by the first broker, if one served yet."""
+        row = self._db.execute("SELECT value FROM cluster WHERE name = 'ca_sha256'").fetchone()
+        return None if row is None else str(row[0])
 
     def register_broker(self, record: BrokerRecord) -> None:
         """Insert or refresh a broker's heartbeat."""
