@@ -16,7 +16,8 @@ statement on the server after its fifth execution on a connection, so the calls 
 path are parsed and planned once per connection.
 
 Failing fast: libpq's ``connect_timeout`` (2 s, its smallest), the pool's wait for a
-connection (:data:`POOL_TIMEOUT`) and a server-side ``statement_timeout`` bound every call.
+connection (:data:`POOL_TIMEOUT`, :data:`DOWN_TIMEOUT` once a call failed) and a server-side
+``statement_timeout`` bound every call.
 psycopg's ``OperationalError`` (server gone or refusing, shut down, timed out) and the pool's
 ``PoolTimeout`` become :class:`pta.errors.StoreUnavailable`, which the RPC layer answers
 UNAVAILABLE. A server that is frozen rather than gone (it accepts TCP and never answers) is
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any, LiteralString
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from broker.store.location import check_url, redact
 from pta.errors import StoreUnavailable
@@ -60,6 +61,10 @@ POOL_MAX = 8
 #: After an outage, the pool's background attempts back off from 1 s; past this many seconds
 #: it gives up, and the next call starts afresh (so recovery is never a long backoff away).
 RECONNECT_TIMEOUT = 10.0
+#: Once a call failed, the next ones wait this long only for a connection, until one succeeds:
+#: while the server is down, each call fails at once rather than after POOL_TIMEOUT (the pool
+#: keeps trying to reconnect in the background meanwhile).
+DOWN_TIMEOUT = 0.05
 #: What a caller (a client of the broker) reads: where the store is is none of its business.
 UNAVAILABLE = "the broker's store does not answer: try again shortly"
 
@@ -99,6 +104,10 @@ class Database:
         password = conninfo_to_dict(self._conninfo).get("password")
         self._password = str(password) if password else ""
         self._pool: ConnectionPool[psycopg.Connection[TupleRow]] | None = None
+        #: Whether the last pooled call failed for want of the server, and why the last
+        #: failure that said why (a pool timeout does not).
+        self._down = False
+        self._reason = ""
 
     def __repr__(self) -> str:
         """Where, never with the password."""
@@ -115,7 +124,11 @@ class Database:
         try:
             yield
         except psycopg.OperationalError as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
+            reason = (str(error).strip() or type(error).__name__).splitlines()[0]
+            if isinstance(error, PoolTimeout) and self._reason:
+                reason = f"{reason}; the last failure: {self._reason}"
+            else:
+                self._reason = reason
             detail = f"{self.where}: {reason}"
             if self._password:
                 detail = detail.replace(self._password, "***")
@@ -159,8 +172,14 @@ class Database:
         """
         if self._pool is None:
             raise RuntimeError("the store is closed")
-        with self.mapped(), self._pool.connection() as conn:
-            yield conn
+        timeout = DOWN_TIMEOUT if self._down else POOL_TIMEOUT
+        try:
+            with self.mapped(), self._pool.connection(timeout) as conn:
+                yield conn
+        except StoreUnavailable:
+            self._down = True
+            raise
+        self._down = False
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[psycopg.Connection[TupleRow]]:
