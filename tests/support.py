@@ -216,6 +216,25 @@ class BrokerProcess:
             return response
 
 
+def refused_serve(data_dir: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    """Run `pta-broker serve --data-dir`, expecting it to refuse and exit by itself."""
+    return subprocess.run(
+        [str(BIN / "pta-broker"), "serve", "--data-dir", str(data_dir), *flags],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def one_line(stderr: str) -> str:
+    """A refusal: exactly one line, no traceback."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert "Traceback" not in stderr, stderr
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
 def change_password(
     broker: BrokerProcess, username: str, old: str, new: str, timeout: float = 15.0
 ) -> signin_pb2.ChangePasswordResponse:

@@ -25,7 +25,15 @@ from pta.v1 import outcome_pb2
 from tests.conftest import USERS
 from tests.raw_agent import RawStream, enrolled
 from tests.secrets_registry import secret
-from tests.support import BIN, AgentProcess, BrokerProcess, agent_credentials, wait_for
+from tests.support import (
+    BIN,
+    AgentProcess,
+    BrokerProcess,
+    agent_credentials,
+    one_line,
+    refused_serve,
+    wait_for,
+)
 from tooling.postgres import Postgres, postgres_missing_reason
 
 if TYPE_CHECKING:
@@ -149,32 +157,9 @@ class TestServing:
 
 
 def _serve(data_dir: Path, store_url: str) -> subprocess.CompletedProcess[str]:
-    """Run `pta-broker serve --store`, expecting it to refuse and exit by itself."""
-    return subprocess.run(
-        [
-            str(BIN / "pta-broker"),
-            "serve",
-            "--data-dir",
-            str(data_dir),
-            "--store",
-            store_url,
-            "--listen",
-            "127.0.0.1:0",
-            "--agent-listen",
-            "127.0.0.1:0",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
-def _one_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert "Traceback" not in stderr, stderr
-    assert len(lines) == 1, stderr
-    return lines[0]
+    """Run `pta-broker serve --store` on free ports, expecting it to refuse."""
+    free = ("--listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0")
+    return refused_serve(data_dir, "--store", store_url, *free)
 
 
 class TestOneCaPerCluster:
@@ -187,7 +172,7 @@ class TestOneCaPerCluster:
         second_dir = run_dir / "broker-pg-2"
         refused = _serve(second_dir, store_url)
         assert refused.returncode == 1
-        line = _one_line(refused.stderr)
+        line = one_line(refused.stderr)
         assert "belongs to a cluster whose CA is" in line
         assert "Copy ca.pem and ca.key from the first broker's data dir" in line
         assert store_url not in line
@@ -219,10 +204,10 @@ class TestStoreTrouble:
             check=False,
         )
         assert listed.returncode == 1
-        assert "newer than this pta-broker knows" in _one_line(listed.stderr)
+        assert "newer than this pta-broker knows" in one_line(listed.stderr)
         served = _serve(run_dir / "broker-too-new", url)
         assert served.returncode == 1
-        line = _one_line(served.stderr)
+        line = one_line(served.stderr)
         assert "newer than this pta-broker knows" in line
         assert url not in line
 
@@ -252,7 +237,7 @@ class TestStoreTrouble:
                         assert refused.value.details() == UNAVAILABLE
                     cli = broker.cli("tenant", "list", check=False)
                     assert cli.returncode == 1
-                    assert "the store does not answer" in _one_line(cli.stderr)
+                    assert "the store does not answer" in one_line(cli.stderr)
                     assert url not in cli.stderr
                 finally:
                     agent.stop()

@@ -11,35 +11,22 @@ live streams under its id; the listing merges every broker's fresh report.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from broker.store.records import AgentRecord, CertificateRecord, ConnectionStatus
+from broker.store import rows
 from pta.errors import Unauthenticated
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Sequence
 
     from broker.store.postgres.db import Database
+    from broker.store.records import AgentRecord, CertificateRecord, ConnectionStatus
 
 _CERTIFICATE_SELECT = (
     "SELECT c.serial, c.agent_id, a.tenant, c.envelope_public_key, c.not_after,"
     " a.revoked_at IS NOT NULL, c.retired_at IS NOT NULL, c.predecessor"
     " FROM certificates c JOIN agents a ON a.id = c.agent_id"
 )
-
-
-def _certificate(row: tuple[Any, ...]) -> CertificateRecord:
-    serial, agent_id, tenant, key, not_after, revoked, retired, predecessor = row
-    return CertificateRecord(
-        serial=serial,
-        agent_id=agent_id,
-        tenant=tenant,
-        envelope_public_key=bytes(key),
-        not_after=not_after,
-        revoked=revoked,
-        retired=retired,
-        predecessor=predecessor,
-    )
 
 
 class PostgresAgentStore:
@@ -90,7 +77,7 @@ class PostgresAgentStore:
             row = conn.execute(
                 f"{_CERTIFICATE_SELECT} WHERE c.serial = %s FOR UPDATE OF c", (old.serial,)
             ).fetchone()
-            current = None if row is None else _certificate(row)
+            current = None if row is None else rows.certificate(row)
             if current is None or (reason := current.refusal(now)):
                 raise Unauthenticated(reason or "this certificate is unknown")
             conn.execute(
@@ -130,14 +117,14 @@ class PostgresAgentStore:
     def certificate(self, serial: str) -> CertificateRecord | None:
         """Look up a certificate the broker issued, with its agent's tenant and state."""
         row = self._db.row(f"{_CERTIFICATE_SELECT} WHERE c.serial = %s", (serial,))
-        return None if row is None else _certificate(row)
+        return None if row is None else rows.certificate(row)
 
     def certificates(self, serials: Collection[str]) -> dict[str, CertificateRecord]:
         """Look up many certificates at once (every live stream's), by serial."""
         if not serials:
             return {}
-        rows = self._db.rows(f"{_CERTIFICATE_SELECT} WHERE c.serial = ANY(%s)", (list(serials),))
-        return {record.serial: record for record in map(_certificate, rows)}
+        found = self._db.rows(f"{_CERTIFICATE_SELECT} WHERE c.serial = ANY(%s)", (list(serials),))
+        return {record.serial: record for record in map(rows.certificate, found)}
 
     def report_connections(self, broker_id: str, statuses: Sequence[ConnectionStatus]) -> None:
         """Replace one broker's snapshot of its live streams (empty: it stopped)."""
@@ -168,47 +155,22 @@ class PostgresAgentStore:
     def list(self, *, fresh_within: float) -> list[AgentRecord]:
         """List every agent with its usable certificates and every broker's fresh streams."""
         now = time.time()
-        streams: dict[str, list[ConnectionStatus]] = {}
-        for row in self._db.rows(
-            "SELECT id, agent_id, version, serial, domains, connected_at, last_seen, in_flight,"
-            " broker_id FROM connections WHERE updated_at >= %s ORDER BY connected_at, broker_id",
-            (now - fresh_within,),
-        ):
-            conn_id, agent_id, version, serial, domains, connected, seen, in_flight, broker = row
-            streams.setdefault(agent_id, []).append(
-                ConnectionStatus(
-                    connection_id=conn_id,
-                    agent_id=agent_id,
-                    version=version,
-                    serial=serial,
-                    domains=list(domains),
-                    connected_at=connected,
-                    last_seen=seen,
-                    in_flight=in_flight,
-                    broker_id=broker,
-                )
+        streams = [
+            rows.stream(row, list(row[4]))
+            for row in self._db.rows(
+                "SELECT id, agent_id, version, serial, domains, connected_at, last_seen,"
+                " in_flight, broker_id FROM connections WHERE updated_at >= %s"
+                " ORDER BY connected_at, broker_id",
+                (now - fresh_within,),
             )
-        usable: dict[str, list[tuple[str, float]]] = {}
-        for agent_id, serial, not_after in self._db.rows(
+        ]
+        usable = self._db.rows(
             "SELECT agent_id, serial, not_after FROM certificates"
             " WHERE retired_at IS NULL AND not_after > %s ORDER BY issued_at, serial",
             (now,),
-        ):
-            usable.setdefault(agent_id, []).append((serial, not_after))
-        rows = self._db.rows(
+        )
+        agents = self._db.rows(
             "SELECT id, tenant, hostname, version, enrolled_at, revoked_at FROM agents"
             " ORDER BY tenant, id"
         )
-        return [
-            AgentRecord(
-                agent_id=agent_id,
-                tenant=tenant,
-                hostname=hostname,
-                version=version,
-                enrolled_at=enrolled_at,
-                revoked_at=revoked_at,
-                certificates=[] if revoked_at is not None else usable.get(agent_id, []),
-                connections=streams.get(agent_id, []),
-            )
-            for agent_id, tenant, hostname, version, enrolled_at, revoked_at in rows
-        ]
+        return rows.agents(agents, usable, streams)

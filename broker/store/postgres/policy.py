@@ -14,14 +14,14 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from broker.policy.lockout import Counter
 from broker.policy.tenant_policy import TenantPolicy
+from broker.store import rows
 from broker.store.records import CounterKey, MfaRecord
-from pta.errors import InvalidRequest
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from broker.policy.lockout import Counter
     from broker.store.postgres.db import Database
 
 
@@ -41,8 +41,8 @@ class PostgresPolicyStore:
 
     def tenant_policies(self) -> dict[str, TenantPolicy]:
         """Every tenant's policy that differs from the defaults."""
-        rows = self._db.rows("SELECT tenant, settings FROM tenant_policies")
-        return {tenant: TenantPolicy.from_json(settings) for tenant, settings in rows}
+        found = self._db.rows("SELECT tenant, settings FROM tenant_policies")
+        return {tenant: TenantPolicy.from_json(settings) for tenant, settings in found}
 
     def set_tenant_policy(self, tenant: str, policy: TenantPolicy) -> None:
         """Replace a tenant's policy."""
@@ -56,12 +56,12 @@ class PostgresPolicyStore:
 
     def banned_terms(self, tenant: str) -> list[tuple[str, str]]:
         """A tenant's own banned terms: (as typed, normalised), in the order added."""
-        rows = self._db.rows(
+        found = self._db.rows(
             "SELECT term, normalised FROM banned_passwords WHERE tenant = %s"
             " ORDER BY added_at, normalised",
             (tenant,),
         )
-        return [(term, normalised) for term, normalised in rows]
+        return [(term, normalised) for term, normalised in found]
 
     def banned_revisions(self) -> dict[str, int]:
         """Per tenant with a list, a number that changes whenever the list does."""
@@ -105,10 +105,7 @@ class PostgresPolicyStore:
                 "SELECT count(*) FROM banned_passwords WHERE tenant = %s", (tenant,)
             ).fetchone()
             total = int(counted[0]) if counted else 0
-            if total > limit:
-                raise InvalidRequest(
-                    f"tenant {tenant} would have {total} banned terms: at most {limit}"
-                )
+            rows.check_banned_total(tenant, total, limit)
             if added or removed:
                 conn.execute(
                     "INSERT INTO banned_password_revisions (tenant, revision) VALUES (%s, 1)"
@@ -122,14 +119,12 @@ class PostgresPolicyStore:
 
     def counters(self) -> dict[CounterKey, Counter]:
         """Every counter that is not clean."""
-        rows = self._db.rows(
-            "SELECT tenant, user_key, location, failures, lockouts, locked_until, last_failure"
-            " FROM lockouts"
+        return rows.counters(
+            self._db.rows(
+                "SELECT tenant, user_key, location, failures, lockouts, locked_until,"
+                " last_failure FROM lockouts"
+            )
         )
-        return {
-            (tenant, user, location): Counter(failures, lockouts, locked_until, last)
-            for tenant, user, location, failures, lockouts, locked_until, last in rows
-        }
 
     def save_counter(self, key: CounterKey, counter: Counter) -> None:
         """Write one counter (a clean one is deleted): one statement either way."""
@@ -156,23 +151,14 @@ class PostgresPolicyStore:
         Returns:
             How many counters were cleared.
         """
-        if user is None:
-            row = self._db.row(
-                "WITH cleared AS (DELETE FROM lockouts WHERE tenant = %s RETURNING 1),"
-                " bumped AS (UPDATE changes SET counter = counter + 1"
-                " WHERE EXISTS (SELECT 1 FROM cleared))"
-                " SELECT count(*) FROM cleared",
-                (tenant,),
-            )
-        else:
-            row = self._db.row(
-                "WITH cleared AS (DELETE FROM lockouts WHERE tenant = %s AND user_key = %s"
-                " RETURNING 1),"
-                " bumped AS (UPDATE changes SET counter = counter + 1"
-                " WHERE EXISTS (SELECT 1 FROM cleared))"
-                " SELECT count(*) FROM cleared",
-                (tenant, user),
-            )
+        row = self._db.row(
+            "WITH cleared AS (DELETE FROM lockouts WHERE tenant = %s"
+            " AND (%s::text IS NULL OR user_key = %s) RETURNING 1),"
+            " bumped AS (UPDATE changes SET counter = counter + 1"
+            " WHERE EXISTS (SELECT 1 FROM cleared))"
+            " SELECT count(*) FROM cleared",
+            (tenant, user, user),
+        )
         return int(row[0]) if row else 0
 
     def forget_counters_before(self, horizon: float) -> None:
@@ -184,8 +170,8 @@ class PostgresPolicyStore:
 
     def known_accounts(self) -> set[tuple[str, str]]:
         """(tenant, user key) of every account a directory has said exists, lately."""
-        rows = self._db.rows("SELECT tenant, user_key FROM known_accounts")
-        return {(tenant, user) for tenant, user in rows}
+        found = self._db.rows("SELECT tenant, user_key FROM known_accounts")
+        return {(tenant, user) for tenant, user in found}
 
     def add_known_account(self, tenant: str, user: str, now: float) -> None:
         """Remember that a directory answered for this account (not "unknown user")."""
@@ -207,11 +193,11 @@ class PostgresPolicyStore:
 
     def account_rules(self) -> list[tuple[str, str, str, str, str]]:
         """(tenant, agent id, domain, directory, scope) of every agent's last hello."""
-        rows = self._db.rows(
+        found = self._db.rows(
             "SELECT tenant, agent_id, domain, directory, scope FROM account_rules"
             " ORDER BY tenant, agent_id, domain"
         )
-        return [(row[0], row[1], row[2], row[3], row[4]) for row in rows]
+        return [(row[0], row[1], row[2], row[3], row[4]) for row in found]
 
     def replace_account_rules(
         self, tenant: str, agent_id: str, rules: Sequence[tuple[str, str, str]]
@@ -232,12 +218,9 @@ class PostgresPolicyStore:
 
     def familiar(self) -> dict[tuple[str, str], dict[str, float]]:
         """(tenant, user) -> {network prefix: last successful sign-in from it}."""
-        result: dict[tuple[str, str], dict[str, float]] = {}
-        for tenant, user, prefix, last in self._db.rows(
-            "SELECT tenant, user_key, prefix, last_success FROM familiar_networks"
-        ):
-            result.setdefault((tenant, user), {})[prefix] = last
-        return result
+        return rows.familiar(
+            self._db.rows("SELECT tenant, user_key, prefix, last_success FROM familiar_networks")
+        )
 
     def save_familiar(self, tenant: str, user: str, prefix: str, last_success: float) -> None:
         """Record a successful sign-in from a network."""
@@ -301,8 +284,8 @@ class PostgresPolicyStore:
 
     def mfa_users(self, tenant: str) -> list[tuple[str, float]]:
         """(user, enrolled at) of every user of a tenant with an authenticator."""
-        rows = self._db.rows(
+        found = self._db.rows(
             "SELECT user_key, enrolled_at FROM mfa_secrets WHERE tenant = %s ORDER BY user_key",
             (tenant,),
         )
-        return [(user, enrolled_at) for user, enrolled_at in rows]
+        return [(user, enrolled_at) for user, enrolled_at in found]

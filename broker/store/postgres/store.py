@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
+from broker.store import rows
 from broker.store.postgres.agents import PostgresAgentStore
 from broker.store.postgres.db import Database
 from broker.store.postgres.policy import PostgresPolicyStore
@@ -108,12 +109,10 @@ class PostgresStore:
 
     def tenants(self) -> dict[str, list[str]]:
         """Return every tenant with its domains."""
-        result: dict[str, list[str]] = {
-            name: [] for (name,) in self._db.rows("SELECT name FROM tenants ORDER BY name")
-        }
-        for suffix, tenant in self._db.rows("SELECT suffix, tenant FROM domains ORDER BY 1"):
-            result[tenant].append(suffix)
-        return result
+        return rows.tenants(
+            self._db.rows("SELECT name FROM tenants ORDER BY name"),
+            self._db.rows("SELECT suffix, tenant FROM domains ORDER BY 1"),
+        )
 
     def tenant_for_domain(self, domain: str) -> str | None:
         """Return the tenant that owns a domain, from memory unless the counter moved."""
@@ -130,8 +129,8 @@ class PostgresStore:
 
     def tenant_domains(self, tenant: str) -> frozenset[str]:
         """Return the domains a tenant has verified."""
-        rows = self._db.rows("SELECT suffix FROM domains WHERE tenant = %s", (tenant,))
-        return frozenset(suffix for (suffix,) in rows)
+        found = self._db.rows("SELECT suffix FROM domains WHERE tenant = %s", (tenant,))
+        return frozenset(suffix for (suffix,) in found)
 
     # Enrolment tokens -----------------------------------------------------------------------
 
@@ -188,11 +187,11 @@ class PostgresStore:
 
     def list_tokens(self) -> list[TokenRecord]:
         """Return every token, newest first."""
-        rows = self._db.rows(
+        found = self._db.rows(
             "SELECT id, tenant, created_at, expires_at, used_at FROM tokens"
             " ORDER BY created_at DESC"
         )
-        return [TokenRecord(*row) for row in rows]
+        return [TokenRecord(*row) for row in found]
 
     def delete_token(self, token_id: str) -> bool:
         """Delete a token; return whether it existed."""
@@ -213,14 +212,13 @@ class PostgresStore:
 
     def status(self, *, fresh_within: float) -> dict[str, dict[str, str]]:
         """What each broker reported within ``fresh_within`` seconds, by broker id."""
-        result: dict[str, dict[str, str]] = {}
-        for broker_id, name, value in self._db.rows(
-            "SELECT broker_id, name, value FROM broker_status WHERE updated_at >= %s"
-            " ORDER BY broker_id, name",
-            (time.time() - fresh_within,),
-        ):
-            result.setdefault(broker_id, {})[name] = value
-        return result
+        return rows.by_broker(
+            self._db.rows(
+                "SELECT broker_id, name, value FROM broker_status WHERE updated_at >= %s"
+                " ORDER BY broker_id, name",
+                (time.time() - fresh_within,),
+            )
+        )
 
     # The brokers serving this store ---------------------------------------------------------
 
@@ -260,12 +258,12 @@ class PostgresStore:
 
     def brokers(self, *, fresh_within: float) -> list[BrokerRecord]:
         """The brokers heard from within ``fresh_within`` seconds."""
-        rows = self._db.rows(
+        found = self._db.rows(
             "SELECT id, agent_endpoint, public_endpoint, started_at, heartbeat_at FROM brokers"
             " WHERE heartbeat_at >= %s ORDER BY id",
             (time.time() - fresh_within,),
         )
-        return [BrokerRecord(*row) for row in rows]
+        return [BrokerRecord(*row) for row in found]
 
     def deregister_broker(self, broker_id: str) -> None:
         """Forget a broker that stops."""
@@ -282,18 +280,7 @@ class PostgresStore:
             The records as stored.
         """
         now = time.time()
-        records = [
-            DirectoryPolicyRecord(
-                tenant=tenant,
-                domain=p.domain,
-                agent_id=agent_id,
-                known=p.known,
-                lockout_threshold=p.lockout_threshold if p.known else 0,
-                source=p.source,
-                reported_at=now,
-            )
-            for p in policies
-        ]
+        records = rows.directory_policies(tenant, agent_id, policies, now)
         with self._db.transaction() as conn:
             conn.execute(
                 "DELETE FROM directory_policies WHERE tenant = %s AND agent_id = %s",
@@ -311,9 +298,9 @@ class PostgresStore:
 
     def directory_policies(self, tenant: str) -> list[DirectoryPolicyRecord]:
         """Every agent's last report for ``tenant``'s domains, by domain then agent."""
-        rows = self._db.rows(
+        found = self._db.rows(
             "SELECT tenant, domain, agent_id, known, lockout_threshold, source, reported_at"
             " FROM directory_policies WHERE tenant = %s ORDER BY domain, agent_id",
             (tenant,),
         )
-        return [DirectoryPolicyRecord(*row) for row in rows]
+        return [rows.directory_policy(row) for row in found]

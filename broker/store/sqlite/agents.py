@@ -13,15 +13,17 @@ off, and the other's next renewal is refused.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from broker.store.records import AgentRecord, CertificateRecord, ConnectionStatus
+from broker.store import rows
 from broker.store.sqlite.db import transaction
 from pta.errors import Unauthenticated
 
 if TYPE_CHECKING:
     import sqlite3
     from collections.abc import Collection, Sequence
+
+    from broker.store.records import AgentRecord, CertificateRecord, ConnectionStatus
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS agents (
@@ -68,20 +70,6 @@ _CERTIFICATE_SELECT = (
     " a.revoked_at IS NOT NULL, c.retired_at IS NOT NULL, c.predecessor"
     " FROM certificates c JOIN agents a ON a.id = c.agent_id"
 )
-
-
-def _certificate(row: tuple[Any, ...]) -> CertificateRecord:
-    serial, agent_id, tenant, key, not_after, revoked, retired, predecessor = row
-    return CertificateRecord(
-        serial=serial,
-        agent_id=agent_id,
-        tenant=tenant,
-        envelope_public_key=bytes(key),
-        not_after=not_after,
-        revoked=bool(revoked),
-        retired=bool(retired),
-        predecessor=predecessor,
-    )
 
 
 class SqliteAgentStore:
@@ -135,7 +123,7 @@ class SqliteAgentStore:
                 f"{_CERTIFICATE_SELECT} WHERE c.serial = ?",
                 (old.serial,),
             ).fetchone()
-            current = None if row is None else _certificate(row)
+            current = None if row is None else rows.certificate(row)
             if current is None or (reason := current.refusal(now)):
                 raise Unauthenticated(reason or "this certificate is unknown")
             self._db.execute(
@@ -174,7 +162,7 @@ class SqliteAgentStore:
             f"{_CERTIFICATE_SELECT} WHERE c.serial = ?",
             (serial,),
         ).fetchone()
-        return None if row is None else _certificate(row)
+        return None if row is None else rows.certificate(row)
 
     def certificates(self, serials: Collection[str]) -> dict[str, CertificateRecord]:
         """Look up many certificates at once (the live streams'), by serial; unknown ones absent."""
@@ -187,7 +175,7 @@ class SqliteAgentStore:
                 f"{_CERTIFICATE_SELECT} WHERE c.serial IN ({marks})",
                 chunk,
             ):
-                record = _certificate(row)
+                record = rows.certificate(row)
                 found[record.serial] = record
         return found
 
@@ -225,50 +213,25 @@ class SqliteAgentStore:
                 stopped without saying so) and is not shown as connected.
         """
         now = time.time()
-        streams: dict[str, list[ConnectionStatus]] = {}
-        for row in self._db.execute(
-            "SELECT id, agent_id, version, serial, domains, connected_at, last_seen, in_flight,"
-            " broker_id FROM connections WHERE updated_at >= ? ORDER BY connected_at, broker_id",
-            (now - fresh_within,),
-        ):
-            conn_id, agent_id, version, serial, domains, connected, seen, in_flight, broker = row
-            streams.setdefault(agent_id, []).append(
-                ConnectionStatus(
-                    connection_id=conn_id,
-                    agent_id=agent_id,
-                    version=version,
-                    serial=serial,
-                    domains=domains.split(),
-                    connected_at=connected,
-                    last_seen=seen,
-                    in_flight=in_flight,
-                    broker_id=broker,
-                )
+        streams = [
+            rows.stream(row, row[4].split())
+            for row in self._db.execute(
+                "SELECT id, agent_id, version, serial, domains, connected_at, last_seen,"
+                " in_flight, broker_id FROM connections WHERE updated_at >= ?"
+                " ORDER BY connected_at, broker_id",
+                (now - fresh_within,),
             )
-        usable: dict[str, list[tuple[str, float]]] = {}
-        for agent_id, serial, not_after in self._db.execute(
+        ]
+        usable = self._db.execute(
             "SELECT agent_id, serial, not_after FROM certificates"
             " WHERE retired_at IS NULL AND not_after > ? ORDER BY issued_at, serial",
             (now,),
-        ):
-            usable.setdefault(agent_id, []).append((serial, not_after))
-        rows = self._db.execute(
+        ).fetchall()
+        agents = self._db.execute(
             "SELECT id, tenant, hostname, version, enrolled_at, revoked_at FROM agents"
             " ORDER BY tenant, id"
         )
-        return [
-            AgentRecord(
-                agent_id=agent_id,
-                tenant=tenant,
-                hostname=hostname,
-                version=version,
-                enrolled_at=enrolled_at,
-                revoked_at=revoked_at,
-                certificates=[] if revoked_at is not None else usable.get(agent_id, []),
-                connections=streams.get(agent_id, []),
-            )
-            for agent_id, tenant, hostname, version, enrolled_at, revoked_at in rows
-        ]
+        return rows.agents(agents, usable, streams)
 
     def _insert_certificate(
         self,

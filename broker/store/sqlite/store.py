@@ -12,6 +12,7 @@ import sqlite3
 import time
 from typing import TYPE_CHECKING
 
+from broker.store import rows
 from broker.store.records import (
     TOKEN_REFUSED,
     BrokerRecord,
@@ -127,12 +128,10 @@ class SqliteStore:
 
     def tenants(self) -> dict[str, list[str]]:
         """Return every tenant with its domains."""
-        result: dict[str, list[str]] = {
-            name: [] for (name,) in self._db.execute("SELECT name FROM tenants ORDER BY name")
-        }
-        for suffix, tenant in self._db.execute("SELECT suffix, tenant FROM domains ORDER BY 1"):
-            result[tenant].append(suffix)
-        return result
+        return rows.tenants(
+            self._db.execute("SELECT name FROM tenants ORDER BY name"),
+            self._db.execute("SELECT suffix, tenant FROM domains ORDER BY 1"),
+        )
 
     def tenant_for_domain(self, domain: str) -> str | None:
         """Return the tenant that owns a domain; the sign-in hot path, so cached.
@@ -147,8 +146,8 @@ class SqliteStore:
 
     def tenant_domains(self, tenant: str) -> frozenset[str]:
         """Return the domains a tenant has verified."""
-        rows = self._db.execute("SELECT suffix FROM domains WHERE tenant = ?", (tenant,))
-        return frozenset(suffix for (suffix,) in rows)
+        found = self._db.execute("SELECT suffix FROM domains WHERE tenant = ?", (tenant,))
+        return frozenset(suffix for (suffix,) in found)
 
     # Enrolment tokens -----------------------------------------------------------------------
 
@@ -207,11 +206,11 @@ class SqliteStore:
 
     def list_tokens(self) -> list[TokenRecord]:
         """Return every token, newest first."""
-        rows = self._db.execute(
+        found = self._db.execute(
             "SELECT id, tenant, created_at, expires_at, used_at FROM tokens"
             " ORDER BY created_at DESC"
         )
-        return [TokenRecord(*row) for row in rows]
+        return [TokenRecord(*row) for row in found]
 
     def delete_token(self, token_id: str) -> bool:
         """Delete a token; return whether it existed."""
@@ -239,14 +238,13 @@ class SqliteStore:
 
     def status(self, *, fresh_within: float) -> dict[str, dict[str, str]]:
         """What each broker serving this store reported within ``fresh_within`` s, by id."""
-        result: dict[str, dict[str, str]] = {}
-        for broker_id, name, value in self._db.execute(
-            "SELECT broker_id, name, value FROM broker_status WHERE updated_at >= ?"
-            " ORDER BY broker_id, name",
-            (time.time() - fresh_within,),
-        ):
-            result.setdefault(broker_id, {})[name] = value
-        return result
+        return rows.by_broker(
+            self._db.execute(
+                "SELECT broker_id, name, value FROM broker_status WHERE updated_at >= ?"
+                " ORDER BY broker_id, name",
+                (time.time() - fresh_within,),
+            )
+        )
 
     # The brokers serving this store ---------------------------------------------------------
 
@@ -282,12 +280,12 @@ class SqliteStore:
 
     def brokers(self, *, fresh_within: float) -> list[BrokerRecord]:
         """The brokers heard from within ``fresh_within`` seconds."""
-        rows = self._db.execute(
+        found = self._db.execute(
             "SELECT id, agent_endpoint, public_endpoint, started_at, heartbeat_at FROM brokers"
             " WHERE heartbeat_at >= ? ORDER BY id",
             (time.time() - fresh_within,),
         )
-        return [BrokerRecord(*row) for row in rows]
+        return [BrokerRecord(*row) for row in found]
 
     def deregister_broker(self, broker_id: str) -> None:
         """Forget a broker that stops."""
@@ -307,18 +305,7 @@ class SqliteStore:
             The records as stored.
         """
         now = time.time()
-        records = [
-            DirectoryPolicyRecord(
-                tenant=tenant,
-                domain=p.domain,
-                agent_id=agent_id,
-                known=p.known,
-                lockout_threshold=p.lockout_threshold if p.known else 0,
-                source=p.source,
-                reported_at=now,
-            )
-            for p in policies
-        ]
+        records = rows.directory_policies(tenant, agent_id, policies, now)
         with transaction(self._db):
             self._db.execute(
                 "DELETE FROM directory_policies WHERE tenant = ? AND agent_id = ?",
@@ -336,20 +323,9 @@ class SqliteStore:
 
     def directory_policies(self, tenant: str) -> list[DirectoryPolicyRecord]:
         """Every agent's last report for ``tenant``'s domains, by domain then agent."""
-        rows = self._db.execute(
+        found = self._db.execute(
             "SELECT tenant, domain, agent_id, known, lockout_threshold, source, reported_at"
             " FROM directory_policies WHERE tenant = ? ORDER BY domain, agent_id",
             (tenant,),
         )
-        return [
-            DirectoryPolicyRecord(
-                tenant=row[0],
-                domain=row[1],
-                agent_id=row[2],
-                known=bool(row[3]),
-                lockout_threshold=row[4],
-                source=row[5],
-                reported_at=row[6],
-            )
-            for row in rows
-        ]
+        return [rows.directory_policy(row) for row in found]

@@ -16,7 +16,23 @@ from broker.store.sqlite.store import STORE_FILE
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from broker.store.protocols import Store
+
 KEY = bytes(range(32))
+
+
+def _agent(store: Store) -> None:
+    """Tenant acme, and its agent agt-a with certificate s1."""
+    store.add_tenant("acme", ["example.com"])
+    store.agents.add(
+        agent_id="agt-a",
+        tenant="acme",
+        hostname="h",
+        version="1",
+        serial="s1",
+        envelope_public_key=KEY,
+        not_after=2e9,
+    )
 
 
 class TestOlderStores:
@@ -32,16 +48,7 @@ class TestOlderStores:
         db.close()
         opened = open_store(tmp_path)
         try:
-            opened.add_tenant("acme", ["example.com"])
-            opened.agents.add(
-                agent_id="agt-a",
-                tenant="acme",
-                hostname="h",
-                version="1",
-                serial="s1",
-                envelope_public_key=KEY,
-                not_after=2e9,
-            )
+            _agent(opened)
             record = opened.agents.certificate("s1")
             assert record is not None
             assert record.predecessor is None
@@ -64,16 +71,7 @@ class TestOlderStores:
         db.close()
         opened = open_store(tmp_path)
         try:
-            opened.add_tenant("acme", ["example.com"])
-            opened.agents.add(
-                agent_id="agt-a",
-                tenant="acme",
-                hostname="h",
-                version="1",
-                serial="s1",
-                envelope_public_key=KEY,
-                not_after=2e9,
-            )
+            _agent(opened)
             opened.report_status("b1", {"mfa_key": "yes"})
             now = time.time()
             stream = ConnectionStatus("c1", "agt-a", "1", "s1", ["example.com"], now, now, 0)
