@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from broker.policy.mfa import DEFAULT_CHALLENGE_TTL
 from broker.policy.signing import DEFAULT_ISSUER, DEFAULT_KEY_LIFETIME, DEFAULT_TOKEN_TTL
+from broker.store.location import check_url, redact
 from pta.config import parse_duration, parse_endpoint
 
 if TYPE_CHECKING:
@@ -26,6 +27,9 @@ DEFAULT_STREAM_IDLE = 300.0
 MIN_STREAM_IDLE = 1.0
 DEFAULT_GRACE = 5.0
 ENV_PREFIX = "PTA_BROKER_"
+#: The shared store's URL, for ``serve`` and every management command alike (and for the
+#: tooling that starts brokers): one name for one cluster, so not under ``PTA_BROKER_``.
+STORE_ENV = "PTA_STORE"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -33,6 +37,9 @@ class BrokerConfig:
     """Everything ``pta-broker serve`` needs; live objects are built from it at start."""
 
     data_dir: Path
+    #: ``postgresql://…``: the store this broker shares with the others of its cluster; empty,
+    #: an SQLite store in ``data_dir``. It may hold a password: never shown (see ``where``).
+    store: str = field(default="", repr=False)
     #: Public endpoint: sign-ins, enrolment, health, reflection (server-authenticated TLS).
     listen: str = DEFAULT_LISTEN
     #: Agent endpoint: Connect, mutual TLS required. Default: the public port + 1.
@@ -74,6 +81,8 @@ class BrokerConfig:
         Raises:
             ValueError: On an invalid endpoint, timeout or limit.
         """
+        if self.store:
+            check_url(self.store)
         parse_endpoint(self.listen)
         if self.agent_listen:
             parse_endpoint(self.agent_listen)
@@ -95,6 +104,11 @@ class BrokerConfig:
             raise ValueError("the MFA challenge lifetime must be positive")
         if not 0 < self.token_ttl <= self.signing_key_lifetime:
             raise ValueError("the token lifetime must be positive and at most the key lifetime")
+
+    @property
+    def store_shown(self) -> str:
+        """Where the store is, as logs and messages may say it (no password)."""
+        return redact(self.store) if self.store else str(self.data_dir)
 
 
 def load_config(options: Mapping[str, object], environ: Mapping[str, str]) -> BrokerConfig:
@@ -130,6 +144,7 @@ def load_config(options: Mapping[str, object], environ: Mapping[str, str]) -> Br
 
     return BrokerConfig(
         data_dir=Path(data_dir),
+        store=store_url(options, environ),
         listen=pick("listen") or DEFAULT_LISTEN,
         agent_listen=pick("agent_listen") or "",
         agent_endpoint=pick("agent_endpoint") or "",
@@ -158,6 +173,16 @@ def load_config(options: Mapping[str, object], environ: Mapping[str, str]) -> Br
         mfa_key=environ.get(ENV_PREFIX + "MFA_KEY", ""),
         mfa_challenge_ttl=parse_duration(pick("mfa_challenge_ttl") or str(DEFAULT_CHALLENGE_TTL)),
     )
+
+
+def store_url(options: Mapping[str, object], environ: Mapping[str, str]) -> str:
+    """The shared store's URL, by ``--store`` or ``PTA_STORE`` (empty: SQLite in the data dir).
+
+    Raises:
+        ValueError: When it is not a PostgreSQL URL (said without repeating it).
+    """
+    url = str(options.get("store") or environ.get(STORE_ENV, ""))
+    return check_url(url) if url else ""
 
 
 def mfa_key_file(options: Mapping[str, object], environ: Mapping[str, str]) -> Path | None:

@@ -4,6 +4,9 @@ grpc turns ``SO_REUSEPORT`` on by default, so a second ``pta-broker serve`` on a
 served started without a word and the kernel split connections between the two (seen: 3 of 8
 sign-ins reached the broker without agents). And two brokers on one data directory would both
 write its store and its certificates. Both are refused at start with a message that says which.
+
+A data directory is one broker: its id (:func:`broker_id`), kept there, names it in a store
+several brokers share.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import secrets
 import socket
 from typing import TYPE_CHECKING
 
@@ -22,6 +26,7 @@ if TYPE_CHECKING:
     from typing import IO
 
 LOCK_FILE = "broker.lock"
+ID_FILE = "broker.id"
 
 
 class CannotStart(Exception):
@@ -60,6 +65,18 @@ def lock_data_dir(data_dir: Path) -> IO[str]:
     handle.write(f"{os.getpid()}\n")
     handle.flush()
     return handle
+
+
+def broker_id(data_dir: Path) -> str:
+    """This broker's id: made at its first start, kept in its data dir, the same after restarts.
+
+    What it reports to a shared store (its streams, its status) is filed under it, so a
+    restarted broker replaces its own reports rather than adding to them.
+    """
+    path = data_dir / ID_FILE
+    if not path.exists():
+        path.write_text(f"broker-{secrets.token_hex(6)}\n")
+    return path.read_text().strip()
 
 
 def check_free(address: str, *, flag: str) -> None:

@@ -38,8 +38,9 @@ from broker.server_certificates import ServerCertificates
 from broker.store import open_store
 from broker.store.records import ConnectionStatus
 from broker.trust import agent_access
-from broker.trust.ca import CertificateAuthority
+from broker.trust.ca import CA_CERT_FILE, CA_KEY_FILE, CertificateAuthority
 from pta import rpc, tls
+from pta.errors import StoreUnavailable
 from pta.v1 import agent_pb2, signin_pb2
 
 if TYPE_CHECKING:
@@ -97,6 +98,8 @@ class Broker:
         self._dispatcher: Dispatcher | None = None
         self._signin: SignInService | None = None
         self._lock: IO[str] | None = None
+        #: This broker's name in a store several share (its data dir's, see ownership).
+        self.broker_id = ""
 
     async def __aenter__(self) -> Self:
         """Start serving."""
@@ -117,13 +120,17 @@ class Broker:
 
         Raises:
             RuntimeError: When started twice.
-            CannotStart: When another broker serves the data dir, or an address is taken.
+            CannotStart: When another broker serves the data dir, an address is taken, or its
+                CA is not the one the store's cluster claimed.
+            StoreUnavailable: When the store (PostgreSQL) cannot be reached.
+            StoreTooNew: When the store's schema is newer than this broker knows.
         """
         if self.state is not State.NEW:
             raise RuntimeError("a broker is started once")
         config = self.config
         config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._lock = ownership.lock_data_dir(config.data_dir)
+        self.broker_id = ownership.broker_id(config.data_dir)
         try:
             await self._start(config)
         except BaseException:
@@ -136,8 +143,10 @@ class Broker:
         if not config.reuse_port:
             ownership.check_free(config.listen, flag="--listen")
             ownership.check_free(config.agent_listen, flag="--agent-listen")
-        store = self._store = open_store(config.data_dir)
+        store = self._store = open_store(config.data_dir, url=config.store)
         ca = CertificateAuthority.load_or_create(config.data_dir)
+        if config.store:  # A cluster's store: one CA for all its brokers.
+            _claim_ca(store, ca, config)
         self.certificates = ServerCertificates(
             ca, config.data_dir, config.san, config.server_cert_lifetime
         )
@@ -229,7 +238,13 @@ class Broker:
             "ca_file": str(config.data_dir / "ca.pem"),
         }
         tls.write_public(config.data_dir / ENDPOINTS_FILE, json.dumps(endpoints).encode())
-        log.info("broker.serving", **endpoints, ca_sha256=ca.fingerprint)
+        log.info(
+            "broker.serving",
+            **endpoints,
+            ca_sha256=ca.fingerprint,
+            broker_id=self.broker_id,
+            store=config.store_shown,
+        )
 
     async def _maintain(self, store: Store, dispatcher: Dispatcher, policy: SignInPolicy) -> None:
         """Apply what operators change through the CLI, and report live streams to them.
@@ -239,6 +254,7 @@ class Broker:
         unlock applies as fast.
         """
         reported = upkept = 0.0
+        unavailable = False
         while True:
             await asyncio.sleep(MAINTENANCE_TICK)
             try:
@@ -252,8 +268,20 @@ class Broker:
                 agent_access.recheck(store.agents, dispatcher)
                 if time.monotonic() - reported >= STATUS_INTERVAL:
                     reported = time.monotonic()
-                    store.agents.report_connections([_status(c) for c in dispatcher.connections()])
-                    store.report_status({"mfa_key": "yes" if policy.mfa_ready else "no"})
+                    store.agents.report_connections(
+                        self.broker_id, [_status(c) for c in dispatcher.connections()]
+                    )
+                    store.report_status(
+                        self.broker_id, {"mfa_key": "yes" if policy.mfa_ready else "no"}
+                    )
+                if unavailable:
+                    unavailable = False
+                    log.info("broker.store_available", store=self.config.store_shown)
+            except StoreUnavailable as error:
+                # Said once per outage, not at every tick; every call answers UNAVAILABLE.
+                if not unavailable:
+                    unavailable = True
+                    log.warning("broker.store_unavailable", reason=error.detail)
             except Exception:
                 log.exception("broker.maintenance_failed")
 
@@ -297,11 +325,35 @@ class Broker:
                 conn.ended.set()  # Each stream ends cleanly; its agent dials again later.
         await agents.stop(AGENT_STREAM_GRACE)
         if self._store is not None:
-            self._store.agents.report_connections([])
+            try:
+                self._store.agents.report_connections(self.broker_id, [])
+                self._store.report_status(self.broker_id, {})
+            except StoreUnavailable as error:  # Its reports go stale by themselves.
+                log.warning("broker.store_unavailable", reason=error.detail)
             self._store.close()
         if self._lock is not None:
             self._lock.close()  # Another broker may serve the data dir from now on.
         log.info("broker.stopped")
+
+
+def _claim_ca(store: Store, ca: CertificateAuthority, config: BrokerConfig) -> None:
+    """Join the store's cluster with this broker's CA, or refuse to start with another one.
+
+    The first broker to serve a store claims it for its CA; the others must hold the same CA
+    (its certificate and key), or agents and clients would trust some brokers and not others.
+
+    Raises:
+        CannotStart: The cluster's CA is another one; says which files to copy from where.
+    """
+    claimed = store.claim_ca(ca.fingerprint)
+    if claimed != ca.fingerprint:
+        raise ownership.CannotStart(
+            f"the store {config.store_shown} belongs to a cluster whose CA is"
+            f" sha256:{claimed[:16]}…, and this broker's CA in {config.data_dir} is"
+            f" sha256:{ca.fingerprint[:16]}…: every broker of a cluster holds the same CA."
+            f" Copy {CA_CERT_FILE} and {CA_KEY_FILE} from the first broker's data dir into"
+            f" {config.data_dir} (replacing these), then start this broker again"
+        )
 
 
 def _status(conn: Connection) -> ConnectionStatus:

@@ -11,10 +11,12 @@ holds a password, an envelope, a key or a token.
     │   └── TenantMismatch
     ├── Unavailable ............ UNAVAILABLE
     │   ├── NoAgentAvailable
-    │   └── DirectoryUnavailable
+    │   ├── DirectoryUnavailable
+    │   └── StoreUnavailable
     ├── Overloaded ............. RESOURCE_EXHAUSTED
     ├── DeadlineExceeded ....... DEADLINE_EXCEEDED
     ├── ChallengeExpired ....... FAILED_PRECONDITION
+    ├── StoreTooNew ............ FAILED_PRECONDITION (broker side: refused at open)
     └── EnvelopeRejected ....... INVALID_ARGUMENT (agent side: never reaches the directory)
 
 Programming errors are ordinary ``RuntimeError``/``TypeError`` and are never mapped: the
@@ -89,6 +91,19 @@ class DirectoryUnavailable(Unavailable):
     """The agent could not reach its directory: says nothing about the password."""
 
 
+class StoreUnavailable(Unavailable):
+    """The broker's shared store (PostgreSQL) did not answer: nothing can be decided now.
+
+    ``message`` is what a caller may read and names nothing of the deployment; ``detail`` says
+    where and why for the broker's log and the operator's terminal, never a password.
+    """
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        """Keep the caller's message and the operator's detail apart."""
+        super().__init__(message)
+        self.detail = detail
+
+
 class Overloaded(PtaError):
     """A bounded queue is full: refused at once rather than left to time out."""
 
@@ -103,6 +118,15 @@ class DeadlineExceeded(PtaError):
 
 class ChallengeExpired(PtaError):
     """An MFA challenge is unknown, expired or used up: the sign-in must start again."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class StoreTooNew(PtaError):
+    """The store's schema is newer than this program knows: it must not read or write it.
+
+    A newer broker migrated the store; an older one would misread what it does not know.
+    """
 
     code = grpc.StatusCode.FAILED_PRECONDITION
 

@@ -63,7 +63,11 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 @dataclass
 class BrokerProcess:
-    """A ``pta-broker serve`` process and the CLI against its data directory."""
+    """A ``pta-broker serve`` process and the CLI against its store.
+
+    The store is the SQLite file in its data directory, or with ``store`` the PostgreSQL
+    database (a URL) the broker serves with ``--store``, which the CLI then names too.
+    """
 
     data_dir: Path
     log_path: Path
@@ -71,10 +75,18 @@ class BrokerProcess:
     public: str = ""
     agent: str = ""
     ca_file: Path = field(default_factory=Path)
+    store: str = field(default="", repr=False)
 
     @classmethod
-    def start(cls, run_dir: Path, name: str, *extra: str) -> BrokerProcess:
-        """Start a broker on free loopback ports and wait until it serves."""
+    def start(cls, run_dir: Path, name: str, *extra: str, store: str = "") -> BrokerProcess:
+        """Start a broker on free loopback ports and wait until it serves.
+
+        Args:
+            run_dir: Where its data dir (``name``) and log (``name.log``) go.
+            name: The broker's name in the run.
+            extra: More ``serve`` flags.
+            store: A PostgreSQL URL to serve with (``--store``); SQLite when empty.
+        """
         data_dir = run_dir / name
         log_path = run_dir / f"{name}.log"
         endpoints = data_dir / "endpoints.json"
@@ -90,12 +102,13 @@ class BrokerProcess:
                 "127.0.0.1:0",
                 "--agent-listen",
                 "127.0.0.1:0",
+                *(("--store", store) if store else ()),
                 *extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=log_path.open("ab"),
         )
-        broker = cls(data_dir=data_dir, log_path=log_path, process=process)
+        broker = cls(data_dir=data_dir, log_path=log_path, process=process, store=store)
         wait_for(lambda: endpoints.exists() or process.poll() is not None, what="broker to serve")
         assert process.poll() is None, log_path.read_text()[-3000:]
         info = json.loads(endpoints.read_text())
@@ -104,9 +117,10 @@ class BrokerProcess:
         return broker
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run a ``pta-broker`` management command against this broker's data."""
+        """Run a ``pta-broker`` management command against this broker's store."""
+        where = ("--store", self.store) if self.store else ("--data-dir", str(self.data_dir))
         return subprocess.run(
-            [str(BIN / "pta-broker"), *args, "--data-dir", str(self.data_dir)],
+            [str(BIN / "pta-broker"), *args, *where],
             capture_output=True,
             text=True,
             check=check,
@@ -161,8 +175,8 @@ class BrokerProcess:
 
     def directory_policies(self, tenant: str, agent_id: str) -> dict[str, DirectoryPolicyRecord]:
         """An agent's last directory report as the broker stored it, by domain."""
-        # SQLite: read beside the serving broker, as the CLI does.
-        store = open_store(self.data_dir)
+        # Read beside the serving broker, as the CLI does.
+        store = open_store(self.data_dir, url=self.store)
         try:
             return {r.domain: r for r in store.directory_policies(tenant) if r.agent_id == agent_id}
         finally:
@@ -200,6 +214,25 @@ class BrokerProcess:
             )
             response: signin_pb2.SignInResponse = stub.SignIn(request, timeout=timeout)
             return response
+
+
+def refused_serve(data_dir: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    """Run `pta-broker serve --data-dir`, expecting it to refuse and exit by itself."""
+    return subprocess.run(
+        [str(BIN / "pta-broker"), "serve", "--data-dir", str(data_dir), *flags],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def one_line(stderr: str) -> str:
+    """A refusal: exactly one line, no traceback."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert "Traceback" not in stderr, stderr
+    assert len(lines) == 1, stderr
+    return lines[0]
 
 
 def change_password(

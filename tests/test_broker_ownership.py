@@ -7,33 +7,13 @@ connected" from the broker without agents.
 
 from __future__ import annotations
 
-import subprocess
 from typing import TYPE_CHECKING
 
-from tests.support import BIN, BrokerProcess
+from tests.support import BrokerProcess, one_line, refused_serve
 from tooling.slapd import free_port
 
 if TYPE_CHECKING:
     from pathlib import Path
-
-
-def _serve(data_dir: Path, *flags: str) -> subprocess.CompletedProcess[str]:
-    """Run `pta-broker serve`, expecting it to refuse and exit by itself."""
-    return subprocess.run(
-        [str(BIN / "pta-broker"), "serve", "--data-dir", str(data_dir), *flags],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
-def _one_line(stderr: str) -> str:
-    """The refusal: exactly one line, no traceback."""
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert "Traceback" not in stderr, stderr
-    assert len(lines) == 1, stderr
-    return lines[0]
 
 
 class TestOnePerPort:
@@ -41,22 +21,22 @@ class TestOnePerPort:
 
     def test_public_port_taken(self, broker: BrokerProcess, tmp_path: Path) -> None:
         """Another data dir, the running broker's public address: exit 1, says 'in use'."""
-        refused = _serve(
+        refused = refused_serve(
             tmp_path / "second", "--listen", broker.public, "--agent-listen", "127.0.0.1:0"
         )
         assert refused.returncode == 1
-        line = _one_line(refused.stderr)
+        line = one_line(refused.stderr)
         assert line.startswith("pta-broker: --listen ")
         assert broker.public in line
         assert "in use" in line
 
     def test_agent_port_taken(self, broker: BrokerProcess, tmp_path: Path) -> None:
         """The agent endpoint's address taken: the same, naming --agent-listen."""
-        refused = _serve(
+        refused = refused_serve(
             tmp_path / "second", "--listen", "127.0.0.1:0", "--agent-listen", broker.agent
         )
         assert refused.returncode == 1
-        assert "--agent-listen" in _one_line(refused.stderr)
+        assert "--agent-listen" in one_line(refused.stderr)
 
     def test_sharing_only_when_asked(self, run_dir: Path) -> None:
         """With --reuse-port on both, two brokers listen on one address (for several processes)."""
@@ -75,11 +55,11 @@ class TestOnePerDataDir:
 
     def test_data_dir_served(self, broker: BrokerProcess) -> None:
         """Free ports, the running broker's data dir: exit 1, names the other broker's pid."""
-        refused = _serve(
+        refused = refused_serve(
             broker.data_dir, "--listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0"
         )
         assert refused.returncode == 1
-        line = _one_line(refused.stderr)
+        line = one_line(refused.stderr)
         assert f"pid {broker.process.pid}" in line
         assert str(broker.data_dir) in line
         assert broker.process.poll() is None, "the serving broker is untouched"

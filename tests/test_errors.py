@@ -30,6 +30,8 @@ CODES: dict[type[errors.PtaError], grpc.StatusCode] = {
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.NoAgentAvailable: grpc.StatusCode.UNAVAILABLE,
     errors.DirectoryUnavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.StoreTooNew: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.ChallengeExpired: grpc.StatusCode.FAILED_PRECONDITION,

@@ -98,27 +98,34 @@ class TestLayering:
         } == set()
         assert "broker/api/signin.py" in speaking  # the check reads real imports
 
-    def test_only_the_sqlite_store_knows_sql(self) -> None:
-        """SQL lives in ``broker/store/sqlite/``; everything else sees the store's protocols.
+    def test_only_the_stores_know_sql(self) -> None:
+        """SQL lives in ``broker/store/sqlite/`` and ``broker/store/postgres/``, each its own.
 
-        Only :func:`broker.store.open_store` chooses an implementation, so another one (a shared
-        database for several brokers) replaces it without touching the layers above.
+        ``sqlite3`` is imported in the first only, the PostgreSQL driver (``psycopg``,
+        ``psycopg_pool``) in the second only (the tooling's PostgreSQL fixture aside: it is not
+        pta); everything else sees the store's protocols. Only :func:`broker.store.open_store`
+        chooses an implementation, so the layers above never know which one serves them.
         """
-        sql, implementation = set(), set()
-        for path in (ROOT / "broker").rglob("*.py"):
-            name = str(path.relative_to(ROOT))
-            if name.startswith("broker/store/sqlite/"):
-                continue
-            tree = ast.parse(path.read_text(), filename=name)
-            for node in ast.walk(tree):
-                if isinstance(node, ast.Import) and any(a.name == "sqlite3" for a in node.names):
-                    sql.add(name)
-                elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
-                    "broker.store.sqlite"
-                ):
-                    implementation.add(name)
-        assert sql == set()
+        drivers = {"sqlite3": "broker/store/sqlite/", "psycopg": "broker/store/postgres/"}
+        drivers["psycopg_pool"] = drivers["psycopg"]
+        misplaced, implementation = set(), set()
+        for package in ("pta", "broker", "agent", "client"):
+            for path in (ROOT / package).rglob("*.py"):
+                name = str(path.relative_to(ROOT))
+                for driver in _imports(path) & drivers.keys():
+                    if not name.startswith(drivers[driver]):
+                        misplaced.add((name, driver))
+                if name.startswith(("broker/store/sqlite/", "broker/store/postgres/")):
+                    continue
+                tree = ast.parse(path.read_text(), filename=name)
+                for node in ast.walk(tree):
+                    if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                        ("broker.store.sqlite", "broker.store.postgres")
+                    ):
+                        implementation.add(name)
+        assert misplaced == set()
         assert implementation == {"broker/store/__init__.py"}
+        assert "psycopg" in _imports(ROOT / "broker/store/postgres/db.py")  # it reads imports
 
     def test_no_import_cycle(self) -> None:
         """No module of the programs imports, however indirectly, a module that imports it.

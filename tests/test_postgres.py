@@ -94,6 +94,20 @@ class TestSideBySide:
             assert query(postgres.url, exists) is False
 
 
+@needs_postgres
+class TestDatabases:
+    """Each test (or demo cluster) can have an empty database of its own."""
+
+    def test_new_database_is_empty_and_apart(self, postgres: Postgres) -> None:
+        """A new database answers at its URL, and has none of another's tables."""
+        url = postgres.new_database("apart_from_pta")
+        assert url == f"postgresql://pta@127.0.0.1:{postgres.port}/apart_from_pta"
+        assert query(url, "SELECT current_database()") == "apart_from_pta"
+        with psycopg.connect(postgres.url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE only_in_pta (x int)")
+        assert query(url, "SELECT to_regclass('only_in_pta') IS NULL") is True
+
+
 @pytest.fixture(scope="module")
 def frozen() -> Iterator[Postgres]:
     """A cluster of its own for the pause tests: a failure must not leave the session's paused."""

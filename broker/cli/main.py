@@ -1,6 +1,8 @@
 """``pta-broker``: serve, and manage tenants and enrolment tokens.
 
-Management commands open the same store file as the serving broker, so they work while it runs.
+Management commands open the same store as the serving brokers, so they work while they run:
+the SQLite file in a broker's data dir (``--data-dir``), or the PostgreSQL database a cluster
+of brokers shares (``--store URL`` or ``PTA_STORE``, which wins over a data dir).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import structlog
 
 from broker.cli import banned as banned_commands
 from broker.cli import policy as policy_commands
-from broker.config import DEFAULT_LISTEN, BrokerConfig, load_config
+from broker.config import DEFAULT_LISTEN, BrokerConfig, load_config, store_url
 from broker.ownership import CannotStart
 from broker.server import Broker
 from broker.store import open_store
@@ -28,7 +30,7 @@ from broker.store.records import STATUS_FRESHNESS
 from broker.trust.ca import CertificateAuthority
 from pta import logging as pta_logging
 from pta.config import parse_duration
-from pta.errors import InvalidRequest, PtaError
+from pta.errors import InvalidRequest, PtaError, StoreUnavailable
 from pta.tokens import TOKEN_ID, parse_token
 
 if TYPE_CHECKING:
@@ -67,7 +69,13 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     def data_dir(p: argparse.ArgumentParser) -> None:
+        """Where the store is: a broker's data dir (SQLite), or a cluster's shared store."""
         p.add_argument("--data-dir", default=os.environ.get("PTA_BROKER_DATA_DIR"), required=False)
+        p.add_argument(
+            "--store",
+            metavar="URL",
+            help="postgresql://USER@HOST:PORT/DB shared by a cluster of brokers (or PTA_STORE)",
+        )
 
     serve = commands.add_parser("serve", help="run the broker")
     data_dir(serve)
@@ -142,24 +150,40 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args)
         if args.command == "mfa" and args.action == "keygen":
             return policy_commands.keygen(args.file)
-        if not args.data_dir:
-            sys.stderr.write("pta-broker: --data-dir (or PTA_BROKER_DATA_DIR) is required\n")
+        opened = _open(args)
+        if opened is None:
             return 2
-        data = Path(args.data_dir)
-        if not (data / "ca.pem").exists():
-            sys.stderr.write(f"pta-broker: {data} holds no broker: run `pta-broker serve` once\n")
-            return 2
-        store = open_store(data)
+        store, data = opened
         try:
             return _manage(args, store, data)
         finally:
             store.close()
+    except StoreUnavailable as error:
+        sys.stderr.write(f"pta-broker: the store does not answer ({error.detail})\n")
+        return 1
     except (PtaError, ValueError, OSError, CannotStart) as error:  # OSError: a file missing
         sys.stderr.write(f"pta-broker: {getattr(error, 'message', error)}\n")
         return 1
 
 
-def _manage(args: argparse.Namespace, store: Store, data: Path) -> int:
+def _open(args: argparse.Namespace) -> tuple[Store, Path | None] | None:
+    """The store a management command names, and the data dir if by one; None: said why not."""
+    if url := store_url(vars(args), os.environ):
+        return open_store(url=url), None
+    if not args.data_dir:
+        sys.stderr.write(
+            "pta-broker: --store URL (or PTA_STORE), or --data-dir (or PTA_BROKER_DATA_DIR),"
+            " is required\n"
+        )
+        return None
+    data = Path(args.data_dir)
+    if not (data / "ca.pem").exists():
+        sys.stderr.write(f"pta-broker: {data} holds no broker: run `pta-broker serve` once\n")
+        return None
+    return open_store(data), data
+
+
+def _manage(args: argparse.Namespace, store: Store, data: Path | None) -> int:
     if args.command == "tenant" and args.action == "banned-passwords":
         return banned_commands.run(args, store)
     if args.command in ("lockout", "mfa") or (
@@ -196,6 +220,8 @@ def _agents(args: argparse.Namespace, store: Store) -> int:
             "in_flight": sum(c.in_flight for c in a.connections),
             "last_heartbeat": max((c.last_seen for c in a.connections), default=None),
             "streams": len(a.connections),
+            # Which brokers hold its streams (one id per broker of a cluster).
+            "brokers": sorted({c.broker_id for c in a.connections}),
         }
         for a in store.agents.list(fresh_within=STATUS_FRESHNESS)
     ]
@@ -208,7 +234,8 @@ def _agents(args: argparse.Namespace, store: Store) -> int:
         certs = certs or "none usable"
         sys.stdout.write(
             f"{row['id']}\t{row['tenant']}\t{state}\t{' '.join(row['domains']) or '-'}"
-            f"\tcertificates {certs}\tin flight {row['in_flight']}\n"
+            f"\tcertificates {certs}\tin flight {row['in_flight']}"
+            f"\tbrokers {' '.join(row['brokers']) or '-'}\n"
         )
     return 0
 
@@ -231,10 +258,20 @@ def _tenant(args: argparse.Namespace, store: Store) -> int:
     return 0
 
 
-def _token(args: argparse.Namespace, store: Store, data: Path) -> int:
+def _token(args: argparse.Namespace, store: Store, data: Path | None) -> int:
     if args.action == "create":
-        ca = CertificateAuthority.load_or_create(data)
-        token = store.create_token(args.tenant, parse_duration(args.ttl), ca.fingerprint)
+        # The token pins the CA agents must find: the data dir's, or the one the cluster's
+        # brokers hold (claimed in the store by the first of them).
+        fingerprint = (
+            CertificateAuthority.load_or_create(data).fingerprint if data else store.cluster_ca()
+        )
+        if fingerprint is None:
+            sys.stderr.write(
+                "pta-broker: no broker has served this store yet: start one with"
+                " `pta-broker serve --store …` first (its CA is what tokens pin)\n"
+            )
+            return 2
+        token = store.create_token(args.tenant, parse_duration(args.ttl), fingerprint)
         sys.stdout.write(f"{token}\n")
         return 0
     if args.action == "delete":

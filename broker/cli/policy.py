@@ -176,13 +176,21 @@ def _set_policy(args: argparse.Namespace, store: Store) -> int:
     store.policy.set_tenant_policy(args.name, policy)
     sys.stdout.write(json.dumps(policy.describe(), indent=2) + "\n")
     serving = store.status(fresh_within=STATUS_FRESHNESS)
-    if policy.mfa != "never" and serving.get("mfa_key") == "no":
+    keyless = sorted(b for b, said in serving.items() if said.get("mfa_key") == "no")
+    if policy.mfa != "never" and keyless:
         sys.stderr.write(
-            "pta-broker: WARNING: the broker serving this store has no MFA key: sign-ins that"
-            " need a second factor are answered UNAVAILABLE until it is restarted with"
+            f"pta-broker: WARNING: {_brokers(keyless, len(serving))} no MFA key: sign-ins"
+            " that need a second factor are answered UNAVAILABLE there until restarted with"
             " --mfa-key-file (make one with `pta-broker mfa keygen FILE`)\n"
         )
     return 0
+
+
+def _brokers(ids: list[str], serving: int) -> str:
+    """Who a warning is about: the one broker, or which of the several brokers."""
+    if serving == 1:
+        return "the broker serving this store has"
+    return f"{len(ids)} of the {serving} brokers serving this store ({', '.join(ids)}) have"
 
 
 def _guards(store: Store, tenant: str, now: float) -> dict[str, dict[str, Any]]:

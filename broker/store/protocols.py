@@ -1,11 +1,13 @@
 """What the broker persists, by aggregate: the seam every store implementation fills.
 
 The use case, the policy, dispatch and trust are typed against these protocols, never against
-an implementation; :func:`broker.store.open_store` picks one (today SQLite in the data
-directory, :mod:`broker.store.sqlite`). Each method states what a caller may rely on, in
-particular what must happen atomically, since several processes write one store (the serving
-broker and the CLI now; several brokers later): an implementation keeps these promises however
-it is built. Calls are synchronous and short (one statement or one transaction).
+an implementation; :func:`broker.store.open_store` picks one: SQLite in the data directory
+(:mod:`broker.store.sqlite`, one broker) or PostgreSQL shared by several brokers
+(:mod:`broker.store.postgres`). Each method states what a caller may rely on, in particular
+what must happen atomically, since several processes write one store (brokers and the CLI):
+an implementation keeps these promises however it is built. Calls are synchronous and short
+(one statement or one transaction). A shared store that cannot be reached raises
+:class:`pta.errors.StoreUnavailable` from any call.
 """
 
 from __future__ import annotations
@@ -49,7 +51,11 @@ class TenantStore(Protocol):
         """Every tenant with its domains."""
 
     def tenant_for_domain(self, domain: str) -> str | None:
-        """The tenant that owns ``domain``; on every sign-in, so it must be cheap."""
+        """The tenant that owns ``domain``; on every sign-in, so it must be cheap.
+
+        Another process's new domain may be answered from a cache for up to a tick (0.25 s), or
+        until :meth:`Store.changed` says so; this handle's own writes are seen at once.
+        """
 
     def tenant_domains(self, tenant: str) -> frozenset[str]:
         """The domains a tenant has verified."""
@@ -97,11 +103,15 @@ class ReportStore(Protocol):
     def directory_policies(self, tenant: str) -> list[DirectoryPolicyRecord]:
         """Every agent's last report for ``tenant``'s domains, by domain then agent."""
 
-    def report_status(self, values: Mapping[str, str]) -> None:
-        """Replace what the serving broker says of itself (e.g. that it holds an MFA key)."""
+    def report_status(self, broker_id: str, values: Mapping[str, str]) -> None:
+        """Replace what one broker says of itself (e.g. that it holds an MFA key); empty: gone."""
 
-    def status(self, *, fresh_within: float) -> dict[str, str]:
-        """What a serving broker reported within ``fresh_within`` seconds (empty: none)."""
+    def status(self, *, fresh_within: float) -> dict[str, dict[str, str]]:
+        """What each broker reported within ``fresh_within`` seconds, by broker id (empty: none).
+
+        Per broker, because brokers of one store may differ (one started without an MFA key):
+        a caller asking "can the cluster do X" asks whether every fresh broker says so.
+        """
 
 
 class AgentStore(Protocol):
@@ -141,11 +151,14 @@ class AgentStore(Protocol):
     def certificates(self, serials: Collection[str]) -> dict[str, CertificateRecord]:
         """Many certificates at once (every live stream's, each tick), by serial."""
 
-    def report_connections(self, statuses: list[ConnectionStatus]) -> None:
-        """Replace the serving broker's snapshot of its live streams, for operators."""
+    def report_connections(self, broker_id: str, statuses: Sequence[ConnectionStatus]) -> None:
+        """Replace one broker's snapshot of its live streams, for operators; empty: it stopped."""
 
     def list(self, *, fresh_within: float) -> list[AgentRecord]:
-        """Every agent with its usable certificates and the streams reported lately."""
+        """Every agent with its usable certificates and the streams reported lately.
+
+        The streams are every broker's fresh report merged; each says which broker holds it.
+        """
 
 
 class PolicyStore(Protocol):
@@ -295,6 +308,9 @@ class ClusterStore(Protocol):
         not be trusted by the agents and clients of the others.
         """
 
+    def cluster_ca(self) -> str | None:
+        """The CA fingerprint the first broker claimed; None until a broker served the store."""
+
     def register_broker(self, record: BrokerRecord) -> None:
         """Say a broker is up (insert or refresh it); called at start and every heartbeat."""
 
@@ -336,7 +352,12 @@ class Store(TenantStore, TokenStore, ReportStore, ClusterStore, Protocol):
         """The sign-in policy's state."""
 
     def changed(self) -> bool:
-        """Whether anyone else wrote to the store since the last call: reload what is cached."""
+        """Whether what a serving broker caches changed since the last call: reload it then.
+
+        It must say so after another process changed tenants or domains, a tenant policy, a
+        banned list, an agent (a revocation), an authenticator, or cleared counters. It may
+        also say so after other writes, and after this handle's own.
+        """
 
     def close(self) -> None:
         """Release the store's connections."""

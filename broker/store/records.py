@@ -1,7 +1,8 @@
 """What the broker keeps, as values: the records every store implementation reads and writes.
 
-The protocols (:mod:`broker.store.protocols`) speak these; the SQLite implementation
-(:mod:`broker.store.sqlite`) maps them to rows. Nothing here knows SQL or holds a secret.
+The protocols (:mod:`broker.store.protocols`) speak these; the SQLite and PostgreSQL
+implementations (:mod:`broker.store.sqlite`, :mod:`broker.store.postgres`) map them to rows.
+Nothing here knows SQL or holds a secret.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pta.errors import InvalidRequest
 if TYPE_CHECKING:
     from broker.policy.lockout import Counter
 
-#: What the serving broker reports (streams, status) is stale after this many seconds: it
+#: What a serving broker reports (streams, status) is stale after this many seconds: each
 #: reports every second, so older means it stopped without saying so.
 STATUS_FRESHNESS = 5.0
 
@@ -164,7 +165,7 @@ class BrokerRecord:
 
 @dataclass(frozen=True, slots=True)
 class ConnectionStatus:
-    """A live stream as the serving broker last reported it."""
+    """A live stream as the broker holding it last reported it."""
 
     connection_id: str
     agent_id: str
@@ -174,6 +175,8 @@ class ConnectionStatus:
     connected_at: float
     last_seen: float
     in_flight: int
+    #: The broker holding the stream: the store fills it in from the report it came in.
+    broker_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)

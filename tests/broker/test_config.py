@@ -51,3 +51,25 @@ class TestStreamBounds:
         """A bound that would refuse every stream, or keep its watchdog spinning, is a mistake."""
         with pytest.raises(ValueError, match=reason):
             load_config({"data_dir": str(tmp_path), **options}, {})
+
+
+class TestStore:
+    """``--store`` (or ``PTA_STORE``): the PostgreSQL store of a cluster; SQLite without it."""
+
+    def test_flag_then_environment_then_sqlite(self, tmp_path: Path) -> None:
+        """A flag wins over ``PTA_STORE``; neither: the data dir's SQLite store."""
+        environ = {"PTA_STORE": "postgresql://pta@db:5432/from_env"}
+        assert load_config({"data_dir": str(tmp_path)}, {}).store == ""
+        assert load_config({"data_dir": str(tmp_path)}, {}).store_shown == str(tmp_path)
+        assert load_config({"data_dir": str(tmp_path)}, environ).store.endswith("/from_env")
+        by_flag = load_config(
+            {"data_dir": str(tmp_path), "store": "postgres://pta@db/from_flag"}, environ
+        )
+        assert by_flag.store == "postgres://pta@db/from_flag"
+
+    def test_not_a_url_is_refused_without_repeating_it(self, tmp_path: Path) -> None:
+        """A conninfo string (or a typo) is refused; the message does not echo what was given."""
+        given = "host=db user=pta password=hunter2-xyz"
+        with pytest.raises(ValueError, match="takes a postgresql://") as refused:
+            load_config({"data_dir": str(tmp_path), "store": given}, {})
+        assert "hunter2-xyz" not in str(refused.value)

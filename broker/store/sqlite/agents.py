@@ -13,15 +13,17 @@ off, and the other's next renewal is refused.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from broker.store.records import AgentRecord, CertificateRecord, ConnectionStatus
+from broker.store import rows
 from broker.store.sqlite.db import transaction
 from pta.errors import Unauthenticated
 
 if TYPE_CHECKING:
     import sqlite3
-    from collections.abc import Collection
+    from collections.abc import Collection, Sequence
+
+    from broker.store.records import AgentRecord, CertificateRecord, ConnectionStatus
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS agents (
@@ -33,7 +35,8 @@ CREATE TABLE IF NOT EXISTS agents (
     revoked_at REAL
 );
 CREATE TABLE IF NOT EXISTS connections (
-    id TEXT PRIMARY KEY,
+    broker_id TEXT NOT NULL,
+    id TEXT NOT NULL,
     agent_id TEXT NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
     version TEXT NOT NULL,
     serial TEXT NOT NULL,
@@ -41,7 +44,8 @@ CREATE TABLE IF NOT EXISTS connections (
     connected_at REAL NOT NULL,
     last_seen REAL NOT NULL,
     in_flight INTEGER NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (broker_id, id)
 );
 CREATE TABLE IF NOT EXISTS certificates (
     serial TEXT PRIMARY KEY,
@@ -68,26 +72,16 @@ _CERTIFICATE_SELECT = (
 )
 
 
-def _certificate(row: tuple[Any, ...]) -> CertificateRecord:
-    serial, agent_id, tenant, key, not_after, revoked, retired, predecessor = row
-    return CertificateRecord(
-        serial=serial,
-        agent_id=agent_id,
-        tenant=tenant,
-        envelope_public_key=bytes(key),
-        not_after=not_after,
-        revoked=bool(revoked),
-        retired=bool(retired),
-        predecessor=predecessor,
-    )
-
-
 class SqliteAgentStore:
     """The agent tables, on the connection :class:`~.store.SqliteStore` opened."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         """Create the tables if needed, and add the columns a store made earlier lacks."""
         self._db = db
+        # A store made before streams were reported per broker: they are a second old.
+        streams = {row[1] for row in db.execute("PRAGMA table_info(connections)")}
+        if streams and "broker_id" not in streams:
+            db.execute("DROP TABLE connections")
         db.executescript(SCHEMA)
         have = {row[1] for row in db.execute("PRAGMA table_info(certificates)")}
         for column, kind in CERTIFICATE_COLUMNS.items():
@@ -129,7 +123,7 @@ class SqliteAgentStore:
                 f"{_CERTIFICATE_SELECT} WHERE c.serial = ?",
                 (old.serial,),
             ).fetchone()
-            current = None if row is None else _certificate(row)
+            current = None if row is None else rows.certificate(row)
             if current is None or (reason := current.refusal(now)):
                 raise Unauthenticated(reason or "this certificate is unknown")
             self._db.execute(
@@ -168,7 +162,7 @@ class SqliteAgentStore:
             f"{_CERTIFICATE_SELECT} WHERE c.serial = ?",
             (serial,),
         ).fetchone()
-        return None if row is None else _certificate(row)
+        return None if row is None else rows.certificate(row)
 
     def certificates(self, serials: Collection[str]) -> dict[str, CertificateRecord]:
         """Look up many certificates at once (the live streams'), by serial; unknown ones absent."""
@@ -181,20 +175,22 @@ class SqliteAgentStore:
                 f"{_CERTIFICATE_SELECT} WHERE c.serial IN ({marks})",
                 chunk,
             ):
-                record = _certificate(row)
+                record = rows.certificate(row)
                 found[record.serial] = record
         return found
 
-    def report_connections(self, statuses: list[ConnectionStatus]) -> None:
-        """Replace the live-stream snapshot the serving broker keeps for operators."""
+    def report_connections(self, broker_id: str, statuses: Sequence[ConnectionStatus]) -> None:
+        """Replace the live-stream snapshot a broker keeps for operators (empty: it stopped)."""
         now = time.time()
         with transaction(self._db):
-            self._db.execute("DELETE FROM connections")
+            self._db.execute("DELETE FROM connections WHERE broker_id = ?", (broker_id,))
             self._db.executemany(
-                "INSERT INTO connections (id, agent_id, version, serial, domains, connected_at,"
-                " last_seen, in_flight, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO connections (broker_id, id, agent_id, version, serial, domains,"
+                " connected_at, last_seen, in_flight, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
+                        broker_id,
                         s.connection_id,
                         s.agent_id,
                         s.version,
@@ -217,49 +213,25 @@ class SqliteAgentStore:
                 stopped without saying so) and is not shown as connected.
         """
         now = time.time()
-        streams: dict[str, list[ConnectionStatus]] = {}
-        for row in self._db.execute(
-            "SELECT id, agent_id, version, serial, domains, connected_at, last_seen, in_flight"
-            " FROM connections WHERE updated_at >= ? ORDER BY connected_at",
-            (now - fresh_within,),
-        ):
-            conn_id, agent_id, version, serial, domains, connected_at, last_seen, in_flight = row
-            streams.setdefault(agent_id, []).append(
-                ConnectionStatus(
-                    connection_id=conn_id,
-                    agent_id=agent_id,
-                    version=version,
-                    serial=serial,
-                    domains=domains.split(),
-                    connected_at=connected_at,
-                    last_seen=last_seen,
-                    in_flight=in_flight,
-                )
+        streams = [
+            rows.stream(row, row[4].split())
+            for row in self._db.execute(
+                "SELECT id, agent_id, version, serial, domains, connected_at, last_seen,"
+                " in_flight, broker_id FROM connections WHERE updated_at >= ?"
+                " ORDER BY connected_at, broker_id",
+                (now - fresh_within,),
             )
-        usable: dict[str, list[tuple[str, float]]] = {}
-        for agent_id, serial, not_after in self._db.execute(
+        ]
+        usable = self._db.execute(
             "SELECT agent_id, serial, not_after FROM certificates"
             " WHERE retired_at IS NULL AND not_after > ? ORDER BY issued_at, serial",
             (now,),
-        ):
-            usable.setdefault(agent_id, []).append((serial, not_after))
-        rows = self._db.execute(
+        ).fetchall()
+        agents = self._db.execute(
             "SELECT id, tenant, hostname, version, enrolled_at, revoked_at FROM agents"
             " ORDER BY tenant, id"
         )
-        return [
-            AgentRecord(
-                agent_id=agent_id,
-                tenant=tenant,
-                hostname=hostname,
-                version=version,
-                enrolled_at=enrolled_at,
-                revoked_at=revoked_at,
-                certificates=[] if revoked_at is not None else usable.get(agent_id, []),
-                connections=streams.get(agent_id, []),
-            )
-            for agent_id, tenant, hostname, version, enrolled_at, revoked_at in rows
-        ]
+        return rows.agents(agents, usable, streams)
 
     def _insert_certificate(
         self,

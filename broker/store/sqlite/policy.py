@@ -14,16 +14,17 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from broker.policy.lockout import Counter
 from broker.policy.tenant_policy import TenantPolicy
+from broker.store import rows
 from broker.store.records import CounterKey, MfaRecord
 from broker.store.sqlite.coordination import CoordinationTables
 from broker.store.sqlite.db import transaction
-from pta.errors import InvalidRequest
 
 if TYPE_CHECKING:
     import sqlite3
     from collections.abc import Sequence
+
+    from broker.policy.lockout import Counter
 
 
 SCHEMA = """
@@ -105,8 +106,8 @@ class SqlitePolicyStore(CoordinationTables):
 
     def tenant_policies(self) -> dict[str, TenantPolicy]:
         """Every tenant's policy that differs from the defaults."""
-        rows = self._db.execute("SELECT tenant, settings FROM tenant_policies")
-        return {tenant: TenantPolicy.from_json(settings) for tenant, settings in rows}
+        found = self._db.execute("SELECT tenant, settings FROM tenant_policies")
+        return {tenant: TenantPolicy.from_json(settings) for tenant, settings in found}
 
     def set_tenant_policy(self, tenant: str, policy: TenantPolicy) -> None:
         """Replace a tenant's policy."""
@@ -120,12 +121,12 @@ class SqlitePolicyStore(CoordinationTables):
 
     def banned_terms(self, tenant: str) -> list[tuple[str, str]]:
         """A tenant's own banned terms: (as typed, normalised), in the order added."""
-        rows = self._db.execute(
+        found = self._db.execute(
             "SELECT term, normalised FROM banned_passwords WHERE tenant = ?"
             " ORDER BY added_at, normalised",
             (tenant,),
         )
-        return [(term, normalised) for term, normalised in rows]
+        return [(term, normalised) for term, normalised in found]
 
     def banned_revisions(self) -> dict[str, int]:
         """Per tenant with a list, a number that changes whenever the list does.
@@ -170,10 +171,7 @@ class SqlitePolicyStore(CoordinationTables):
             (total,) = self._db.execute(
                 "SELECT count(*) FROM banned_passwords WHERE tenant = ?", (tenant,)
             ).fetchone()
-            if total > limit:
-                raise InvalidRequest(
-                    f"tenant {tenant} would have {total} banned terms: at most {limit}"
-                )
+            rows.check_banned_total(tenant, total, limit)
             if added or removed:
                 self._db.execute(
                     "INSERT INTO banned_password_revisions (tenant, revision) VALUES (?, 1)"
@@ -186,14 +184,12 @@ class SqlitePolicyStore(CoordinationTables):
 
     def counters(self) -> dict[CounterKey, Counter]:
         """Every counter that is not clean."""
-        rows = self._db.execute(
-            "SELECT tenant, user, location, failures, lockouts, locked_until, last_failure"
-            " FROM lockouts"
+        return rows.counters(
+            self._db.execute(
+                "SELECT tenant, user, location, failures, lockouts, locked_until, last_failure"
+                " FROM lockouts"
+            )
         )
-        return {
-            (tenant, user, location): Counter(failures, lockouts, locked_until, last)
-            for tenant, user, location, failures, lockouts, locked_until, last in rows
-        }
 
     def save_counter(self, key: CounterKey, counter: Counter) -> None:
         """Write one counter (a clean one is deleted)."""
@@ -238,8 +234,8 @@ class SqlitePolicyStore(CoordinationTables):
 
     def known_accounts(self) -> set[tuple[str, str]]:
         """(tenant, user key) of every account a directory has said exists, lately."""
-        rows = self._db.execute("SELECT tenant, user FROM known_accounts")
-        return {(tenant, user) for tenant, user in rows}
+        found = self._db.execute("SELECT tenant, user FROM known_accounts")
+        return {(tenant, user) for tenant, user in found}
 
     def add_known_account(self, tenant: str, user: str, now: float) -> None:
         """Remember that a directory answered for this account (not "unknown user")."""
@@ -261,11 +257,11 @@ class SqlitePolicyStore(CoordinationTables):
 
     def account_rules(self) -> list[tuple[str, str, str, str, str]]:
         """(tenant, agent id, domain, directory, scope) of every agent's last hello."""
-        rows = self._db.execute(
+        found = self._db.execute(
             "SELECT tenant, agent_id, domain, directory, scope FROM account_rules"
             " ORDER BY tenant, agent_id, domain"
         )
-        return [tuple(row) for row in rows]
+        return [tuple(row) for row in found]
 
     def replace_account_rules(
         self, tenant: str, agent_id: str, rules: Sequence[tuple[str, str, str]]
@@ -291,12 +287,9 @@ class SqlitePolicyStore(CoordinationTables):
 
     def familiar(self) -> dict[tuple[str, str], dict[str, float]]:
         """(tenant, user) -> {network prefix: last successful sign-in from it}."""
-        result: dict[tuple[str, str], dict[str, float]] = {}
-        for tenant, user, prefix, last in self._db.execute(
-            "SELECT tenant, user, prefix, last_success FROM familiar_networks"
-        ):
-            result.setdefault((tenant, user), {})[prefix] = last
-        return result
+        return rows.familiar(
+            self._db.execute("SELECT tenant, user, prefix, last_success FROM familiar_networks")
+        )
 
     def save_familiar(self, tenant: str, user: str, prefix: str, last_success: float) -> None:
         """Record a successful sign-in from a network."""
@@ -354,7 +347,7 @@ class SqlitePolicyStore(CoordinationTables):
 
     def mfa_users(self, tenant: str) -> list[tuple[str, float]]:
         """(user, enrolled at) of every user of a tenant with an authenticator."""
-        rows = self._db.execute(
+        found = self._db.execute(
             "SELECT user, enrolled_at FROM mfa_secrets WHERE tenant = ? ORDER BY user", (tenant,)
         )
-        return [(user, enrolled_at) for user, enrolled_at in rows]
+        return [(user, enrolled_at) for user, enrolled_at in found]

@@ -12,6 +12,7 @@ import sqlite3
 import time
 from typing import TYPE_CHECKING
 
+from broker.store import rows
 from broker.store.records import (
     TOKEN_REFUSED,
     BrokerRecord,
@@ -51,9 +52,11 @@ CREATE TABLE IF NOT EXISTS tokens (
     used_at REAL
 );
 CREATE TABLE IF NOT EXISTS broker_status (
-    name TEXT PRIMARY KEY,
+    broker_id TEXT NOT NULL,
+    name TEXT NOT NULL,
     value TEXT NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (broker_id, name)
 );
 CREATE TABLE IF NOT EXISTS cluster (
     name TEXT PRIMARY KEY,
@@ -93,6 +96,10 @@ class SqliteStore:
     def __init__(self, data_dir: Path) -> None:
         """Open (and create) the store in ``data_dir``."""
         self._db = connect(data_dir / STORE_FILE)
+        # A store made before reports were per broker: they are a second old, drop them.
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(broker_status)")}
+        if have and "broker_id" not in have:
+            self._db.execute("DROP TABLE broker_status")
         self._db.executescript(SCHEMA)
         self.agents = SqliteAgentStore(self._db)
         self.policy = SqlitePolicyStore(self._db)
@@ -125,15 +132,14 @@ class SqliteStore:
                 )
         except sqlite3.IntegrityError as error:
             raise InvalidRequest(f"tenant {name!r} or one of its domains exists already") from error
+        self._domains_version = -1  # data_version counts other connections' writes only.
 
     def tenants(self) -> dict[str, list[str]]:
         """Return every tenant with its domains."""
-        result: dict[str, list[str]] = {
-            name: [] for (name,) in self._db.execute("SELECT name FROM tenants ORDER BY name")
-        }
-        for suffix, tenant in self._db.execute("SELECT suffix, tenant FROM domains ORDER BY 1"):
-            result[tenant].append(suffix)
-        return result
+        return rows.tenants(
+            self._db.execute("SELECT name FROM tenants ORDER BY name"),
+            self._db.execute("SELECT suffix, tenant FROM domains ORDER BY 1"),
+        )
 
     def tenant_for_domain(self, domain: str) -> str | None:
         """Return the tenant that owns a domain; the sign-in hot path, so cached.
@@ -148,8 +154,8 @@ class SqliteStore:
 
     def tenant_domains(self, tenant: str) -> frozenset[str]:
         """Return the domains a tenant has verified."""
-        rows = self._db.execute("SELECT suffix FROM domains WHERE tenant = ?", (tenant,))
-        return frozenset(suffix for (suffix,) in rows)
+        found = self._db.execute("SELECT suffix FROM domains WHERE tenant = ?", (tenant,))
+        return frozenset(suffix for (suffix,) in found)
 
     # Enrolment tokens -----------------------------------------------------------------------
 
@@ -208,11 +214,11 @@ class SqliteStore:
 
     def list_tokens(self) -> list[TokenRecord]:
         """Return every token, newest first."""
-        rows = self._db.execute(
+        found = self._db.execute(
             "SELECT id, tenant, created_at, expires_at, used_at FROM tokens"
             " ORDER BY created_at DESC"
         )
-        return [TokenRecord(*row) for row in rows]
+        return [TokenRecord(*row) for row in found]
 
     def delete_token(self, token_id: str) -> bool:
         """Delete a token; return whether it existed."""
@@ -227,23 +233,26 @@ class SqliteStore:
 
     # What the serving broker says of itself, for the CLI ---------------------------------------
 
-    def report_status(self, values: Mapping[str, str]) -> None:
-        """Replace what the serving broker reports about itself (e.g. whether it has an MFA key)."""
+    def report_status(self, broker_id: str, values: Mapping[str, str]) -> None:
+        """Replace what a broker reports about itself (e.g. whether it has an MFA key)."""
         now = time.time()
         with transaction(self._db):
-            self._db.execute("DELETE FROM broker_status")
+            self._db.execute("DELETE FROM broker_status WHERE broker_id = ?", (broker_id,))
             self._db.executemany(
-                "INSERT INTO broker_status (name, value, updated_at) VALUES (?, ?, ?)",
-                [(name, value, now) for name, value in values.items()],
+                "INSERT INTO broker_status (broker_id, name, value, updated_at)"
+                " VALUES (?, ?, ?, ?)",
+                [(broker_id, name, value, now) for name, value in values.items()],
             )
 
-    def status(self, *, fresh_within: float) -> dict[str, str]:
-        """What a broker serving this store reported within ``fresh_within`` s (empty: none)."""
-        rows = self._db.execute(
-            "SELECT name, value FROM broker_status WHERE updated_at >= ?",
-            (time.time() - fresh_within,),
+    def status(self, *, fresh_within: float) -> dict[str, dict[str, str]]:
+        """What each broker serving this store reported within ``fresh_within`` s, by id."""
+        return rows.by_broker(
+            self._db.execute(
+                "SELECT broker_id, name, value FROM broker_status WHERE updated_at >= ?"
+                " ORDER BY broker_id, name",
+                (time.time() - fresh_within,),
+            )
         )
-        return dict(rows)
 
     # The brokers serving this store ---------------------------------------------------------
 
@@ -255,6 +264,11 @@ class SqliteStore:
         )
         (kept,) = self._db.execute("SELECT value FROM cluster WHERE name = 'ca_sha256'").fetchone()
         return str(kept)
+
+    def cluster_ca(self) -> str | None:
+        """The CA fingerprint claimed by the first broker, if one served yet."""
+        row = self._db.execute("SELECT value FROM cluster WHERE name = 'ca_sha256'").fetchone()
+        return None if row is None else str(row[0])
 
     def register_broker(self, record: BrokerRecord) -> None:
         """Insert or refresh a broker's heartbeat."""
@@ -274,12 +288,12 @@ class SqliteStore:
 
     def brokers(self, *, fresh_within: float) -> list[BrokerRecord]:
         """The brokers heard from within ``fresh_within`` seconds."""
-        rows = self._db.execute(
+        found = self._db.execute(
             "SELECT id, agent_endpoint, public_endpoint, started_at, heartbeat_at FROM brokers"
             " WHERE heartbeat_at >= ? ORDER BY id",
             (time.time() - fresh_within,),
         )
-        return [BrokerRecord(*row) for row in rows]
+        return [BrokerRecord(*row) for row in found]
 
     def deregister_broker(self, broker_id: str) -> None:
         """Forget a broker that stops."""
@@ -323,18 +337,7 @@ class SqliteStore:
             The records as stored.
         """
         now = time.time()
-        records = [
-            DirectoryPolicyRecord(
-                tenant=tenant,
-                domain=p.domain,
-                agent_id=agent_id,
-                known=p.known,
-                lockout_threshold=p.lockout_threshold if p.known else 0,
-                source=p.source,
-                reported_at=now,
-            )
-            for p in policies
-        ]
+        records = rows.directory_policies(tenant, agent_id, policies, now)
         with transaction(self._db):
             self._db.execute(
                 "DELETE FROM directory_policies WHERE tenant = ? AND agent_id = ?",
@@ -352,20 +355,9 @@ class SqliteStore:
 
     def directory_policies(self, tenant: str) -> list[DirectoryPolicyRecord]:
         """Every agent's last report for ``tenant``'s domains, by domain then agent."""
-        rows = self._db.execute(
+        found = self._db.execute(
             "SELECT tenant, domain, agent_id, known, lockout_threshold, source, reported_at"
             " FROM directory_policies WHERE tenant = ? ORDER BY domain, agent_id",
             (tenant,),
         )
-        return [
-            DirectoryPolicyRecord(
-                tenant=row[0],
-                domain=row[1],
-                agent_id=row[2],
-                known=bool(row[3]),
-                lockout_threshold=row[4],
-                source=row[5],
-                reported_at=row[6],
-            )
-            for row in rows
-        ]
+        return [rows.directory_policy(row) for row in found]

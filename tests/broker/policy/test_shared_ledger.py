@@ -16,10 +16,10 @@ import pytest
 from broker.policy.lockout_gate import FLIGHT_MARGIN
 from broker.policy.shared_challenges import SharedChallenges
 from broker.policy.signin_policy import SignInPolicy, Verdict
-from broker.store import open_store
 from pta.errors import ChallengeExpired
 from tests.broker.policy.helpers import (
     ALICE_KEY,
+    DOMAIN,
     RIGHT,
     TENANT,
     FakeClock,
@@ -34,9 +34,10 @@ from tests.broker.policy.helpers import (
     refused,
 )
 from tests.broker.policy.helpers import Outcome as Result
+from tests.broker.store.backends import BACKENDS
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
     from broker.policy import mfa
@@ -46,16 +47,31 @@ if TYPE_CHECKING:
 BROKERS = 3
 
 
+@pytest.fixture(params=sorted(BACKENDS))
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
+    """Opens handles on one fresh store of each implementation."""
+    return BACKENDS[request.param](request, tmp_path)
+
+
+@pytest.fixture
+def store(opener: Callable[[], Store]) -> Iterator[Store]:
+    """The store, the tenant acme owning example.com."""
+    store = opener()
+    store.add_tenant(TENANT, [DOMAIN])
+    yield store
+    store.close()
+
+
 @pytest.fixture
 def brokers(
+    opener: Callable[[], Store],
     store: Store,  # noqa: ARG001 - the tenant exists before the brokers start
-    tmp_path: Path,
     signer: TokenSigner,
     clock: FakeClock,
     mfa_key: mfa.MfaKey,
 ) -> Iterator[list[SignInPolicy]]:
     """Three policies, each on its own handle of the one store, counters in the store."""
-    handles = [open_store(tmp_path) for _ in range(BROKERS)]
+    handles = [opener() for _ in range(BROKERS)]
     policies = [
         make_policy(
             h,
