@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 from broker.server import MAINTENANCE_TICK as TICK
-from broker.store.postgres.db import UNAVAILABLE
+from broker.store.postgres.db import CALL_TIMEOUT, UNAVAILABLE
 from broker.store.postgres.schema import MIGRATIONS
 from pta.v1 import outcome_pb2
 from tests.conftest import USERS
@@ -246,3 +246,49 @@ class TestStoreTrouble:
             warned = broker.log_events("broker.store_unavailable")
             assert warned
             assert all(url not in str(event) for event in warned)
+
+    def test_server_frozen(self, run_dir: Path, slapd: Slapd) -> None:
+        """PostgreSQL frozen (SIGSTOP): UNAVAILABLE within a bound; thawed, sign-ins again.
+
+        A frozen server accepts the request and never answers; only the broker's own cut
+        (``CALL_TIMEOUT``) ends the first wait, and every call after it fails at once until
+        the probe reaches the server again.
+        """
+        with Postgres() as server:
+            url = server.url
+            broker = BrokerProcess.start(run_dir, "broker-pg-frozen", store=url)
+            try:
+                broker.add_tenant("frozen", "frozen.example")
+                agent = AgentProcess.start(broker, slapd, "frozen", "agent-pg-frozen")
+                try:
+                    alice = USERS["alice"]
+                    assert broker.sign_in("alice@frozen.example", alice).outcome == Outcome.SUCCESS
+                    server.pause()
+                    try:
+                        for _ in range(3):
+                            began = time.monotonic()
+                            with pytest.raises(grpc.RpcError) as refused:
+                                broker.sign_in("alice@frozen.example", alice)
+                            assert time.monotonic() - began < CALL_TIMEOUT + FAST
+                            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+                    finally:
+                        server.resume()
+                    wait_for(
+                        lambda: _signs_in(broker, "alice@frozen.example", alice),
+                        timeout=10,
+                        what="a sign-in once PostgreSQL is thawed",
+                    )
+                finally:
+                    agent.stop()
+            finally:
+                broker.stop()
+
+
+def _signs_in(broker: BrokerProcess, upn: str, password: str) -> bool:
+    """Whether a sign-in succeeds now (False for an UNAVAILABLE answer)."""
+    try:
+        return bool(broker.sign_in(upn, password).outcome == Outcome.SUCCESS)
+    except grpc.RpcError as error:
+        if error.code() != grpc.StatusCode.UNAVAILABLE:
+            raise
+        return False

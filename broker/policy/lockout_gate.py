@@ -40,7 +40,7 @@ from broker.policy.verdicts import (
     locked,
 )
 from broker.store.records import Flight
-from pta.errors import DeadlineExceeded, Overloaded
+from pta.errors import DeadlineExceeded, Overloaded, StoreUnavailable
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -288,19 +288,24 @@ class LockoutGate:
         if not rule.enabled:
             return False
         tenant, user = attempt.tenant, attempt.user
-        self._confirm(tenant, user, outcome)
         right = outcome in PASSWORD_RIGHT
-        self.ledger.run(
-            tenant,
-            user,
-            functools.partial(
-                self._settle,
-                attempt=attempt,
-                outcome=outcome,
-                succeed=right and succeed,
-                now=self._clock(),
-            ),
-        )
+        try:
+            self._confirm(tenant, user, outcome)
+            self.ledger.run(
+                tenant,
+                user,
+                functools.partial(
+                    self._settle,
+                    attempt=attempt,
+                    outcome=outcome,
+                    succeed=right and succeed,
+                    now=self._clock(),
+                ),
+            )
+        except StoreUnavailable as error:
+            # The answer stands; its flight stays in the store and, once it expires, counts
+            # as a wrong password the directory may have seen: never fewer guesses than made.
+            log.warning("lockout.not_recorded", tenant=tenant, user=user, detail=error.detail)
         for waiter in self._waiters.pop((tenant, user), ()):
             if not waiter.done():
                 waiter.set_result(None)

@@ -26,6 +26,7 @@ from broker.policy.password_protection import PasswordProtection
 from broker.policy.second_factor import SecondFactor
 from broker.policy.tenant_policy import TenantPolicy, familiar_prefix, in_networks
 from broker.policy.verdicts import REPEATED, Attempt, Outcome, Verdict
+from pta.errors import StoreUnavailable
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -273,7 +274,10 @@ class SignInPolicy:
         """
         full = not self.mfa.wants(attempt)
         if self.gate.end(attempt, outcome, succeed=full) and full:
-            self._network_familiar(attempt)
+            try:
+                self._network_familiar(attempt)
+            except StoreUnavailable:
+                log.warning("policy.network_not_recorded", tenant=attempt.tenant)
 
     def directory_reported(self, tenant: str, reports: Iterable[DirectoryPolicyRecord]) -> None:
         """Remember what an agent said of its directories' own lockout; warn when ours is late."""

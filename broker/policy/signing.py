@@ -24,6 +24,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.policy.signing_keys import FileKeyring, Keyring, SigningKey
+from pta.errors import StoreUnavailable
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -110,8 +111,8 @@ class TokenSigner:
         if now - self._checked < ROTATION_CHECK:
             return
         self._checked = now
-        if self._keyring.shared:  # Another broker may have made or dropped one.
-            self._keys = sorted(self._keyring.load(), key=lambda k: k.not_before)
+        if self._keyring.shared and not self._reload(now):
+            return  # Sign with the keys known; look again at the next check.
         active = self._active(now)
         if active is None or now >= active.not_before + self._lifetime:
             latest = self._keys[-1].not_before if self._keys else float("-inf")
@@ -123,6 +124,27 @@ class TokenSigner:
         due = now >= active.not_before + self._lifetime * PUBLISH_NEXT_AT
         if due and not any(k.not_before > active.not_before for k in self._keys):
             self._create(successor_at, unless_after=active.not_before)
+        self._drop_retired(now)
+
+    def _reload(self, now: float) -> bool:
+        """Re-read a shared keyring (another broker may have made or dropped a key).
+
+        Returns:
+            False when the store does not answer but a key is known to sign with meanwhile.
+
+        Raises:
+            StoreUnavailable: When it does not answer and no key is known.
+        """
+        try:
+            self._keys = sorted(self._keyring.load(), key=lambda k: k.not_before)
+        except StoreUnavailable:
+            if self._active(now) is None:
+                raise
+            return False
+        return True
+
+    def _drop_retired(self, now: float) -> None:
+        """Forget keys whose last token has expired; publish the set when it changed."""
         keep = []
         for key in self._keys:
             later = [k.not_before for k in self._keys if k.not_before > key.not_before]

@@ -16,18 +16,23 @@ statement on the server after its fifth execution on a connection, so the calls 
 path are parsed and planned once per connection.
 
 Failing fast: libpq's ``connect_timeout`` (2 s, its smallest), the pool's wait for a
-connection (:data:`POOL_TIMEOUT`, :data:`DOWN_TIMEOUT` once a call failed) and a server-side
-``statement_timeout`` bound every call.
-psycopg's ``OperationalError`` (server gone or refusing, shut down, timed out) and the pool's
+connection (:data:`POOL_TIMEOUT`), a server-side ``statement_timeout``, and a client-side cut
+(:data:`CALL_TIMEOUT`, :mod:`~broker.store.postgres.watchdog`) for a server that is frozen
+rather than gone (it accepts TCP and never answers), bound every call. psycopg's
+``OperationalError`` (server gone or refusing, shut down, timed out, cut) and the pool's
 ``PoolTimeout`` become :class:`pta.errors.StoreUnavailable`, which the RPC layer answers
-UNAVAILABLE. A server that is frozen rather than gone (it accepts TCP and never answers) is
-not bounded here beyond the statement timeout: the caller decides how long it waits.
+UNAVAILABLE. After one such failure the store is *down*: every call fails at once, without
+touching the pool, while a thread of its own probes the server every
+:data:`PROBE_INTERVAL`; the first answer lets calls in again. So an outage costs the broker's
+event loop at most one bounded wait, not one per call.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import threading
+import time
 from typing import TYPE_CHECKING, Any, LiteralString
 
 import psycopg
@@ -35,6 +40,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from broker.store.location import check_url, redact
+from broker.store.postgres.watchdog import Watchdog
 from pta.errors import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -51,7 +57,7 @@ logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 CONNECT_TIMEOUT = 2
 #: How long a call waits for a pooled connection (all busy, or none can be made) before it
 #: fails: a sign-in must hear "unavailable" long before its deadline.
-POOL_TIMEOUT = 1.5
+POOL_TIMEOUT = 1.0
 #: No statement of this store takes long; one that does waits on a lock held by a stuck
 #: session, and fails rather than hangs.
 STATEMENT_TIMEOUT_MS = 5_000
@@ -61,10 +67,13 @@ POOL_MAX = 8
 #: After an outage, the pool's background attempts back off from 1 s; past this many seconds
 #: it gives up, and the next call starts afresh (so recovery is never a long backoff away).
 RECONNECT_TIMEOUT = 10.0
-#: Once a call failed, the next ones wait this long only for a connection, until one succeeds:
-#: while the server is down, each call fails at once rather than after POOL_TIMEOUT (the pool
-#: keeps trying to reconnect in the background meanwhile).
-DOWN_TIMEOUT = 0.05
+#: The longest one call waits on the server before its connection is cut
+#: (:mod:`~broker.store.postgres.watchdog`): a frozen server must not hold the broker.
+CALL_TIMEOUT = 1.0
+#: While the server is down, how often a thread of its own tries it (calls fail at once).
+PROBE_INTERVAL = 0.2
+#: One watchdog for every pool of the process.
+WATCHDOG = Watchdog()
 #: What a caller (a client of the broker) reads: where the store is is none of its business.
 UNAVAILABLE = "the broker's store does not answer: try again shortly"
 
@@ -107,6 +116,7 @@ class Database:
         #: Whether the last pooled call failed for want of the server, and why the last
         #: failure that said why (a pool timeout does not).
         self._down = False
+        self._probing = threading.Lock()
         self._reason = ""
 
     def __repr__(self) -> str:
@@ -165,21 +175,55 @@ class Database:
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[psycopg.Connection[TupleRow]]:
-        """A pooled connection for the body (autocommit).
+        """A pooled connection for the body (autocommit), cut if the body overstays.
+
+        While the server is known to be down, calls fail at once, without waiting on the
+        pool: a thread of its own (:meth:`_probe`) finds out when it is back.
 
         Raises:
-            StoreUnavailable: When none can be had in time, or the server goes away.
+            StoreUnavailable: When none can be had in time, or the server goes away or does
+                not answer within :data:`CALL_TIMEOUT`.
         """
         if self._pool is None:
             raise RuntimeError("the store is closed")
-        timeout = DOWN_TIMEOUT if self._down else POOL_TIMEOUT
+        if self._down:
+            raise StoreUnavailable(UNAVAILABLE, f"{self.where}: {self._reason or 'down'}")
         try:
-            with self.mapped(), self._pool.connection(timeout) as conn:
+            with (
+                self.mapped(),
+                self._pool.connection(POOL_TIMEOUT) as conn,
+                WATCHDOG.watch(conn.fileno(), CALL_TIMEOUT),
+            ):
                 yield conn
         except StoreUnavailable:
-            self._down = True
+            self._went_down()
             raise
-        self._down = False
+
+    def _went_down(self) -> None:
+        """Fail every call at once from now on, until the probe reaches the server."""
+        with self._probing:
+            if self._down:
+                return
+            self._down = True
+            threading.Thread(target=self._probe, name="pta-store-probe", daemon=True).start()
+
+    def _probe(self) -> None:
+        """Try the server every :data:`PROBE_INTERVAL` until it answers; then let calls in.
+
+        The pool's idle connections are checked first: a server that restarted left them
+        broken, and each would otherwise fail one call.
+        """
+        while self._pool is not None and not self._pool.closed:
+            time.sleep(PROBE_INTERVAL)
+            try:
+                with self.direct() as conn, WATCHDOG.watch(conn.fileno(), CALL_TIMEOUT):
+                    conn.execute("SELECT 1")
+                self._pool.check()
+            except (StoreUnavailable, psycopg.Error):
+                continue
+            with self._probing:
+                self._down = False
+            return
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[psycopg.Connection[TupleRow]]:
