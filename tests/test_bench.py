@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from tests.support import BIN, ROOT
-from tooling.bench import PhaseResult, _ratios, _with_adjacent_baselines
+from tooling.bench_report import PhaseResult, _ratios, _with_adjacent_baselines
 
 if TYPE_CHECKING:
     from pathlib import Path

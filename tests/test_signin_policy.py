@@ -324,14 +324,18 @@ class TestSmartLockout:
         The agent may bind after the caller's deadline; the directory counts that, so the
         broker must too, and must not let more through meanwhile.
         """
-        for _ in range(10):
+        for n in range(10):
             with contextlib.suppress(grpc.RpcError):
                 guard.broker.sign_in(
-                    f"hasty@{DOMAIN}", secret("guess"), timeout=0.005, client_ip=ATTACKER_IP
+                    f"hasty@{DOMAIN}", secret(f"guess-{n}"), timeout=0.005, client_ip=ATTACKER_IP
                 )
-        late = secret("guess-y")
+        # Each poll a new wrong password (a repeat would be answered uncounted): had the
+        # hasty guesses gone uncounted, these would take the directory past the threshold
+        # before the broker locked. How many hasty ones reached the agent depends on the
+        # machine's speed (a deadline may pass before dispatch); the bound does not.
+        late = (secret(f"late-{n}") for n in range(4 * THRESHOLD))
         wait_for(
-            lambda: guard.sign_in("hasty", late).outcome == Outcome.LOCKED_BY_POLICY,
+            lambda: guard.sign_in("hasty", next(late)).outcome == Outcome.LOCKED_BY_POLICY,
             what="the late answers to be counted",
         )
         assert guard.failures_in_directory("hasty") <= THRESHOLD

@@ -47,6 +47,8 @@ class LocalDeployment:
         self.public = ""
         self.agent_endpoint = ""
         self.ca_file = Path()
+        #: The shared store the broker serves (a PostgreSQL URL), or "" for its data dir's.
+        self.store_url = ""
 
     def __enter__(self) -> Self:
         """Use as a context manager: every process is stopped on exit."""
@@ -88,8 +90,15 @@ class LocalDeployment:
             raise RuntimeError(f"{program} {args[0]} failed: {output[-500:]}")
         return output
 
-    def start_broker(self, *extra: str) -> None:
-        """Start the broker on free loopback ports and wait until it serves."""
+    def start_broker(self, *extra: str, store_url: str = "") -> None:
+        """Start the broker on free loopback ports and wait until it serves.
+
+        ``store_url``: a PostgreSQL store to serve (and to manage through) instead of the
+        data dir's SQLite.
+        """
+        self.store_url = store_url
+        if store_url:
+            extra = (*extra, "--store", store_url)
         broker = self.spawn(
             "broker",
             "pta-broker",
@@ -111,8 +120,11 @@ class LocalDeployment:
         self.ca_file = Path(info["ca_file"])
 
     def broker_cli(self, *args: str) -> str:
-        """Run a ``pta-broker`` management command against this broker's data."""
-        return self.run("pta-broker", *args, "--data-dir", str(self.data_dir))
+        """Run a ``pta-broker`` management command against this broker's store."""
+        where = (
+            ("--store", self.store_url) if self.store_url else ("--data-dir", str(self.data_dir))
+        )
+        return self.run("pta-broker", *args, *where)
 
     def enrol_agent(self, name: str, tenant: str) -> str:
         """Enrol a new agent of ``tenant`` with a fresh one-time token; return its message."""
