@@ -74,7 +74,9 @@ class TestSpread:
         refused = audited(pair.a, LONE_TENANT, "UNAVAILABLE")
         answered = audited(pair.b, LONE_TENANT, "OK")
         with pair.channel() as channel:
-            outcomes = {sign_in(channel, f"alice@{LONE_DOMAIN}").outcome for _ in range(CALLS)}
+            outcomes = {
+                sign_in(channel, username=f"alice@{LONE_DOMAIN}").outcome for _ in range(CALLS)
+            }
         assert outcomes == {SUCCESS}, "every sign-in answered, none failed"
         resent = audited(pair.a, LONE_TENANT, "UNAVAILABLE") - refused
         print(f"\n{CALLS} sign-ins: {resent} refused at a and resent to b")  # noqa: T201
