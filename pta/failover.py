@@ -32,8 +32,12 @@ SERVICE: Final = "pta.v1.SignInService"
 #: gRPC commits a stream once its first answer arrives, and a stream's items carry their own
 #: statuses; a front end that sends them again decides so itself.
 RETRIED_METHODS: Final = ("SignIn", "ChangePassword", "CompleteMfa", "GetSigningKeys")
-#: Tries in all, the first included: with two brokers, each is asked, and the first again.
-MAX_ATTEMPTS: Final = 3
+#: Tries in all, the first included. A fresh channel (``pta-signin``) makes its first call as
+#: soon as one broker is connected, and round robin only picks connected ones: the backoff
+#: (0.1 s doubling, randomised) and a fourth try leave room for the others to connect (60
+#: runs of ``pta-signin`` for a tenant whose only agent is at the second of two brokers all
+#: signed in, the first asked at most twice).
+MAX_ATTEMPTS: Final = 4
 #: Every field of gRPC's service config a client needs (gRFC A6 for ``retryPolicy``). No
 #: ``retryThrottling``: it would stop resending to the other broker precisely while one broker
 #: refuses every sign-in of a tenant (its agents not attached there), and MAX_ATTEMPTS already
@@ -45,8 +49,8 @@ SERVICE_CONFIG: Final[dict[str, Any]] = {
             "name": [{"service": SERVICE, "method": method} for method in RETRIED_METHODS],
             "retryPolicy": {
                 "maxAttempts": MAX_ATTEMPTS,
-                "initialBackoff": "0.05s",
-                "maxBackoff": "0.5s",
+                "initialBackoff": "0.1s",
+                "maxBackoff": "1s",
                 "backoffMultiplier": 2,
                 "retryableStatusCodes": ["UNAVAILABLE"],
             },

@@ -49,16 +49,28 @@ def start_pair(
     def endpoints(public: str) -> tuple[str, ...]:
         return ("--listen", public, "--agent-listen", f"{public.rpartition(':')[0]}:0")
 
-    first = BrokerProcess.start(run_dir, f"{name}-a", "--san", SAN, *endpoints(listen[0]), *extra)
-    second_dir = run_dir / f"{name}-b"
-    second_dir.mkdir(mode=0o700)
-    for file in ("ca.pem", "ca.key"):  # A broker whose data dir holds a CA uses it.
-        shutil.copy2(first.data_dir / file, second_dir / file)
-    second = BrokerProcess.start(run_dir, f"{name}-b", "--san", SAN, *endpoints(listen[1]), *extra)
-    assert second.ca_file.read_bytes() == first.ca_file.read_bytes()
-    for broker in (first, second):
-        broker.add_tenant(TENANT, DOMAIN)
-        broker.add_tenant(LONE_TENANT, LONE_DOMAIN)
+    started: list[BrokerProcess] = []
+    try:
+        first = BrokerProcess.start(
+            run_dir, f"{name}-a", "--san", SAN, *endpoints(listen[0]), *extra
+        )
+        started.append(first)
+        second_dir = run_dir / f"{name}-b"
+        second_dir.mkdir(mode=0o700)
+        for file in ("ca.pem", "ca.key"):  # A broker whose data dir holds a CA uses it.
+            shutil.copy2(first.data_dir / file, second_dir / file)
+        second = BrokerProcess.start(
+            run_dir, f"{name}-b", "--san", SAN, *endpoints(listen[1]), *extra
+        )
+        started.append(second)
+        assert second.ca_file.read_bytes() == first.ca_file.read_bytes()
+        for broker in started:
+            broker.add_tenant(TENANT, DOMAIN)
+            broker.add_tenant(LONE_TENANT, LONE_DOMAIN)
+    except BaseException:
+        for broker in started:
+            broker.stop()
+        raise
     return first, second
 
 
@@ -95,11 +107,15 @@ class Pair:
                 "receive_timeout = 60\n"
             )
             own = ("--config", str(config))
-        pair.agents = [
-            AgentProcess.start(a, None if own else slapd, TENANT, f"agent-{name}-a", *own),
-            AgentProcess.start(b, slapd, TENANT, f"agent-{name}-b"),
-            AgentProcess.start(b, slapd, LONE_TENANT, f"agent-{name}-lone"),
-        ]
+        try:
+            pair.agents.append(
+                AgentProcess.start(a, None if own else slapd, TENANT, f"agent-{name}-a", *own)
+            )
+            pair.agents.append(AgentProcess.start(b, slapd, TENANT, f"agent-{name}-b"))
+            pair.agents.append(AgentProcess.start(b, slapd, LONE_TENANT, f"agent-{name}-lone"))
+        except BaseException:
+            pair.stop()
+            raise
         return pair
 
     def stop(self) -> None:
