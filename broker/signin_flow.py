@@ -23,16 +23,17 @@ from broker.dispatch.jobs import AgentLost
 from broker.policy.ratelimit import RateLimiter, client_address
 from broker.policy.signin_policy import REPEATED, Attempt, Verdict
 from pta.errors import (
+    AgentMayHaveTried,
     DirectoryUnavailable,
     InvalidRequest,
     NotFound,
     PtaError,
-    Unavailable,
 )
 from pta.names import parse_upn
 from pta.v1 import outcome_pb2
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
     from ipaddress import IPv4Network, IPv6Network
 
     from broker.dispatch.dispatcher import Dispatcher
@@ -91,6 +92,7 @@ class SignInFlow:
         deadline: float,
         grant: bool,
         mfa_code: str | None = None,
+        dispatching: Callable[[], Awaitable[None]] | None = None,
     ) -> tuple[str, Verdict]:
         """Police, route, seal, dispatch and await one credential check; audit it as ``event``.
 
@@ -104,6 +106,9 @@ class SignInFlow:
             grant: Whether a right password earns a token (or an MFA challenge).
             mfa_code: A password change's TOTP code (None for a sign-in): checked first
                 when the policy wants a second factor.
+            dispatching: Awaited just before the credentials go to an agent (see
+                :meth:`~broker.dispatch.dispatcher.Dispatcher.check`); not when the policy
+                or a missing agent answers first.
 
         Returns:
             The request id, and what the client is told.
@@ -144,7 +149,7 @@ class SignInFlow:
                 else:
                     audit = audit.bind(location=admitted.location)
                     answer = await self._directory_answer(
-                        admitted, credentials, request_id, deadline
+                        admitted, credentials, request_id, deadline, dispatching
                     )
                     if answer is None:  # A lost repeat of an unknown name: as any repeat.
                         verdict = REPEATED
@@ -179,6 +184,7 @@ class SignInFlow:
         credentials: agent_pb2.Credentials,
         request_id: str,
         deadline: float,
+        dispatching: Callable[[], Awaitable[None]] | None,
     ) -> Answer | None:
         """The directory's answer to an admitted attempt; None: answer it as a repeat.
 
@@ -187,7 +193,9 @@ class SignInFlow:
         repeat (answered by the policy, never sent) could never get.
         """
         try:
-            return await self._check_admitted(attempt, credentials, request_id, deadline)
+            return await self._check_admitted(
+                attempt, credentials, request_id, deadline, dispatching
+            )
         except AgentLost:
             if not attempt.recheck:
                 raise
@@ -199,6 +207,7 @@ class SignInFlow:
         credentials: agent_pb2.Credentials,
         request_id: str,
         deadline: float,
+        dispatching: Callable[[], Awaitable[None]] | None,
     ) -> Answer:
         """Seal and check an admitted attempt; the policy hears the directory's answer."""
         budget = deadline - asyncio.get_running_loop().time()
@@ -216,6 +225,7 @@ class SignInFlow:
                 budget,
                 settled=settled,
                 readmit=readmit,
+                dispatching=dispatching,
             )
         finally:
             del plaintext
@@ -250,18 +260,19 @@ def visible(answer: Answer) -> tuple[int, str]:
 
     Raises:
         DirectoryUnavailable: The agent could not reach its directory.
-        Unavailable: The agent refused the request, or answered something unknown here.
+        AgentMayHaveTried: The agent refused the request, or answered something unknown
+            here: either way it had the password, so no client resends it by itself.
     """
     outcome = answer.outcome
     if outcome == Outcome.DIRECTORY_UNAVAILABLE:
         raise DirectoryUnavailable("the organisation's directory is unavailable; try again")
     if outcome == Outcome.REQUEST_REJECTED:
-        raise Unavailable("the agent refused the request; try again")
+        raise AgentMayHaveTried("the agent refused the request; try again")
     if outcome == Outcome.UNKNOWN_USER:
         outcome = Outcome.INVALID_CREDENTIALS
     base = MESSAGES.get(outcome)
     if base is None:
-        raise Unavailable("the agent gave an answer this broker does not understand")
+        raise AgentMayHaveTried("the agent gave an answer this broker does not understand")
     detail = answer.message if outcome != Outcome.INVALID_CREDENTIALS else ""
     return outcome, f"{base} ({detail})" if detail else base
 

@@ -36,8 +36,7 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 
-from pta import rpc
-from pta.config import parse_endpoint
+from pta import failover
 from pta.v1 import outcome_pb2, signin_pb2, signin_pb2_grpc
 
 if TYPE_CHECKING:
@@ -81,7 +80,19 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("username", help="user@domain")
-    parser.add_argument("--broker", required=True, help="the broker's public host:port")
+    parser.add_argument(
+        "--broker",
+        required=True,
+        help="the broker's public host:port, several separated by commas, or one DNS name "
+        "with several addresses (a gRPC dns: target is taken as it is): calls are spread over "
+        "them, and one refused before any agent saw it goes to the next",
+    )
+    parser.add_argument(
+        "--server-name",
+        default="",
+        help="the name every broker's certificate carries (pta-broker serve --san NAME): "
+        "needed when --broker lists several hosts",
+    )
     parser.add_argument("--ca-file", required=True, help="the broker's CA certificate (ca.pem)")
     parser.add_argument(
         "--password-stdin", action="store_true", help="read the password from stdin"
@@ -124,11 +135,9 @@ class _UsageError(Exception):
 
 def _main(args: argparse.Namespace) -> int:
     try:
-        parse_endpoint(args.broker)
-    except ValueError:
-        raise _UsageError(
-            f"--broker needs the broker's public host:port, not {args.broker!r}"
-        ) from None
+        brokers = failover.brokers(args.broker, args.server_name)
+    except ValueError as error:
+        raise _UsageError(_broker_problem(error)) from None
     try:
         credentials = grpc.ssl_channel_credentials(Path(args.ca_file).read_bytes())
     except OSError as error:
@@ -140,7 +149,7 @@ def _main(args: argparse.Namespace) -> int:
         new_password = _secret(args, "New password: ")
         if not args.password_stdin and _secret(args, "New password again: ") != new_password:
             raise _UsageError("the new passwords differ")
-    with grpc.secure_channel(args.broker, credentials, options=rpc.CHANNEL_OPTIONS) as channel:
+    with grpc.secure_channel(brokers.target, credentials, options=brokers.options()) as channel:
         stub = signin_pb2_grpc.SignInServiceStub(channel)
         try:
             response = _call(stub, args, password, new_password)
@@ -171,6 +180,16 @@ def _main(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(f"{Outcome.Name(response.outcome)}: {response.message}\n")
     return OUTCOME_EXIT.get(response.outcome, OTHER_OUTCOME_EXIT)
+
+
+def _broker_problem(error: ValueError) -> str:
+    """What is wrong with --broker, in the flags' own words."""
+    if isinstance(error, failover.ServerNameNeeded):
+        return (
+            "--broker lists several hosts: give --server-name, the name every broker's "
+            "certificate carries (pta-broker serve --san NAME)"
+        )
+    return f"--broker takes host:port, or several separated by commas: {error}"
 
 
 def _call(

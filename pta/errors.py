@@ -9,15 +9,22 @@ holds a password, an envelope, a key or a token.
     ├── Unauthenticated ........ UNAUTHENTICATED
     ├── PermissionDenied ....... PERMISSION_DENIED
     │   └── TenantMismatch
-    ├── Unavailable ............ UNAVAILABLE
+    ├── Unavailable ............ UNAVAILABLE (a client may send it again, to any broker)
     │   ├── NoAgentAvailable
-    │   ├── DirectoryUnavailable
-    │   └── StoreUnavailable
+    │   ├── StoreUnavailable
+    │   └── AgentMayHaveTried .. UNAVAILABLE, grpc-retry-pushback-ms -1 (not again by itself)
+    │       └── DirectoryUnavailable
     ├── Overloaded ............. RESOURCE_EXHAUSTED
     ├── DeadlineExceeded ....... DEADLINE_EXCEEDED
     ├── ChallengeExpired ....... FAILED_PRECONDITION
     ├── StoreTooNew ............ FAILED_PRECONDITION (broker side: refused at open)
     └── EnvelopeRejected ....... INVALID_ARGUMENT (agent side: never reaches the directory)
+
+An error an agent may already have acted on (it had the request, and may have tried the
+password at its directory) says so (:attr:`PtaError.may_have_been_tried`): its status then
+carries ``grpc-retry-pushback-ms: -1``, which tells a gRPC client's retry policy not to send the
+request again by itself (``pta/failover.py``); a second try could count one password twice
+against the directory's lockout.
 
 Programming errors are ordinary ``RuntimeError``/``TypeError`` and are never mapped: the
 caller sees INTERNAL and the log has the traceback.
@@ -27,7 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Final
 
 import grpc
 import structlog
@@ -36,12 +43,19 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
 log = structlog.get_logger()
+#: Trailing metadata that tells a gRPC client's retry policy not to retry the call (gRFC A6:
+#: a negative server pushback means "do not retry"); sent with every error an agent may
+#: already have acted on.
+NO_RETRY: Final[tuple[tuple[str, str], ...]] = (("grpc-retry-pushback-ms", "-1"),)
 
 
 class PtaError(Exception):
     """An expected failure with a definite gRPC status and a caller-safe message."""
 
     code: ClassVar[grpc.StatusCode] = grpc.StatusCode.UNKNOWN
+    #: Whether an agent may already have tried the request at its directory: then no client
+    #: may send it again by itself (the status carries :data:`NO_RETRY`).
+    may_have_been_tried: ClassVar[bool] = False
 
     def __init__(self, message: str) -> None:
         """Keep the message: it is what the caller will read."""
@@ -78,7 +92,11 @@ class TenantMismatch(PermissionDenied):
 
 
 class Unavailable(PtaError):
-    """No definite answer now; the same request may succeed later."""
+    """No definite answer now; the same request may succeed later, here or at another broker.
+
+    Unless it says an agent may have tried it (:class:`AgentMayHaveTried`), a client's retry
+    policy may send it again at once, to another broker.
+    """
 
     code = grpc.StatusCode.UNAVAILABLE
 
@@ -87,8 +105,21 @@ class NoAgentAvailable(Unavailable):
     """No agent of the tenant that serves the domain is connected."""
 
 
-class DirectoryUnavailable(Unavailable):
-    """The agent could not reach its directory: says nothing about the password."""
+class AgentMayHaveTried(Unavailable):
+    """No answer, but an agent had the request and may have tried the password already.
+
+    The user may sign in again (the lockout then decides); a client must not resend it by
+    itself, or one password could count twice against the directory's lockout.
+    """
+
+    may_have_been_tried = True
+
+
+class DirectoryUnavailable(AgentMayHaveTried):
+    """The agent could not reach its directory: says nothing about the password.
+
+    It may have lost the directory in the middle of a bind, so it is not resent by itself.
+    """
 
 
 class StoreUnavailable(Unavailable):
@@ -155,7 +186,7 @@ async def rpc_errors(context: grpc.aio.ServicerContext[object, object]) -> Async
     except (grpc.aio.AbortError, asyncio.CancelledError):
         raise
     except PtaError as error:
-        await context.abort(error.code, error.message)
+        await _abort(context, error)
     except ExceptionGroup as group:
         # A task group (a stream's reader and writer) failed: answer with its first
         # expected error, or INTERNAL when it holds only unexpected ones.
@@ -164,10 +195,16 @@ async def rpc_errors(context: grpc.aio.ServicerContext[object, object]) -> Async
             log.exception("rpc.internal_error")
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
         else:
-            await context.abort(expected.code, expected.message)
+            await _abort(context, expected)
     except Exception:
         log.exception("rpc.internal_error")
         await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+
+async def _abort(context: grpc.aio.ServicerContext[object, object], error: PtaError) -> None:
+    """Answer ``error``: its status and message, and :data:`NO_RETRY` when it says so."""
+    trailers = NO_RETRY if error.may_have_been_tried else ()
+    await context.abort(error.code, error.message, trailing_metadata=trailers)
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> PtaError | None:

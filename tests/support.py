@@ -320,13 +320,17 @@ class AgentProcess:
         agent_id = json.loads((state_dir / "agent.json").read_text())["agent_id"]
         process = cls.launch(state_dir, slapd, log_path, *extra, log_level=log_level)
         agent = cls(state_dir=state_dir, log_path=log_path, process=process, agent_id=agent_id)
-        wait_for(
-            lambda: (
-                any(e.get("agent_id") == agent_id for e in broker.log_events("agent.connected"))
-                or process.poll() is not None
-            ),
-            what=f"agent {agent_id} to connect",
-        )
+        try:
+            wait_for(
+                lambda: (
+                    any(e.get("agent_id") == agent_id for e in broker.log_events("agent.connected"))
+                    or process.poll() is not None
+                ),
+                what=f"agent {agent_id} to connect",
+            )
+        except AssertionError:
+            _stop(process)  # Never connected: not left running after the failed test.
+            raise
         assert process.poll() is None, log_path.read_text()[-3000:]
         return agent
 

@@ -29,6 +29,7 @@ CODES: dict[type[errors.PtaError], grpc.StatusCode] = {
     errors.TenantMismatch: grpc.StatusCode.PERMISSION_DENIED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.NoAgentAvailable: grpc.StatusCode.UNAVAILABLE,
+    errors.AgentMayHaveTried: grpc.StatusCode.UNAVAILABLE,
     errors.DirectoryUnavailable: grpc.StatusCode.UNAVAILABLE,
     errors.StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
     errors.StoreTooNew: grpc.StatusCode.FAILED_PRECONDITION,
@@ -109,6 +110,24 @@ class TestRpcErrors:
             CODES[kind],
             "a caller-safe sentence",
         )
+
+    @pytest.mark.parametrize("kind", list(CODES), ids=lambda k: k.__name__)
+    async def test_no_retry_when_an_agent_may_have_tried(
+        self, call: Call, kind: type[errors.PtaError]
+    ) -> None:
+        """Only what an agent may have tried carries the pushback that stops gRPC's retry."""
+        harness, method = call
+
+        def raise_() -> None:
+            raise kind("a caller-safe sentence")
+
+        harness.raise_ = raise_
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await method(b"x", timeout=5)
+        trailers = caught.value.trailing_metadata()
+        pushback = trailers is not None and trailers.get("grpc-retry-pushback-ms") == "-1"
+        tried = {errors.AgentMayHaveTried, errors.DirectoryUnavailable}
+        assert pushback is (kind in tried) is kind.may_have_been_tried
 
     async def test_unexpected_error_is_internal_and_says_nothing(self, call: Call) -> None:
         """A programming error: INTERNAL with a fixed text; the detail only in the log."""

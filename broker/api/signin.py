@@ -10,6 +10,7 @@ password lives in the request only until the flow seals it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +28,7 @@ from pta.names import check_password
 from pta.v1 import agent_pb2, outcome_pb2, signin_pb2, signin_pb2_grpc
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
     from ipaddress import IPv4Network, IPv6Network
 
     import grpc
@@ -97,7 +98,10 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
         """Answer one sign-in (see the module docstring)."""
         async with rpc_errors(context):
             return await self.sign_in(
-                request, peer=context.peer(), deadline=self._deadline(context.time_remaining())
+                request,
+                peer=context.peer(),
+                deadline=self._deadline(context.time_remaining()),
+                dispatching=_committing(context),
             )
 
     async def SignInStream(  # noqa: N802 - the contract's name
@@ -149,7 +153,12 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
             session.stop_reading()
 
     async def sign_in(
-        self, request: signin_pb2.SignInRequest, *, peer: str, deadline: float
+        self,
+        request: signin_pb2.SignInRequest,
+        *,
+        peer: str,
+        deadline: float,
+        dispatching: Callable[[], Awaitable[None]] | None = None,
     ) -> signin_pb2.SignInResponse:
         """One sign-in, whichever call carried it.
 
@@ -157,6 +166,8 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
             request: What the client sent.
             peer: The caller's address as grpc names it (``ipv4:1.2.3.4:5``).
             deadline: Event-loop time by which it must be answered.
+            dispatching: Awaited just before the password goes to an agent (SignIn commits
+                its call then; a stream's items are never resent by grpc anyway).
 
         Returns:
             The response (a wrong password is an outcome).
@@ -173,6 +184,7 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
             peer=peer,
             deadline=deadline,
             grant=True,
+            dispatching=dispatching,
         )
         return _response(request_id, verdict)
 
@@ -243,6 +255,7 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
                 deadline=self._deadline(context.time_remaining()),
                 grant=False,
                 mfa_code=request.mfa_code,
+                dispatching=_committing(context),
             )
             return signin_pb2.ChangePasswordResponse(
                 outcome=verdict.outcome,  # type: ignore[arg-type]
@@ -252,6 +265,17 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
                 ),
                 retry_after_seconds=verdict.retry_after,
             )
+
+
+def _committing(context: grpc.aio.ServicerContext[Any, Any]) -> Callable[[], Awaitable[None]]:
+    """Send the call's response headers: what a call does just before an agent may try it.
+
+    A gRPC client commits a call once it has the response headers (gRFC A6) and never
+    resends it by itself after that, whatever happens to this broker next (even SIGKILL); an
+    UNAVAILABLE answered before them (no agent here, the broker stopping) is still resent to
+    another broker by the client's retry policy (``pta/failover.py``).
+    """
+    return functools.partial(context.send_initial_metadata, ())
 
 
 def _response(request_id: str, verdict: Verdict) -> signin_pb2.SignInResponse:

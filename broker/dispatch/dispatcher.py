@@ -206,6 +206,7 @@ class Dispatcher:
         *,
         settled: Callable[[int | None], None] | None = None,
         readmit: Callable[[float], Awaitable[bool]] | None = None,
+        dispatching: Callable[[], Awaitable[None]] | None = None,
     ) -> Answer:
         """Seal ``plaintext`` to each candidate connection, dispatch, await the one answer.
 
@@ -224,9 +225,14 @@ class Dispatcher:
             readmit: Asked, with the deadline, when the agent checking it was lost after it
                 may have tried the password: True lets another agent try (``settled`` is
                 then called again for that try). None: never.
+            dispatching: Awaited once, when an agent is there to take it, just before the job
+                is queued: from then on an agent may try the password (the caller commits
+                its RPC then, so that no client resends it by itself).
 
         Raises:
-            NoAgentAvailable: No agent of the tenant serving the domain is connected.
+            NoAgentAvailable: No agent of the tenant serving the domain is connected (before
+                any agent had it).
+            AgentLost: The agent checking it was lost, and no other agent tried it again.
             Overloaded: The tenant's queue is full.
             DeadlineExceeded: No answer within ``budget`` seconds.
         """
@@ -264,6 +270,8 @@ class Dispatcher:
                 future=loop.create_future(),
                 settled=settled,
             )
+            if dispatching is not None:
+                await dispatching()
             self.submit(job)
         except BaseException:
             if job is not None:
@@ -271,18 +279,43 @@ class Dispatcher:
             if settled is not None:  # Never dispatched: no agent will check it.
                 settled(None)
             raise
+        try:
+            return await self._answer(job)
+        except AgentLost:
+            if readmit is None or not await readmit(deadline):
+                raise
+        return await self._send_on(job, settled, readmit)
+
+    async def _send_on(
+        self,
+        lost: Job,
+        settled: Callable[[int | None], None] | None,
+        readmit: Callable[[float], Awaitable[bool]],
+    ) -> Answer:
+        """Send a job whose agent was lost to another one, for as long as the lockout lets it.
+
+        The password may have been tried already: when no agent is left to take it, that is
+        still what the caller hears (:class:`AgentLost`, never resent by a client), not that
+        no agent is connected (resent to another broker by a client's retry policy).
+        """
+        job = lost
         while True:
-            try:
-                return await self._answer(job)
-            except AgentLost:
-                if readmit is None or not await readmit(deadline):
-                    raise
-            job = job.resend(loop.create_future(), settled)
+            job = job.resend(asyncio.get_running_loop().create_future(), settled)
             try:
                 self.submit(job)
+            except NoAgentAvailable as error:
+                job.settle(None)
+                raise AgentLost(LOST_AFTER_ACK) from error
             except BaseException:
                 job.settle(None)
                 raise
+            try:
+                return await self._answer(job)
+            except AgentLost:
+                if not await readmit(job.deadline):
+                    raise
+            except NoAgentAvailable as error:
+                raise AgentLost(LOST_AFTER_ACK) from error
 
     async def _answer(self, job: Job) -> Answer:
         """Await a dispatched job's answer until its deadline; withdraw it either way."""

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from pta.errors import PtaError, Unavailable
+from pta.errors import AgentMayHaveTried, PtaError, Unavailable
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -28,12 +28,12 @@ LOST_AFTER_ACK = (
 MAY_HAVE_TRIED = -1
 
 
-class AgentLost(Unavailable):
+class AgentLost(AgentMayHaveTried):
     """The agent was lost after the job was written to it: the caller may send it on.
 
     The job keeps its envelopes for the tenant's other connections; whether another agent
     may try it again is the lockout's decision (a second try may count twice at the
-    directory), not the dispatcher's.
+    directory), not the dispatcher's, and never a client's retry policy's.
     """
 
 
