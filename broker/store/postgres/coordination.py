@@ -4,8 +4,11 @@ Each is an operation of the store rather than of any broker's memory (see
 :mod:`broker.policy.lockout_ledger`, :mod:`broker.policy.shared_challenges`,
 :mod:`broker.policy.shared_repeats`). A user's lockout
 decision runs under a transaction-scoped advisory lock on the user (two ``hashtext`` halves:
-a collision only serialises two users' decisions), in pipeline mode: BEGIN, the lock and both
-reads travel in one round trip, the writes and COMMIT in a second. The other operations are
+a collision only serialises two users' decisions), in pipeline mode: BEGIN, the lock and one
+read of both tables travel in one round trip, the writes and COMMIT in a second. (Each
+statement costs the broker's CPU more than the server's: one read, not two, saved a third of
+it.) The read is a statement after the lock's, so its snapshot is taken once the lock is held:
+it sees what the previous holder committed. The other operations are
 one statement each (a conditional ``UPDATE … RETURNING`` takes a challenge's try), or a small
 transaction. None of these tables bumps ``changes``: they are written on the sign-in path, and
 every broker reads them at each decision rather than caching them.
@@ -38,22 +41,22 @@ class CoordinationTables:
         where = (tenant, user)
         with self._db.connection() as conn, conn.pipeline(), conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s), hashtext(%s))", where)
-            counted = conn.execute(
-                "SELECT location, failures, lockouts, locked_until, last_failure FROM lockouts"
-                " WHERE tenant = %s AND user_key = %s",
-                where,
-            )
-            flying = conn.execute(
-                "SELECT id, location, expires_at FROM flights WHERE tenant = %s AND user_key = %s",
-                where,
-            )
-            counters = {
-                cast("CounterKind", kind): Counter(*values) for kind, *values in counted.fetchall()
-            }
-            flights = {
-                flight_id: Flight(cast("Location", location), expires_at)
-                for flight_id, location, expires_at in flying.fetchall()
-            }
+            rows = conn.execute(
+                "SELECT location, failures, lockouts, locked_until, last_failure, NULL"
+                " FROM lockouts WHERE tenant = %s AND user_key = %s UNION ALL"
+                " SELECT location, NULL, NULL, NULL, expires_at, id"
+                " FROM flights WHERE tenant = %s AND user_key = %s",
+                (*where, *where),
+            ).fetchall()
+            counters: dict[CounterKind, Counter] = {}
+            flights: dict[str, Flight] = {}
+            for location, failures, lockouts, until, last, flight_id in rows:
+                if flight_id is None:
+                    counters[cast("CounterKind", location)] = Counter(
+                        failures, lockouts, until, last
+                    )
+                else:
+                    flights[flight_id] = Flight(cast("Location", location), last)
             state = UserLockout(dict(counters), dict(flights))
             result = work(state)
             for kind in counters.keys() | state.counters.keys():
