@@ -38,6 +38,12 @@ RETRIED_METHODS: Final = ("SignIn", "ChangePassword", "CompleteMfa", "GetSigning
 #: runs of ``pta-signin`` for a tenant whose only agent is at the second of two brokers all
 #: signed in, the first asked at most twice).
 MAX_ATTEMPTS: Final = 4
+#: What a broker answers a call it refused before any agent saw it. UNAVAILABLE is pta's own
+#: refusal (no agent attached, draining, store down); CANCELLED is what a stopping gRPC server
+#: answers calls that arrived but that no handler had taken yet (grpc/grpc#41785: seen once in
+#: 1,686 sign-ins across a SIGTERM under load). A call that an agent may have seen is never
+#: resent whatever its status: its response headers came first and committed it.
+RETRYABLE_CODES: Final = ["UNAVAILABLE", "CANCELLED"]
 #: Every field of gRPC's service config a client needs (gRFC A6 for ``retryPolicy``). No
 #: ``retryThrottling``: it would stop resending to the other broker precisely while one broker
 #: refuses every sign-in of a tenant (its agents not attached there), and MAX_ATTEMPTS already
@@ -52,7 +58,7 @@ SERVICE_CONFIG: Final[dict[str, Any]] = {
                 "initialBackoff": "0.1s",
                 "maxBackoff": "1s",
                 "backoffMultiplier": 2,
-                "retryableStatusCodes": ["UNAVAILABLE"],
+                "retryableStatusCodes": RETRYABLE_CODES,
             },
         }
     ],

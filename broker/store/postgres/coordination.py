@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, TypeVar, cast
 
 from broker.policy.lockout import CLEAN, Counter
+from broker.store.postgres.db import lock_pair
 from broker.store.records import Challenge, CounterKind, Flight, Location, UserLockout
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ class CoordinationTables:
         """Run ``work`` on one user's counters and flights under the user's advisory lock."""
         where = (tenant, user)
         with self._db.connection() as conn, conn.pipeline(), conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s), hashtext(%s))", where)
+            lock_pair(conn, *where)
             rows = conn.execute(
                 "SELECT location, failures, lockouts, locked_until, last_failure, NULL"
                 " FROM lockouts WHERE tenant = %s AND user_key = %s UNION ALL"

@@ -80,6 +80,17 @@ UNAVAILABLE = "the broker's store does not answer: try again shortly"
 Row = tuple[Any, ...]
 
 
+def lock_pair(conn: psycopg.Connection[Any], first: str, second: str) -> None:
+    """Hold, until the transaction ends, the advisory lock of one (tenant, name) pair.
+
+    For a read-modify-write of rows no single row stands for (a user's counters, what an
+    agent reported): two brokers doing it at once would both find nothing to update, then
+    both insert, and one would fail on the primary key. Two pairs whose hashes collide only
+    wait for each other.
+    """
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s), hashtext(%s))", (first, second))
+
+
 def conninfo(url: str) -> str:
     """The libpq connection string for ``url``, with this store's timeouts unless it sets them.
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from broker.policy.tenant_policy import TenantPolicy
 from broker.store import rows
 from broker.store.postgres.coordination import CoordinationTables
+from broker.store.postgres.db import lock_pair
 from broker.store.records import CounterKey, MfaRecord
 
 if TYPE_CHECKING:
@@ -210,6 +211,7 @@ class PostgresPolicyStore(CoordinationTables):
         """Replace what an agent said, per domain: (domain, directory, scope)."""
         now = time.time()
         with self._db.transaction() as conn:
+            lock_pair(conn, tenant, agent_id)  # The agent says it at every broker at once.
             conn.execute(
                 "DELETE FROM account_rules WHERE tenant = %s AND agent_id = %s", (tenant, agent_id)
             )

@@ -20,7 +20,7 @@ import psycopg
 
 from broker.store import rows
 from broker.store.postgres.agents import PostgresAgentStore
-from broker.store.postgres.db import Database
+from broker.store.postgres.db import Database, lock_pair
 from broker.store.postgres.policy import PostgresPolicyStore
 from broker.store.postgres.schema import migrate
 from broker.store.records import (
@@ -316,6 +316,7 @@ class PostgresStore:
         now = time.time()
         records = rows.directory_policies(tenant, agent_id, policies, now)
         with self._db.transaction() as conn:
+            lock_pair(conn, tenant, agent_id)  # The agent says it at every broker at once.
             conn.execute(
                 "DELETE FROM directory_policies WHERE tenant = %s AND agent_id = %s",
                 (tenant, agent_id),

@@ -563,6 +563,18 @@ class TestDirectoryPolicies:
         assert all(r.tenant == "acme" and r.known and r.reported_at > 0 for r in listed)
         assert opener().directory_policies("globex") == []
 
+    def test_one_agent_reported_at_every_broker_at_once(self, opener: Callable[[], Store]) -> None:
+        """An agent attached to every broker says the same at each one at once: each kept."""
+        _agent(opener(), "agt-a")
+        report = [_policy("example.com", 5), _policy("other.example", 5)]
+        results = race(opener, lambda s: s.record_directory_policies("acme", "agt-a", report))
+        assert not [r for r in results if isinstance(r, Exception)], results
+        listed = opener().directory_policies("acme")
+        assert [(r.domain, r.agent_id) for r in listed] == [
+            ("example.com", "agt-a"),
+            ("other.example", "agt-a"),
+        ]
+
     def test_unknown_policy_has_no_threshold(self, opener: Callable[[], Store]) -> None:
         """An unknown policy is kept as unknown with threshold 0, whatever was sent."""
         store = opener()
@@ -656,6 +668,14 @@ class TestForgetting:
         assert opener().policy.familiar() == {
             ("acme", "alice"): {"192.0.2.0/24": 950.0, "198.51.100.0/24": 900.0}
         }
+
+    def test_one_agents_hello_at_every_broker_at_once(self, opener: Callable[[], Store]) -> None:
+        """An agent's hello reaches every broker at once: its rules replaced, none refused."""
+        _agent(opener(), "agt-a")
+        rules = [("example.com", "d1", "uid"), ("other.example", "d1", "uid")]
+        results = race(opener, lambda s: s.policy.replace_account_rules("acme", "agt-a", rules))
+        assert not [r for r in results if isinstance(r, Exception)], results
+        assert opener().policy.account_rules() == [("acme", "agt-a", *rule) for rule in rules]
 
     def test_account_rules_are_replaced_per_agent(self, opener: Callable[[], Store]) -> None:
         """An agent's hello replaces what it said before; another agent's rules stay."""
