@@ -131,6 +131,7 @@ class SignInFlow:
                 audit = audit.bind(outcome="UNKNOWN_DOMAIN")
                 raise NotFound(f"no organisation signs in users of {upn.domain}")
             audit = audit.bind(tenant=tenant)
+            self._store.check_reachable()  # A revocation made elsewhere may be unseen here.
             async with self._policy.attempt(
                 tenant,
                 upn,

@@ -214,14 +214,16 @@ class TestStoreTrouble:
     def test_server_gone(self, run_dir: Path, slapd: Slapd) -> None:
         """PostgreSQL stops under a serving broker: sign-ins are answered UNAVAILABLE at once.
 
-        (Within the tick the server stopped in, a sign-in that needs nothing from the store,
-        a right password with the tenant cached, may still succeed.)
+        The tenant's lockout is off, so no decision needs the store: the broker refuses all
+        the same, for it cannot learn of a revocation made through another broker. (Within
+        the tick the server stopped in, a sign-in may still succeed.)
         """
         with Postgres() as server:
             url = _with_password(server.url, secret("storepw"))
             broker = BrokerProcess.start(run_dir, "broker-pg-gone", store=url)
             try:
                 broker.add_tenant("gone", "gone.example")
+                broker.cli("tenant", "policy", "gone", "--lockout-threshold", "0")
                 agent = AgentProcess.start(broker, slapd, "gone", "agent-pg-gone")
                 try:
                     alice = USERS["alice"]

@@ -351,6 +351,16 @@ class Store(TenantStore, TokenStore, ReportStore, ClusterStore, Protocol):
     def policy(self) -> PolicyStore:
         """The sign-in policy's state."""
 
+    def check_reachable(self) -> None:
+        """Raise when the store is known to be out of reach; no I/O, so cheap on every call.
+
+        A broker that cannot read its store cannot learn of a revocation made through
+        another: it sends no password to any agent until the store answers again.
+
+        Raises:
+            StoreUnavailable: While the store is known to be out of reach.
+        """
+
     def changed(self) -> bool:
         """Whether what a serving broker caches changed since the last call: reload it then.
 

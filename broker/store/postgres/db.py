@@ -184,6 +184,15 @@ class Database:
         if self._pool is not None:
             self._pool.close()
 
+    def check_reachable(self) -> None:
+        """Raise when the server is known to be down (no I/O: the last call's verdict).
+
+        Raises:
+            StoreUnavailable: Until the probe reaches the server again.
+        """
+        if self._down:
+            raise StoreUnavailable(UNAVAILABLE, f"{self.where}: {self._reason or 'down'}")
+
     @contextlib.contextmanager
     def connection(self) -> Iterator[psycopg.Connection[TupleRow]]:
         """A pooled connection for the body (autocommit), cut if the body overstays.
@@ -197,8 +206,7 @@ class Database:
         """
         if self._pool is None:
             raise RuntimeError("the store is closed")
-        if self._down:
-            raise StoreUnavailable(UNAVAILABLE, f"{self.where}: {self._reason or 'down'}")
+        self.check_reachable()
         try:
             with (
                 self.mapped(),

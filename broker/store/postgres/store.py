@@ -79,6 +79,10 @@ class PostgresStore:
         """Close the pool's connections."""
         self._db.close()
 
+    def check_reachable(self) -> None:
+        """See :meth:`Store.check_reachable`: the pool's verdict on its last call."""
+        self._db.check_reachable()
+
     def changed(self) -> bool:
         """Whether a table a broker caches from was written since the last call."""
         counter = self._changes()

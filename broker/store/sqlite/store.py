@@ -225,6 +225,9 @@ class SqliteStore:
         cursor = self._db.execute("DELETE FROM tokens WHERE id = ?", (token_id,))
         return cursor.rowcount > 0
 
+    def check_reachable(self) -> None:
+        """A local file is always there (see :meth:`Store.check_reachable`)."""
+
     def changed(self) -> bool:
         """Whether another process (the CLI) wrote to the store since the last call."""
         (version,) = self._db.execute("PRAGMA data_version").fetchone()
