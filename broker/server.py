@@ -26,7 +26,7 @@ from broker import ownership
 from broker.api.agents import AgentService
 from broker.api.signin import SignInService
 from broker.dispatch.dispatcher import Dispatcher
-from broker.policy.lockout_ledger import SharedLedger
+from broker.policy.lockout_ledger import SHARED_THREADS, SharedLedger
 from broker.policy.mfa import Challenges, MfaKey
 from broker.policy.ratelimit import RateLimiter
 from broker.policy.shared_challenges import SharedChallenges
@@ -171,7 +171,7 @@ class Broker:
                 if store.shared
                 else Challenges(ttl=config.mfa_challenge_ttl)
             ),
-            ledger=SharedLedger(store.policy) if store.shared else None,
+            ledger=SharedLedger(store.policy, threads=SHARED_THREADS) if store.shared else None,
             recent=(
                 SharedRecentFailures(store.policy, ca.derived_key(REFUSED_PASSWORDS_PURPOSE))
                 if store.shared

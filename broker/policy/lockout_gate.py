@@ -144,26 +144,30 @@ class LockoutGate:
         budget = self._directory_budget(tenant, attempt.domain, attempt.location)
         loop = asyncio.get_running_loop()
         while True:
-            seen = Repeat.NO
-            if password is not None:  # (None: a readmission, which keeps what was found.)
-                seen, attempt.digest = self.recent.check(f"{tenant}\0{user}", password)
-                # Refused as an unknown name: asked again (a misconfigured directory may have
-                # said so), counted only if the answer differs (see end).
-                attempt.recheck = seen == Repeat.UNKNOWN_NAME
-            now = self._clock()
-            expires = now + max(0.0, deadline - loop.time()) + FLIGHT_MARGIN
-            decided = self.ledger.run(
-                tenant,
-                user,
-                functools.partial(
-                    self._decide,
-                    attempt=attempt,
-                    budget=budget,
-                    seen=seen,
-                    now=now,
-                    expires=expires,
-                ),
-            )
+            remaining = max(0.0, deadline - loop.time())
+
+            def decide(remaining: float = remaining) -> Verdict | bool:
+                seen = Repeat.NO
+                if password is not None:  # (None: a readmission, which keeps what was found.)
+                    seen, attempt.digest = self.recent.check(f"{tenant}\0{user}", password)
+                    # Refused as an unknown name: asked again (a misconfigured directory may
+                    # have said so), counted only if the answer differs (see end).
+                    attempt.recheck = seen == Repeat.UNKNOWN_NAME
+                now = self._clock()
+                return self.ledger.run(
+                    tenant,
+                    user,
+                    functools.partial(
+                        self._decide,
+                        attempt=attempt,
+                        budget=budget,
+                        seen=seen,
+                        now=now,
+                        expires=now + remaining + FLIGHT_MARGIN,
+                    ),
+                )
+
+            decided = await self.ledger.off_loop(decide)
             if decided is not False:
                 return None if decided is True else decided
             await self._wait_turn((tenant, user), deadline)
@@ -289,34 +293,43 @@ class LockoutGate:
             return False
         tenant, user = attempt.tenant, attempt.user
         right = outcome in PASSWORD_RIGHT
-        try:
-            self._confirm(tenant, user, outcome)
-            self.ledger.run(
-                tenant,
-                user,
-                functools.partial(
-                    self._settle,
-                    attempt=attempt,
-                    outcome=outcome,
-                    succeed=right and succeed,
-                    now=self._clock(),
-                ),
-            )
-        except StoreUnavailable as error:
-            # The answer stands; its flight stays in the store and, once it expires, counts
-            # as a wrong password the directory may have seen: never fewer guesses than made.
-            log.warning("lockout.not_recorded", tenant=tenant, user=user, detail=error.detail)
+        now = self._clock()
+
+        def land() -> None:
+            try:
+                self._confirm(tenant, user, outcome)
+                self.ledger.run(
+                    tenant,
+                    user,
+                    functools.partial(
+                        self._settle,
+                        attempt=attempt,
+                        outcome=outcome,
+                        succeed=right and succeed,
+                        now=now,
+                    ),
+                )
+            except StoreUnavailable as error:
+                # The answer stands; its flight stays in the store and, once it expires,
+                # counts as a wrong password the directory may have seen: never fewer guesses
+                # than made.
+                log.warning("lockout.not_recorded", tenant=tenant, user=user, detail=error.detail)
+            if outcome in WRONG and not (attempt.recheck and outcome == Outcome.UNKNOWN_USER):
+                known = outcome != Outcome.UNKNOWN_USER
+                self.recent.add(f"{tenant}\0{user}", attempt.digest, known=known)
+            elif right:
+                # The directory just took a password: one refused before may be the new one
+                # (a user who tried it, then changed to it).
+                self.recent.forget(f"{tenant}\0{user}")
+
+        attempt.landing = self.ledger.later(land, functools.partial(self._wake, tenant, user))
+        return right
+
+    def _wake(self, tenant: str, user: str) -> None:
+        """Let the checks of a user that wait for their turn decide again."""
         for waiter in self._waiters.pop((tenant, user), ()):
             if not waiter.done():
                 waiter.set_result(None)
-        if outcome in WRONG and not (attempt.recheck and outcome == Outcome.UNKNOWN_USER):
-            known = outcome != Outcome.UNKNOWN_USER
-            self.recent.add(f"{tenant}\0{user}", attempt.digest, known=known)
-        elif right:
-            # The directory just took a password: one refused before may be the new one (a
-            # user who tried it, then changed to it).
-            self.recent.forget(f"{tenant}\0{user}")
-        return right
 
     def _settle(
         self,

@@ -13,6 +13,7 @@ the store is re-read when the CLI changed it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import time
@@ -252,8 +253,11 @@ class SignInPolicy:
         try:
             yield admitted
         finally:
-            if isinstance(admitted, Attempt) and not admitted.dispatched:
-                self.end(admitted, None)
+            if isinstance(admitted, Attempt):
+                if not admitted.dispatched:
+                    self.end(admitted, None)
+                if admitted.landing is not None:  # Counted before the caller hears it.
+                    await asyncio.shield(admitted.landing)
 
     def accounting(
         self, attempt: Attempt

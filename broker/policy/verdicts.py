@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 from pta.v1 import outcome_pb2
 
 if TYPE_CHECKING:
+    import asyncio
+
     from broker.policy.tenant_policy import TenantPolicy
     from broker.store.records import Location
 
@@ -62,6 +64,9 @@ class Attempt:
     flight: str = ""
     #: Handed to the dispatcher: from then on each try is settled by its job, exactly once.
     dispatched: bool = False
+    #: Its accounting while a thread writes it to a shared store (see :meth:`Ledger.later`):
+    #: the caller hears the answer once it is written.
+    landing: asyncio.Future[None] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -16,7 +16,7 @@ import jwt
 import pytest
 
 from broker.policy import mfa
-from broker.policy.lockout_ledger import SharedLedger
+from broker.policy.lockout_ledger import SHARED_THREADS, SharedLedger
 from broker.policy.recent_failures import RecentFailures
 from broker.policy.shared_challenges import SharedChallenges
 from broker.policy.shared_repeats import SharedRecentFailures
@@ -133,7 +133,12 @@ def make_policy(  # noqa: PLR0913 - the policy's parts, by name
             else RecentFailures(clock=clock)
         ),
         clock=clock,
-        ledger=SharedLedger(store.policy) if shared else None,
+        # A store many threads may use (PostgreSQL) is waited on in threads, as in a broker.
+        ledger=(
+            SharedLedger(store.policy, threads=SHARED_THREADS if store.shared else 0)
+            if shared
+            else None
+        ),
     )
 
 
@@ -207,16 +212,25 @@ async def fail(
     """
     passwords = [f"Refused-{next(_wrong)}" for _ in range(times)]
     for password in passwords:
-        attempt = await admitted(policy, password, address, upn)
-        policy.end(attempt, outcome)
+        await ended(policy, await admitted(policy, password, address, upn), outcome)
     return passwords
 
 
 async def succeed(policy: SignInPolicy, address: str = ELSEWHERE) -> Attempt:
     """Have the directory accept alice's right password."""
     attempt = await admitted(policy, RIGHT, address)
-    policy.end(attempt, Outcome.SUCCESS)
+    await ended(policy, attempt, Outcome.SUCCESS)
     return attempt
+
+
+async def ended(policy: SignInPolicy, attempt: Attempt, outcome: int | None) -> None:
+    """End ``attempt`` with the directory's ``outcome``, once its accounting is written.
+
+    (A broker on PostgreSQL writes it in a thread, and the caller hears the answer after.)
+    """
+    policy.end(attempt, outcome)
+    if attempt.landing is not None:
+        await attempt.landing
 
 
 def failures(store: Store, location: CounterKind = "unfamiliar", user: str = ALICE_KEY) -> int:

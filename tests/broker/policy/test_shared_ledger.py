@@ -27,6 +27,7 @@ from tests.broker.policy.helpers import (
     admitted,
     begin,
     configure,
+    ended,
     fail,
     failures,
     make_policy,
@@ -134,7 +135,7 @@ class TestGuessesSpreadOverBrokers:
         """Two wrong at one broker, the right password at another: the count starts again."""
         configure_all(store, brokers, lockout_threshold=3)
         await fail(brokers[0], 2)
-        brokers[1].end(await admitted(brokers[1], RIGHT), Result.SUCCESS)
+        await ended(brokers[1], await admitted(brokers[1], RIGHT), Result.SUCCESS)
         assert failures(store) == 0
         assert failures(store, "directory") == 0
 
@@ -177,7 +178,7 @@ class TestAFlightWhoseBrokerDied:
         flights = store.policy.with_user(TENANT, ALICE_KEY, lambda s: dict(s.flights))
         assert [f.location for f in flights.values()] == ["unfamiliar"]
         clock.now += 5 + FLIGHT_MARGIN + 1
-        alive.end(await admitted(alive, "Wrong-next"), Result.INVALID_CREDENTIALS)
+        await ended(alive, await admitted(alive, "Wrong-next"), Result.INVALID_CREDENTIALS)
         assert failures(store, "directory") == 2
         assert failures(store) == 1
         assert store.policy.with_user(TENANT, ALICE_KEY, lambda s: dict(s.flights)) == {}
