@@ -7,7 +7,8 @@ buffer and never answers, and a synchronous call waits forever, holding the brok
 loop. So each call registers its connection here with a deadline, and one thread shuts down
 the socket of any call still running at its deadline: the blocked read returns at once, psycopg
 raises ``OperationalError``, and the caller answers UNAVAILABLE. Registration is a dict write
-under a lock; the thread sleeps until the earliest deadline.
+under a lock; the thread sleeps until the earliest deadline, and is woken only by a call due
+before that (waking it for every call cost the broker 5-10 % of its CPU on PostgreSQL).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class Watchdog:
         self._calls: dict[int, tuple[float, int]] = {}
         self._tokens = iter(range(1 << 62))
         self._thread: threading.Thread | None = None
+        #: Until when the thread sleeps: a later deadline need not wake it.
+        self._sleeps_until = 0.0
         #: How many calls it cut (for tests and logs).
         self.cut = 0
 
@@ -52,7 +55,8 @@ class Watchdog:
                     target=self._run, name="pta-store-watchdog", daemon=True
                 )
                 self._thread.start()
-            self._wake.notify()
+            if deadline < self._sleeps_until:  # Every call's timeout is the same: rarely.
+                self._wake.notify()
         try:
             yield
         finally:
@@ -69,6 +73,7 @@ class Watchdog:
                         _shut(fileno)
                         self.cut += 1
                 earliest = min((d for d, _ in self._calls.values()), default=now + IDLE_WAIT)
+                self._sleeps_until = earliest
                 self._wake.wait(max(0.0, earliest - now))
 
 
