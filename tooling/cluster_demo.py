@@ -5,7 +5,8 @@ The real programs again: a private PostgreSQL, N ``pta-broker serve --store URL`
 a broker), two agents enrolled at the first broker that attach to every broker, and sign-ins
 through each broker in turn; then one broker is killed (SIGKILL) and sign-ins go on through
 the others, over one client channel to all of them (round robin, resent where no agent can
-have seen the password).
+have seen the password), while the agents drop their streams to it once its heartbeat in the
+store is stale and keep the others.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import time
 from typing import TYPE_CHECKING
 
 import grpc
@@ -45,6 +47,7 @@ def cluster_story(  # noqa: PLR0913 - the demo's parts, by name
     step: Callable[[str], None],
 ) -> None:
     """Tell the cluster's story (see the module); raise RuntimeError when a step fails."""
+    step(f"OpenLDAP directory (Debian's slapd) at {slapd.url}, base {slapd.base_dn}")
     with Postgres() as postgres:
         step(f"PostgreSQL (Debian's postgresql, a private cluster) at {postgres.url}")
         names = [f"broker-{n}" for n in range(1, brokers + 1)]
@@ -55,6 +58,7 @@ def cluster_story(  # noqa: PLR0913 - the demo's parts, by name
             )
             joined = "claims the cluster's CA" if name == names[0] else "joins with its CA"
             say(f"    {name}: {public} ({joined})")
+        say(f"    the cluster's CA certificate, for clients: {demo.ca_file}")
         demo.broker_cli("tenant", "add", "demo", "--domain", domain)
         demo.broker_cli("tenant", "policy", "demo", "--lockout-threshold", str(GUESSES))
 
@@ -64,8 +68,12 @@ def cluster_story(  # noqa: PLR0913 - the demo's parts, by name
             demo.run_agent(f"agent-{n}", slapd)
         for name in names:
             wait_until(_attached(demo, name), f"both agents at {name}")
-        say(f"    streams: {AGENTS} agents x {brokers} brokers = {AGENTS * brokers}")
-        say(f"    {_streams(demo)}")
+        # Each broker reports its streams to the store every second: the listing follows.
+        wait_until(lambda: len(_streams(demo)) == AGENTS * brokers, "the agents listing")
+        say(f"    streams: {AGENTS} agents x {brokers} brokers = {len(_streams(demo))}")
+        named = {(demo.workdir / n / "broker.id").read_text().strip(): n for n in names}
+        for agent_id, held in _by_agent(demo).items():
+            say(f"    {agent_id}: a stream at each of {', '.join(sorted(named[b] for b in held))}")
 
         step("a sign-in through each broker")
         alice, password = next(iter(users.items()))
@@ -83,26 +91,45 @@ def cluster_story(  # noqa: PLR0913 - the demo's parts, by name
 
         victim = names[1] if brokers > 1 else names[0]
         step(f"SIGKILL {victim}; {AFTER_THE_KILL} sign-ins over one channel to all brokers")
+        endpoint = json.loads((demo.workdir / victim / "endpoints.json").read_text())["agent"]
         demo.processes[victim].send_signal(signal.SIGKILL)
         demo.processes[victim].wait()
+        killed = time.monotonic()
         answers = asyncio.run(_through_all(demo, alice, password, domain))
         tally = {name: answers.count(name) for name in sorted(set(answers))}
         say(f"    answers: {tally}")
         if answers.count("SUCCESS") != AFTER_THE_KILL:
             raise RuntimeError(f"sign-ins after the kill: {tally}")
         say("    every sign-in answered by the brokers still up")
+        wait_until(lambda: _dropped(demo, endpoint), f"the agents to drop {victim}", timeout=20)
+        say(
+            f"    both agents dropped their stream to {victim} {time.monotonic() - killed:.1f} s"
+            " after the kill (its heartbeat in the store went stale: 5 s), and kept the others"
+        )
 
 
 def _attached(demo: LocalDeployment, name: str) -> Callable[[], bool]:
     return lambda: demo.connected(name) >= AGENTS
 
 
-def _streams(demo: LocalDeployment) -> str:
+def _by_agent(demo: LocalDeployment) -> dict[str, list[str]]:
+    """The operator's listing: each agent's id and the brokers (by id) holding its streams."""
     listed = json.loads(demo.broker_cli("agents", "list", "--json"))
-    held = sorted(
-        {conn.get("broker_id", "?") for agent in listed for conn in agent.get("connections", [])}
+    return {str(agent["id"]): list(agent["brokers"]) for agent in listed}
+
+
+def _streams(demo: LocalDeployment) -> list[tuple[str, str]]:
+    """(agent, broker) of every stream the listing shows."""
+    return [(agent, broker) for agent, held in _by_agent(demo).items() for broker in held]
+
+
+def _dropped(demo: LocalDeployment, endpoint: str) -> bool:
+    """Whether every agent has dropped its link to the broker at ``endpoint`` (their logs)."""
+    logs = [demo.workdir / f"agent-{n}.log" for n in range(1, AGENTS + 1)]
+    return all(
+        any('"mesh.dropping"' in line and endpoint in line for line in log.read_text().splitlines())
+        for log in logs
     )
-    return f"brokers holding agent streams (by id): {', '.join(held)}"
 
 
 def _sign_in(demo: LocalDeployment, public: str, uid: str, password: str, domain: str) -> str:
