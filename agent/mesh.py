@@ -11,7 +11,8 @@ The broker the agent was enrolled with (its identity's agent endpoint) is the *s
 link while no broker has named a cluster (one broker on its own store, or an older broker: as
 before, one stream), and dialled again whenever no link to a listed broker is up (every listed
 broker gone or unreachable: the seed may know newer ones). Once a listed broker's link is up,
-the seed's own link is dropped unless the list names it too.
+the seed's own link is dropped unless the list names it too. The list is remembered across
+restarts (``remember``): a restarted agent dials the brokers it knew and the seed.
 
 A renewed identity replaces every link make-before-break (:meth:`Mesh.rotate`): each broker's
 new link is connected before its old one is drained.
@@ -44,6 +45,9 @@ class Mesh:
         identity: AgentIdentity,
         make_link: Callable[[AgentIdentity, str, Mesh], Link],
         group: asyncio.TaskGroup,
+        *,
+        known: tuple[str, ...] = (),
+        remember: Callable[[tuple[str, ...]], None] | None = None,
     ) -> None:
         """Prepare; nothing is dialled until :meth:`start`.
 
@@ -53,13 +57,16 @@ class Mesh:
                 :meth:`told` what its broker says of the cluster and :meth:`changed` when it
                 comes up or goes down.
             group: Owns every link's task.
+            known: The brokers the agent was last told before it started (none: the seed).
+            remember: Keeps each new list for the next start.
         """
         self.identity = identity
         self.seed = identity.agent_endpoint
         self._make_link = make_link
         self._group = group
+        self._remember = remember
         #: The last non-empty list of brokers any broker told (agent endpoints).
-        self.known: tuple[str, ...] = ()
+        self.known: tuple[str, ...] = known
         self._links: dict[str, tuple[Link, asyncio.Task[None]]] = {}
         self._stopping = asyncio.Event()
 
@@ -79,6 +86,11 @@ class Mesh:
         log.info("mesh.brokers", brokers=list(brokers), before=list(self.known))
         self.known = brokers
         self._reconcile()
+        if self._remember is not None:
+            try:
+                self._remember(brokers)
+            except OSError as error:  # Only the next start would miss it: say so, go on.
+                log.warning("mesh.not_remembered", reason=str(error))
 
     def changed(self) -> None:
         """A link came up or went down: the seed may be wanted again, or no longer."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import itertools
 import random
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -22,7 +23,7 @@ import structlog
 
 from agent import lockout, renewal
 from agent.capacity import Capacity
-from agent.identity import AgentIdentity
+from agent.identity import AgentIdentity, load_brokers, save_brokers
 from agent.link import Link
 from agent.lockout import PolicyReporter
 from agent.mesh import Mesh
@@ -113,7 +114,13 @@ class Agent:
                 identity = await self._unless_stopping(self._usable_identity())
                 if identity is None:
                     break
-                mesh = self.mesh = Mesh(identity, self._link, group)
+                mesh = self.mesh = Mesh(
+                    identity,
+                    self._link,
+                    group,
+                    known=load_brokers(self._state_dir),
+                    remember=functools.partial(save_brokers, self._state_dir),
+                )
                 mesh.start()
                 while True:
                     renewed = await self._unless_stopping(self._renewed(identity, mesh))

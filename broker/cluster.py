@@ -7,7 +7,9 @@ stops cleanly; one that is killed falls out once its heartbeat is :data:`STALE_A
 when they change, what it pushes down every attached stream, so that each agent keeps one
 stream to every broker (``agent/mesh.py``). A store that cannot be reached
 (:class:`~pta.errors.StoreUnavailable`) costs nothing but freshness: the broker serves on with
-the set it knew and tries again at the next tick.
+the set it knew and tries again at the next tick; once it answers again, brokers are only
+added to the set for :data:`STALE_AFTER` (every heartbeat in the store is old by then: the
+others must write theirs again before any of them counts as gone).
 
 A broker on a store of its own (SQLite) is alone: nothing here runs, and its Welcome names no
 cluster, so its agents keep the one stream they had.
@@ -107,6 +109,9 @@ class Membership:
         self._started_at = clock()
         self._beaten = 0.0
         self._unavailable = False
+        #: Until then, brokers are only added to the set: after an outage of the store every
+        #: heartbeat in it is old, and the others need a moment to write theirs again.
+        self._only_add_until = 0.0
         #: The agent endpoints of every fresh broker, this one's included, sorted.
         self.endpoints: tuple[str, ...] = (agent_endpoint,)
 
@@ -154,7 +159,12 @@ class Membership:
                 self._unavailable = True
                 log.warning("cluster.store_unavailable", reason=error.detail)
             return
-        self._unavailable = False
+        if self._unavailable:
+            self._unavailable = False
+            self._only_add_until = now + STALE_AFTER
         # This broker serves, whatever the store says of it (a heartbeat write that failed):
         # its agents must not drop the stream they hold to it.
-        self.endpoints = tuple(sorted({b.agent_endpoint for b in fresh} | {self._agent_endpoint}))
+        found = {b.agent_endpoint for b in fresh} | {self._agent_endpoint}
+        if now < self._only_add_until:
+            found |= set(self.endpoints)
+        self.endpoints = tuple(sorted(found))

@@ -42,17 +42,20 @@ TENANT, DOMAIN = "cluster", "cluster.example"
 #: The broker's threshold, below the directory's (slapd's pwdMaxFailure 5).
 THRESHOLD = 3
 OFFICE, OFFICE_IP, ELSEWHERE_IP = "10.0.0.0/8", "10.1.2.3", "203.0.113.9"
+#: The chaos run: threads of sign-ins, for this long, a broker killed every KILL_EVERY seconds.
+CHAOS_THREADS, CHAOS_SECONDS, KILL_EVERY = 4, 12.0, 3.0
 USERS = {
     "alice": secret("Cluster-alice-1!"),
     "guessed": secret("Cluster-guessed-2!"),
     "mfa-user": secret("Cluster-mfa-3!"),
-    "loader": secret("Cluster-loader-4!"),
+    # The chaos load's users, one a thread: a user's checks in flight at a broker that is
+    # killed count as in flight until they expire (their deadline + 10 s), and a user with
+    # THRESHOLD checks in flight waits for them; one sign-in at a time never does.
+    **{f"loader-{n}": secret(f"Cluster-loader-{n}!") for n in range(CHAOS_THREADS)},
 }
 NAMES = ["cl-1", "cl-2", "cl-3"]
 #: What the docs promise: a revocation reaches every live stream within a second.
 REVOCATION_BOUND = 1.0
-#: The chaos run: threads of sign-ins, for this long, a broker killed every KILL_EVERY seconds.
-CHAOS_THREADS, CHAOS_SECONDS, KILL_EVERY = 4, 12.0, 3.0
 #: The chaos load's one wrong password.
 WRONG = secret("cl-load-wrong")
 
@@ -229,16 +232,19 @@ class TestBrokersDie:
         lock = threading.Lock()
         wrong: list[str] = []
 
-        def load() -> None:
+        def load(n: int) -> None:
             with grpc.secure_channel(target.target, credentials, options=target.options()) as ch:
                 stub = signin_pb2_grpc.SignInServiceStub(ch)
                 for i in itertools.count():
                     if stop.is_set():
                         return
                     right = i % 5 != 0
-                    # Wrong: one password for a name the directory lacks (its repeats are not
-                    # counted again, at any broker): nobody is locked, every answer is known.
-                    uid, password = ("loader", USERS["loader"]) if right else ("nobody", WRONG)
+                    # Wrong: one password for a name the directory lacks, one name a thread (a
+                    # repeat is not counted again, at any broker, once its first is answered):
+                    # nobody is locked, every answer is known.
+                    wrong_one = (f"nobody-{n}", WRONG)
+                    loader = f"loader-{n}"
+                    uid, password = (loader, USERS[loader]) if right else wrong_one
                     request = signin_pb2.SignInRequest(
                         username=f"{uid}@{DOMAIN}", password=password, client_ip=OFFICE_IP
                     )
@@ -254,11 +260,12 @@ class TestBrokersDie:
 
         kills = 0
         with concurrent.futures.ThreadPoolExecutor(CHAOS_THREADS) as pool:
-            running = [pool.submit(load) for _ in range(CHAOS_THREADS)]
-            ends = time.monotonic() + CHAOS_SECONDS
+            running = [pool.submit(load, n) for n in range(CHAOS_THREADS)]
+            began = time.monotonic()
             for victim in itertools.cycle(range(1, len(cluster.brokers))):
-                time.sleep(KILL_EVERY)
-                if time.monotonic() > ends:
+                # Every KILL_EVERY seconds from the start, however long a restart took.
+                time.sleep(max(0.0, began + (kills + 1) * KILL_EVERY - time.monotonic()))
+                if time.monotonic() - began >= CHAOS_SECONDS:
                     break
                 old = cluster.brokers[victim]
                 old.process.kill()

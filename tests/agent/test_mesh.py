@@ -67,10 +67,13 @@ def _identity(serial: str = "1") -> AgentIdentity:
 class Harness:
     """A mesh whose links are fakes, and every link it ever made."""
 
-    def __init__(self, group: asyncio.TaskGroup) -> None:
-        """Start the mesh on the seed."""
+    def __init__(self, group: asyncio.TaskGroup, known: tuple[str, ...] = ()) -> None:
+        """Start the mesh on the seed (and on ``known``, remembered from a last run)."""
         self.made: list[FakeLink] = []
-        self.mesh = Mesh(_identity(), self._make, group)
+        self.remembered: list[tuple[str, ...]] = []
+        self.mesh = Mesh(
+            _identity(), self._make, group, known=known, remember=self.remembered.append
+        )
         self.mesh.start()
 
     def _make(self, identity: AgentIdentity, endpoint: str, mesh: Mesh) -> Any:
@@ -96,10 +99,10 @@ class Harness:
 
 
 @contextlib.asynccontextmanager
-async def _running() -> AsyncIterator[Harness]:
+async def _running(known: tuple[str, ...] = ()) -> AsyncIterator[Harness]:
     """A mesh on the seed whose link tasks a task group owns; stopped at the end."""
     async with asyncio.TaskGroup() as group:
-        harness = Harness(group)
+        harness = Harness(group, known)
         try:
             yield harness
         finally:
@@ -175,6 +178,21 @@ class TestWhichBrokers:
             assert list(harness.mesh.links) == ["a:1"]
             harness.down("a:1")
             assert sorted(harness.mesh.links) == ["a:1", SEED]
+
+    async def test_each_list_remembered(self) -> None:
+        """Every new list is kept for the next start (an empty one, or the same, is not)."""
+        async with _running() as harness:
+            harness.mesh.told((SEED, "b:1"))
+            harness.mesh.told((SEED, "b:1"))
+            harness.mesh.told(())
+            assert harness.remembered == [(SEED, "b:1")]
+
+    async def test_a_restart_dials_what_it_knew(self) -> None:
+        """Remembered brokers and the seed; once one of them is up, the seed is dropped."""
+        async with _running(known=("a:1", "b:1")) as harness:
+            assert sorted(harness.mesh.links) == ["a:1", "b:1", SEED]
+            harness.up("b:1")
+            assert sorted(harness.mesh.links) == ["a:1", "b:1"]
 
     async def test_renew_where_a_link_is_up(self) -> None:
         """Where to renew: the brokers whose link is up first."""

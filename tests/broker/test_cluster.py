@@ -116,11 +116,29 @@ class TestMembership:
                 member.join()
         assert member.endpoints == known
         assert [e["event"] for e in logs] == ["cluster.store_unavailable"]
-        store.down, store.listed = False, []
+        store.down = False
         clock.now += HEARTBEAT_INTERVAL
         member.join()
-        assert member.endpoints == (ME,)
-        assert store.registered[-1].heartbeat_at == clock.now
+        assert store.registered[-1].heartbeat_at == clock.now  # At its first chance.
+
+    def test_after_an_outage_nobody_is_dropped_until_stale(self) -> None:
+        """Back from an outage: the others' heartbeats are old; they count for STALE_AFTER more.
+
+        A broker that joined meanwhile is added at once.
+        """
+        store, clock = RecordingStore(listed=[BrokerRecord("b-2", "h:2", "x:1", 0, 0)]), Clock()
+        member = _member(store, clock)
+        member.join()
+        store.down = True
+        clock.now += 30
+        member.join()
+        store.down, store.listed = False, [BrokerRecord("b-3", "h:3", "x:1", 0, 0)]
+        clock.now += HEARTBEAT_INTERVAL
+        member.join()
+        assert set(member.endpoints) == {ME, "h:2", "h:3"}
+        clock.now += STALE_AFTER
+        member.join()
+        assert set(member.endpoints) == {ME, "h:3"}
 
     def test_leave_deregisters_and_tolerates_a_store_down(self) -> None:
         """A clean stop deregisters; with the store down it says so and goes on."""
