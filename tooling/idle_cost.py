@@ -2,13 +2,15 @@
 
 ``python -m tooling.idle_cost [--agents 4] [--seconds 60]``: the real programs on a private
 PostgreSQL and slapd, measured from ``/proc`` (resident memory, CPU time of user and system),
-in three phases with nothing signing in:
+in four phases with nothing signing in:
 
 0. one broker of the cluster, no agent: the broker's own idle cost (its ticks, its heartbeat);
-1. ``--agents`` agents attached to it, one stream each: the broker's cost per stream is the
-   difference over the number of agents;
-2. two more brokers join, so each agent holds three streams: the agent's cost per stream is
-   its difference over the two it added.
+1. ``--agents`` agents attached to it, one stream each;
+2. as many again: the broker's cost per stream is the difference between phases 2 and 1 over
+   the agents added (what any stream at all costs once, e.g. the tick's query of the live
+   streams' certificates, is the rest of phase 1's difference);
+3. two more brokers join, so each agent holds three streams: the agent's cost per stream is
+   its difference between phases 3 and 2 over the two it added.
 
 Memory is read at the end of each phase; a stream's memory is what its process grew by.
 Prints one table; not a test (the numbers depend on the machine), quoted in
@@ -64,6 +66,11 @@ def idle(pids: dict[str, int], seconds: float) -> dict[str, tuple[float, float]]
     }
 
 
+def _run_agent(demo: LocalDeployment, name: str, slapd: Slapd) -> None:
+    demo.enrol_agent(name, TENANT)
+    demo.run_agent(name, slapd)
+
+
 def _all_at(demo: LocalDeployment, broker: str, agents: int) -> bool:
     """Whether ``broker`` holds a stream of every agent (its log: welcomed, not ended)."""
     log = demo.workdir / f"{broker}.log"
@@ -88,10 +95,13 @@ def measure(agents: int, seconds: float, out: Callable[[str], None]) -> None:
         time.sleep(2)  # Past its start.
         alone = idle({"broker-1": pid}, seconds)["broker-1"]
 
-        names = [f"agent-{n}" for n in range(1, agents + 1)]
-        for name in names:
-            demo.enrol_agent(name, TENANT)
-            demo.run_agent(name, slapd)
+        names = [f"agent-{n}" for n in range(1, 2 * agents + 1)]
+        for name in names[:agents]:
+            _run_agent(demo, name, slapd)
+        time.sleep(2)
+        some = idle({"broker-1": pid}, seconds)["broker-1"]
+        for name in names[agents:]:
+            _run_agent(demo, name, slapd)
         agent_pids = {name: demo.processes[name].pid for name in names}
         time.sleep(2)
         one = idle({"broker-1": pid, **agent_pids}, seconds)
@@ -100,21 +110,22 @@ def measure(agents: int, seconds: float, out: Callable[[str], None]) -> None:
             demo.start_broker(store_url=postgres.url, name=joining)
         for joining in ("broker-2", "broker-3"):
             wait_until(
-                functools.partial(_all_at, demo, joining, agents), f"the agents at {joining}"
+                functools.partial(_all_at, demo, joining, len(names)), f"the agents at {joining}"
             )
         time.sleep(2)
         three = idle(agent_pids, seconds)
 
-    per_broker_cpu = (one["broker-1"][0] - alone[0]) / agents
-    per_broker_rss = (one["broker-1"][1] - alone[1]) / agents
-    per_agent_cpu = sum(three[n][0] - one[n][0] for n in names) / agents / 2
-    per_agent_rss = sum(three[n][1] - one[n][1] for n in names) / agents / 2
-    out(f"idle {seconds:g} s a phase, {agents} agents; CPU in ms a minute, memory in MiB")
-    out(f"broker alone:                 CPU {alone[0] * 1000:7.1f}   RSS {alone[1]:6.1f}")
-    out(
-        f"broker with {agents} streams:        CPU {one['broker-1'][0] * 1000:7.1f}"
-        f"   RSS {one['broker-1'][1]:6.1f}"
-    )
+    per_broker_cpu = (one["broker-1"][0] - some[0]) / agents
+    per_broker_rss = (one["broker-1"][1] - some[1]) / agents
+    per_agent_cpu = sum(three[n][0] - one[n][0] for n in names) / len(names) / 2
+    per_agent_rss = sum(three[n][1] - one[n][1] for n in names) / len(names) / 2
+    out(f"idle {seconds:g} s a phase; CPU in ms a minute, memory in MiB")
+    for label, (cpu, rss) in (
+        ("broker alone", alone),
+        (f"broker with {agents} streams", some),
+        (f"broker with {len(names)} streams", one["broker-1"]),
+    ):
+        out(f"{label:<26} CPU {cpu * 1000:7.1f}   RSS {rss:6.1f}")
     for name in names:
         out(
             f"{name}: 1 stream CPU {one[name][0] * 1000:7.1f} RSS {one[name][1]:6.1f};"
