@@ -208,7 +208,7 @@ class TestAlone:
         """No list in any welcome, one link (the seed), and no heartbeat in the store."""
         assert agent.log_events("link.connected")
         assert all(e["brokers"] == [] for e in agent.log_events("link.connected"))
-        assert [e["broker"] for e in agent.log_events("mesh.attaching")] == [broker.agent]
+        assert {e["broker"] for e in agent.log_events("mesh.attaching")} == {broker.agent}
         assert not agent.log_events("mesh.brokers")
         assert not broker.log_events("cluster.brokers_changed")
 
