@@ -126,7 +126,7 @@ def cluster(
                 broker.stop()
 
 
-def sign_in(broker: BrokerProcess, uid: str, password: str, ip: str = OFFICE_IP) -> int:
+def outcome_via(broker: BrokerProcess, uid: str, password: str, ip: str = OFFICE_IP) -> int:
     """One sign-in through ``broker`` from ``ip``: its outcome."""
     return broker.sign_in(f"{uid}@{DOMAIN}", password, client_ip=ip).outcome
 
@@ -137,8 +137,8 @@ class TestEveryBroker:
     def test_sign_ins_through_each_broker(self, cluster: Cluster) -> None:
         """The right password succeeds and a wrong one is refused, at each of the three."""
         for broker in cluster.brokers:
-            assert sign_in(broker, "alice", USERS["alice"]) == Outcome.SUCCESS
-            refused = sign_in(broker, "alice", secret(f"cl-wrong-{broker.data_dir.name}"))
+            assert outcome_via(broker, "alice", USERS["alice"]) == Outcome.SUCCESS
+            refused = outcome_via(broker, "alice", secret(f"cl-wrong-{broker.data_dir.name}"))
             assert refused == Outcome.INVALID_CREDENTIALS
 
     def test_each_agent_holds_a_stream_to_each_broker(self, cluster: Cluster) -> None:
@@ -162,14 +162,14 @@ class TestLockoutIsTheClusters:
     def test_spread_guesses_lock_at_the_threshold(self, cluster: Cluster) -> None:
         """Nine guesses round the brokers: the first THRESHOLD reach slapd, then locked."""
         outcomes = [
-            sign_in(broker, "guessed", secret(f"cl-guess-{n}"), ip=ELSEWHERE_IP)
+            outcome_via(broker, "guessed", secret(f"cl-guess-{n}"), ip=ELSEWHERE_IP)
             for n, broker in zip(range(3 * THRESHOLD), itertools.cycle(cluster.brokers))
         ]
         assert outcomes[:THRESHOLD] == [Outcome.INVALID_CREDENTIALS] * THRESHOLD
         assert outcomes[THRESHOLD:] == [Outcome.LOCKED_BY_POLICY] * (2 * THRESHOLD)
         assert cluster.failures_in_directory("guessed") == THRESHOLD
         for broker in cluster.brokers:  # The right password too, from anywhere but the office.
-            locked = sign_in(broker, "guessed", USERS["guessed"], ip=ELSEWHERE_IP)
+            locked = outcome_via(broker, "guessed", USERS["guessed"], ip=ELSEWHERE_IP)
             assert locked == Outcome.LOCKED_BY_POLICY
 
 
