@@ -124,7 +124,8 @@ class Mesh:
         """
         old = self._links
         self.identity, self._links = identity, {}
-        self._reconcile()
+        for endpoint in old:  # The same brokers: none of the new links is up yet to judge by.
+            self._open(endpoint)
         successors = self.links
         await asyncio.gather(
             *(self._hand_over(link, task, successors.get(e)) for e, (link, task) in old.items())
@@ -152,11 +153,14 @@ class Mesh:
             return
         wanted = self.wanted()
         for endpoint in sorted(wanted - self._links.keys()):
-            link = self._make_link(self.identity, endpoint, self)
-            self._links[endpoint] = (link, self._group.create_task(link.run()))
-            log.info("mesh.attaching", broker=endpoint, seed=endpoint == self.seed)
+            self._open(endpoint)
         for endpoint in sorted(self._links.keys() - wanted):
-            self._drop(endpoint, "broker left the cluster")
+            self._drop(endpoint, "not among the cluster's brokers")
+
+    def _open(self, endpoint: str) -> None:
+        link = self._make_link(self.identity, endpoint, self)
+        self._links[endpoint] = (link, self._group.create_task(link.run()))
+        log.info("mesh.attaching", broker=endpoint, seed=endpoint == self.seed)
 
     def _drop(self, endpoint: str, reason: str) -> None:
         link, task = self._links.pop(endpoint)

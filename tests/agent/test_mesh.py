@@ -141,7 +141,7 @@ class TestWhichBrokers:
             seed = harness.link(SEED)
             harness.up("a:1")
             assert sorted(harness.mesh.links) == ["a:1", "b:1"]
-            assert seed.drained == ["broker left the cluster"]
+            assert seed.drained == ["not among the cluster's brokers"]
 
     async def test_a_broker_that_left_is_drained_or_stopped(self) -> None:
         """Up: drained (it answers what it holds). Down: stopped at once (it may be dialling)."""
@@ -154,7 +154,7 @@ class TestWhichBrokers:
             harness.mesh.told((SEED,))
             await _settle()
             assert list(harness.mesh.links) == [SEED]
-            assert b.drained == ["broker left the cluster"]
+            assert b.drained == ["not among the cluster's brokers"]
             assert not b.cancelled
             assert c.cancelled
 
@@ -227,6 +227,24 @@ class TestRotation:
             harness.up("b:1")
             await rotating
             assert old["b:1"].drained == ["certificate renewed"]
+
+    async def test_the_same_brokers_and_no_other(self) -> None:
+        """A successor per broker linked, and no link to a seed the list does not name."""
+        async with _running() as harness:
+            harness.up(SEED)
+            harness.mesh.told(("a:1", "b:1"))
+            harness.up("a:1")
+            harness.up("b:1")
+            made = len(harness.made)
+            rotating = asyncio.create_task(
+                harness.mesh.rotate(dataclasses.replace(_identity(), cert_pem=b"2"))
+            )
+            await _settle()
+            assert sorted(link.endpoint for link in harness.made[made:]) == ["a:1", "b:1"]
+            harness.up("a:1")
+            harness.up("b:1")
+            await rotating
+            assert sorted(harness.mesh.links) == ["a:1", "b:1"]
 
     async def test_a_successor_that_never_comes_up(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """After HANDOVER_TIMEOUT the old link drains anyway (its broker is likely gone)."""
