@@ -1,7 +1,9 @@
-"""The agent's state directory: who it is, its keys and certificates.
+"""The agent's state directory: who it is, its keys and certificates, the brokers it knows.
 
 Written once by enrolment, read at every start. Private keys are 0600 and never leave the
-directory; ``repr`` of an identity shows no key.
+directory; ``repr`` of an identity shows no key. Beside them, the cluster's brokers the agent
+was last told (:func:`save_brokers`), so that a restarted agent finds them even while the
+broker it enrolled with is down or gone.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ TLS_KEY_FILE = "tls.key"
 TLS_CERT_FILE = "tls.pem"
 CA_FILE = "ca.pem"
 ENVELOPE_KEY_FILE = "envelope.key"
+BROKERS_FILE = "brokers.json"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,3 +86,20 @@ class AgentIdentity:
             tls_key_pem=(state_dir / TLS_KEY_FILE).read_bytes(),
             envelope_key=sealing.load_private_key((state_dir / ENVELOPE_KEY_FILE).read_bytes()),
         )
+
+
+def load_brokers(state_dir: Path) -> tuple[str, ...]:
+    """The agent endpoints of the cluster's brokers the agent was last told (none: empty)."""
+    path = state_dir / BROKERS_FILE
+    if not path.exists():
+        return ()
+    try:
+        brokers = json.loads(path.read_text())["brokers"]
+    except (ValueError, KeyError, TypeError):  # Damaged: the seed finds the cluster again.
+        return ()
+    return tuple(str(b) for b in brokers) if isinstance(brokers, list) else ()
+
+
+def save_brokers(state_dir: Path, brokers: tuple[str, ...]) -> None:
+    """Remember the cluster's brokers, as last told, for the next start."""
+    tls.write_public(state_dir / BROKERS_FILE, json.dumps({"brokers": list(brokers)}).encode())

@@ -1,13 +1,16 @@
-"""The agent's outbound streams to the broker, each kept up for as long as it is wanted.
+"""The agent's outbound streams to the brokers, each kept up for as long as it is wanted.
 
-A :class:`Link` is one identity's stream. Each session: dial the agent endpoint with that
-identity's certificate, say hello, then run a reader (validation requests in, each batch opened
-and checked in a task of its own; for an older broker, checked only once its acknowledgement is
-written), a writer (results out, with any acknowledgements waiting in the same message,
-heartbeats when idle) and what the runner wants done while the stream is up (``while_up``: the
-directories' lockout thresholds, :mod:`agent.lockout`) until the stream ends; then wait a
-jittered, growing delay and dial again. A drained link (its identity was renewed, or the agent
-stops) tells the broker, answers what it was sent, and ends when the broker closes the stream.
+A :class:`Link` is one identity's stream to one broker. Each session: dial that broker's agent
+endpoint with the identity's certificate, say hello, then run a reader (validation requests in,
+each batch opened and checked in a task of its own, within the agent's capacity; for an older
+broker, checked only once its acknowledgement is written), a writer (results out, with any
+acknowledgements waiting in the same message, heartbeats when idle) and what the runner wants
+done while the stream is up (``while_up``: the directories' lockout thresholds,
+:mod:`agent.lockout`) until the stream ends; then wait a jittered, growing delay and dial again.
+A drained link (its identity was renewed, its broker left the cluster, or the agent stops) tells
+the broker, answers what it was sent, and ends when the broker closes the stream. What a broker
+says of its cluster (the welcome's brokers, a ``Brokers`` message) goes to ``on_brokers``:
+:mod:`agent.mesh` keeps a link to each broker.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import grpc
 import structlog
 
+from agent.capacity import Capacity
 from pta import __version__, rpc, tls
 from pta.rpc import StreamEnded
 from pta.v1 import agent_pb2, agent_pb2_grpc
@@ -74,6 +78,8 @@ def _rpc_error(error: BaseException) -> grpc.aio.AioRpcError | None:
 #: What runs while a stream is up: given the welcomed domains and a way to queue a message.
 Send: TypeAlias = "Callable[[agent_pb2.AgentMessage], None]"
 WhileUp: TypeAlias = "Callable[[tuple[str, ...], Send], Coroutine[Any, Any, None]]"
+#: Told the cluster's brokers (agent endpoints) whenever a broker names them.
+OnBrokers: TypeAlias = "Callable[[tuple[str, ...]], None]"
 
 
 class Link:
@@ -88,6 +94,10 @@ class Link:
         max_in_flight: int,
         while_up: WhileUp | None = None,
         directories: Sequence[agent_pb2.DirectoryAccounts] = (),
+        endpoint: str = "",
+        capacity: Capacity | None = None,
+        on_brokers: OnBrokers | None = None,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         """Prepare the link; nothing is dialled until :meth:`run`.
 
@@ -99,8 +109,17 @@ class Link:
             while_up: Run beside the reader and writer for as long as each stream is up, with
                 the domains the broker welcomed and a way to queue a message (None: nothing).
             directories: How each directory maps typed names to accounts (see the hello).
+            endpoint: The broker's agent endpoint (default: the identity's, enrolled with).
+            capacity: Checks at once, shared with the agent's other links (default: its own,
+                of ``max_in_flight``).
+            on_brokers: Told the cluster's brokers each time this link's broker names them.
+            on_change: Called when the stream comes up (welcomed) and when it goes down.
         """
         self.identity = identity
+        self.endpoint = endpoint or identity.agent_endpoint
+        self._capacity = capacity or Capacity(max_in_flight)
+        self._on_brokers = on_brokers
+        self._on_change = on_change
         self._validator = validator
         self._while_up = while_up
         self._domains = domains
@@ -124,7 +143,7 @@ class Link:
     async def run(self) -> None:
         """Connect and reconnect until drained or cancelled."""
         delay = BACKOFF_INITIAL
-        bound = log.bind(serial=self.serial)
+        bound = log.bind(serial=self.serial, broker=self.endpoint)
         while not self._draining.is_set():
             started = time.monotonic()
             try:
@@ -141,8 +160,11 @@ class Link:
                         details=rpc_error.details() or "",
                     )
             finally:
+                was_up = self.connected.is_set()
                 self.connected.clear()
                 self._outbox = None
+                if was_up and self._on_change is not None:
+                    self._on_change()
             if self._draining.is_set():
                 break
             if time.monotonic() - started > HEALTHY_SESSION:
@@ -161,7 +183,7 @@ class Link:
             identity.ca_pem, identity.tls_key_pem, identity.cert_pem
         )
         async with grpc.aio.secure_channel(
-            identity.agent_endpoint, credentials, options=rpc.CHANNEL_OPTIONS
+            self.endpoint, credentials, options=rpc.CHANNEL_OPTIONS
         ) as channel:
             call = agent_pb2_grpc.AgentServiceStub(channel).Connect()
             await call.write(
@@ -187,10 +209,15 @@ class Link:
                 tenant=welcome.tenant,
                 domains=list(welcome.domains),
                 serial=self.serial,
+                broker=self.endpoint,
+                brokers=list(welcome.brokers),
             )
             outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
             self._outbox = outbox
             self.connected.set()
+            self._told(welcome.brokers)
+            if self._on_change is not None:
+                self._on_change()
             if self._draining.is_set():  # Drained while dialling: say so at once.
                 self.drain("stopping")
             try:
@@ -244,6 +271,8 @@ class Link:
                     outbox.put_nowait(ack)
                     written = ack.written
                 group.create_task(self._answer(requests, outbox, written))
+            elif kind == "brokers":
+                self._told(message.brokers.agent_endpoints)
             elif kind == "drain":
                 log.info("link.drain_requested", reason=message.drain.reason)
 
@@ -263,10 +292,16 @@ class Link:
                 raise
         self._checking += 1
         try:
-            results = await self._validator.check_batch(opened)
+            async with self._capacity.hold(len(requests)):
+                results = await self._validator.check_batch(opened)
         finally:
             self._checking -= 1
         outbox.put_nowait(results)
+
+    def _told(self, brokers: Sequence[str]) -> None:
+        """Pass on what the broker said of its cluster; an empty list says nothing."""
+        if brokers and self._on_brokers is not None:
+            self._on_brokers(tuple(brokers))
 
     async def _write(
         self,

@@ -50,8 +50,11 @@ def life_left(identity: AgentIdentity, now: datetime.datetime) -> float:
     return max(0.0, left / total) if total > 0 else 0.0
 
 
-async def renew(identity: AgentIdentity) -> AgentIdentity:
-    """Ask the broker for a new certificate on fresh keys, over the current certificate.
+async def renew(identity: AgentIdentity, endpoint: str = "") -> AgentIdentity:
+    """Ask a broker for a new certificate on fresh keys, over the current certificate.
+
+    ``endpoint``: the broker's agent endpoint (default: the identity's, enrolled with); any
+    broker of a cluster renews for all of them, since they share the CA and the store.
 
     Returns:
         The new identity (not yet saved).
@@ -67,7 +70,7 @@ async def renew(identity: AgentIdentity) -> AgentIdentity:
     )
     credentials = tls.channel_credentials(identity.ca_pem, identity.tls_key_pem, identity.cert_pem)
     async with grpc.aio.secure_channel(
-        identity.agent_endpoint, credentials, options=rpc.CHANNEL_OPTIONS
+        endpoint or identity.agent_endpoint, credentials, options=rpc.CHANNEL_OPTIONS
     ) as channel:
         reply: agent_pb2.RenewResponse = await agent_pb2_grpc.AgentServiceStub(channel).Renew(
             request, timeout=RENEW_TIMEOUT

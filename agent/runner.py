@@ -1,8 +1,11 @@
-"""The running agent: its current link, and the renewal that replaces it before it expires.
+"""The running agent: its links to every broker, and the renewal that replaces them in time.
 
-Make-before-break: the renewed identity's link is connected first; only then is the old link
-drained, and it still answers everything sealed to its key before its stream ends. Nothing in
-flight is lost to a rotation.
+The links are a :class:`~agent.mesh.Mesh`: one per broker of the cluster, all of one identity,
+their checks sharing one :class:`~agent.capacity.Capacity` (the agent's ``max_in_flight``) and
+the directories' pools. The identity is renewed once, at any broker whose link is up, and every
+link is replaced make-before-break: each broker's new link is connected first; only then is the
+old one drained, and it still answers everything sealed to its key before its stream ends.
+Nothing in flight is lost to a rotation.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
+import itertools
 import random
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -17,10 +22,13 @@ import grpc
 import structlog
 
 from agent import lockout, renewal
-from agent.identity import AgentIdentity
+from agent.capacity import Capacity
+from agent.identity import AgentIdentity, load_brokers, save_brokers
 from agent.link import Link
 from agent.lockout import PolicyReporter
+from agent.mesh import Mesh
 from agent.validation import ReplayGuard, Validator
+from pta import tls
 from pta.v1 import agent_pb2
 
 if TYPE_CHECKING:
@@ -42,7 +50,7 @@ def _now() -> datetime.datetime:
 
 
 class Agent:
-    """Runs links for the agent's identity, renewing it for as long as the agent runs."""
+    """Runs the agent's links to every broker, renewing its identity for as long as it runs."""
 
     def __init__(
         self,
@@ -63,17 +71,18 @@ class Agent:
         self._directories = tuple(directories)
         self._max_in_flight = max_in_flight
         self._replay = ReplayGuard()
+        self._capacity = Capacity(max_in_flight)
         self._reporter = PolicyReporter(directory_for)
         self._stopping = asyncio.Event()
-        self.link: Link | None = None
+        self.mesh: Mesh | None = None
 
     def stop(self) -> None:
         """Drain: ask for no new work, answer what was sent, then let :meth:`run` return."""
         self._stopping.set()
-        if self.link is not None:
-            self.link.drain("agent stopping")
+        if self.mesh is not None:
+            self.mesh.stop("agent stopping")
 
-    def _link(self, identity: AgentIdentity) -> Link:
+    def _link(self, identity: AgentIdentity, endpoint: str, mesh: Mesh) -> Link:
         validator = Validator(identity, self._directory_for, replay=self._replay)
         return Link(
             identity,
@@ -82,6 +91,10 @@ class Agent:
             max_in_flight=self._max_in_flight,
             while_up=self._report_directories,
             directories=self._directories,
+            endpoint=endpoint,
+            capacity=self._capacity,
+            on_brokers=mesh.told,
+            on_change=mesh.changed,
         )
 
     async def _report_directories(
@@ -101,24 +114,31 @@ class Agent:
                 identity = await self._unless_stopping(self._usable_identity())
                 if identity is None:
                     break
-                link = self.link = self._link(identity)
-                group.create_task(link.run())
+                mesh = self.mesh = Mesh(
+                    identity,
+                    self._link,
+                    group,
+                    known=load_brokers(self._state_dir),
+                    remember=functools.partial(save_brokers, self._state_dir),
+                )
+                mesh.start()
                 while True:
-                    renewed = await self._unless_stopping(self._renewed(identity))
+                    renewed = await self._unless_stopping(self._renewed(identity, mesh))
                     if self._stopping.is_set():
-                        link.drain("agent stopping")
+                        mesh.stop("agent stopping")
                         break
                     if renewed is None:  # Expired: wait for the operator to enrol again.
-                        link.drain("certificate expired")
+                        mesh.stop("certificate expired")
                         break
                     renewed.save(self._state_dir)
-                    successor = self._link(renewed)
-                    group.create_task(successor.run())
-                    await successor.connected.wait()
-                    link.drain("certificate renewed")
-                    log.info("agent.rotated", old_serial=link.serial, serial=successor.serial)
-                    link, identity = successor, renewed
-                    self.link = link
+                    await mesh.rotate(renewed)
+                    log.info(
+                        "agent.rotated",
+                        old_serial=_serial(identity),
+                        serial=_serial(renewed),
+                        brokers=len(mesh.links),
+                    )
+                    identity = renewed
 
     async def _unless_stopping(self, work: Coroutine[Any, Any, _T]) -> _T | None:
         """Await ``work``, or give up on it (None) as soon as the agent is stopping."""
@@ -153,13 +173,18 @@ class Agent:
             )
             await asyncio.sleep(EXPIRED_RECHECK)
 
-    async def _renewed(self, identity: AgentIdentity) -> AgentIdentity | None:
-        """Renew when due, retrying with backoff; None once the certificate has expired."""
+    async def _renewed(self, identity: AgentIdentity, mesh: Mesh) -> AgentIdentity | None:
+        """Renew when due, retrying with backoff; None once the certificate has expired.
+
+        Once, at one broker: the first whose link is up; each retry at the next one.
+        """
         await asyncio.sleep(max(0.0, (renewal.renew_at(identity) - _now()).total_seconds()))
         delay = RETRY_INITIAL
-        while True:
+        for attempt in itertools.count():
+            endpoints = mesh.endpoints() or [identity.agent_endpoint]
+            endpoint = endpoints[attempt % len(endpoints)]
             try:
-                return await renewal.renew(identity)
+                return await renewal.renew(identity, endpoint)
             except grpc.aio.AioRpcError as error:
                 left = renewal.life_left(identity, _now())
                 report = log.warning if left < renewal.WARN_BELOW else log.info
@@ -167,6 +192,7 @@ class Agent:
                     "agent.renewal_failed",
                     status=error.code().name,
                     details=error.details() or "",
+                    broker=endpoint,
                     life_left=round(left, 3),
                     expires_at=renewal.expires_at(identity).isoformat(),
                 )
@@ -175,3 +201,8 @@ class Agent:
                 return None
             await asyncio.sleep(min(random.uniform(delay / 2, delay), remaining))  # noqa: S311
             delay = min(delay * 2, RETRY_MAX)
+        return None  # pragma: no cover - the loop above only returns
+
+
+def _serial(identity: AgentIdentity) -> str:
+    return tls.serial_hex(tls.load_cert(identity.cert_pem))

@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from broker import ownership
+from broker import cluster, ownership
 from broker.api.agents import AgentService
 from broker.api.signin import SignInService
 from broker.dispatch.dispatcher import Dispatcher
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
     from google.protobuf.descriptor import ServiceDescriptor
 
+    from broker.cluster import Membership
     from broker.config import BrokerConfig
     from broker.dispatch.jobs import Connection
     from broker.store.protocols import Store
@@ -95,6 +96,9 @@ class Broker:
         self._health: list[health_aio.HealthServicer] = []
         self._store: Store | None = None
         self._maintenance: asyncio.Task[None] | None = None
+        #: With a shared store: this broker's heartbeat, and the brokers its agents are told.
+        self._membership: Membership | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
         self._dispatcher: Dispatcher | None = None
         self._signin: SignInService | None = None
         self._lock: IO[str] | None = None
@@ -199,6 +203,9 @@ class Broker:
                 f"cannot listen on {config.listen} and {config.agent_listen}: in use, or not "
                 "an address of this machine"
             )
+        self._membership = cluster.membership(
+            store, config, self.broker_id, public_port=self.public_port, agent_port=self.agent_port
+        )
         signin = self._signin = SignInService(
             store=store,
             dispatcher=dispatcher,
@@ -219,6 +226,7 @@ class Broker:
             agent_port=self.agent_port,
             on_directory_report=policy.directory_reported,
             on_accounts=policy.agent_configured,
+            brokers=self._brokers,
         )
         rpc.add_service(public, SERVICES[0], signin)
         for server in (public, agents):
@@ -230,6 +238,7 @@ class Broker:
                 await health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self.state = State.SERVING
         self._maintenance = asyncio.create_task(self._maintain(store, dispatcher, policy))
+        self._join_cluster(dispatcher)
         host = config.listen.rpartition(":")[0]
         agent_host = config.agent_listen.rpartition(":")[0]
         endpoints = {
@@ -285,6 +294,33 @@ class Broker:
             except Exception:
                 log.exception("broker.maintenance_failed")
 
+    def _brokers(self) -> tuple[str, ...]:
+        """What a Welcome says of the cluster: its brokers' agent endpoints (alone: none)."""
+        return () if self._membership is None else self._membership.endpoints
+
+    def _join_cluster(self, dispatcher: Dispatcher) -> None:
+        """Register once serving (agents told of it can attach), then heartbeat every second."""
+        if self._membership is None:
+            return
+        self._membership.join()
+        announce = cluster.announcer(dispatcher)
+        announce(self._membership.endpoints)  # To any agent welcomed before the set was read.
+        self._heartbeat = asyncio.create_task(self._membership.run(announce))
+
+    async def _stop_background(self) -> None:
+        """Stop the maintenance and the heartbeat, and deregister from the cluster.
+
+        Deregistered first thing: at their next tick the other brokers tell its agents to drop
+        their streams here; each still answers what it was sent before it ends.
+        """
+        for task in (self._maintenance, self._heartbeat):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._membership is not None:
+            self._membership.leave()
+
     def _server(
         self, services: tuple[ServiceDescriptor, ...], options: list[tuple[str, Any]]
     ) -> grpc.aio.Server:
@@ -310,10 +346,7 @@ class Broker:
         if self.state is State.STOPPED:
             return
         self.state = State.STOPPED
-        if self._maintenance is not None:
-            self._maintenance.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._maintenance
+        await self._stop_background()
         for health in self._health:
             await health.enter_graceful_shutdown()
         public, agents = self._servers

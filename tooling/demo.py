@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.twofactor.totp import TOTP
 
 from pta import logging as pta_logging
 from pta.v1 import signin_pb2, signin_pb2_grpc
+from tooling.cluster_demo import cluster_story
 from tooling.localrun import BIN, LocalDeployment
 from tooling.slapd import DirectoryUser, Slapd
 
@@ -67,13 +68,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--exit", action="store_true", help="stop after the sign-ins instead of waiting for Ctrl-C"
     )
+    parser.add_argument(
+        "--brokers",
+        type=int,
+        default=1,
+        help="N > 1: a cluster of N brokers on a private PostgreSQL, agents at every one,"
+        " one of them killed on the way (see tooling/cluster_demo.py)",
+    )
     args = parser.parse_args(argv)
     pta_logging.configure(level="warning")
     workdir = Path(tempfile.mkdtemp(prefix="pta-demo-"))
     demo = LocalDeployment(workdir)
     try:
         with Slapd(users=USERS) as slapd:
-            _story(demo, slapd, keep_running=not args.exit and sys.stdin.isatty())
+            if args.brokers > 1:
+                passwords = {user.uid: user.password for user in USERS}
+                cluster_story(
+                    demo,
+                    slapd,
+                    brokers=args.brokers,
+                    domain=DOMAIN,
+                    users=passwords,
+                    say=say,
+                    step=step,
+                )
+            else:
+                _story(demo, slapd, keep_running=not args.exit and sys.stdin.isatty())
     except KeyboardInterrupt:
         say("\nstopping...")
     except RuntimeError as error:

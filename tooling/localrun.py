@@ -8,6 +8,7 @@ imports none of the programs: it runs their console scripts.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -49,6 +50,8 @@ class LocalDeployment:
         self.ca_file = Path()
         #: The shared store the broker serves (a PostgreSQL URL), or "" for its data dir's.
         self.store_url = ""
+        #: Every broker started: name -> public endpoint.
+        self.brokers: dict[str, str] = {}
 
     def __enter__(self) -> Self:
         """Use as a context manager: every process is stopped on exit."""
@@ -90,34 +93,51 @@ class LocalDeployment:
             raise RuntimeError(f"{program} {args[0]} failed: {output[-500:]}")
         return output
 
-    def start_broker(self, *extra: str, store_url: str = "") -> None:
-        """Start the broker on free loopback ports and wait until it serves.
+    def start_broker(self, *extra: str, store_url: str = "", name: str = "broker") -> str:
+        """Start a broker on free loopback ports, wait until it serves; its public endpoint.
 
         ``store_url``: a PostgreSQL store to serve (and to manage through) instead of the
-        data dir's SQLite.
+        data dir's SQLite. A broker after the first on one store joins its cluster: the
+        first one's CA is copied into its data dir, as an operator does. The first broker's
+        endpoints are :attr:`public`, :attr:`agent_endpoint` and :attr:`ca_file`.
         """
-        self.store_url = store_url
+        data_dir = self.workdir / name
+        first = not self.brokers
+        if first:
+            self.data_dir, self.store_url = data_dir, store_url
+        elif store_url:
+            data_dir.mkdir(mode=0o700, exist_ok=True)
+            for ca in ("ca.pem", "ca.key"):
+                shutil.copy2(self.data_dir / ca, data_dir / ca)
         if store_url:
             extra = (*extra, "--store", store_url)
         broker = self.spawn(
-            "broker",
+            name,
             "pta-broker",
             "serve",
             "--data-dir",
-            str(self.data_dir),
+            str(data_dir),
             "--listen",
             "127.0.0.1:0",
             "--agent-listen",
             "127.0.0.1:0",
             *extra,
         )
-        endpoints = self.data_dir / "endpoints.json"
-        wait_until(lambda: endpoints.exists() or broker.poll() is not None, "the broker")
+        endpoints = data_dir / "endpoints.json"
+        wait_until(lambda: endpoints.exists() or broker.poll() is not None, name)
         if broker.poll() is not None:
-            raise RuntimeError("the broker did not start: see broker.log")
+            raise RuntimeError(f"{name} did not start: see {name}.log")
         info = json.loads(endpoints.read_text())
-        self.public, self.agent_endpoint = info["public"], info["agent"]
-        self.ca_file = Path(info["ca_file"])
+        self.brokers[name] = info["public"]
+        if first:
+            self.public, self.agent_endpoint = info["public"], info["agent"]
+            self.ca_file = Path(info["ca_file"])
+        return str(info["public"])
+
+    def connected(self, broker: str = "broker") -> int:
+        """How many agent streams ``broker`` has welcomed so far (from its log)."""
+        log = self.workdir / f"{broker}.log"
+        return log.read_text().count('"agent.connected"') if log.exists() else 0
 
     def broker_cli(self, *args: str) -> str:
         """Run a ``pta-broker`` management command against this broker's store."""
@@ -142,7 +162,8 @@ class LocalDeployment:
 
     def run_agent(self, name: str, slapd: Slapd) -> None:
         """Run an enrolled agent against ``slapd`` and wait until the broker sees it."""
-        before = self._connected()
+        bootstrap = next(iter(self.brokers))
+        before = self.connected(bootstrap)
         agent = self.spawn(
             name,
             "pta-agent",
@@ -155,14 +176,11 @@ class LocalDeployment:
             slapd.base_dn,
         )
         wait_until(
-            lambda: self._connected() > before or agent.poll() is not None, f"{name} to connect"
+            lambda: self.connected(bootstrap) > before or agent.poll() is not None,
+            f"{name} to connect",
         )
         if agent.poll() is not None:
             raise RuntimeError(f"{name} did not start: see {name}.log")
-
-    def _connected(self) -> int:
-        log = self.workdir / "broker.log"
-        return log.read_text().count('"agent.connected"') if log.exists() else 0
 
     def alive(self) -> bool:
         """Whether every process is still running."""

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from broker.dispatch.jobs import Answer, Connection
+from broker.dispatch.jobs import Answer, Brokers, Connection
 from broker.store.records import ReportedPolicy
 from pta import rpc
 from pta.errors import InvalidRequest
@@ -110,8 +110,10 @@ class AgentStream:
         dispatcher: Dispatcher,
         heartbeat_interval: float,
         on_directory_report: Callable[[str, list[DirectoryPolicyRecord]], None] | None = None,
+        brokers: Callable[[], tuple[str, ...]] = tuple,
     ) -> None:
         """Wire it (see :class:`broker.api.agents.AgentService`)."""
+        self._brokers = brokers
         self._store = store
         self._dispatcher = dispatcher
         self._heartbeat = heartbeat_interval
@@ -132,6 +134,7 @@ class AgentStream:
                     heartbeat_interval_ms=int(self._heartbeat * 1000),
                     acks_in_results=True,
                     lost_requests_counted=True,
+                    brokers=self._brokers(),
                 )
             )
         )
@@ -243,8 +246,11 @@ class AgentStream:
                 await context.write(agent_pb2.BrokerMessage(heartbeat=heartbeat))
                 continue
             sending = []
+            told: Brokers | None = None
             for job in batch:
-                if not job.done and job.connection_id == conn.connection_id:
+                if isinstance(job, Brokers):
+                    told = job  # The newest set says all: one waiting before it is stale.
+                elif not job.done and job.connection_id == conn.connection_id:
                     sending.append(job)
                 else:  # Its caller gave up while it waited here: never sent, slot free.
                     self._dispatcher.release(conn, job)
@@ -263,3 +269,6 @@ class AgentStream:
                 await context.write(
                     agent_pb2.BrokerMessage(validations=agent_pb2.Validations(requests=requests))
                 )
+            if told is not None:  # After the work: no job waits on this write.
+                endpoints = agent_pb2.Brokers(agent_endpoints=told.agent_endpoints)
+                await context.write(agent_pb2.BrokerMessage(brokers=endpoints))

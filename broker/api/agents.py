@@ -79,6 +79,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         on_directory_report: Callable[[str, list[DirectoryPolicyRecord]], None] | None = None,
         enrol_limiter: RateLimiter | None = None,
         on_accounts: Callable[[str, str, dict[str, AccountRule], bytes], None] | None = None,
+        brokers: Callable[[], tuple[str, ...]] = tuple,
     ) -> None:
         """Wire the service (see :class:`broker.config.BrokerConfig` for the values).
 
@@ -88,12 +89,14 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         how each served domain's names map to directory accounts, and the digests of its
         directories' settings, before the stream is attached: the sign-in policy keys its
         counts on those accounts, and forgets refused passwords when the settings changed.
+        ``brokers()`` is what each Welcome says of the cluster's brokers (empty: none).
         """
         self._streams = AgentStream(
             store=store,
             dispatcher=dispatcher,
             heartbeat_interval=heartbeat_interval,
             on_directory_report=on_directory_report,
+            brokers=brokers,
         )
         self._enrol_limiter = enrol_limiter or RateLimiter(ENROL_RATE, ENROL_BURST)
         self._slots = agent_access.StreamSlots()

@@ -128,6 +128,13 @@ class Job:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Brokers:
+    """Told to an agent on its stream besides work: where every broker of the cluster is now."""
+
+    agent_endpoints: tuple[str, ...]
+
+
 @dataclass(eq=False, slots=True, kw_only=True)
 class Connection:
     """One live Connect stream of an agent."""
@@ -140,7 +147,8 @@ class Connection:
     envelope_key: X25519PublicKey
     version: str = ""
     serial: str = ""
-    outbox: asyncio.Queue[Job] = field(default_factory=asyncio.Queue)
+    #: What the stream's writer sends: jobs, and now and then the cluster's brokers.
+    outbox: asyncio.Queue[Job | Brokers] = field(default_factory=asyncio.Queue)
     in_flight: dict[str, Job] = field(default_factory=dict)
     draining: bool = False
     #: Set when the stream should end: drained and idle, or cut (then ``end_error`` says why).

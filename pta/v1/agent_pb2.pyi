@@ -82,16 +82,18 @@ class AgentMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., results: _Optional[_Union[Results, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., draining: _Optional[_Union[Draining, _Mapping]] = ..., acks: _Optional[_Union[Acks, _Mapping]] = ..., directory_report: _Optional[_Union[DirectoryReport, _Mapping]] = ...) -> None: ...
 
 class BrokerMessage(_message.Message):
-    __slots__ = ("welcome", "validations", "heartbeat", "drain")
+    __slots__ = ("welcome", "validations", "heartbeat", "drain", "brokers")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     VALIDATIONS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
+    BROKERS_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     validations: Validations
     heartbeat: Heartbeat
     drain: Drain
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., validations: _Optional[_Union[Validations, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ...) -> None: ...
+    brokers: Brokers
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., validations: _Optional[_Union[Validations, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., brokers: _Optional[_Union[Brokers, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("agent_id", "version", "domains", "max_in_flight", "directories")
@@ -120,18 +122,26 @@ class DirectoryAccounts(_message.Message):
     def __init__(self, domains: _Optional[_Iterable[str]] = ..., directory_id: _Optional[str] = ..., login_scope: _Optional[_Union[LoginScope, str]] = ..., settings_digest: _Optional[bytes] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("tenant", "domains", "heartbeat_interval_ms", "acks_in_results", "lost_requests_counted")
+    __slots__ = ("tenant", "domains", "heartbeat_interval_ms", "acks_in_results", "lost_requests_counted", "brokers")
     TENANT_FIELD_NUMBER: _ClassVar[int]
     DOMAINS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     ACKS_IN_RESULTS_FIELD_NUMBER: _ClassVar[int]
     LOST_REQUESTS_COUNTED_FIELD_NUMBER: _ClassVar[int]
+    BROKERS_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     domains: _containers.RepeatedScalarFieldContainer[str]
     heartbeat_interval_ms: int
     acks_in_results: bool
     lost_requests_counted: bool
-    def __init__(self, tenant: _Optional[str] = ..., domains: _Optional[_Iterable[str]] = ..., heartbeat_interval_ms: _Optional[int] = ..., acks_in_results: _Optional[bool] = ..., lost_requests_counted: _Optional[bool] = ...) -> None: ...
+    brokers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, tenant: _Optional[str] = ..., domains: _Optional[_Iterable[str]] = ..., heartbeat_interval_ms: _Optional[int] = ..., acks_in_results: _Optional[bool] = ..., lost_requests_counted: _Optional[bool] = ..., brokers: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Brokers(_message.Message):
+    __slots__ = ("agent_endpoints",)
+    AGENT_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    agent_endpoints: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, agent_endpoints: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Validations(_message.Message):
     __slots__ = ("requests",)

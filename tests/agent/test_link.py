@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from agent.capacity import Capacity
 from agent.link import Link, Outgoing, _Ack, _Control
 from pta.v1 import agent_pb2, outcome_pb2
 
@@ -39,9 +40,10 @@ def _result(request_id: str) -> agent_pb2.ValidationResult:
 
 
 def _bare_link() -> Any:
-    """A link with only what its writer reads: no batch being checked."""
+    """A link with only what its reader and writer read: no batch being checked."""
     link: Any = Link.__new__(Link)
     link._checking = 0
+    link._capacity = Capacity(32)
     return link
 
 
@@ -184,8 +186,7 @@ async def _read_all(*, acks: bool) -> tuple[list[Outgoing], _RecordingValidator]
             requests=[agent_pb2.ValidationRequest(request_id=r) for r in ("r1", "r2")]
         )
     )
-    link: Any = Link.__new__(Link)
-    link._checking = 0
+    link: Any = _bare_link()
     link._validator = _RecordingValidator()
     outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
     with contextlib.suppress(BaseExceptionGroup):

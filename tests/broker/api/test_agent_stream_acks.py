@@ -1,6 +1,7 @@
-"""The broker's reading of an agent stream (``broker/api/agent_stream.py``): acks inside results.
+"""The broker's side of an agent stream (``broker/api/agent_stream.py``) with a real dispatcher.
 
-The reader runs against a real dispatcher and a scripted stream of agent messages.
+The reader takes a scripted stream of agent messages (acks inside results); the writer writes
+to a recording context (a job given up before it was sent, the cluster's brokers told).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any
 
+from broker import cluster
 from broker.api.agent_stream import AgentStream
 from broker.dispatch.dispatcher import Dispatcher
 from broker.dispatch.jobs import Connection, Job
@@ -48,6 +50,15 @@ def _job(request_id: str, *conns: Connection) -> Job:
     )
 
 
+def _service(dispatcher: Dispatcher) -> Any:
+    """The agent stream's reader and writer over ``dispatcher`` (no store: no reports here)."""
+    return AgentStream(
+        store=None,  # type: ignore[arg-type]
+        dispatcher=dispatcher,
+        heartbeat_interval=60.0,
+    )
+
+
 async def _stream(*messages: agent_pb2.AgentMessage) -> AsyncIterator[agent_pb2.AgentMessage]:
     for message in messages:
         yield message
@@ -73,11 +84,7 @@ class TestAcksInResults:
         assert {first.connection_id, second.connection_id} == {"a", "b"}
         mine = first if first.connection_id == "a" else second
         other = second if mine is first else first
-        service: Any = AgentStream(
-            store=None,  # type: ignore[arg-type]  # reads no report here
-            dispatcher=dispatcher,
-            heartbeat_interval=60.0,
-        )
+        service = _service(dispatcher)
         results = agent_pb2.Results(acks=[mine.request_id])
         reader = asyncio.create_task(
             service._receive(_stream(agent_pb2.AgentMessage(results=results)), a)
@@ -101,11 +108,7 @@ class TestAcksInResults:
         dispatcher.attach(a)
         job = _job("r1", a)
         dispatcher.submit(job)
-        service: Any = AgentStream(
-            store=None,  # type: ignore[arg-type]  # reads no report here
-            dispatcher=dispatcher,
-            heartbeat_interval=60.0,
-        )
+        service = _service(dispatcher)
         result = agent_pb2.ValidationResult(request_id="r1", outcome=outcome_pb2.SUCCESS)
         message = agent_pb2.AgentMessage(results=agent_pb2.Results(results=[result], acks=["r1"]))
         reader = asyncio.create_task(service._receive(_stream(message), a))
@@ -138,11 +141,7 @@ class TestGivenUpBeforeSent:
         fates: list[int | None] = []
         busy, given_up = _job("r0", conn), _job("r1", conn)
         given_up.settled = fates.append
-        service: Any = AgentStream(
-            store=None,  # type: ignore[arg-type]  # reads no report here
-            dispatcher=dispatcher,
-            heartbeat_interval=60.0,
-        )
+        service = _service(dispatcher)
         context = _Context()
         sender = asyncio.create_task(service._send(context, conn))
         dispatcher.submit(busy)
@@ -158,3 +157,26 @@ class TestGivenUpBeforeSent:
         assert sent == ["r0"]
         assert list(conn.in_flight) == ["r0"]
         assert fates == [None]
+
+
+class TestBrokersTold:
+    """Every attached stream is told the cluster's brokers: the newest set, after the work."""
+
+    async def test_written_after_the_work_newest_only(self) -> None:
+        """Two sets and a job waiting together: the job's message, then only the newer set."""
+        dispatcher = Dispatcher()
+        conn = _conn("a")
+        dispatcher.attach(conn)
+        announce = cluster.announcer(dispatcher)
+        announce(("h:1",))
+        dispatcher.submit(_job("r1", conn))
+        announce(("h:1", "h:2"))
+        service = _service(dispatcher)
+        context = _Context()
+        sender = asyncio.create_task(service._send(context, conn))
+        await asyncio.sleep(0.05)  # Far past the coalescing window: both are written.
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sender
+        assert [m.WhichOneof("kind") for m in context.sent] == ["validations", "brokers"]
+        assert list(context.sent[1].brokers.agent_endpoints) == ["h:1", "h:2"]

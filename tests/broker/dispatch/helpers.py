@@ -72,7 +72,9 @@ def sent(conn: Connection) -> list[str]:
     """Empty a connection's outbox and return the request ids it held, in order."""
     ids = []
     while not conn.outbox.empty():
-        ids.append(conn.outbox.get_nowait().request_id)
+        job = conn.outbox.get_nowait()
+        assert isinstance(job, Job)  # The dispatcher queues jobs only (brokers: the server).
+        ids.append(job.request_id)
     return ids
 
 

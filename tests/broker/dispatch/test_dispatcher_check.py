@@ -22,7 +22,9 @@ BUDGET = 5.0
 async def _taken(conn: Connection) -> Job:
     """The next job the connection's stream would write to its agent."""
     async with asyncio.timeout(1):
-        return await conn.outbox.get()
+        job = await conn.outbox.get()
+    assert isinstance(job, Job)
+    return job
 
 
 class TestCheck:

@@ -171,6 +171,7 @@ class TestJobSettlement:
             dispatcher.check(TENANT, DOMAIN, "r6", b"credentials", 5.0, settled=settled)
         )
         job = await conn.outbox.get()
+        assert isinstance(job, Job)
 
         async def agent_answers() -> None:
             assert dispatcher.complete(conn, job.request_id, ANSWER)
