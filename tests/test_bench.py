@@ -113,6 +113,61 @@ class TestBenchSmoke:
         assert [p["api"] for p in phases] == [None, "stream", None]
         _check_adjacent(phases[1], [phases[0], phases[2]])
 
+    def test_stores_and_brokers(self, tmp_path: Path) -> None:
+        """``--store sqlite,postgresql --brokers 1,2``: three deployments beside one baseline.
+
+        Each is measured at every level, each load process sends to one broker of the
+        cluster in turn (both brokers' CPU moves), and the ratios compare PostgreSQL with
+        SQLite and two brokers with one.
+        """
+        out = tmp_path / "bench.json"
+        done = subprocess.run(
+            [
+                str(BIN / "python"),
+                "-m",
+                "tooling.bench",
+                *("--duration", "0.5", "--concurrency", "16", "--users", "10"),
+                *("--api", "stream", "--store", "sqlite,postgresql", "--brokers", "1,2"),
+                *("--json", str(out)),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=240,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        report = json.loads(out.read_text())
+        phases = report["phases"]
+        assert [p["store"] for p in phases] == [None, "sqlite", "postgresql", "postgresql x2", None]
+        assert all(p["count"] > 0 and p["wrong"] == 0 and p["errors"] == 0 for p in phases)
+        (two,) = [p for p in phases if p["store"] == "postgresql x2"]
+        assert two["cpu_ms_per_op"]["broker"] > 0
+        assert two["cpu_ms_per_op"]["broker-2"] > 0
+        # Counted (without lockout a sign-in asks PostgreSQL nothing: it may well be 0).
+        assert two["cpu_ms_per_op"]["postgresql"] >= 0
+        ratios = report["store_ratios"]
+        assert set(ratios) == {
+            "postgresql/sqlite",
+            "postgresql x2/sqlite",
+            "postgresql x2/postgresql",
+        }
+        assert all(v["stream"]["16"] > 0 for v in ratios.values())
+        assert "postgresql x2 / postgresql at 16 in flight" in done.stdout
+
+    def test_brokers_need_a_shared_store(self) -> None:
+        """Two SQLite brokers would be two clusters: refused before anything starts."""
+        done = subprocess.run(
+            [str(BIN / "python"), "-m", "tooling.bench", "--brokers", "2"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 2
+        assert "--brokers above 1 needs --store postgresql" in done.stderr
+
 
 def _check_adjacent(phase: dict[str, Any], near: list[dict[str, Any]]) -> None:
     """The phase's baseline is the mean of ``near`` (the JSON's rounding allowed for)."""

@@ -11,6 +11,11 @@ processes), then measures, on the same machine in the same run:
    process, several sign-ins per message);
 3. the CPU each process spent per sign-in (its own counters over the measured window).
 
+``--store sqlite,postgresql`` measures a broker on each store in turn, beside the same
+baselines; ``--brokers 1,2`` also measures PostgreSQL clusters of that many broker processes
+(one store, every agent attached to each broker, each load process sending to one broker in
+turn), so that what a second broker process on the same machine adds is measured too.
+
 Ratios, not absolute numbers, are what carry from one machine to another. Each end-to-end phase
 is compared with its adjacent baseline, the mean of the slices just before and just after its
 level: this machine's speed moves by 2x within a run, and a baseline measured a minute earlier
@@ -37,7 +42,7 @@ from typing import Any
 from pta import logging as pta_logging
 from tooling.bench_report import PhaseResult, report_of
 from tooling.loadgen import APIS, Case, LoadSpec, Sample, cases, direct_binds, end_to_end
-from tooling.localrun import LocalDeployment
+from tooling.localrun import LocalDeployment, wait_until
 from tooling.postgres import Postgres
 from tooling.slapd import DirectoryUser, Slapd
 
@@ -153,6 +158,12 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         " its CPU counted like slapd's); each its own broker and agents, measured in turn",
     )
     parser.add_argument(
+        "--brokers",
+        default="1",
+        help="comma-separated: broker processes per PostgreSQL deployment (a cluster on one"
+        " store); SQLite serves one broker only",
+    )
+    parser.add_argument(
         "--lockout",
         action="store_true",
         help="keep the tenant's default lockout (the broker then decides every sign-in with"
@@ -164,6 +175,11 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     args.stores = list(dict.fromkeys(args.store.split(",")))
     if set(args.stores) - set(STORES):
         parser.error(f"--store takes a comma-separated list of {', '.join(STORES)}")
+    args.brokers = sorted({int(n) for n in args.brokers.split(",")})
+    if args.brokers[0] < 1:
+        parser.error("--brokers takes counts of 1 or more")
+    if args.brokers != [1] and "postgresql" not in args.stores:
+        parser.error("--brokers above 1 needs --store postgresql (a cluster shares one store)")
     args.levels = [int(c) for c in args.concurrency.split(",")]
     args.apis = [a for a in APIS if a in args.api.split(",")]
     if not args.apis or set(args.api.split(",")) - set(APIS):
@@ -208,8 +224,11 @@ def main(argv: list[str] | None = None) -> int:
 
             with contextlib.ExitStack() as running:
                 deployments = {
-                    store: _deploy(running, workdir / store, store, slapd, args)
+                    _label(store, n): _deploy(
+                        running, workdir / f"{store}-{n}", store, brokers=n, slapd=slapd, args=args
+                    )
                     for store in args.stores
+                    for n in (args.brokers if store == "postgresql" else [1])
                 }
                 # The first slice runs with brokers and agents up (idle), as every later one
                 # does, and right before the first level, not before their start-up.
@@ -231,11 +250,13 @@ def main(argv: list[str] | None = None) -> int:
                                 cluster: LocalDeployment = cluster,
                             ) -> Any:
                                 ca = cluster.ca_file.read_bytes()
+                                publics = list(cluster.brokers.values())
                                 futures = [
                                     pool.submit(
                                         end_to_end,
                                         LoadSpec(
-                                            target=cluster.public,
+                                            # Load process i sends to broker i mod n.
+                                            target=publics[i % len(publics)],
                                             ca=ca,
                                             domain=DOMAIN,
                                             mix=mix[i :: len(shares)],
@@ -270,13 +291,25 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if any(r.wrong or r.errors for r in results) else 0
 
 
-def _deploy(
-    running: contextlib.ExitStack, workdir: Path, store: str, slapd: Slapd, args: argparse.Namespace
+def _label(store: str, brokers: int) -> str:
+    """A deployment's name in the report: its store, and its broker count when above one."""
+    return store if brokers == 1 else f"{store} x{brokers}"
+
+
+def _deploy(  # noqa: PLR0913 - one deployment's facts, by name
+    running: contextlib.ExitStack,
+    workdir: Path,
+    store: str,
+    *,
+    brokers: int,
+    slapd: Slapd,
+    args: argparse.Namespace,
 ) -> tuple[LocalDeployment, dict[str, int]]:
-    """A broker on ``store`` with its agents, running until ``running`` closes; its pids.
+    """``brokers`` brokers on ``store`` with the agents, running until ``running`` closes; pids.
 
     For PostgreSQL, a private server started here; its pid stands for the postmaster and
-    every backend (their CPU is summed, like slapd's).
+    every backend (their CPU is summed, like slapd's). Brokers after the first join the
+    first's cluster; every agent attaches to each of them.
     """
     workdir.mkdir()
     extra: dict[str, int] = {}
@@ -287,7 +320,8 @@ def _deploy(
             raise RuntimeError("postgresql did not start")
         store_url, extra = server.url, {POSTGRES_CPU: server.pid}
     cluster = running.enter_context(LocalDeployment(workdir))
-    cluster.start_broker(store_url=store_url)
+    for n in range(brokers):
+        cluster.start_broker(store_url=store_url, name="broker" if n == 0 else f"broker-{n + 1}")
     cluster.broker_cli("tenant", "add", "bench", "--domain", DOMAIN)
     if not args.lockout:
         # The same wrong password, over and over, for the same users: the broker's lockout
@@ -296,7 +330,12 @@ def _deploy(
     for n in range(args.agents):
         cluster.enrol_agent(f"agent-{n}", "bench")
         cluster.run_agent(f"agent-{n}", slapd)
-    progress(f"{store}: broker and {args.agents} agent(s) serving")
+    if brokers > 1:  # Every agent at every broker before anything is measured.
+        wait_until(
+            lambda: all(cluster.connected(b) >= args.agents for b in cluster.brokers),
+            "every agent at every broker",
+        )
+    progress(f"{_label(store, brokers)}: {brokers} broker(s) and {args.agents} agent(s) serving")
     return cluster, {n: p.pid for n, p in cluster.processes.items()} | extra
 
 

@@ -47,7 +47,8 @@ class PhaseResult:
     cpu_ms_per_op: dict[str, float]
     #: The adjacent baseline, once known (after the next slice); None for a baseline slice.
     baseline: Baseline | None = None
-    #: The broker's store: "sqlite" (the embedded default) or "postgresql".
+    #: The deployment: its store, "sqlite" (the embedded default) or "postgresql", and
+    #: " xN" after it for a cluster of N broker processes on that store.
     store: str = "sqlite"
 
     @property
@@ -226,22 +227,33 @@ def _summary(
 def _store_ratios(
     results: list[PhaseResult], stores: list[str], lines: list[str]
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """Each other store's ratio over the first store's, per API and level (with lines)."""
-    first, others = stores[0], stores[1:]
+    """Each other deployment's ratio over the first's, per API and level (with lines).
+
+    A cluster of N brokers is also compared with one broker on its store: what the other
+    processes add on this machine.
+    """
+    first = stores[0]
+    pairs = [(store, first) for store in stores[1:]]
+    pairs += [
+        (store, store.partition(" x")[0])
+        for store in stores
+        if " x" in store and store.partition(" x")[0] in stores[1:]
+    ]
     found: dict[str, dict[str, dict[str, float]]] = {}
-    for store in others:
+    for store, base in pairs:
+        target = "target >= 0.8" if base == first else "(more broker processes, one machine)"
         for api in APIS:
             for level in sorted({r.concurrency for r in results if r.api == api}):
                 ours = _phase(results, store, api, level)
-                theirs = _phase(results, first, api, level)
+                theirs = _phase(results, base, api, level)
                 if ours is None or theirs is None or not ours.ratio or not theirs.ratio:
                     continue
                 value = ours.ratio / theirs.ratio
-                found.setdefault(f"{store}/{first}", {}).setdefault(api, {})[str(level)] = round(
+                found.setdefault(f"{store}/{base}", {}).setdefault(api, {})[str(level)] = round(
                     value, 3
                 )
                 lines.append(
-                    f"{api:<6} {store} / {first} at {level} in flight: {value:.2f}   target >= 0.8"
+                    f"{api:<6} {store} / {base} at {level} in flight: {value:.2f}   {target}"
                 )
     return found
 
