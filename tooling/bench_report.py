@@ -156,7 +156,7 @@ def report_of(results: list[PhaseResult], args: argparse.Namespace) -> dict[str,
     stores = list(dict.fromkeys(r.store for r in results if r.api is not None)) or ["sqlite"]
     names = sorted({n for r in results for n in r.cpu_ms_per_op})
     lines = [
-        f"{'phase':<30} {'in flight':>9} {'per s':>8} {'ratio':>6} {'p50 ms':>8} {'p95 ms':>8} "
+        f"{'phase':<34} {'in flight':>9} {'per s':>8} {'ratio':>6} {'p50 ms':>8} {'p95 ms':>8} "
         f"{'p99 ms':>8} {'wrong':>6}  CPU ms per op: " + ", ".join(names),
     ]
     for r in results:
@@ -164,7 +164,7 @@ def report_of(results: list[PhaseResult], args: argparse.Namespace) -> dict[str,
         shown = "-" if r.ratio is None else f"{r.ratio:.2f}"
         name = r.name if r.api is None or len(stores) == 1 else f"{r.name} ({r.store})"
         lines.append(
-            f"{name:<30} {r.concurrency:>9} {r.rate:>8.0f} {shown:>6} {r.p50_ms:>8.3f} "
+            f"{name:<34} {r.concurrency:>9} {r.rate:>8.0f} {shown:>6} {r.p50_ms:>8.3f} "
             f"{r.p95_ms:>8.3f} {r.p99_ms:>8.3f} {r.wrong + r.errors:>6}  {cpu}"
         )
     lines.append("")
