@@ -45,8 +45,9 @@ KINDS: tuple[CounterKind, ...] = ("familiar", "unfamiliar", "directory")
 #: check ending wakes no waiter here.
 SHARED_POLL = 0.05
 #: Threads that wait on the shared store for the gate, so that the event loop goes on with
-#: other sign-ins meanwhile (fewer than the store's pool holds: other calls need one too).
-SHARED_THREADS = 4
+#: other sign-ins meanwhile. Many: a waiting thread costs little, and decisions queued at the
+#: same moment share one transaction (the store's batches), which takes only as many as wait.
+SHARED_THREADS = 32
 
 
 class Ledger(Protocol):

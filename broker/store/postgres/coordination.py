@@ -4,11 +4,9 @@ Each is an operation of the store rather than of any broker's memory (see
 :mod:`broker.policy.lockout_ledger`, :mod:`broker.policy.shared_challenges`,
 :mod:`broker.policy.shared_repeats`). A user's lockout
 decision runs under a transaction-scoped advisory lock on the user (two ``hashtext`` halves:
-a collision only serialises two users' decisions), in pipeline mode: BEGIN, the lock and one
-read of both tables travel in one round trip, the writes and COMMIT in a second. (Each
-statement costs the broker's CPU more than the server's: one read, not two, saved a third of
-it.) The read is a statement after the lock's, so its snapshot is taken once the lock is held:
-it sees what the previous holder committed. The other operations are
+a collision only serialises two users' decisions), in a transaction shared with the decisions
+of other users queued at the same moment (:mod:`~broker.store.postgres.user_batches`). The
+other operations are
 one statement each (a conditional ``UPDATE … RETURNING`` takes a challenge's try), or a small
 transaction. None of these tables bumps ``changes``: they are written on the sign-in path, and
 every broker reads them at each decision rather than caching them.
@@ -18,14 +16,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, TypeVar, cast
 
-from broker.policy.lockout import CLEAN, Counter
-from broker.store.postgres.db import lock_pair
-from broker.store.records import Challenge, CounterKind, Flight, Location, UserLockout
+from broker.store.records import Challenge, Location, UserLockout
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from broker.store.postgres.db import Database
+    from broker.store.postgres.user_batches import UserBatches
 
 _T = TypeVar("_T")
 
@@ -36,67 +33,15 @@ class CoordinationTables:
     """The operations, on the database of the store that mixes this in."""
 
     _db: Database
+    batches: UserBatches
 
     def with_user(self, tenant: str, user: str, work: Callable[[UserLockout], _T]) -> _T:
-        """Run ``work`` on one user's counters and flights under the user's advisory lock."""
-        where = (tenant, user)
-        with self._db.connection() as conn, conn.pipeline(), conn.transaction():
-            lock_pair(conn, *where)
-            rows = conn.execute(
-                "SELECT location, failures, lockouts, locked_until, last_failure, NULL"
-                " FROM lockouts WHERE tenant = %s AND user_key = %s UNION ALL"
-                " SELECT location, NULL, NULL, NULL, expires_at, id"
-                " FROM flights WHERE tenant = %s AND user_key = %s",
-                (*where, *where),
-            ).fetchall()
-            counters: dict[CounterKind, Counter] = {}
-            flights: dict[str, Flight] = {}
-            for location, failures, lockouts, until, last, flight_id in rows:
-                if flight_id is None:
-                    counters[cast("CounterKind", location)] = Counter(
-                        failures, lockouts, until, last
-                    )
-                else:
-                    flights[flight_id] = Flight(cast("Location", location), last)
-            state = UserLockout(dict(counters), dict(flights))
-            result = work(state)
-            for kind in counters.keys() | state.counters.keys():
-                after = state.counters.get(kind, CLEAN)
-                if after == counters.get(kind, CLEAN):
-                    continue
-                if after.clean:
-                    conn.execute(
-                        "DELETE FROM lockouts WHERE tenant = %s AND user_key = %s"
-                        " AND location = %s",
-                        (*where, kind),
-                    )
-                else:
-                    conn.execute(
-                        "INSERT INTO lockouts (tenant, user_key, location, failures, lockouts,"
-                        " locked_until, last_failure) VALUES (%s, %s, %s, %s, %s, %s, %s)"
-                        " ON CONFLICT (tenant, user_key, location) DO UPDATE SET"
-                        " failures = excluded.failures, lockouts = excluded.lockouts,"
-                        " locked_until = excluded.locked_until,"
-                        " last_failure = excluded.last_failure",
-                        (
-                            *where,
-                            kind,
-                            after.failures,
-                            after.lockouts,
-                            after.locked_until,
-                            after.last_failure,
-                        ),
-                    )
-            for flight_id in flights.keys() - state.flights.keys():
-                conn.execute("DELETE FROM flights WHERE id = %s", (flight_id,))
-            for flight_id, flight in state.flights.items():
-                if flight_id not in flights:
-                    conn.execute(
-                        "INSERT INTO flights (id, tenant, user_key, location, expires_at)"
-                        " VALUES (%s, %s, %s, %s, %s)",
-                        (flight_id, *where, flight.location, flight.expires_at),
-                    )
-        return result
+        """Run ``work`` on one user's counters and flights under the user's advisory lock.
+
+        Decisions queued at the same moment share one transaction
+        (:mod:`~broker.store.postgres.user_batches`).
+        """
+        return self.batches.run(tenant, user, work)
 
     # Open MFA challenges ----------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from broker.policy.tenant_policy import TenantPolicy
 from broker.store import rows
 from broker.store.postgres.coordination import CoordinationTables
 from broker.store.postgres.db import lock_pair
+from broker.store.postgres.user_batches import UserBatches
 from broker.store.records import CounterKey, MfaRecord
 
 if TYPE_CHECKING:
@@ -33,6 +34,11 @@ class PostgresPolicyStore(CoordinationTables):
     def __init__(self, db: Database) -> None:
         """Use ``db``; the schema is there already."""
         self._db = db
+        self.batches = UserBatches(db)
+
+    def close(self) -> None:
+        """Let the thread of lockout decisions end once what it holds is decided."""
+        self.batches.close()
 
     # Tenant policies ---------------------------------------------------------------------------
 

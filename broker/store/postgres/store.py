@@ -77,6 +77,7 @@ class PostgresStore:
 
     def close(self) -> None:
         """Close the pool's connections."""
+        self.policy.close()
         self._db.close()
 
     def check_reachable(self) -> None:
