@@ -61,6 +61,13 @@ _READ = (
     " SELECT tenant, user_key, location, NULL, NULL, NULL, expires_at, id"
     " FROM flights JOIN k ON tenant = k.t AND user_key = k.u"
 )
+_LOCK_ONE = "SELECT pg_advisory_xact_lock(hashtext(%s), hashtext(%s))"
+_READ_ONE = (
+    "SELECT tenant, user_key, location, failures, lockouts, locked_until, last_failure, NULL"
+    " FROM lockouts WHERE tenant = %s AND user_key = %s UNION ALL"
+    " SELECT tenant, user_key, location, NULL, NULL, NULL, expires_at, id"
+    " FROM flights WHERE tenant = %s AND user_key = %s"
+)
 _DELETE_COUNTERS = (
     "DELETE FROM lockouts WHERE (tenant, user_key, location) IN"
     " (SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]))"
@@ -72,6 +79,10 @@ _SAVE_COUNTERS = (
     " ON CONFLICT (tenant, user_key, location) DO UPDATE SET failures = excluded.failures,"
     " lockouts = excluded.lockouts, locked_until = excluded.locked_until,"
     " last_failure = excluded.last_failure"
+)
+_DELETE_FLIGHT = "DELETE FROM flights WHERE id = %s"
+_ADD_FLIGHT = (
+    "INSERT INTO flights (id, tenant, user_key, location, expires_at) VALUES (%s, %s, %s, %s, %s)"
 )
 _DELETE_FLIGHTS = "DELETE FROM flights WHERE id = ANY(%s::text[])"
 _ADD_FLIGHTS = (
@@ -209,8 +220,13 @@ class UserBatches:
         tenants, users = [k[0] for k in keys], [k[1] for k in keys]
         outcomes: list[tuple[_Item, Any, BaseException | None]] = []
         with self._db.connection() as conn, conn.pipeline(), conn.transaction():
-            conn.execute(_LOCK, (tenants, users))
-            found = _read(keys, conn.execute(_READ, (tenants, users)).fetchall())
+            if len(keys) == 1:  # The common case at low load: plain parameters are cheaper.
+                conn.execute(_LOCK_ONE, keys[0])
+                rows = conn.execute(_READ_ONE, keys[0] * 2).fetchall()
+            else:
+                conn.execute(_LOCK, (tenants, users))
+                rows = conn.execute(_READ, (tenants, users)).fetchall()
+            found = _read(keys, rows)
             states = {
                 key: UserLockout(dict(found[key].counters), dict(found[key].flights))
                 for key in keys
@@ -282,9 +298,22 @@ def _write(
         conn.execute(_DELETE_COUNTERS, _columns(gone, 3))
     if saved:
         conn.execute(_SAVE_COUNTERS, _columns(saved, 7))
-    if landed:
+    _write_flights(conn, landed, added)
+
+
+def _write_flights(
+    conn: psycopg.Connection[TupleRow],
+    landed: list[str],
+    added: list[tuple[str, str, str, str, float]],
+) -> None:
+    """Flights landed and added; one (each decision's usual change) as plain parameters."""
+    if len(landed) == 1:
+        conn.execute(_DELETE_FLIGHT, landed)
+    elif landed:
         conn.execute(_DELETE_FLIGHTS, (landed,))
-    if added:
+    if len(added) == 1:
+        conn.execute(_ADD_FLIGHT, added[0])
+    elif added:
         conn.execute(_ADD_FLIGHTS, _columns(added, 5))
 
 
