@@ -64,6 +64,8 @@ class BrokerConfig:
     #: Let several broker processes listen on one address (SO_REUSEPORT); off, a taken
     #: address refuses to start.
     reuse_port: bool = False
+    #: ``host:port`` serving Prometheus metrics at ``/metrics`` (empty: none, the default).
+    metrics_listen: str = ""
     #: Tokens of successful sign-ins: their ``iss``, optional ``aud``, and lifetimes.
     token_issuer: str = DEFAULT_ISSUER
     token_audience: str = ""
@@ -83,12 +85,7 @@ class BrokerConfig:
         """
         if self.store:
             check_url(self.store)
-        parse_endpoint(self.listen)
-        if self.agent_listen:
-            parse_endpoint(self.agent_listen)
-        else:
-            host, port = parse_endpoint(self.listen)
-            object.__setattr__(self, "agent_listen", f"{host}:{port + 1 if port else 0}")
+        self._check_endpoints()
         if self.signin_timeout <= 0 or self.heartbeat_interval <= 0 or self.grace < 0:
             raise ValueError("timeouts must be positive")
         for network in self.trusted_proxies:
@@ -104,6 +101,17 @@ class BrokerConfig:
             raise ValueError("the MFA challenge lifetime must be positive")
         if not 0 < self.token_ttl <= self.signing_key_lifetime:
             raise ValueError("the token lifetime must be positive and at most the key lifetime")
+
+    def _check_endpoints(self) -> None:
+        """Every address must be ``host:port``; the agent endpoint's default is set here."""
+        parse_endpoint(self.listen)
+        if self.metrics_listen:
+            parse_endpoint(self.metrics_listen)
+        if self.agent_listen:
+            parse_endpoint(self.agent_listen)
+        else:
+            host, port = parse_endpoint(self.listen)
+            object.__setattr__(self, "agent_listen", f"{host}:{port + 1 if port else 0}")
 
     @property
     def store_shown(self) -> str:
@@ -163,6 +171,7 @@ def load_config(options: Mapping[str, object], environ: Mapping[str, str]) -> Br
         stream_idle_timeout=parse_duration(pick("stream_idle_timeout") or str(DEFAULT_STREAM_IDLE)),
         grace=float(pick("grace") or DEFAULT_GRACE),
         reuse_port=(pick("reuse_port") or "").lower() in ("1", "true", "yes"),
+        metrics_listen=pick("metrics_listen") or "",
         token_issuer=pick("token_issuer") or DEFAULT_ISSUER,
         token_audience=pick("token_audience") or "",
         token_ttl=parse_duration(pick("token_ttl") or str(DEFAULT_TOKEN_TTL)),

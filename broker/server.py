@@ -26,6 +26,7 @@ from broker import cluster, ownership
 from broker.api.agents import AgentService
 from broker.api.signin import SignInService
 from broker.dispatch.dispatcher import Dispatcher
+from broker.metrics import OFF, BrokerMetrics
 from broker.policy.lockout_ledger import SHARED_THREADS, SharedLedger
 from broker.policy.mfa import Challenges, MfaKey
 from broker.policy.ratelimit import RateLimiter
@@ -39,7 +40,8 @@ from broker.store import open_store
 from broker.store.records import ConnectionStatus
 from broker.trust import agent_access
 from broker.trust.ca import CA_CERT_FILE, CA_KEY_FILE, CertificateAuthority
-from pta import rpc, tls
+from pta import __version__, rpc, tls
+from pta.config import parse_endpoint
 from pta.errors import StoreUnavailable
 from pta.v1 import agent_pb2, signin_pb2
 
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
     from broker.cluster import Membership
     from broker.config import BrokerConfig
     from broker.dispatch.jobs import Connection
+    from broker.metrics import Counts
     from broker.store.protocols import Store
 
 log = structlog.get_logger()
@@ -104,6 +107,10 @@ class Broker:
         self._lock: IO[str] | None = None
         #: This broker's name in a store several share (its data dir's, see ownership).
         self.broker_id = ""
+        #: ``--metrics-listen``: the metrics, the port they are served on, the tenants known.
+        self._metrics: BrokerMetrics | None = None
+        self.metrics_port = 0
+        self._tenants: tuple[str, ...] = ()
 
     async def __aenter__(self) -> Self:
         """Start serving."""
@@ -139,6 +146,8 @@ class Broker:
             await self._start(config)
         except BaseException:
             self._lock.close()
+            if self._metrics is not None:
+                self._metrics.close()
             if self._store is not None:
                 self._store.close()
             raise
@@ -184,6 +193,7 @@ class Broker:
         )
         for tenant in store.tenants():  # What agents said before a restart still holds.
             policy.directory_reported(tenant, store.directory_policies(tenant))
+        metrics = self._serve_metrics(store, config, policy)
 
         # grpc shares a port by default (SO_REUSEPORT): only when asked for here.
         reuse = [("grpc.so_reuseport", int(config.reuse_port))]
@@ -215,6 +225,7 @@ class Broker:
             trusted_proxies=tuple(ipaddress.ip_network(p) for p in config.trusted_proxies),
             stream_idle=config.stream_idle_timeout,
             streams_per_address=config.streams_per_address,
+            metrics=metrics,
         )
         agent_service = AgentService(
             store=store,
@@ -239,13 +250,7 @@ class Broker:
         self.state = State.SERVING
         self._maintenance = asyncio.create_task(self._maintain(store, dispatcher, policy))
         self._join_cluster(dispatcher)
-        host = config.listen.rpartition(":")[0]
-        agent_host = config.agent_listen.rpartition(":")[0]
-        endpoints = {
-            "public": f"{host}:{self.public_port}",
-            "agent": f"{agent_host}:{self.agent_port}",
-            "ca_file": str(config.data_dir / "ca.pem"),
-        }
+        endpoints = self._endpoints(config)
         tls.write_public(config.data_dir / ENDPOINTS_FILE, json.dumps(endpoints).encode())
         log.info(
             "broker.serving",
@@ -254,6 +259,50 @@ class Broker:
             broker_id=self.broker_id,
             store=config.store_shown,
         )
+
+    def _endpoints(self, config: BrokerConfig) -> dict[str, str]:
+        """Where it serves, as ``endpoints.json`` says to the tools that start it."""
+        host = config.listen.rpartition(":")[0]
+        agent_host = config.agent_listen.rpartition(":")[0]
+        endpoints = {
+            "public": f"{host}:{self.public_port}",
+            "agent": f"{agent_host}:{self.agent_port}",
+            "ca_file": str(config.data_dir / "ca.pem"),
+        }
+        if self.metrics_port:
+            endpoints["metrics"] = f"{config.metrics_listen.rpartition(':')[0]}:{self.metrics_port}"
+        return endpoints
+
+    def _serve_metrics(self, store: Store, config: BrokerConfig, policy: SignInPolicy) -> Counts:
+        """Start serving ``/metrics`` when asked to (``--metrics-listen``); the policy counts.
+
+        Returns:
+            What the sign-in path counts with (:data:`~broker.metrics.OFF` when not asked).
+
+        Raises:
+            CannotStart: When its address cannot be bound.
+        """
+        if not config.metrics_listen:
+            return OFF
+        host, port = parse_endpoint(config.metrics_listen)
+        metrics = self._metrics = BrokerMetrics(version=__version__, store_failures=store.failures)
+        try:
+            self.metrics_port = metrics.serve(host, port)
+        except OSError as error:
+            raise ownership.CannotStart(
+                f"cannot serve metrics on {config.metrics_listen} (--metrics-listen):"
+                f" {error.strerror or error}"
+            ) from None
+        policy.gate.metrics = policy.mfa.metrics = metrics
+        return metrics
+
+    def _refresh_metrics(self, store: Store, dispatcher: Dispatcher) -> None:
+        """What the metrics say is (agents, queues, certificates), as of now."""
+        if self._metrics is None:
+            return
+        with contextlib.suppress(StoreUnavailable):  # The tenants known stand meanwhile.
+            self._tenants = tuple(store.tenants())
+        self._metrics.refresh(self._tenants, dispatcher.connections(), dispatcher.queued)
 
     async def _maintain(self, store: Store, dispatcher: Dispatcher, policy: SignInPolicy) -> None:
         """Apply what operators change through the CLI, and report live streams to them.
@@ -277,6 +326,7 @@ class Broker:
                 agent_access.recheck(store.agents, dispatcher)
                 if time.monotonic() - reported >= STATUS_INTERVAL:
                     reported = time.monotonic()
+                    self._refresh_metrics(store, dispatcher)
                     store.agents.report_connections(
                         self.broker_id, [_status(c) for c in dispatcher.connections()]
                     )
@@ -364,6 +414,8 @@ class Broker:
             except StoreUnavailable as error:  # Its reports go stale by themselves.
                 log.warning("broker.store_unavailable", reason=error.detail)
             self._store.close()
+        if self._metrics is not None:
+            self._metrics.close()
         if self._lock is not None:
             self._lock.close()  # Another broker may serve the data dir from now on.
         log.info("broker.stopped")

@@ -14,12 +14,13 @@ import asyncio
 import ipaddress
 import secrets
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import structlog
 
 from broker.dispatch.jobs import AgentLost
+from broker.metrics import OFF, outcome_label
 from broker.policy.ratelimit import RateLimiter, client_address
 from broker.policy.signin_policy import REPEATED, Attempt, Verdict
 from pta.errors import (
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 
     from broker.dispatch.dispatcher import Dispatcher
     from broker.dispatch.jobs import Answer
+    from broker.metrics import Counts
     from broker.policy.signin_policy import SignInPolicy
     from broker.store.protocols import Store
     from pta.v1 import agent_pb2
@@ -63,10 +65,18 @@ MESSAGES: dict[int, str] = {
 }
 
 
+@dataclass(slots=True)
+class _Tally:
+    """What a sign-in is counted as: its tenant once known, its answer's or status's name."""
+
+    tenant: str = ""
+    outcome: str = "UNKNOWN"
+
+
 class SignInFlow:
     """Checks credentials for every tenant: admission, an agent's check, the policy's answer."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - wiring
         self,
         *,
         store: Store,
@@ -74,8 +84,10 @@ class SignInFlow:
         policy: SignInPolicy,
         limiter: RateLimiter | None = None,
         trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = (),
+        metrics: Counts = OFF,
     ) -> None:
         """Wire the flow (see :class:`broker.api.signin.SignInService` for the values)."""
+        self._metrics = metrics
         self._store = store
         self._dispatcher = dispatcher
         self._policy = policy
@@ -91,6 +103,7 @@ class SignInFlow:
         peer: str,
         deadline: float,
         grant: bool,
+        api: str,
         mfa_code: str | None = None,
         dispatching: Callable[[], Awaitable[None]] | None = None,
     ) -> tuple[str, Verdict]:
@@ -104,6 +117,8 @@ class SignInFlow:
                 caller is a trusted proxy and ``client_ip`` is given).
             deadline: Event-loop time by which the answer is due.
             grant: Whether a right password earns a token (or an MFA challenge).
+            api: Which API carried it, for the metrics: signin, signin_stream or
+                password_change.
             mfa_code: A password change's TOTP code (None for a sign-in): checked first
                 when the policy wants a second factor.
             dispatching: Awaited just before the credentials go to an agent (see
@@ -113,8 +128,50 @@ class SignInFlow:
         Returns:
             The request id, and what the client is told.
         """
+        started = time.perf_counter()
+        tally = _Tally()
+        self._metrics.signin_started()
+        try:
+            request_id, verdict = await self._checked(
+                event,
+                credentials,
+                client_ip,
+                tally,
+                peer=peer,
+                deadline=deadline,
+                grant=grant,
+                mfa_code=mfa_code,
+                dispatching=dispatching,
+            )
+        except PtaError as error:
+            tally.outcome = error.code.name
+            raise
+        except asyncio.CancelledError:
+            tally.outcome = "CANCELLED"
+            raise
+        else:
+            tally.outcome = outcome_label(verdict.outcome)
+        finally:
+            self._metrics.signin(api, tally.tenant, tally.outcome, time.perf_counter() - started)
+        return request_id, verdict
+
+    async def _checked(  # noqa: PLR0913 - the call's parts, by name
+        self,
+        event: str,
+        credentials: agent_pb2.Credentials,
+        client_ip: str,
+        tally: _Tally,
+        *,
+        peer: str,
+        deadline: float,
+        grant: bool,
+        mfa_code: str | None,
+        dispatching: Callable[[], Awaitable[None]] | None,
+    ) -> tuple[str, Verdict]:
+        """:meth:`run`, its tenant told to ``tally`` once known."""
         request_id = secrets.token_hex(12)
         started = time.perf_counter()
+
         upn = parse_upn(credentials.username)
         claimed = parse_client_ip(client_ip)
         caller = client_address(claimed, peer, self._trusted)
@@ -131,6 +188,7 @@ class SignInFlow:
                 audit = audit.bind(outcome="UNKNOWN_DOMAIN")
                 raise NotFound(f"no organisation signs in users of {upn.domain}")
             audit = audit.bind(tenant=tenant)
+            tally.tenant = tenant
             self._store.check_reachable()  # A revocation made elsewhere may be unseen here.
             async with self._policy.attempt(
                 tenant,

@@ -76,6 +76,8 @@ class BrokerProcess:
     agent: str = ""
     ca_file: Path = field(default_factory=Path)
     store: str = field(default="", repr=False)
+    #: ``host:port`` of its ``/metrics`` when started with ``--metrics-listen``.
+    metrics: str = ""
 
     @classmethod
     def start(cls, run_dir: Path, name: str, *extra: str, store: str = "") -> BrokerProcess:
@@ -114,6 +116,7 @@ class BrokerProcess:
         info = json.loads(endpoints.read_text())
         broker.public, broker.agent = info["public"], info["agent"]
         broker.ca_file = Path(info["ca_file"])
+        broker.metrics = info.get("metrics", "")
         return broker
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -259,4 +259,6 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             envelope_key=sealing.load_public_key(record.envelope_public_key),
             version=hello.version[:MAX_TEXT],
             serial=record.serial,
+            issued_at=record.issued_at,
+            not_after=record.not_after,
         )

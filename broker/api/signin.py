@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from broker.api.signin_stream import DEFAULT_IDLE_SECONDS, SignInStreamSession
+from broker.metrics import OFF
 from broker.policy.ratelimit import RateLimiter, client_address, peer_address
 from broker.signin_flow import SignInFlow, elapsed_ms, outcome_name, parse_client_ip
 from pta.errors import (
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     import grpc
 
     from broker.dispatch.dispatcher import Dispatcher
+    from broker.metrics import Counts
     from broker.policy.signin_policy import SignInPolicy, Verdict
     from broker.store.protocols import Store
 
@@ -60,6 +62,7 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
         trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = (),
         stream_idle: float = DEFAULT_IDLE_SECONDS,
         streams_per_address: int = DEFAULT_STREAMS_PER_ADDRESS,
+        metrics: Counts = OFF,
     ) -> None:
         """Wire the service to the state store and the dispatcher.
 
@@ -72,6 +75,7 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
             trusted_proxies: Callers whose ``client_ip`` is believed by the rate limit.
             stream_idle: Seconds a SignInStream with nothing in flight may send nothing.
             streams_per_address: SignInStreams one caller address may hold open at once.
+            metrics: Where sign-ins are counted (nothing, unless ``--metrics-listen``).
         """
         self._trusted = trusted_proxies
         self._policy = policy
@@ -81,6 +85,7 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
             policy=policy,
             limiter=limiter,
             trusted_proxies=trusted_proxies,
+            metrics=metrics,
         )
         self._timeout = timeout
         self._streams: set[SignInStreamSession] = set()
@@ -124,7 +129,7 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
             if len(self._streams) >= MAX_STREAMS:
                 raise Overloaded("too many SignInStreams open: try again later")
             session = SignInStreamSession(
-                self.sign_in,
+                functools.partial(self.sign_in, api="signin_stream"),
                 peer=context.peer(),
                 timeout=self._timeout,
                 stream_remaining=context.time_remaining(),
@@ -159,6 +164,7 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
         peer: str,
         deadline: float,
         dispatching: Callable[[], Awaitable[None]] | None = None,
+        api: str = "signin",
     ) -> signin_pb2.SignInResponse:
         """One sign-in, whichever call carried it.
 
@@ -168,6 +174,7 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
             deadline: Event-loop time by which it must be answered.
             dispatching: Awaited just before the password goes to an agent (SignIn commits
                 its call then; a stream's items are never resent by grpc anyway).
+            api: The call that carried it, for the metrics (signin, signin_stream).
 
         Returns:
             The response (a wrong password is an outcome).
@@ -184,6 +191,7 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
             peer=peer,
             deadline=deadline,
             grant=True,
+            api=api,
             dispatching=dispatching,
         )
         return _response(request_id, verdict)
@@ -254,6 +262,7 @@ class SignInService(signin_pb2_grpc.SignInServiceServicer):
                 peer=context.peer(),
                 deadline=self._deadline(context.time_remaining()),
                 grant=False,
+                api="password_change",
                 mfa_code=request.mfa_code,
                 dispatching=_committing(context),
             )

@@ -62,6 +62,21 @@ def _limit_options(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--rate-burst", help="burst allowed above the rate (default: the rate)")
 
 
+def _running_options(serve: argparse.ArgumentParser) -> None:
+    """How ``serve`` stops, shares its port, and shows itself to Prometheus."""
+    serve.add_argument("--grace", help="seconds in-flight sign-ins get at shutdown (default 5)")
+    serve.add_argument(
+        "--reuse-port",
+        action="store_const",
+        const="true",
+        help="share the listening addresses with other broker processes (SO_REUSEPORT)",
+    )
+    serve.add_argument(
+        "--metrics-listen",
+        help="host:port serving Prometheus metrics at /metrics (default: none)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pta-broker", description=__doc__)
     parser.add_argument("--log-level", default="info")
@@ -90,13 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--heartbeat-interval", help="stream heartbeat interval (default 5s)")
     _limit_options(serve)
-    serve.add_argument("--grace", help="seconds in-flight sign-ins get at shutdown (default 5)")
-    serve.add_argument(
-        "--reuse-port",
-        action="store_const",
-        const="true",
-        help="share the listening addresses with other broker processes (SO_REUSEPORT)",
-    )
+    _running_options(serve)
     policy_commands.add_serve_options(serve)
 
     tenant = commands.add_parser("tenant", help="manage tenants").add_subparsers(

@@ -147,6 +147,9 @@ class Connection:
     envelope_key: X25519PublicKey
     version: str = ""
     serial: str = ""
+    #: The stream's certificate: issued at and valid until (Unix time), for operators.
+    issued_at: float = 0.0
+    not_after: float = 0.0
     #: What the stream's writer sends: jobs, and now and then the cluster's brokers.
     outbox: asyncio.Queue[Job | Brokers] = field(default_factory=asyncio.Queue)
     in_flight: dict[str, Job] = field(default_factory=dict)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from broker.dispatch.jobs import MAY_HAVE_TRIED
+from broker.metrics import OFF
 from broker.policy import lockout
 from broker.policy.lockout_ledger import Ledger, MemoryLedger
 from broker.policy.recent_failures import RecentFailures, Repeat, RepeatMemory
@@ -45,6 +46,7 @@ from pta.errors import DeadlineExceeded, Overloaded, StoreUnavailable
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
+    from broker.metrics import Counts
     from broker.policy.tenant_policy import TenantPolicy
     from broker.store.protocols import PolicyStore
     from broker.store.records import CounterKey, DirectoryPolicyRecord, Location, UserLockout
@@ -89,6 +91,8 @@ class LockoutGate:
             max_counters=MAX_COUNTERS if max_counters is None else max_counters,
         )
         self._waiters: dict[tuple[str, str], list[asyncio.Future[None]]] = {}
+        #: Where locks are counted for operators (the broker's metrics, when on).
+        self.metrics: Counts = OFF
         #: tenant -> domain -> the lowest threshold its agents reported (0: known never to lock;
         #: absent: unknown); and each report.
         self.directory: dict[str, dict[str, int]] = {}
@@ -298,7 +302,12 @@ class LockoutGate:
         def land() -> None:
             try:
                 self._confirm(tenant, user, outcome)
-                self.ledger.run(
+                # The repeat memory first, then the count: a check of the user deciding in
+                # between (at another broker, or polling here) must never see the password
+                # counted and not yet a repeat. It would take the directory guard's room as a
+                # new guess, and be refused when the count is full.
+                self._remember(attempt, outcome, right=right)
+                locked = self.ledger.run(
                     tenant,
                     user,
                     functools.partial(
@@ -309,21 +318,26 @@ class LockoutGate:
                         now=now,
                     ),
                 )
+                if locked:
+                    self.metrics.lockout(tenant, attempt.location)
             except StoreUnavailable as error:
                 # The answer stands; its flight stays in the store and, once it expires,
                 # counts as a wrong password the directory may have seen: never fewer guesses
                 # than made.
                 log.warning("lockout.not_recorded", tenant=tenant, user=user, detail=error.detail)
-            if outcome in WRONG and not (attempt.recheck and outcome == Outcome.UNKNOWN_USER):
-                known = outcome != Outcome.UNKNOWN_USER
-                self.recent.add(f"{tenant}\0{user}", attempt.digest, known=known)
-            elif right:
-                # The directory just took a password: one refused before may be the new one
-                # (a user who tried it, then changed to it).
-                self.recent.forget(f"{tenant}\0{user}")
 
         attempt.landing = self.ledger.later(land, functools.partial(self._wake, tenant, user))
         return right
+
+    def _remember(self, attempt: Attempt, outcome: int | None, *, right: bool) -> None:
+        """What the repeat memory learns from the directory's answer to ``attempt``."""
+        key = f"{attempt.tenant}\0{attempt.user}"
+        if outcome in WRONG and not (attempt.recheck and outcome == Outcome.UNKNOWN_USER):
+            self.recent.add(key, attempt.digest, known=outcome != Outcome.UNKNOWN_USER)
+        elif right:
+            # The directory just took a password: one refused before may be the new one
+            # (a user who tried it, then changed to it).
+            self.recent.forget(key)
 
     def _wake(self, tenant: str, user: str) -> None:
         """Let the checks of a user that wait for their turn decide again."""
@@ -339,8 +353,11 @@ class LockoutGate:
         outcome: int | None,
         succeed: bool,
         now: float,
-    ) -> None:
-        """Under the user's lock: land the attempt's flight and count what it said."""
+    ) -> bool:
+        """Under the user's lock: land the attempt's flight and count what it said.
+
+        Returns whether the user's counter locked just now.
+        """
         state.flights.pop(attempt.flight, None)
         rule = attempt.policy.lockout
         if outcome in PASSWORD_RIGHT:
@@ -349,9 +366,10 @@ class LockoutGate:
                 state.counters.pop(attempt.location, None)
         elif outcome in WRONG or outcome == MAY_HAVE_TRIED:
             if attempt.recheck and outcome == Outcome.UNKNOWN_USER:
-                return  # The same answer to the same password: not a new guess, as any repeat.
+                return False  # The same answer to the same password: as any repeat.
+            locked = False
             if outcome != MAY_HAVE_TRIED:  # A lost try says nothing of the password.
-                self._fail(
+                _, locked = self._fail(
                     state,
                     tenant=attempt.tenant,
                     user=attempt.user,
@@ -360,6 +378,8 @@ class LockoutGate:
                     now=now,
                 )
             _count_sent(state, rule, now)
+            return locked
+        return False
 
     def directory_reported(self, tenant: str, reports: Iterable[DirectoryPolicyRecord]) -> None:
         """Remember what an agent said of its directories' own lockout (the lowest one wins)."""
@@ -396,11 +416,14 @@ class LockoutGate:
         if kind == "directory":
             raise ValueError("the directory's count is kept by end(), not fail()")
         now = self._clock()
-        return self.ledger.run(
+        counter, locked = self.ledger.run(
             tenant,
             user,
             functools.partial(self._fail, tenant=tenant, user=user, kind=kind, rule=rule, now=now),
         )
+        if locked:
+            self.metrics.lockout(tenant, kind)
+        return counter
 
     @staticmethod
     def _fail(  # noqa: PLR0913 - one count's facts
@@ -411,13 +434,15 @@ class LockoutGate:
         kind: Location,
         rule: lockout.LockoutRule,
         now: float,
-    ) -> lockout.Counter:
+    ) -> tuple[lockout.Counter, bool]:
+        """The new counter, and whether it just locked."""
         before = state.counters.get(kind, lockout.CLEAN)
         counter = lockout.fail(before, rule, now)
         if counter is before:
-            return counter
+            return counter, False
         state.counters[kind] = counter
-        if counter.lockouts > before.lockouts:
+        locked = counter.lockouts > before.lockouts
+        if locked:
             log.warning(
                 "lockout.locked",
                 tenant=tenant,
@@ -426,7 +451,7 @@ class LockoutGate:
                 failures=counter.failures,
                 seconds=round(counter.locked_until - now),
             )
-        return counter
+        return counter, locked
 
 
 def _count_sent(state: UserLockout, rule: lockout.LockoutRule, now: float) -> None:

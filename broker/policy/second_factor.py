@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from broker.metrics import OFF, outcome_label
 from broker.policy import mfa
 from broker.policy.verdicts import Attempt, Outcome, Verdict, locked
 from pta.errors import ChallengeExpired, InvalidRequest, Unavailable
@@ -21,6 +22,7 @@ from pta.errors import ChallengeExpired, InvalidRequest, Unavailable
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from broker.metrics import Counts
     from broker.policy.accounts import AccountMap
     from broker.policy.lockout_gate import LockoutGate
     from broker.policy.tenant_policy import TenantPolicy
@@ -54,6 +56,8 @@ class SecondFactor:
         # Not `or`: both have a length, and an empty one is falsy.
         self._challenges: mfa.ChallengeBook = mfa.Challenges() if challenges is None else challenges
         self._clock = clock
+        #: Where codes checked are counted for operators (the broker's metrics, when on).
+        self.metrics: Counts = OFF
 
     @property
     def ready(self) -> bool:
@@ -179,8 +183,16 @@ class SecondFactor:
     def verify(self, attempt: Attempt, code: str) -> Verdict | None:
         """None when ``code`` is right (its time step is then spent); else the answer.
 
-        A wrong or already used code counts toward the lockout like a wrong password.
+        A wrong or already used code counts toward the lockout like a wrong password. Counted
+        for operators: OK, or the answer's name.
         """
+        verdict = self._verify(attempt, code)
+        self.metrics.mfa(
+            attempt.tenant, "OK" if verdict is None else outcome_label(verdict.outcome)
+        )
+        return verdict
+
+    def _verify(self, attempt: Attempt, code: str) -> Verdict | None:
         tenant = attempt.tenant
         rule = self._policy_of(tenant).lockout
         key = (tenant, attempt.user, attempt.location)

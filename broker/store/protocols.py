@@ -351,6 +351,12 @@ class Store(TenantStore, TokenStore, ReportStore, ClusterStore, Protocol):
     def policy(self) -> PolicyStore:
         """The sign-in policy's state."""
 
+    def failures(self) -> int:
+        """How many calls failed for want of the store since it was opened (for operators).
+
+        No I/O; safe from any thread (an integer read).
+        """
+
     def check_reachable(self) -> None:
         """Raise when the store is known to be out of reach; no I/O, so cheap on every call.
 

@@ -139,6 +139,8 @@ class CertificateRecord:
     #: Replaced by a renewal that was used, or by a later renewal of its predecessor.
     retired: bool = False
     predecessor: str | None = None
+    #: When it was issued (Unix time): with ``not_after``, how much of its life is left.
+    issued_at: float = 0.0
 
     def refusal(self, now: float) -> str:
         """Why this certificate may not connect or renew now (``""`` when it may)."""

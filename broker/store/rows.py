@@ -32,9 +32,9 @@ def certificate(row: Row) -> CertificateRecord:
     """A certificate with its agent's tenant and state.
 
     Columns: serial, agent id, tenant, envelope public key, not after, whether the agent is
-    revoked, whether the certificate is retired, its predecessor.
+    revoked, whether the certificate is retired, its predecessor, issued at.
     """
-    serial, agent_id, tenant, key, not_after, revoked, retired, predecessor = row
+    serial, agent_id, tenant, key, not_after, revoked, retired, predecessor, issued_at = row
     return CertificateRecord(
         serial=serial,
         agent_id=agent_id,
@@ -44,6 +44,7 @@ def certificate(row: Row) -> CertificateRecord:
         revoked=bool(revoked),
         retired=bool(retired),
         predecessor=predecessor,
+        issued_at=issued_at,
     )
 
 

@@ -129,6 +129,8 @@ class Database:
         self._down = False
         self._probing = threading.Lock()
         self._reason = ""
+        #: Calls that failed for want of the server (refused at once while down included).
+        self.failures = 0
 
     def __repr__(self) -> str:
         """Where, never with the password."""
@@ -145,6 +147,7 @@ class Database:
         try:
             yield
         except psycopg.OperationalError as error:
+            self.failures += 1
             reason = (str(error).strip() or type(error).__name__).splitlines()[0]
             if isinstance(error, PoolTimeout) and self._reason:
                 reason = f"{reason}; the last failure: {self._reason}"
@@ -191,6 +194,7 @@ class Database:
             StoreUnavailable: Until the probe reaches the server again.
         """
         if self._down:
+            self.failures += 1
             raise StoreUnavailable(UNAVAILABLE, f"{self.where}: {self._reason or 'down'}")
 
     @contextlib.contextmanager

@@ -84,6 +84,10 @@ class PostgresStore:
         """See :meth:`Store.check_reachable`: the pool's verdict on its last call."""
         self._db.check_reachable()
 
+    def failures(self) -> int:
+        """See :meth:`Store.failures`: calls that failed, the unreachable store's included."""
+        return self._db.failures
+
     def changed(self) -> bool:
         """Whether a table a broker caches from was written since the last call."""
         counter = self._changes()

@@ -67,7 +67,7 @@ CERTIFICATE_COLUMNS = {
 
 _CERTIFICATE_SELECT = (
     "SELECT c.serial, c.agent_id, a.tenant, c.envelope_public_key, c.not_after,"
-    " a.revoked_at IS NOT NULL, c.retired_at IS NOT NULL, c.predecessor"
+    " a.revoked_at IS NOT NULL, c.retired_at IS NOT NULL, c.predecessor, c.issued_at"
     " FROM certificates c JOIN agents a ON a.id = c.agent_id"
 )
 

@@ -228,6 +228,10 @@ class SqliteStore:
     def check_reachable(self) -> None:
         """A local file is always there (see :meth:`Store.check_reachable`)."""
 
+    def failures(self) -> int:
+        """None: a local file has no server to lose (see :meth:`Store.failures`)."""
+        return 0
+
     def changed(self) -> bool:
         """Whether another process (the CLI) wrote to the store since the last call."""
         (version,) = self._db.execute("PRAGMA data_version").fetchone()

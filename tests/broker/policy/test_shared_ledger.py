@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from broker.policy.lockout_gate import FLIGHT_MARGIN
+from broker.policy.recent_failures import Repeat
 from broker.policy.shared_challenges import SharedChallenges
 from broker.policy.signin_policy import SignInPolicy, Verdict
 from pta.errors import ChallengeExpired
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from broker.policy import mfa
     from broker.policy.signing import TokenSigner
     from broker.store.protocols import Store
+    from broker.store.records import UserLockout
 
 BROKERS = 3
 
@@ -161,6 +163,29 @@ class TestRepeatsAcrossBrokers:
         assert (await refused(brokers[2], RIGHT)).outcome == Result.LOCKED_BY_POLICY
         store.policy.clear_counters(TENANT, ALICE_KEY)
         await admitted(brokers[2], passwords[-1])
+
+    async def test_a_wrong_password_is_a_repeat_before_it_is_counted(
+        self, store: Store, brokers: list[SignInPolicy], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """When its count is written, every broker already knows the password as refused.
+
+        A check deciding between the two (another broker's, or one polling for its turn)
+        saw it counted but not refused, took it for a new guess and, with the directory
+        guard's count full, refused the user (CI: a load of one unknown name at two brokers).
+        """
+        first, other = brokers[0], brokers[1]
+        attempt = await admitted(first, "Wrong-once")
+        seen: list[Repeat] = []
+        run = first.gate.ledger.run
+
+        def watching(tenant: str, user: str, work: Callable[[UserLockout], object]) -> object:
+            seen.append(other.gate.recent.check(f"{tenant}\0{user}", "Wrong-once")[0])
+            return run(tenant, user, work)
+
+        monkeypatch.setattr(first.gate.ledger, "run", watching)
+        await ended(first, attempt, Result.INVALID_CREDENTIALS)
+        assert seen == [Repeat.REFUSED]
+        assert failures(store) == 1
 
 
 class TestAFlightWhoseBrokerDied:
