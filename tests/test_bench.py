@@ -155,6 +155,29 @@ class TestBenchSmoke:
         assert all(v["stream"]["16"] > 0 for v in ratios.values())
         assert "postgresql x2 / postgresql at 16 in flight" in done.stdout
 
+    def test_metrics_on_and_off(self, tmp_path: Path) -> None:
+        """``--metrics``: each deployment again with ``--metrics-listen``, and their ratio."""
+        out = tmp_path / "bench.json"
+        done = subprocess.run(
+            [
+                str(BIN / "python"),
+                "-m",
+                "tooling.bench",
+                *("--duration", "0.5", "--concurrency", "4", "--users", "10"),
+                *("--api", "stream", "--metrics", "--json", str(out)),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        report = json.loads(out.read_text())
+        assert [p["store"] for p in report["phases"]] == [None, "sqlite", "sqlite +metrics", None]
+        assert set(report["store_ratios"]) == {"sqlite +metrics/sqlite"}
+        assert "(metrics on / off)" in done.stdout
+
     def test_brokers_need_a_shared_store(self) -> None:
         """Two SQLite brokers would be two clusters: refused before anything starts."""
         done = subprocess.run(

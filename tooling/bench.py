@@ -164,6 +164,11 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         " store); SQLite serves one broker only",
     )
     parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="also measure each deployment with --metrics-listen (what counting costs)",
+    )
+    parser.add_argument(
         "--lockout",
         action="store_true",
         help="keep the tenant's default lockout (the broker then decides every sign-in with"
@@ -224,11 +229,18 @@ def main(argv: list[str] | None = None) -> int:
 
             with contextlib.ExitStack() as running:
                 deployments = {
-                    _label(store, n): _deploy(
-                        running, workdir / f"{store}-{n}", store, brokers=n, slapd=slapd, args=args
+                    _label(store, n, metrics=m): _deploy(
+                        running,
+                        workdir / f"{store}-{n}{'-metrics' if m else ''}",
+                        store,
+                        brokers=n,
+                        slapd=slapd,
+                        args=args,
+                        metrics=m,
                     )
                     for store in args.stores
                     for n in (args.brokers if store == "postgresql" else [1])
+                    for m in ((False, True) if args.metrics else (False,))
                 }
                 # The first slice runs with brokers and agents up (idle), as every later one
                 # does, and right before the first level, not before their start-up.
@@ -291,9 +303,10 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if any(r.wrong or r.errors for r in results) else 0
 
 
-def _label(store: str, brokers: int) -> str:
-    """A deployment's name in the report: its store, and its broker count when above one."""
-    return store if brokers == 1 else f"{store} x{brokers}"
+def _label(store: str, brokers: int, *, metrics: bool = False) -> str:
+    """A deployment's name in the report: its store, its broker count above one, +metrics."""
+    name = store if brokers == 1 else f"{store} x{brokers}"
+    return f"{name} +metrics" if metrics else name
 
 
 def _deploy(  # noqa: PLR0913 - one deployment's facts, by name
@@ -304,12 +317,14 @@ def _deploy(  # noqa: PLR0913 - one deployment's facts, by name
     brokers: int,
     slapd: Slapd,
     args: argparse.Namespace,
+    metrics: bool = False,
 ) -> tuple[LocalDeployment, dict[str, int]]:
     """``brokers`` brokers on ``store`` with the agents, running until ``running`` closes; pids.
 
     For PostgreSQL, a private server started here; its pid stands for the postmaster and
     every backend (their CPU is summed, like slapd's). Brokers after the first join the
-    first's cluster; every agent attaches to each of them.
+    first's cluster; every agent attaches to each of them. With ``metrics`` every broker
+    counts for Prometheus (``--metrics-listen``; nothing scrapes it during the run).
     """
     workdir.mkdir()
     extra: dict[str, int] = {}
@@ -321,7 +336,11 @@ def _deploy(  # noqa: PLR0913 - one deployment's facts, by name
         store_url, extra = server.url, {POSTGRES_CPU: server.pid}
     cluster = running.enter_context(LocalDeployment(workdir))
     for n in range(brokers):
-        cluster.start_broker(store_url=store_url, name="broker" if n == 0 else f"broker-{n + 1}")
+        cluster.start_broker(
+            *(("--metrics-listen", "127.0.0.1:0") if metrics else ()),
+            store_url=store_url,
+            name="broker" if n == 0 else f"broker-{n + 1}",
+        )
     cluster.broker_cli("tenant", "add", "bench", "--domain", DOMAIN)
     if not args.lockout:
         # The same wrong password, over and over, for the same users: the broker's lockout
@@ -335,7 +354,8 @@ def _deploy(  # noqa: PLR0913 - one deployment's facts, by name
             lambda: all(cluster.connected(b) >= args.agents for b in cluster.brokers),
             "every agent at every broker",
         )
-    progress(f"{_label(store, brokers)}: {brokers} broker(s) and {args.agents} agent(s) serving")
+    label = _label(store, brokers, metrics=metrics)
+    progress(f"{label}: {brokers} broker(s) and {args.agents} agent(s) serving")
     return cluster, {n: p.pid for n, p in cluster.processes.items()} | extra
 
 

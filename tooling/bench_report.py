@@ -233,15 +233,27 @@ def _store_ratios(
     processes add on this machine.
     """
     first = stores[0]
-    pairs = [(store, first) for store in stores[1:]]
+    pairs = [(store, first) for store in stores[1:] if not store.endswith(" +metrics")]
     pairs += [
         (store, store.partition(" x")[0])
         for store in stores
         if " x" in store and store.partition(" x")[0] in stores[1:]
     ]
+    # What counting for Prometheus costs: each deployment with metrics over the same without.
+    pairs += [
+        (store, store.removesuffix(" +metrics"))
+        for store in stores
+        if store.endswith(" +metrics") and store.removesuffix(" +metrics") in stores
+    ]
     found: dict[str, dict[str, dict[str, float]]] = {}
     for store, base in pairs:
-        target = "target >= 0.8" if base == first else "(more broker processes, one machine)"
+        target = (
+            "target >= 0.8"
+            if base == first and "+metrics" not in store
+            else "(metrics on / off)"
+            if store.endswith("+metrics")
+            else "(more broker processes, one machine)"
+        )
         for api in APIS:
             for level in sorted({r.concurrency for r in results if r.api == api}):
                 ours = _phase(results, store, api, level)
