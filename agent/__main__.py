@@ -25,9 +25,11 @@ from agent.config import AgentConfig, load_config
 from agent.directory import LdapDirectory
 from agent.enrol import enrol
 from agent.identity import AgentIdentity
+from agent.metrics import OFF, AgentMetrics, Counts
 from agent.preflight import ConfigurationError
 from agent.runner import Agent
 from pta import logging as pta_logging
+from pta.config import parse_endpoint
 from pta.errors import DirectoryUnavailable, PtaError
 
 log = structlog.get_logger()
@@ -73,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--max-in-flight", help="validations at once (default 32)")
     run.add_argument(
+        "--metrics-listen", help="host:port serving Prometheus metrics at /metrics (default: none)"
+    )
+    run.add_argument(
         "--pool-size",
         help="binds at once per directory, and LDAP worker threads for searches (default 8)",
     )
@@ -111,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
 
 async def _run(config: AgentConfig) -> int:
     identity = AgentIdentity.load(config.state_dir)  # Fails early when never enrolled.
-    directories = await _checked_directories(config)
+    metrics = _serve_metrics(config)
+    directories = await _checked_directories(config, OFF if metrics is None else metrics)
 
     def directory_for(domain: str) -> LdapDirectory | None:
         chosen = config.directory_for(domain)
@@ -126,6 +132,7 @@ async def _run(config: AgentConfig) -> int:
         domains=domains,
         max_in_flight=config.max_in_flight,
         directories=config.hello_directories(),
+        metrics=metrics,
     )
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
@@ -156,17 +163,40 @@ async def _run(config: AgentConfig) -> int:
     finally:
         for directory in directories:
             directory.close()
+        if metrics is not None:
+            metrics.close()
     log.info("agent.stopped", exit_code=code)
     return code
 
 
-async def _checked_directories(config: AgentConfig) -> list[LdapDirectory]:
+def _serve_metrics(config: AgentConfig) -> AgentMetrics | None:
+    """Serve ``/metrics`` when asked to (``--metrics-listen``).
+
+    Raises:
+        ConfigurationError: When its address cannot be bound.
+    """
+    if not config.metrics_listen:
+        return None
+    metrics = AgentMetrics(url for d in config.directories for url in d.urls)
+    host, port = parse_endpoint(config.metrics_listen)
+    try:
+        bound = metrics.serve(host, port)
+    except OSError as error:
+        raise ConfigurationError(
+            f"cannot serve metrics on {config.metrics_listen} (--metrics-listen):"
+            f" {error.strerror or error}"
+        ) from None
+    log.info("agent.metrics", listen=f"{host}:{bound}")
+    return metrics
+
+
+async def _checked_directories(config: AgentConfig, metrics: Counts) -> list[LdapDirectory]:
     """Every configured directory, each checked against the directory itself, side by side.
 
     Raises:
         ConfigurationError: The first wrong setting a directory reported (all are closed).
     """
-    directories = [LdapDirectory(d) for d in config.directories]
+    directories = [LdapDirectory(d, metrics=metrics) for d in config.directories]
     checks = [asyncio.to_thread(preflight.check, d) for d in directories]
     results = await asyncio.gather(*checks, return_exceptions=True)
     for directory, done in zip(directories, results, strict=True):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pta.config import parse_endpoint
 from pta.names import normalize_domain, parse_upn
 from pta.v1 import agent_pb2
 
@@ -167,6 +168,8 @@ class AgentConfig:
     state_dir: Path
     directories: tuple[DirectoryConfig, ...]
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    #: ``host:port`` serving Prometheus metrics at ``/metrics`` (empty: none, the default).
+    metrics_listen: str = ""
 
     def __post_init__(self) -> None:
         """Refuse a configuration without a directory.
@@ -178,6 +181,8 @@ class AgentConfig:
             raise ValueError("configure at least one directory (--ldap-url and --base-dn)")
         if self.max_in_flight < 1:
             raise ValueError("max in flight must be at least 1")
+        if self.metrics_listen:
+            parse_endpoint(self.metrics_listen)
 
     def directory_for(self, domain: str) -> DirectoryConfig | None:
         """Return the directory that answers for ``domain``: a specific one first."""
@@ -263,6 +268,7 @@ def _directory(values: Mapping[str, Any]) -> DirectoryConfig:
 #: The keys a config file may set at its top level (and the flags' names): one directory.
 FILE_KEYS = (
     "state_dir",
+    "metrics_listen",
     "ldap_url",
     "base_dn",
     "bind_dn",
@@ -351,4 +357,5 @@ def load_config(options: Mapping[str, Any], environ: Mapping[str, str]) -> Agent
         state_dir=Path(flat["state_dir"]),
         directories=tuple(directories),
         max_in_flight=int(flat["max_in_flight"] or DEFAULT_MAX_IN_FLIGHT),
+        metrics_listen=str(flat["metrics_listen"] or ""),
     )

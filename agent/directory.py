@@ -17,6 +17,7 @@ from agent import ldapwire, lockout_policy, ppolicy
 from agent.dncache import DnCache
 from agent.ldap_threads import ThreadedLdap, one_dn
 from agent.ldappool import BindPool, SearchPool, tls_context
+from agent.metrics import OFF
 from agent.password_change import PasswordChange
 from agent.verdicts import Check, Verdict, bind_verdict
 from pta.v1 import outcome_pb2
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
     from agent.config import DirectoryConfig
     from agent.lockout import LockoutPolicy
+    from agent.metrics import Counts
 
 Outcome = outcome_pb2.Outcome
 
@@ -41,8 +43,11 @@ __all__ = ["PPOLICY_CONTROL", "Check", "LdapDirectory", "Verdict"]
 class LdapDirectory:
     """Checks passwords against one directory (a domain's servers)."""
 
-    def __init__(self, config: DirectoryConfig) -> None:
-        """Prepare the pools and the worker threads; connections open lazily."""
+    def __init__(self, config: DirectoryConfig, *, metrics: Counts = OFF) -> None:
+        """Prepare the pools and the worker threads; connections open lazily.
+
+        ``metrics``: where the pools count each request and each server's state.
+        """
         self.config = config
         ca_file = str(config.ca_file) if config.ca_file else None
         self.threads = ThreadedLdap(config)
@@ -54,6 +59,7 @@ class LdapDirectory:
             "receive_timeout": config.receive_timeout,
             "tls": tls_context(ca_file),
             "start_tls": config.start_tls,
+            "metrics": metrics,
         }
         self._binds = BindPool(config.urls, **settings)
         service = None

@@ -137,8 +137,9 @@ class LdapProtocol(asyncio.Protocol):
 class Connection:
     """One open connection to one server; one request at a time."""
 
-    def __init__(self, protocol: LdapProtocol, receive_timeout: float) -> None:
-        """Wrap a connected protocol; message ids start at 1."""
+    def __init__(self, protocol: LdapProtocol, receive_timeout: float, *, server: str = "") -> None:
+        """Wrap a connected protocol; message ids start at 1. ``server``: its URL."""
+        self.server = server
         self._protocol = protocol
         self._receive_timeout = receive_timeout
         self._last_id = 0

@@ -38,11 +38,14 @@ from agent.ldapconn import (
     bind_result,
     search_result,
 )
+from agent.metrics import OFF
 from agent.outcomes import SUCCESS_CODE
 from pta.errors import DirectoryUnavailable
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from agent.metrics import Counts
 
 #: Seconds a server that could not be reached is skipped before it is tried again.
 SERVER_EXHAUST_SECONDS = 10.0
@@ -62,6 +65,7 @@ class _Pool:
         tls: ssl.SSLContext,
         start_tls: bool,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Counts = OFF,
     ) -> None:
         """Describe the pool; nothing is dialled before the first request.
 
@@ -73,6 +77,7 @@ class _Pool:
             tls: Verifies ``ldaps://`` servers and StartTLS (:func:`tls_context`).
             start_tls: Upgrade ``ldap://`` connections before the first request.
             clock: Monotonic seconds (tests).
+            metrics: Where each request's time and each server's state are counted.
         """
         self._urls = urls
         self._size = size
@@ -81,6 +86,7 @@ class _Pool:
         self._tls = tls
         self._start_tls = start_tls
         self._clock = clock
+        self._metrics = metrics
         self._idle: list[Connection] = []
         self._slots: asyncio.Semaphore | None = None
         self._exhausted: dict[str, float] = {}
@@ -90,6 +96,9 @@ class _Pool:
         for conn in self._idle:
             conn.close()
         self._idle.clear()
+
+    #: What this pool's requests are, in the metrics.
+    operation = "request"
 
     async def _request(
         self, encode: Callable[[int], bytes], *, idempotent: bool = False
@@ -125,16 +134,21 @@ class _Pool:
         Raises:
             DirectoryUnavailable: The connection ended or fell silent before the answer.
         """
+        started = time.perf_counter()
         try:
             answer = await conn.exchange(encode)
         except ConnectionLost as error:
             conn.close()
+            self._metrics.server_up(conn.server, up=False)
             raise DirectoryUnavailable("the directory closed the connection") from error
         except TimeoutError as error:
+            self._metrics.server_up(conn.server, up=False)
             raise DirectoryUnavailable("the directory did not answer in time") from error
         except BaseException:
             conn.close()  # Cancelled, or a request that could not be encoded: never reused.
             raise
+        self._metrics.directory_request(conn.server, self.operation, time.perf_counter() - started)
+        self._metrics.server_up(conn.server, up=True)
         if conn.usable:
             self._idle.append(conn)
         else:
@@ -164,6 +178,7 @@ class _Pool:
                     conn = await self._dial(url)
             except (OSError, ConnectionLost, TimeoutError) as error:
                 self._exhausted[url] = self._clock() + SERVER_EXHAUST_SECONDS
+                self._metrics.server_up(url, up=False)
                 failure = error
                 continue
             self._exhausted.pop(url, None)
@@ -192,7 +207,7 @@ class _Pool:
             ssl=self._tls if secure else None,
             server_hostname=host if secure else None,
         )
-        conn = Connection(protocol, self._receive_timeout)
+        conn = Connection(protocol, self._receive_timeout, server=url)
         try:
             if self._start_tls and not secure:
                 await conn.start_tls(self._tls, host)
@@ -204,6 +219,8 @@ class _Pool:
 
 class BindPool(_Pool):
     """Connections that bind as users: each bind leaves its connection bound as that user."""
+
+    operation = "bind"
 
     async def bind(self, dn: str, password: bytes, controls: tuple[bytes, ...]) -> dict[str, Any]:
         """Bind as ``dn`` (``password`` already SASLprepped) and return ldap3's result dict.
@@ -225,6 +242,8 @@ class BindPool(_Pool):
 
 class SearchPool(_Pool):
     """Connections that find users, as the service account (or anonymously): never a user's."""
+
+    operation = "search"
 
     def __init__(
         self, urls: tuple[str, ...], *, service: tuple[str, bytes] | None, **settings: Any

@@ -27,6 +27,7 @@ from agent.identity import AgentIdentity, load_brokers, save_brokers
 from agent.link import Link
 from agent.lockout import PolicyReporter
 from agent.mesh import Mesh
+from agent.metrics import OFF
 from agent.validation import ReplayGuard, Validator
 from pta import tls
 from pta.v1 import agent_pb2
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from agent.directory import LdapDirectory
+    from agent.metrics import AgentMetrics
 
 log = structlog.get_logger()
 _T = TypeVar("_T")
@@ -43,6 +45,8 @@ RETRY_INITIAL = 1.0
 RETRY_MAX = 60.0
 #: How often an agent whose certificate expired looks for a new enrolment in its state dir.
 EXPIRED_RECHECK = 60.0
+#: How often the metrics' snapshot of the links and the certificate is taken.
+METRICS_INTERVAL = 1.0
 
 
 def _now() -> datetime.datetime:
@@ -52,7 +56,7 @@ def _now() -> datetime.datetime:
 class Agent:
     """Runs the agent's links to every broker, renewing its identity for as long as it runs."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - wiring
         self,
         state_dir: Path,
         directory_for: Callable[[str], LdapDirectory | None],
@@ -60,11 +64,14 @@ class Agent:
         domains: tuple[str, ...],
         max_in_flight: int,
         directories: Sequence[agent_pb2.DirectoryAccounts] = (),
+        metrics: AgentMetrics | None = None,
     ) -> None:
         """Prepare; nothing happens until :meth:`run`.
 
-        ``directories`` says in every hello how each directory maps names to accounts.
+        ``directories`` says in every hello how each directory maps names to accounts;
+        ``metrics`` (``--metrics-listen``) counts checks and follows links and certificate.
         """
+        self._metrics = metrics
         self._state_dir = state_dir
         self._directory_for = directory_for
         self._domains = domains
@@ -83,7 +90,12 @@ class Agent:
             self.mesh.stop("agent stopping")
 
     def _link(self, identity: AgentIdentity, endpoint: str, mesh: Mesh) -> Link:
-        validator = Validator(identity, self._directory_for, replay=self._replay)
+        validator = Validator(
+            identity,
+            self._directory_for,
+            replay=self._replay,
+            metrics=OFF if self._metrics is None else self._metrics,
+        )
         return Link(
             identity,
             validator,
@@ -110,35 +122,57 @@ class Agent:
     async def run(self) -> None:
         """Serve until stopped (then drained) or cancelled."""
         async with asyncio.TaskGroup() as group:
-            while not self._stopping.is_set():
-                identity = await self._unless_stopping(self._usable_identity())
-                if identity is None:
-                    break
-                mesh = self.mesh = Mesh(
-                    identity,
-                    self._link,
-                    group,
-                    known=load_brokers(self._state_dir),
-                    remember=functools.partial(save_brokers, self._state_dir),
+            watching = group.create_task(self._watch()) if self._metrics is not None else None
+            await self._serve(group)
+            if watching is not None:
+                watching.cancel()
+
+    async def _watch(self) -> None:
+        """Once a second: the metrics' snapshot of the links and of the certificate."""
+        if self._metrics is None:
+            return
+        while True:
+            mesh = self.mesh
+            if mesh is not None:
+                links = mesh.links
+                self._metrics.refresh({e: link.connected.is_set() for e, link in links.items()})
+                cert = tls.load_cert(mesh.identity.cert_pem)
+                self._metrics.certificate(
+                    cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()
                 )
-                mesh.start()
-                while True:
-                    renewed = await self._unless_stopping(self._renewed(identity, mesh))
-                    if self._stopping.is_set():
-                        mesh.stop("agent stopping")
-                        break
-                    if renewed is None:  # Expired: wait for the operator to enrol again.
-                        mesh.stop("certificate expired")
-                        break
-                    renewed.save(self._state_dir)
-                    await mesh.rotate(renewed)
-                    log.info(
-                        "agent.rotated",
-                        old_serial=_serial(identity),
-                        serial=_serial(renewed),
-                        brokers=len(mesh.links),
-                    )
-                    identity = renewed
+            await asyncio.sleep(METRICS_INTERVAL)
+
+    async def _serve(self, group: asyncio.TaskGroup) -> None:
+        """The identity's mesh, renewed and rotated, until stopped or expired for good."""
+        while not self._stopping.is_set():
+            identity = await self._unless_stopping(self._usable_identity())
+            if identity is None:
+                break
+            mesh = self.mesh = Mesh(
+                identity,
+                self._link,
+                group,
+                known=load_brokers(self._state_dir),
+                remember=functools.partial(save_brokers, self._state_dir),
+            )
+            mesh.start()
+            while True:
+                renewed = await self._unless_stopping(self._renewed(identity, mesh))
+                if self._stopping.is_set():
+                    mesh.stop("agent stopping")
+                    break
+                if renewed is None:  # Expired: wait for the operator to enrol again.
+                    mesh.stop("certificate expired")
+                    break
+                renewed.save(self._state_dir)
+                await mesh.rotate(renewed)
+                log.info(
+                    "agent.rotated",
+                    old_serial=_serial(identity),
+                    serial=_serial(renewed),
+                    brokers=len(mesh.links),
+                )
+                identity = renewed
 
     async def _unless_stopping(self, work: Coroutine[Any, Any, _T]) -> _T | None:
         """Await ``work``, or give up on it (None) as soon as the agent is stopping."""

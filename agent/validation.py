@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import structlog
 from google.protobuf.message import DecodeError
 
+from agent.metrics import OFF
 from agent.verdicts import Check
 from pta import sealing
 from pta.errors import DirectoryUnavailable, EnvelopeRejected, PtaError
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
     from agent.directory import LdapDirectory
     from agent.identity import AgentIdentity
+    from agent.metrics import Counts
 
 log = structlog.get_logger()
 Outcome = outcome_pb2.Outcome
@@ -90,8 +92,10 @@ class Validator:
         *,
         replay: ReplayGuard | None = None,
         clock_ms: Callable[[], int] | None = None,
+        metrics: Counts = OFF,
     ) -> None:
         """Bind the validator to an identity and a domain -> directory lookup."""
+        self._metrics = metrics
         self._identity = identity
         self._directory_for = directory_for
         self._clock_ms = clock_ms or (lambda: int(time.time() * 1000))
@@ -165,6 +169,7 @@ class Validator:
         results = []
         for request, answer in zip(requests, answers, strict=True):
             outcome, message = answer or (Outcome.DIRECTORY_UNAVAILABLE, "internal agent error")
+            self._metrics.validated(Outcome.Name(outcome))
             # Debug: the broker's signin.completed is the one canonical event per sign-in.
             log.debug(
                 "validation.completed",

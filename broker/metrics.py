@@ -35,16 +35,15 @@ from prometheus_client import (
     Gauge,
     Histogram,
     ProcessCollector,
-    start_http_server,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from pta.metrics_http import MetricsHttp
 from pta.v1 import outcome_pb2
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
-    from wsgiref.simple_server import WSGIServer
 
     from prometheus_client import Metric
 
@@ -160,7 +159,7 @@ class BrokerMetrics:
         info.labels(version).set(1)
         ProcessCollector(registry=registry)
         registry.register(_Collector(self))
-        self._server: WSGIServer | None = None
+        self._http = MetricsHttp(registry)
 
     def signin_started(self) -> None:
         """One more sign-in in flight."""
@@ -207,15 +206,11 @@ class BrokerMetrics:
 
     def serve(self, host: str, port: int) -> int:
         """Serve ``/metrics`` on ``host:port`` from a thread of its own; the port bound."""
-        self._server, _ = start_http_server(port, addr=host, registry=self.registry)
-        return int(self._server.server_port)
+        return self._http.serve(host, port)
 
     def close(self) -> None:
         """Stop serving."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        self._http.close()
 
 
 class Counts(Protocol):

@@ -12,18 +12,17 @@ import base64
 import socket
 import time
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import grpc
 import pytest
 from cryptography import x509
-from prometheus_client.parser import text_string_to_metric_families
 
 from agent.identity import TLS_CERT_FILE
 from broker.policy import mfa
 from pta.v1 import outcome_pb2, signin_pb2, signin_pb2_grpc
+from tests.metrics_scrape import Scrape, scrape, value
 from tests.secrets_registry import known, secret
 from tests.support import AgentProcess, BrokerProcess, refused_serve, wait_for
 from tooling.postgres import Postgres, postgres_missing_reason
@@ -40,24 +39,6 @@ USERS = {
     for name in ("ann", "wrongy", "streamer", "locky", "mfa-user")
 }
 WRONG = [secret(f"Wrong-Metrics-{n}?") for n in range(4)]
-#: (metric sample name, its labels as sorted pairs) -> value
-Scrape = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def scrape(endpoint: str) -> tuple[str, Scrape]:
-    """The text of ``/metrics`` and its samples, parsed by prometheus-client's parser."""
-    with urllib.request.urlopen(f"http://{endpoint}/metrics", timeout=5) as reply:
-        text = reply.read().decode()
-    samples: Scrape = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return text, samples
-
-
-def value(samples: Scrape, name: str, **labels: str) -> float:
-    """One sample's value (0 when absent: a counter never incremented has no series yet)."""
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 @dataclass

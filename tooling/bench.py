@@ -44,7 +44,7 @@ from tooling.bench_report import PhaseResult, report_of
 from tooling.loadgen import APIS, Case, LoadSpec, Sample, cases, direct_binds, end_to_end
 from tooling.localrun import LocalDeployment, wait_until
 from tooling.postgres import Postgres
-from tooling.slapd import DirectoryUser, Slapd
+from tooling.slapd import DirectoryUser, Slapd, free_port
 
 DOMAIN = "bench.example"
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -324,7 +324,7 @@ def _deploy(  # noqa: PLR0913 - one deployment's facts, by name
     For PostgreSQL, a private server started here; its pid stands for the postmaster and
     every backend (their CPU is summed, like slapd's). Brokers after the first join the
     first's cluster; every agent attaches to each of them. With ``metrics`` every broker
-    counts for Prometheus (``--metrics-listen``; nothing scrapes it during the run).
+    and agent counts for Prometheus (``--metrics-listen``; nothing scrapes them meanwhile).
     """
     workdir.mkdir()
     extra: dict[str, int] = {}
@@ -348,7 +348,11 @@ def _deploy(  # noqa: PLR0913 - one deployment's facts, by name
         cluster.broker_cli("tenant", "policy", "bench", "--lockout-threshold", "0")
     for n in range(args.agents):
         cluster.enrol_agent(f"agent-{n}", "bench")
-        cluster.run_agent(f"agent-{n}", slapd)
+        cluster.run_agent(
+            f"agent-{n}",
+            slapd,
+            *(("--metrics-listen", f"127.0.0.1:{free_port()}") if metrics else ()),
+        )
     if brokers > 1:  # Every agent at every broker before anything is measured.
         wait_until(
             lambda: all(cluster.connected(b) >= args.agents for b in cluster.brokers),

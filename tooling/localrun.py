@@ -160,8 +160,11 @@ class LocalDeployment:
             str(self.workdir / name),
         )
 
-    def run_agent(self, name: str, slapd: Slapd) -> None:
-        """Run an enrolled agent against ``slapd`` and wait until the broker sees it."""
+    def run_agent(self, name: str, slapd: Slapd, *extra: str) -> None:
+        """Run an enrolled agent against ``slapd`` and wait until the broker sees it.
+
+        ``extra``: more ``pta-agent run`` flags.
+        """
         bootstrap = next(iter(self.brokers))
         before = self.connected(bootstrap)
         agent = self.spawn(
@@ -174,6 +177,7 @@ class LocalDeployment:
             slapd.url,
             "--base-dn",
             slapd.base_dn,
+            *extra,
         )
         wait_until(
             lambda: self.connected(bootstrap) > before or agent.poll() is not None,
