@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs what a fresh Debian machine lacks for the demo, the tests and the bench:
 # Debian's OpenLDAP server and tools, Samba (an AD domain controller for the AD tests),
-# PostgreSQL (the store several brokers share), and python3-venv. The demo, tests and bench
+# PostgreSQL (the store several brokers share), Prometheus (its server and promtool, for the
+# metrics tests), and python3-venv. The demo, tests and bench
 # start their own private slapd and PostgreSQL on 127.0.0.1, never the system ones: the
 # packages' own services are kept from starting during the install (a temporary policy-rc.d),
 # and PostgreSQL makes no "main" cluster, so nothing listens afterwards, not even after a reboot.
@@ -16,6 +17,9 @@ for pkg in samba samba-ad-provision samba-dsdb-modules samba-vfs-modules ldb-too
 done
 # initdb and postgres of any major version (tooling/postgres.py: find_bindir).
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need="$need postgresql"
+# A real Prometheus server and promtool for the metrics tests (tooling/prometheus.py); the
+# package's service is kept from starting like the others', and nothing enables it here.
+command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || need="$need prometheus"
 [ -n "$need" ] || exit 0
 
 SUDO=""
