@@ -214,7 +214,10 @@ class SignInFlow:
                         verdict = REPEATED
                     else:
                         audit = audit.bind(
-                            agent_id=answer.agent_id, outcome=outcome_name(answer.outcome)
+                            agent_id=answer.agent_id,
+                            outcome=outcome_name(answer.outcome),
+                            agent_ms=answer.agent_ms,
+                            directory_ms=answer.directory_ms,
                         )
                         outcome, message = visible(answer)
                         verdict = Verdict(outcome=outcome, message=message, decided_by="directory")

@@ -121,6 +121,15 @@ class TestCounts:
         )
         assert any(name == "pta_agent_info" for name, _ in samples)
 
+    def test_the_audit_says_where_the_time_went(self, watched: Watched) -> None:
+        """Each sign-in's audit event: time at the agent, and of it at the directory."""
+        assert watched.sign_in("cid", USERS["cid"]) == "SUCCESS"
+        event = [
+            e for e in watched.broker.log_events("signin.completed") if e.get("tenant") == "am"
+        ][-1]
+        agent_ms, directory_ms = float(event["agent_ms"]), float(event["directory_ms"])  # type: ignore[arg-type]
+        assert 0 < directory_ms <= agent_ms < 10_000, event
+
     def test_a_directory_that_stops_answering_is_down(self, watched: Watched) -> None:
         """The directory stopped: the sign-in is UNAVAILABLE and its server 0.
 

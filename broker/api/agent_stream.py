@@ -219,6 +219,7 @@ class AgentStream:
                 outcome=result.outcome,
                 message=result.message[:MAX_MESSAGE_CHARS],
                 agent_id=conn.agent_id,
+                directory_ms=result.directory_us / 1000,
             )
             if not self._dispatcher.complete(conn, result.request_id, answer):
                 log.warning(
@@ -264,8 +265,9 @@ class AgentStream:
                 for job in sending
             ]
             if requests:
+                written_at = time.perf_counter()
                 for job in sending:  # From here the agent may get it: lost, it may have tried.
-                    job.written = True
+                    job.written, job.written_at = True, written_at
                 await context.write(
                     agent_pb2.BrokerMessage(validations=agent_pb2.Validations(requests=requests))
                 )

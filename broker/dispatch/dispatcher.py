@@ -10,6 +10,7 @@ queued for and sent to connections of its own tenant.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import deque
 from typing import TYPE_CHECKING
@@ -159,6 +160,9 @@ class Dispatcher:
         job = conn.in_flight.pop(request_id, None)
         if job is None:
             return False
+        if job.written_at:
+            elapsed = round((time.perf_counter() - job.written_at) * 1000, 3)
+            answer = dataclasses.replace(answer, agent_ms=elapsed)
         job.conclude(answer.outcome, answer)
         self._pump(conn.tenant)
         self._end_if_drained(conn)

@@ -44,6 +44,10 @@ class Answer:
     outcome: int
     message: str
     agent_id: str
+    #: Milliseconds from the job's hand-off to the agent's stream to its answer, and of those
+    #: at the directory as the agent said (0: unknown); for the audit.
+    agent_ms: float = 0.0
+    directory_ms: float = 0.0
 
 
 @dataclass(eq=False, slots=True, kw_only=True)
@@ -65,6 +69,8 @@ class Job:
     #: fails with :class:`AgentLost`; only its caller may send it on (see :meth:`resend`).
     written: bool = False
     acked: bool = False
+    #: ``time.perf_counter()`` when it was handed to the stream (the audit's time at the agent).
+    written_at: float = 0.0
     #: Told, once, what became of the job in the end: the agent's outcome, or None when no
     #: agent will ever answer it. Called on the caller's task while it waits (see
     #: :meth:`conclude`); later, by whoever ends the job, when the caller stopped waiting

@@ -186,14 +186,16 @@ class Results(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[ValidationResult, _Mapping]]] = ..., acks: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ValidationResult(_message.Message):
-    __slots__ = ("request_id", "outcome", "message")
+    __slots__ = ("request_id", "outcome", "message", "directory_us")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    DIRECTORY_US_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     outcome: _outcome_pb2.Outcome
     message: str
-    def __init__(self, request_id: _Optional[str] = ..., outcome: _Optional[_Union[_outcome_pb2.Outcome, str]] = ..., message: _Optional[str] = ...) -> None: ...
+    directory_us: int
+    def __init__(self, request_id: _Optional[str] = ..., outcome: _Optional[_Union[_outcome_pb2.Outcome, str]] = ..., message: _Optional[str] = ..., directory_us: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("sent_unix_ms",)
