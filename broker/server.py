@@ -23,6 +23,8 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from broker import cluster, ownership
+from broker.admin import Administration
+from broker.api import admin as admin_api
 from broker.api.agents import AgentService
 from broker.api.signin import SignInService
 from broker.dispatch.dispatcher import Dispatcher
@@ -46,7 +48,7 @@ from pta.errors import StoreUnavailable
 from pta.v1 import agent_pb2, signin_pb2
 
 if TYPE_CHECKING:
-    from types import TracebackType
+    from types import SimpleNamespace, TracebackType
     from typing import IO
 
     from google.protobuf.descriptor import ServiceDescriptor
@@ -75,6 +77,7 @@ POLICY_UPKEEP_INTERVAL = 60.0
 SERVICES = (
     signin_pb2.DESCRIPTOR.services_by_name["SignInService"],
     agent_pb2.DESCRIPTOR.services_by_name["AgentService"],
+    admin_api.SERVICE,
 )
 
 
@@ -111,6 +114,9 @@ class Broker:
         self._metrics: BrokerMetrics | None = None
         self.metrics_port = 0
         self._tenants: tuple[str, ...] = ()
+        self._admin: admin_api.AdminService | None = None
+        #: Store handles of its own to close at the end besides the store.
+        self._closing: list[Store] = []
 
     async def __aenter__(self) -> Self:
         """Start serving."""
@@ -197,7 +203,7 @@ class Broker:
 
         # grpc shares a port by default (SO_REUSEPORT): only when asked for here.
         reuse = [("grpc.so_reuseport", int(config.reuse_port))]
-        public = self._server(SERVICES, [*rpc.PUBLIC_SERVER_OPTIONS, *reuse])
+        public = self._server(SERVICES[:2], [*rpc.PUBLIC_SERVER_OPTIONS, *reuse])
         agents = self._server(SERVICES[1:], [*rpc.SERVER_OPTIONS, *reuse])
         try:
             self.public_port = public.add_secure_port(
@@ -242,10 +248,12 @@ class Broker:
         rpc.add_service(public, SERVICES[0], signin)
         for server in (public, agents):
             rpc.add_service(server, SERVICES[1], agent_service)
+        # Only where the handshake requires a client certificate of the CA.
+        rpc.add_service(agents, SERVICES[2], self._admin_service(store, ca, policy))
         for server in self._servers:
             await server.start()
         for health in self._health:
-            for service in ("", *(s.full_name for s in SERVICES)):
+            for service in ("", *(s.full_name for s in SERVICES)):  # Unserved names: unknown.
                 await health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self.state = State.SERVING
         self._maintenance = asyncio.create_task(self._maintain(store, dispatcher, policy))
@@ -295,6 +303,30 @@ class Broker:
             ) from None
         policy.gate.metrics = policy.mfa.metrics = metrics
         return metrics
+
+    def _admin_service(
+        self, store: Store, ca: CertificateAuthority, policy: SignInPolicy
+    ) -> SimpleNamespace:
+        """The AdminService over the store, on a store handle of its own when it is SQLite.
+
+        A SQLite connection must not carry the event loop's transactions and the admin
+        worker's at once; a second connection is what the CLI would open anyway.
+        """
+        admin_store = store if store.shared else open_store(self.config.data_dir)
+        if admin_store is not store:
+            self._closing.append(admin_store)
+        self._admin = admin_api.AdminService(
+            Administration(
+                store=admin_store,
+                ca_fingerprint=lambda: ca.fingerprint,
+                mfa_key=lambda: policy.mfa.key,
+                no_mfa_key=(
+                    "this broker has no MFA key: restart it with --mfa-key-file (make one with"
+                    " `pta-broker mfa keygen FILE` and give every broker of a cluster the same)"
+                ),
+            )
+        )
+        return self._admin.servicer()
 
     def _refresh_metrics(self, store: Store, dispatcher: Dispatcher) -> None:
         """What the metrics say is (agents, queues, certificates), as of now."""
@@ -387,6 +419,24 @@ class Broker:
         self._health.append(health)
         return server
 
+    def _close_handles(self) -> None:
+        """Say the streams are gone, then close the store, the metrics, the data dir's lock."""
+        if self._admin is not None:
+            self._admin.close()
+        for handle in self._closing:
+            handle.close()
+        if self._store is not None:
+            try:
+                self._store.agents.report_connections(self.broker_id, [])
+                self._store.report_status(self.broker_id, {})
+            except StoreUnavailable as error:  # Its reports go stale by themselves.
+                log.warning("broker.store_unavailable", reason=error.detail)
+            self._store.close()
+        if self._metrics is not None:
+            self._metrics.close()
+        if self._lock is not None:
+            self._lock.close()  # Another broker may serve the data dir from now on.
+
     async def stop(self) -> None:
         """Stop taking sign-ins, answer those in flight, then end the agents' streams.
 
@@ -407,17 +457,7 @@ class Broker:
             for conn in self._dispatcher.connections():
                 conn.ended.set()  # Each stream ends cleanly; its agent dials again later.
         await agents.stop(AGENT_STREAM_GRACE)
-        if self._store is not None:
-            try:
-                self._store.agents.report_connections(self.broker_id, [])
-                self._store.report_status(self.broker_id, {})
-            except StoreUnavailable as error:  # Its reports go stale by themselves.
-                log.warning("broker.store_unavailable", reason=error.detail)
-            self._store.close()
-        if self._metrics is not None:
-            self._metrics.close()
-        if self._lock is not None:
-            self._lock.close()  # Another broker may serve the data dir from now on.
+        self._close_handles()
         log.info("broker.stopped")
 
 

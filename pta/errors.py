@@ -6,6 +6,7 @@ holds a password, an envelope, a key or a token.
     PtaError
     ├── InvalidRequest ......... INVALID_ARGUMENT
     ├── NotFound ............... NOT_FOUND
+    ├── AlreadyExists .......... ALREADY_EXISTS
     ├── Unauthenticated ........ UNAUTHENTICATED
     ├── PermissionDenied ....... PERMISSION_DENIED
     │   └── TenantMismatch
@@ -16,6 +17,7 @@ holds a password, an envelope, a key or a token.
     │       └── DirectoryUnavailable
     ├── Overloaded ............. RESOURCE_EXHAUSTED
     ├── DeadlineExceeded ....... DEADLINE_EXCEEDED
+    ├── FailedPrecondition ..... FAILED_PRECONDITION (not in the state it needs to be in)
     ├── ChallengeExpired ....... FAILED_PRECONDITION
     ├── StoreTooNew ............ FAILED_PRECONDITION (broker side: refused at open)
     └── EnvelopeRejected ....... INVALID_ARGUMENT (agent side: never reaches the directory)
@@ -73,6 +75,18 @@ class NotFound(PtaError):
     """Something the request names does not exist (a domain no tenant owns)."""
 
     code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(PtaError):
+    """What the request would create exists (an authenticator enrolled): it says how to replace."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPrecondition(PtaError):
+    """The system is not in the state the request needs (no MFA key, no CA claimed yet)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 class Unauthenticated(PtaError):

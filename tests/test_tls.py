@@ -123,7 +123,7 @@ class TestCertificates:
         key = tls.new_private_key()
         san = x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)])
         # The CA itself never issues these; a forger with its key might.
-        cert = ca._leaf(key.public_key(), "x", san, x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH, DAY)
+        cert = ca._leaf(key.public_key(), "x", san, [x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH], DAY)
         assert tls.agent_identity(cert) is None
 
     def test_server_certificate_names_no_agent(self, server_identity: ServerIdentity) -> None:

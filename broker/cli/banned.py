@@ -6,21 +6,22 @@ second, as every policy change (and so does every broker of a shared store).
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from broker.cli.policy import known_tenant
-from broker.policy.banned_passwords import MAX_TERM, MIN_TERM, check_term
+from broker.cli import render
+from broker.cli.backend import ask
+from broker.policy.banned_passwords import MAX_TERM, MIN_TERM
 from broker.policy.password_protection import MAX_TENANT_TERMS
+from pta.v1 import admin_pb2
 
 if TYPE_CHECKING:
     import argparse
 
-    from broker.store.protocols import Store
+    from broker.cli.backend import Backend
 
 
-def add_parser(tenant: argparse._SubParsersAction[argparse.ArgumentParser], data_dir: Any) -> None:
+def add_parser(tenant: argparse._SubParsersAction[argparse.ArgumentParser], managed: Any) -> None:
     """Add ``tenant banned-passwords``."""
     banned = tenant.add_parser(
         "banned-passwords",
@@ -37,36 +38,27 @@ def add_parser(tenant: argparse._SubParsersAction[argparse.ArgumentParser], data
         "--remove", nargs="+", default=[], metavar="TERM", help="ban these terms no more"
     )
     banned.add_argument("--list", action="store_true", help="print the terms (the default)")
-    banned.add_argument("--json", action="store_true", help="print the terms as JSON")
-    data_dir(banned)
+    managed(banned)
 
 
-def run(args: argparse.Namespace, store: Store) -> int:
+def run(args: argparse.Namespace, backend: Backend) -> int:
     """Change or list a tenant's banned terms; return the exit code.
 
     Raises:
-        NotFound: When there is no such tenant.
-        ValueError: When a term is not one the list can hold (one line saying why).
-        InvalidRequest: When the list would be too long (nothing changes).
+        PtaError: No such tenant, a term the list cannot hold, a list too long (nothing
+            changes): one line saying why.
     """
-    tenant = args.name
-    known_tenant(store, tenant)
+    request = admin_pb2.ChangeBannedTermsRequest(tenant=args.name, add=args.add, remove=args.remove)
+    answer = ask(backend, request, admin_pb2.ChangeBannedTermsResponse)
     if args.add or args.remove:
-        add = [(term, check_term(term)) for term in args.add]
-        remove = [check_term(term) for term in args.remove]
-        added, removed, total = store.policy.change_banned_terms(
-            tenant, add=add, remove=remove, limit=MAX_TENANT_TERMS
-        )
-        sys.stderr.write(
-            f"tenant {tenant}: {added} added, {removed} removed, {total} banned terms"
-            " (applies within a second)\n"
+        render.note(
+            f"tenant {args.name}: {answer.added} added, {answer.removed} removed,"
+            f" {len(answer.terms)} banned terms (applies within a second)"
         )
         if not args.list and not args.json:
             return 0
-    terms = store.policy.banned_terms(tenant)
     if args.json:
-        rows = [{"term": term, "normalised": normalised} for term, normalised in terms]
-        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        render.write_json(render.as_dict(answer)["terms"])
     else:
-        sys.stdout.write("".join(f"{term}\n" for term, _ in terms))
+        sys.stdout.write("".join(f"{t.term}\n" for t in answer.terms))
     return 0

@@ -1,44 +1,40 @@
-"""``pta-broker``: serve, and manage tenants and enrolment tokens.
+"""``pta-broker``: serve, and manage tenants, tokens, agents, lockouts and authenticators.
 
-Management commands open the same store as the serving brokers, so they work while they run:
-the SQLite file in a broker's data dir (``--data-dir``), or the PostgreSQL database a cluster
-of brokers shares (``--store URL`` or ``PTA_STORE``, which wins over a data dir).
+Management commands work on the same store as the serving brokers, so they work while they
+run: the SQLite file in a broker's data dir (``--data-dir``), or the PostgreSQL database a
+cluster of brokers shares (``--store URL`` or ``PTA_STORE``, which wins over a data dir); or
+remotely, at any broker's AdminService (``--broker HOST:PORT --admin-cert DIR``). Either way
+they run the same code (:mod:`broker.admin`) and print the same (``--json`` everywhere).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
-import json
 import os
 import signal
 import sys
-import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from broker.admin.access import DEFAULT_ENROLMENT_TTL
+from broker.cli import administrators as admin_commands
 from broker.cli import banned as banned_commands
 from broker.cli import policy as policy_commands
-from broker.config import DEFAULT_LISTEN, BrokerConfig, load_config, store_url
+from broker.cli import render
+from broker.cli.backend import Usage, ask, open_backend
+from broker.config import DEFAULT_LISTEN, BrokerConfig, load_config
 from broker.ownership import CannotStart
 from broker.server import Broker
-from broker.store import open_store
-from broker.store.records import STATUS_FRESHNESS
-from broker.trust.ca import CertificateAuthority
 from pta import logging as pta_logging
-from pta.config import parse_duration
-from pta.errors import InvalidRequest, PtaError, StoreUnavailable
-from pta.tokens import TOKEN_ID, parse_token
+from pta.errors import PtaError, StoreUnavailable
+from pta.v1 import admin_pb2
 
 if TYPE_CHECKING:
-    from broker.store.protocols import Store
+    from broker.cli.backend import Backend
 
 log = structlog.get_logger()
-DEFAULT_ENROLMENT_TTL = "1h"
-#: The serving broker reports its streams every second; older reports are of a stopped broker.
 
 
 def _limit_options(serve: argparse.ArgumentParser) -> None:
@@ -77,20 +73,37 @@ def _running_options(serve: argparse.ArgumentParser) -> None:
     )
 
 
+def data_dir(p: argparse.ArgumentParser) -> None:
+    """Where the store is: a broker's data dir (SQLite), or a cluster's shared store."""
+    p.add_argument("--data-dir", default=os.environ.get("PTA_BROKER_DATA_DIR"), required=False)
+    p.add_argument(
+        "--store",
+        metavar="URL",
+        help="postgresql://USER@HOST:PORT/DB shared by a cluster of brokers (or PTA_STORE)",
+    )
+
+
+def managed(p: argparse.ArgumentParser) -> None:
+    """A management command: on a store here, or at a broker's AdminService; --json."""
+    data_dir(p)
+    p.add_argument(
+        "--broker",
+        metavar="HOST:PORT",
+        help="run it at this broker's AdminService (its agent endpoint) instead",
+    )
+    p.add_argument(
+        "--admin-cert",
+        metavar="DIR",
+        help="the administrator's key and certificates (`pta-broker admin issue --out DIR`)",
+    )
+    p.add_argument("--json", action="store_true", help="print the answer as JSON")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pta-broker", description=__doc__)
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--log-format", choices=["json", "console"], default=None)
     commands = parser.add_subparsers(dest="command", required=True)
-
-    def data_dir(p: argparse.ArgumentParser) -> None:
-        """Where the store is: a broker's data dir (SQLite), or a cluster's shared store."""
-        p.add_argument("--data-dir", default=os.environ.get("PTA_BROKER_DATA_DIR"), required=False)
-        p.add_argument(
-            "--store",
-            metavar="URL",
-            help="postgresql://USER@HOST:PORT/DB shared by a cluster of brokers (or PTA_STORE)",
-        )
 
     serve = commands.add_parser("serve", help="run the broker")
     data_dir(serve)
@@ -108,42 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     _running_options(serve)
     policy_commands.add_serve_options(serve)
 
-    tenant = commands.add_parser("tenant", help="manage tenants").add_subparsers(
-        dest="action", required=True
-    )
-    add = tenant.add_parser("add", help="create a tenant owning one or more domains")
-    add.add_argument("name")
-    add.add_argument("--domain", action="append", required=True, help="a verified UPN suffix")
-    data_dir(add)
-    listing = tenant.add_parser("list", help="list tenants and their domains")
-    listing.add_argument("--json", action="store_true")
-    data_dir(listing)
-
-    policy_commands.add_parsers(commands, tenant, data_dir)
-    banned_commands.add_parser(tenant, data_dir)
-
-    token = commands.add_parser("token", help="manage enrolment tokens").add_subparsers(
-        dest="action", required=True
-    )
-    create = token.add_parser("create", help="print a one-time enrolment token")
-    create.add_argument("--tenant", required=True)
-    create.add_argument("--ttl", default=DEFAULT_ENROLMENT_TTL, help="validity (default 1h)")
-    data_dir(create)
-    tlist = token.add_parser("list", help="list tokens (never their secrets)")
-    tlist.add_argument("--json", action="store_true")
-    data_dir(tlist)
-    delete = token.add_parser("delete", help="delete a token by id")
-    delete.add_argument("token_id")
-    data_dir(delete)
-    agents = commands.add_parser(
-        "agents", aliases=["agent"], help="list and revoke agents"
-    ).add_subparsers(dest="action", required=True)
-    alist = agents.add_parser("list", help="every agent, its certificate and live streams")
-    alist.add_argument("--json", action="store_true")
-    data_dir(alist)
-    revoke = agents.add_parser("revoke", help="cut an agent off now and for good")
-    revoke.add_argument("agent_id")
-    data_dir(revoke)
+    _management_parsers(commands, managed)
     return parser
 
 
@@ -155,18 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     os.umask(0o077)  # The CA key, the store and its journal are the owner's alone.
     try:
-        if args.command == "serve":
-            return _serve(args)
-        if args.command == "mfa" and args.action == "keygen":
-            return policy_commands.keygen(args.file)
-        opened = _open(args)
-        if opened is None:
-            return 2
-        store, data = opened
-        try:
-            return _manage(args, store, data)
-        finally:
-            store.close()
+        return _run_command(args)
+    except Usage as error:
+        sys.stderr.write(f"pta-broker: {error}\n")
+        return 2
     except StoreUnavailable as error:
         sys.stderr.write(f"pta-broker: the store does not answer ({error.detail})\n")
         return 1
@@ -175,155 +145,127 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _open(args: argparse.Namespace) -> tuple[Store, Path | None] | None:
-    """The store a management command names, and the data dir if by one; None: said why not."""
-    if url := store_url(vars(args), os.environ):
-        return open_store(url=url), None
-    if not args.data_dir:
-        sys.stderr.write(
-            "pta-broker: --store URL (or PTA_STORE), or --data-dir (or PTA_BROKER_DATA_DIR),"
-            " is required\n"
-        )
-        return None
-    data = Path(args.data_dir)
-    if not (data / "ca.pem").exists():
-        sys.stderr.write(f"pta-broker: {data} holds no broker: run `pta-broker serve` once\n")
-        return None
-    return open_store(data), data
+def _management_parsers(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    managed: Any,
+) -> None:
+    """Add the commands that manage the store: here, or at a broker's AdminService."""
+    tenant = commands.add_parser("tenant", help="manage tenants").add_subparsers(
+        dest="action", required=True
+    )
+    add = tenant.add_parser("add", help="create a tenant owning one or more domains")
+    add.add_argument("name")
+    add.add_argument("--domain", action="append", required=True, help="a verified UPN suffix")
+    managed(add)
+    listing = tenant.add_parser("list", help="list tenants and their domains")
+    managed(listing)
+
+    policy_commands.add_parsers(commands, tenant, managed)
+    banned_commands.add_parser(tenant, managed)
+
+    token = commands.add_parser("token", help="manage enrolment tokens").add_subparsers(
+        dest="action", required=True
+    )
+    create = token.add_parser("create", help="print a one-time enrolment token")
+    create.add_argument("--tenant", required=True)
+    create.add_argument(
+        "--ttl", default=DEFAULT_ENROLMENT_TTL, help=f"validity (default {DEFAULT_ENROLMENT_TTL})"
+    )
+    managed(create)
+    tlist = token.add_parser("list", help="list tokens (never their secrets)")
+    managed(tlist)
+    delete = token.add_parser("delete", help="delete a token by id")
+    delete.add_argument("token_id")
+    managed(delete)
+    agents = commands.add_parser(
+        "agents", aliases=["agent"], help="list and revoke agents"
+    ).add_subparsers(dest="action", required=True)
+    alist = agents.add_parser("list", help="every agent, its certificate and live streams")
+    managed(alist)
+    revoke = agents.add_parser("revoke", help="cut an agent off now and for good")
+    revoke.add_argument("agent_id")
+    managed(revoke)
+    admin_commands.add_parser(commands, data_dir)
 
 
-def _manage(args: argparse.Namespace, store: Store, data: Path | None) -> int:
+def _run_command(args: argparse.Namespace) -> int:
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "mfa" and args.action == "keygen":
+        return policy_commands.keygen(args.file)
+    if args.command == "admin":
+        return admin_commands.run(args)
+    backend = open_backend(args)
+    try:
+        return _manage(args, backend)
+    finally:
+        backend.close()
+
+
+def _manage(args: argparse.Namespace, backend: Backend) -> int:
     if args.command == "tenant" and args.action == "banned-passwords":
-        return banned_commands.run(args, store)
+        return banned_commands.run(args, backend)
     if args.command in ("lockout", "mfa") or (
         args.command == "tenant" and args.action in ("policy", "show")
     ):
-        return policy_commands.run(args, store)
+        return policy_commands.run(args, backend)
     if args.command == "tenant":
-        return _tenant(args, store)
+        return _tenant(args, backend)
     if args.command in ("agent", "agents"):
-        return _agents(args, store)
-    return _token(args, store, data)
+        return _agents(args, backend)
+    return _token(args, backend)
 
 
-def _agents(args: argparse.Namespace, store: Store) -> int:
+def _agents(args: argparse.Namespace, backend: Backend) -> int:
     if args.action == "revoke":
-        if not store.agents.revoke(args.agent_id):
-            sys.stderr.write(f"pta-broker: no agent {args.agent_id}\n")
-            return 1
-        sys.stdout.write(f"revoked {args.agent_id}: its streams are cut within a second\n")
-        return 0
-    rows: list[dict[str, Any]] = [
-        {
-            "id": a.agent_id,
-            "tenant": a.tenant,
-            "hostname": a.hostname,
-            "revoked": a.revoked_at is not None,
-            "connected": bool(a.connections),
-            "version": a.connections[-1].version if a.connections else a.version,
-            "domains": sorted({d for c in a.connections for d in c.domains}),
-            "serial": a.certificates[-1][0] if a.certificates else "",
-            "not_after": _iso(a.certificates[-1][1]) if a.certificates else "",
-            # Every certificate that can still connect: more than one only while it renews.
-            "certificates": [{"serial": s, "not_after": _iso(t)} for s, t in a.certificates],
-            "in_flight": sum(c.in_flight for c in a.connections),
-            "last_heartbeat": max((c.last_seen for c in a.connections), default=None),
-            "streams": len(a.connections),
-            # Which brokers hold its streams (one id per broker of a cluster).
-            "brokers": sorted({c.broker_id for c in a.connections}),
-        }
-        for a in store.agents.list(fresh_within=STATUS_FRESHNESS)
-    ]
-    if args.json:
-        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
-        return 0
-    for row in rows:
-        state = "revoked" if row["revoked"] else "connected" if row["connected"] else "offline"
-        certs = ", ".join(f"{c['serial']} until {c['not_after']}" for c in row["certificates"])
-        certs = certs or "none usable"
-        sys.stdout.write(
-            f"{row['id']}\t{row['tenant']}\t{state}\t{' '.join(row['domains']) or '-'}"
-            f"\tcertificates {certs}\tin flight {row['in_flight']}"
-            f"\tbrokers {' '.join(row['brokers']) or '-'}\n"
+        revoked = ask(
+            backend,
+            admin_pb2.RevokeAgentRequest(agent_id=args.agent_id),
+            admin_pb2.RevokeAgentResponse,
         )
+        render.show(args, revoked, f"revoked {args.agent_id}: its streams are cut within a second")
+        return 0
+    listed = ask(backend, admin_pb2.ListAgentsRequest(), admin_pb2.ListAgentsResponse)
+    render.show(args, listed, lambda: render.agents_listed(listed), field="agents")
     return 0
 
 
-def _iso(timestamp: float) -> str:
-    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).isoformat()
-
-
-def _tenant(args: argparse.Namespace, store: Store) -> int:
+def _tenant(args: argparse.Namespace, backend: Backend) -> int:
     if args.action == "add":
-        store.add_tenant(args.name, args.domain)
-        sys.stdout.write(f"tenant {args.name} owns {', '.join(args.domain)}\n")
+        added = ask(
+            backend,
+            admin_pb2.AddTenantRequest(name=args.name, domains=args.domain),
+            admin_pb2.Tenant,
+        )
+        render.show(args, added, f"tenant {added.name} owns {', '.join(added.domains)}")
         return 0
-    tenants = store.tenants()
-    if args.json:
-        sys.stdout.write(json.dumps(tenants, indent=2) + "\n")
+    listed = ask(backend, admin_pb2.ListTenantsRequest(), admin_pb2.ListTenantsResponse)
+    if args.json:  # Name -> domains, as scripts have read it since the first release.
+        render.write_json({t.name: list(t.domains) for t in listed.tenants})
         return 0
-    for name, domains in tenants.items():
-        sys.stdout.write(f"{name}\t{' '.join(domains)}\n")
+    for t in listed.tenants:
+        render.say(f"{t.name}\t{' '.join(t.domains)}")
     return 0
 
 
-def _token(args: argparse.Namespace, store: Store, data: Path | None) -> int:
+def _token(args: argparse.Namespace, backend: Backend) -> int:
     if args.action == "create":
-        # The token pins the CA agents must find: the data dir's, or the one the cluster's
-        # brokers hold (claimed in the store by the first of them).
-        fingerprint = (
-            CertificateAuthority.load_or_create(data).fingerprint if data else store.cluster_ca()
+        created = ask(
+            backend,
+            admin_pb2.CreateTokenRequest(tenant=args.tenant, ttl=args.ttl),
+            admin_pb2.CreateTokenResponse,
         )
-        if fingerprint is None:
-            sys.stderr.write(
-                "pta-broker: no broker has served this store yet: start one with"
-                " `pta-broker serve --store …` first (its CA is what tokens pin)\n"
-            )
-            return 2
-        token = store.create_token(args.tenant, parse_duration(args.ttl), fingerprint)
-        sys.stdout.write(f"{token}\n")
+        render.show(args, created, created.token)
         return 0
     if args.action == "delete":
-        token_id = _token_id(args.token_id)
-        if not store.delete_token(token_id):
-            sys.stderr.write(f"pta-broker: no token {token_id}\n")
-            return 1
-        sys.stdout.write(f"deleted token {token_id}\n")
+        deleted = ask(
+            backend, admin_pb2.DeleteTokenRequest(id=args.token_id), admin_pb2.DeleteTokenResponse
+        )
+        render.show(args, deleted, f"deleted token {deleted.id}")
         return 0
-    rows = [
-        {
-            "id": t.token_id,
-            "tenant": t.tenant,
-            "created_at": t.created_at,
-            "expires_at": t.expires_at,
-            "used": t.used_at is not None,
-            "expired": t.expires_at <= time.time(),
-        }
-        for t in store.list_tokens()
-    ]
-    if args.json:
-        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
-        return 0
-    for row in rows:
-        state = "used" if row["used"] else "expired" if row["expired"] else "valid"
-        sys.stdout.write(f"{row['id']}\t{row['tenant']}\t{state}\n")
+    listed = ask(backend, admin_pb2.ListTokensRequest(), admin_pb2.ListTokensResponse)
+    render.show(args, listed, lambda: render.tokens_listed(listed), field="tokens")
     return 0
-
-
-def _token_id(text: str) -> str:
-    """A token's id, from the id itself or from a whole token (whose secret is never echoed).
-
-    Raises:
-        InvalidRequest: When it is neither; the message does not repeat what was given.
-    """
-    if TOKEN_ID.fullmatch(text):
-        return text
-    try:
-        return parse_token(text).token_id
-    except PtaError:
-        raise InvalidRequest(
-            "give the token's id (16 hex digits, as `token list` shows) or the whole token"
-        ) from None
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -64,6 +64,11 @@ class SecondFactor:
         """Whether this broker can check second factors (it was given an MFA key)."""
         return self._mfa_key is not None
 
+    @property
+    def key(self) -> mfa.MfaKey | None:
+        """The key new authenticators are sealed with (the AdminService enrols with it)."""
+        return self._mfa_key
+
     def upkeep(self) -> None:
         """Forget expired challenges."""
         self._challenges.upkeep()

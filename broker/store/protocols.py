@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from broker.policy.lockout import Counter
     from broker.policy.tenant_policy import TenantPolicy
     from broker.store.records import (
+        AdministratorRecord,
         AgentRecord,
         BrokerRecord,
         CertificateRecord,
@@ -159,6 +160,26 @@ class AgentStore(Protocol):
 
         The streams are every broker's fresh report merged; each says which broker holds it.
         """
+
+
+class AdministratorStore(Protocol):
+    """The certificates issued to administrators: who may call the AdminService.
+
+    Looked up on every admin call (they are rare), never cached: a revocation recorded by any
+    process holds at every broker of the store from the next call on.
+    """
+
+    def add(self, *, name: str, serial: str, not_after: float) -> None:
+        """Record a certificate issued to administrator ``name`` (a name may hold several)."""
+
+    def certificate(self, serial: str) -> AdministratorRecord | None:
+        """The record of an administrator certificate, or None if none was issued by that serial."""
+
+    def revoke(self, name: str) -> int:
+        """Revoke every certificate of ``name``, for good; how many were not revoked before."""
+
+    def list(self) -> list[AdministratorRecord]:
+        """Every administrator certificate, by name then issue time."""
 
 
 class PolicyStore(Protocol):
@@ -346,6 +367,10 @@ class Store(TenantStore, TokenStore, ReportStore, ClusterStore, Protocol):
     @property
     def agents(self) -> AgentStore:
         """Agents, certificates and streams."""
+
+    @property
+    def administrators(self) -> AdministratorStore:
+        """Administrator certificates and their revocations."""
 
     @property
     def policy(self) -> PolicyStore:

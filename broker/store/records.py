@@ -204,3 +204,22 @@ class MfaRecord:
     #: The last TOTP time step accepted: a code of it or an earlier one never works again.
     last_step: int
     enrolled_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AdministratorRecord:
+    """A certificate issued to an administrator (``pta-broker admin issue``) and its state."""
+
+    name: str
+    serial: str
+    issued_at: float
+    not_after: float
+    revoked_at: float | None
+
+    def refusal(self, now: float) -> str:
+        """Why this certificate may not call the AdminService now; empty when it may."""
+        if self.revoked_at is not None:
+            return f"administrator {self.name} was revoked"
+        if self.not_after <= now:
+            return f"this certificate of administrator {self.name} has expired: issue a new one"
+        return ""

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from broker.policy.lockout import Counter
 from broker.store.records import (
+    AdministratorRecord,
     AgentRecord,
     CertificateRecord,
     ConnectionStatus,
@@ -173,3 +174,11 @@ def check_banned_total(tenant: str, total: int, limit: int) -> None:
     """
     if total > limit:
         raise InvalidRequest(f"tenant {tenant} would have {total} banned terms: at most {limit}")
+
+
+def administrator(row: Row) -> AdministratorRecord:
+    """An administrator certificate. Columns: name, serial, issued at, not after, revoked at."""
+    name, serial, issued_at, not_after, revoked_at = row
+    return AdministratorRecord(
+        name=name, serial=serial, issued_at=issued_at, not_after=not_after, revoked_at=revoked_at
+    )

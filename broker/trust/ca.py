@@ -36,6 +36,9 @@ DEFAULT_SERVER_LIFETIME = datetime.timedelta(days=90)
 BACKDATE = datetime.timedelta(minutes=5)
 MAX_CSR_BYTES = 8192
 DEFAULT_SANS = ("localhost", "127.0.0.1")
+#: The extended key usage that makes a client certificate an administrator's (see
+#: :mod:`broker.trust.administrators`); 2.25 is the arc of OIDs made from a UUID.
+ADMIN_ROLE = x509.ObjectIdentifier("2.25.212723721902852284057164303894660004531")
 
 
 def _now() -> datetime.datetime:
@@ -136,7 +139,7 @@ class CertificateAuthority:
         public_key: ec.EllipticCurvePublicKey,
         common_name: str,
         san: x509.SubjectAlternativeName,
-        usage: x509.ObjectIdentifier,
+        usage: list[x509.ObjectIdentifier],
         lifetime: datetime.timedelta,
     ) -> x509.Certificate:
         now = _now()
@@ -150,7 +153,7 @@ class CertificateAuthority:
             .not_valid_after(now + lifetime)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(san, critical=False)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
                 critical=False,
@@ -188,7 +191,7 @@ class CertificateAuthority:
             key.public_key(),
             names[0],
             _san(names),
-            ExtendedKeyUsageOID.SERVER_AUTH,
+            [ExtendedKeyUsageOID.SERVER_AUTH],
             lifetime,
         )
         tls.write_private(key_path, tls.key_pem(key))
@@ -217,4 +220,22 @@ class CertificateAuthority:
         san = x509.SubjectAlternativeName(
             [x509.UniformResourceIdentifier(tls.agent_uri(tenant, agent_id))]
         )
-        return self._leaf(key, agent_id, san, ExtendedKeyUsageOID.CLIENT_AUTH, lifetime)
+        return self._leaf(key, agent_id, san, [ExtendedKeyUsageOID.CLIENT_AUTH], lifetime)
+
+    def sign_administrator(
+        self, public_key: ec.EllipticCurvePublicKey, *, uri: str, lifetime: datetime.timedelta
+    ) -> x509.Certificate:
+        """An administrator's client certificate: the role only this method ever writes.
+
+        See :mod:`broker.trust.administrators`: the administrator role's extended key usage
+        and the ``spiffe://pta/admin/`` URI; called on the CA's machine only, with a key made
+        there.
+        """
+        san = x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)])
+        return self._leaf(
+            public_key,
+            uri.rpartition("/")[2],
+            san,
+            [ExtendedKeyUsageOID.CLIENT_AUTH, ADMIN_ROLE],
+            lifetime,
+        )

@@ -237,8 +237,22 @@ CREATE TABLE signing_keys (
 );
 """
 
+#: Version 2: who may call the AdminService. Read on each admin call, so no trigger.
+_ADMINISTRATORS_V2 = """
+CREATE TABLE administrators (
+    serial TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    issued_at DOUBLE PRECISION NOT NULL,
+    not_after DOUBLE PRECISION NOT NULL,
+    revoked_at DOUBLE PRECISION
+);
+"""
+
 #: Every migration, in order: version N is the N-th. Released entries never change.
-MIGRATIONS: tuple[LiteralString, ...] = (_TABLES_V1 + _COORDINATION_V1 + _TRIGGERS_V1,)
+MIGRATIONS: tuple[LiteralString, ...] = (
+    _TABLES_V1 + _COORDINATION_V1 + _TRIGGERS_V1,
+    _ADMINISTRATORS_V2,
+)
 
 
 def version(conn: psycopg.Connection[TupleRow]) -> int:

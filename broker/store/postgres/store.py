@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import psycopg
 
 from broker.store import rows
+from broker.store.postgres.administrators import PostgresAdministratorStore
 from broker.store.postgres.agents import PostgresAgentStore
 from broker.store.postgres.db import Database, lock_pair
 from broker.store.postgres.policy import PostgresPolicyStore
@@ -64,6 +65,7 @@ class PostgresStore:
             migrate(conn, self._db.where)
         self._db.open_pool()
         self.agents = PostgresAgentStore(self._db)
+        self.administrators = PostgresAdministratorStore(self._db)
         self.policy = PostgresPolicyStore(self._db)
         self._seen = -1
         #: The counter as last read, and when (monotonic).

@@ -21,6 +21,7 @@ from broker.store.records import (
     TokenRecord,
     check_tenant_name,
 )
+from broker.store.sqlite.administrators import SqliteAdministratorStore
 from broker.store.sqlite.agents import SqliteAgentStore
 from broker.store.sqlite.db import connect, transaction
 from broker.store.sqlite.policy import SqlitePolicyStore
@@ -102,6 +103,7 @@ class SqliteStore:
             self._db.execute("DROP TABLE broker_status")
         self._db.executescript(SCHEMA)
         self.agents = SqliteAgentStore(self._db)
+        self.administrators = SqliteAdministratorStore(self._db)
         self.policy = SqlitePolicyStore(self._db)
         self._domains: dict[str, str] = {}
         self._domains_version = -1
