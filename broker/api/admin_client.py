@@ -79,7 +79,12 @@ class Remote:
 def _remote_error(broker: str, error: grpc.RpcError) -> RemoteError:
     code: grpc.StatusCode = error.code()
     details: str = error.details() or code.name
-    if code is grpc.StatusCode.UNAVAILABLE:
+    if code is grpc.StatusCode.UNIMPLEMENTED:
+        details = (
+            f"{broker} serves no AdminService: it is the broker's agent endpoint that does"
+            " (--agent-listen, the public port + 1 by default)"
+        )
+    elif code is grpc.StatusCode.UNAVAILABLE:
         details = (
             f"cannot reach the AdminService at {broker} ({details}): is it the broker's agent"
             " endpoint (--agent-listen, the public port + 1 by default), and was --admin-cert"

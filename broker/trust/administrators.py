@@ -2,14 +2,18 @@
 
 An administrator holds a client certificate from the broker's CA, like an agent, and the agent
 endpoint's handshake checks that much (no certificate, or a foreign CA's, never reaches a
-handler). What makes it an administrator's is a role agent certificates can never carry: an
-extended key usage of pta's own (:data:`ADMIN_ROLE`, an OID under ``2.25``, the UUID arc
-anyone may mint from) together with a URI SAN ``spiffe://pta/admin/NAME``. The CA adds both
-only in :meth:`~broker.trust.ca.CertificateAuthority.sign_administrator`, which only
-``pta-broker admin issue`` calls, on the CA's own machine; :meth:`sign_agent` writes neither
-and takes nothing but the key from an agent's request. Each certificate is recorded in the
-store when issued, and each admin call looks it up there: revoking a name
-(``pta-broker admin revoke``) refuses its next call at every broker of the store.
+handler). What makes it an administrator's is a role agent certificates can never carry, in
+two places that must agree. In the certificate: its SPIFFE ID, the URI SAN
+``spiffe://pta/admin/NAME`` (an agent's is ``spiffe://pta/tenant/T/agent/A``), which the CA
+writes only in :meth:`~broker.trust.ca.CertificateAuthority.sign_administrator`, called only
+by ``pta-broker admin issue`` on the CA's own machine; ``sign_agent`` takes nothing but the
+key from an agent's request and always writes an agent's URI. In the store: the
+certificate's serial in the administrators table, which only ``admin issue`` writes (an
+agent's serial is in the agents' certificates). Each admin call looks the serial up there:
+revoking a name (``pta-broker admin revoke``) refuses its next call at every broker of the
+store. (An extended key usage of pta's own was tried as a third mark: an OID from a UUID,
+under ``2.25``, is too large for Go's ASN.1 parser, so grpcurl could not load the
+certificate; and pta has no enterprise number.)
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ from typing import TYPE_CHECKING
 
 from cryptography import x509
 
-from broker.trust.ca import ADMIN_ROLE, CertificateAuthority
 from pta import tls
 from pta.errors import InvalidRequest, PermissionDenied, Unauthenticated
 
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
 
     from broker.store.protocols import AdministratorStore
     from broker.store.records import AdministratorRecord
+    from broker.trust.ca import CertificateAuthority
 
 ADMIN_URI_PREFIX = "spiffe://pta/admin/"
 #: Names appear in certificates and in every audit line: kept to a plain, bounded form.
@@ -85,11 +89,8 @@ def issue(
 def name_of(cert: x509.Certificate) -> str | None:
     """The administrator a certificate names, if it carries the role; else None."""
     try:
-        usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
-        return None
-    if ADMIN_ROLE not in usage:
         return None
     for uri in san.get_values_for_type(x509.UniformResourceIdentifier):
         if uri.startswith(ADMIN_URI_PREFIX) and NAME.fullmatch(

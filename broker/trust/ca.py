@@ -36,9 +36,6 @@ DEFAULT_SERVER_LIFETIME = datetime.timedelta(days=90)
 BACKDATE = datetime.timedelta(minutes=5)
 MAX_CSR_BYTES = 8192
 DEFAULT_SANS = ("localhost", "127.0.0.1")
-#: The extended key usage that makes a client certificate an administrator's (see
-#: :mod:`broker.trust.administrators`); 2.25 is the arc of OIDs made from a UUID.
-ADMIN_ROLE = x509.ObjectIdentifier("2.25.212723721902852284057164303894660004531")
 
 
 def _now() -> datetime.datetime:
@@ -225,17 +222,16 @@ class CertificateAuthority:
     def sign_administrator(
         self, public_key: ec.EllipticCurvePublicKey, *, uri: str, lifetime: datetime.timedelta
     ) -> x509.Certificate:
-        """An administrator's client certificate: the role only this method ever writes.
+        """An administrator's client certificate: the only place an admin URI is ever written.
 
-        See :mod:`broker.trust.administrators`: the administrator role's extended key usage
-        and the ``spiffe://pta/admin/`` URI; called on the CA's machine only, with a key made
-        there.
+        See :mod:`broker.trust.administrators`: the ``spiffe://pta/admin/NAME`` URI is the
+        role; called on the CA's machine only, with a key made there.
         """
         san = x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)])
         return self._leaf(
             public_key,
             uri.rpartition("/")[2],
             san,
-            [ExtendedKeyUsageOID.CLIENT_AUTH, ADMIN_ROLE],
+            [ExtendedKeyUsageOID.CLIENT_AUTH],
             lifetime,
         )
