@@ -24,6 +24,7 @@ from agent import preflight
 from agent.config import AgentConfig, load_config
 from agent.directory import LdapDirectory
 from agent.enrol import enrol
+from agent.health import Health
 from agent.identity import AgentIdentity
 from agent.metrics import OFF, AgentMetrics, Counts
 from agent.preflight import ConfigurationError
@@ -117,7 +118,10 @@ def main(argv: list[str] | None = None) -> int:
 async def _run(config: AgentConfig) -> int:
     identity = AgentIdentity.load(config.state_dir)  # Fails early when never enrolled.
     metrics = _serve_metrics(config)
-    directories = await _checked_directories(config, OFF if metrics is None else metrics)
+    counted = Health(
+        (url for d in config.directories for url in d.urls), OFF if metrics is None else metrics
+    )
+    directories = await _checked_directories(config, counted)
 
     def directory_for(domain: str) -> LdapDirectory | None:
         chosen = config.directory_for(domain)
@@ -133,6 +137,7 @@ async def _run(config: AgentConfig) -> int:
         max_in_flight=config.max_in_flight,
         directories=config.hello_directories(),
         metrics=metrics,
+        health=counted,
     )
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()

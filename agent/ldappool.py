@@ -139,10 +139,10 @@ class _Pool:
             answer = await conn.exchange(encode)
         except ConnectionLost as error:
             conn.close()
-            self._metrics.server_up(conn.server, up=False)
+            self._metrics.server_up(conn.server, up=False, reason="closed the connection")
             raise DirectoryUnavailable("the directory closed the connection") from error
         except TimeoutError as error:
-            self._metrics.server_up(conn.server, up=False)
+            self._metrics.server_up(conn.server, up=False, reason="did not answer in time")
             raise DirectoryUnavailable("the directory did not answer in time") from error
         except BaseException:
             conn.close()  # Cancelled, or a request that could not be encoded: never reused.
@@ -178,7 +178,7 @@ class _Pool:
                     conn = await self._dial(url)
             except (OSError, ConnectionLost, TimeoutError) as error:
                 self._exhausted[url] = self._clock() + SERVER_EXHAUST_SECONDS
-                self._metrics.server_up(url, up=False)
+                self._metrics.server_up(url, up=False, reason=_why(error, self._connect_timeout))
                 failure = error
                 continue
             self._exhausted.pop(url, None)
@@ -303,3 +303,12 @@ def tls_context(ca_file: str | None) -> ssl.SSLContext:
     (``agent/directory.py``).
     """
     return ssl.create_default_context(cafile=ca_file)
+
+
+def _why(error: BaseException, timeout: float) -> str:
+    """Why a server could not be reached, as an operator reads it (never a user's name)."""
+    if isinstance(error, TimeoutError):
+        return f"no connection within {timeout:g} s"
+    if isinstance(error, OSError) and error.strerror:
+        return f"cannot connect: {error.strerror.lower()}"
+    return f"cannot connect: {type(error).__name__}"

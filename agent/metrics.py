@@ -52,8 +52,8 @@ class Counts(Protocol):
     def directory_request(self, url: str, operation: str, seconds: float) -> None:
         """Time one request to a directory server (its URL as configured)."""
 
-    def server_up(self, url: str, *, up: bool) -> None:
-        """Say whether a directory server answered its last connection or request."""
+    def server_up(self, url: str, *, up: bool, reason: str = "") -> None:
+        """Say whether a directory server answered its last connection or request (or why not)."""
 
 
 class AgentMetrics:
@@ -113,8 +113,9 @@ class AgentMetrics:
         """Time one request to a directory server."""
         self._duration.labels(server_label(url), operation).observe(seconds)
 
-    def server_up(self, url: str, *, up: bool) -> None:
-        """Say whether a directory server answered."""
+    def server_up(self, url: str, *, up: bool, reason: str = "") -> None:
+        """Say whether a directory server answered (the reason is for the health report)."""
+        del reason
         self._up.labels(server_label(url)).set(1 if up else 0)
 
     def certificate(self, issued: float, expires: float) -> None:
@@ -148,7 +149,7 @@ class _Off:
     def directory_request(self, url: str, operation: str, seconds: float) -> None:
         """Nothing."""
 
-    def server_up(self, url: str, *, up: bool) -> None:
+    def server_up(self, url: str, *, up: bool, reason: str = "") -> None:
         """Nothing."""
 
 

@@ -23,6 +23,8 @@ import structlog
 
 from agent import lockout, renewal
 from agent.capacity import Capacity
+from agent.health import Health
+from agent.health import keep_reporting as report_health
 from agent.identity import AgentIdentity, load_brokers, save_brokers
 from agent.link import Link
 from agent.lockout import PolicyReporter
@@ -65,13 +67,16 @@ class Agent:
         max_in_flight: int,
         directories: Sequence[agent_pb2.DirectoryAccounts] = (),
         metrics: AgentMetrics | None = None,
+        health: Health | None = None,
     ) -> None:
         """Prepare; nothing happens until :meth:`run`.
 
         ``directories`` says in every hello how each directory maps names to accounts;
-        ``metrics`` (``--metrics-listen``) counts checks and follows links and certificate.
+        ``metrics`` (``--metrics-listen``) counts checks and follows links and certificate;
+        ``health`` (which counts into the metrics too) is reported on every stream.
         """
         self._metrics = metrics
+        self._health = health or Health(metrics=OFF if metrics is None else metrics)
         self._state_dir = state_dir
         self._directory_for = directory_for
         self._domains = domains
@@ -94,14 +99,14 @@ class Agent:
             identity,
             self._directory_for,
             replay=self._replay,
-            metrics=OFF if self._metrics is None else self._metrics,
+            metrics=self._health,
         )
         return Link(
             identity,
             validator,
             domains=self._domains,
             max_in_flight=self._max_in_flight,
-            while_up=self._report_directories,
+            while_up=self._while_up,
             directories=self._directories,
             endpoint=endpoint,
             capacity=self._capacity,
@@ -109,15 +114,20 @@ class Agent:
             on_change=mesh.changed,
         )
 
-    async def _report_directories(
+    async def _while_up(
         self, domains: tuple[str, ...], send: Callable[[agent_pb2.AgentMessage], None]
     ) -> None:
-        """While a stream is up: its directories' lockout thresholds, now and when they change."""
-        await lockout.keep_reporting(
-            self._reporter,
-            domains,
-            lambda report: send(agent_pb2.AgentMessage(directory_report=report)),
-        )
+        """While a stream is up: its directories' lockout thresholds, and the agent's health.
+
+        Each now and when it changes.
+        """
+        async with asyncio.TaskGroup() as group:
+            group.create_task(report_health(self._health, send))
+            await lockout.keep_reporting(
+                self._reporter,
+                domains,
+                lambda report: send(agent_pb2.AgentMessage(directory_report=report)),
+            )
 
     async def run(self) -> None:
         """Serve until stopped (then drained) or cancelled."""

@@ -491,4 +491,5 @@ def _status(conn: Connection) -> ConnectionStatus:
         connected_at=conn.connected_at,
         last_seen=conn.last_seen,
         in_flight=len(conn.in_flight),
+        health=conn.health,
     )

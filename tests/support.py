@@ -218,6 +218,14 @@ class BrokerProcess:
             response: signin_pb2.SignInResponse = stub.SignIn(request, timeout=timeout)
             return response
 
+    def outcome(self, username: str, password: str) -> str:
+        """One sign-in's outcome name, or its status's name (``UNAVAILABLE``)."""
+        try:
+            reply = self.sign_in(username, password)
+        except grpc.RpcError as error:
+            return str(error.code().name)
+        return str(outcome_pb2.Outcome.Name(reply.outcome))
+
 
 def refused_serve(data_dir: Path, *flags: str) -> subprocess.CompletedProcess[str]:
     """Run `pta-broker serve --data-dir`, expecting it to refuse and exit by itself."""

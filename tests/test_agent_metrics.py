@@ -12,7 +12,6 @@ import subprocess
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import grpc
 import pytest
 from cryptography import x509
 
@@ -44,11 +43,7 @@ class Watched:
 
     def sign_in(self, uid: str, password: str) -> str:
         """One sign-in's outcome name, or its status's name."""
-        try:
-            reply = self.broker.sign_in(f"{uid}@{DOMAIN}", password)
-        except grpc.RpcError as error:
-            return str(error.code().name)
-        return str(Outcome.Name(reply.outcome))
+        return self.broker.outcome(f"{uid}@{DOMAIN}", password)
 
     def scrape(self) -> Scrape:
         """The agent's samples now."""

@@ -12,7 +12,7 @@ import json
 import shutil
 import subprocess
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import psycopg
@@ -127,12 +127,15 @@ class TestServing:
         token_id = json.loads(first.cli("token", "list", "--json").stdout)[0]["id"]
         assert first.cli("token", "delete", token_id).returncode == 0
 
-        def listed() -> dict[str, object]:
+        def listed() -> dict[str, Any]:
             return first.agents().get(agent.agent_id, {})
 
         wait_for(lambda: listed().get("connected"), what="the agent's stream in the store")
         broker_id = (first.data_dir / "broker.id").read_text().strip()
         assert listed()["brokers"] == [broker_id]
+        # The agent's health, reported on its stream, kept in the store's connections.
+        wait_for(lambda: "checks" in listed(), what="the agent's health in the store")
+        assert [d["last_error"] for d in listed()["directories"]] == [""]  # One server, never down.
 
     def test_revoke_cuts_the_stream_within_a_second(
         self, first: BrokerProcess, tmp_path: Path

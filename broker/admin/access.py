@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import TYPE_CHECKING
 
@@ -122,7 +123,36 @@ def _agent(a: AgentRecord) -> admin_pb2.AgentInfo:
     )
     if a.connections:
         info.last_heartbeat = max(c.last_seen for c in a.connections)
+    _health(info, a)
     return info
+
+
+def _health(info: admin_pb2.AgentInfo, a: AgentRecord) -> None:
+    """What the agent last said of itself on any stream (one process: the same on each)."""
+    reports = [c for c in a.connections if c.health]
+    if not reports:
+        return
+    said = json.loads(max(reports, key=lambda c: c.last_seen).health)
+    info.checks.CopyFrom(
+        admin_pb2.AgentChecks(
+            handled=said["handled"],
+            succeeded=said["succeeded"],
+            failed=said["failed"],
+            errors=said["errors"],
+            since=iso(said["started_at"]),
+        )
+    )
+    info.directories.extend(
+        admin_pb2.AgentDirectoryServer(
+            server=s["server"],
+            reachable=s["reachable"],
+            last_error=s["last_error"],
+            last_error_at=iso(s["last_error_at"]) if s["last_error"] else "",
+            median_bind_ms=s["median_bind_ms"],
+            binds=s["binds"],
+        )
+        for s in said["servers"]
+    )
 
 
 def revoke_agent(

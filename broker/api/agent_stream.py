@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from broker.api import agent_health
 from broker.dispatch.jobs import Answer, Brokers, Connection
 from broker.store.records import ReportedPolicy
 from pta import rpc
@@ -156,7 +157,7 @@ class AgentStream:
         self, messages: AsyncIterator[agent_pb2.AgentMessage], conn: Connection
     ) -> None:
         silence = self._heartbeat * MISSED_HEARTBEATS
-        last_report = -MIN_REPORT_INTERVAL
+        last: dict[str, float] = {}  # When each kind of report was last taken.
         while True:
             try:
                 async with asyncio.timeout(silence):
@@ -180,15 +181,30 @@ class AgentStream:
                     reason=message.draining.reason[:MAX_TEXT],
                 )
                 self._dispatcher.drain(conn)
-            elif kind == "directory_report":
-                if time.monotonic() - last_report < MIN_REPORT_INTERVAL:
-                    log.warning("directory.report_too_soon", agent_id=conn.agent_id)
-                    continue
-                last_report = time.monotonic()
-                self._directory_report(conn, message.directory_report)
+            elif kind in ("directory_report", "health"):
+                self._reported(conn, message, last)
             elif kind == "hello":
                 raise InvalidRequest("hello may be sent only once")
             # Heartbeats only prove liveness; kinds from newer agents are ignored.
+
+    def _reported(
+        self, conn: Connection, message: agent_pb2.AgentMessage, last: dict[str, float]
+    ) -> None:
+        """A report (directory policies, or health): taken at most once per its interval.
+
+        Health is shown to operators once a second: more often would be work for nothing.
+        """
+        kind = str(message.WhichOneof("kind"))
+        interval = MIN_REPORT_INTERVAL if kind == "directory_report" else agent_health.MIN_INTERVAL
+        if time.monotonic() - last.get(kind, -interval) < interval:
+            if kind == "directory_report":
+                log.warning("directory.report_too_soon", agent_id=conn.agent_id)
+            return
+        last[kind] = time.monotonic()
+        if kind == "health":
+            conn.health = agent_health.accepted(message.health)
+        else:
+            self._directory_report(conn, message.directory_report)
 
     def _directory_report(self, conn: Connection, report: agent_pb2.DirectoryReport) -> None:
         """Store a report and pass it on; a failure here is logged, never ends the stream."""

@@ -116,8 +116,24 @@ def agents_listed(answer: admin_pb2.ListAgentsResponse) -> None:
         say(
             f"{a.id}\t{a.tenant}\t{state}\t{' '.join(a.domains) or '-'}"
             f"\tcertificates {certs or 'none usable'}\tin flight {a.in_flight}"
-            f"\tbrokers {' '.join(a.brokers) or '-'}"
+            f"\tbrokers {' '.join(a.brokers) or '-'}{_health(a)}"
         )
+
+
+def _health(a: admin_pb2.AgentInfo) -> str:
+    """What a connected agent said of itself: its checks, and each directory server."""
+    if not a.HasField("checks"):
+        return ""
+    c = a.checks
+    said = f"\tchecks {c.handled} ({c.failed} failed, {c.errors} errors)"
+    for s in a.directories:
+        if s.reachable:
+            said += f"\t{s.server} up {s.median_bind_ms:.1f} ms"
+        elif s.last_error:
+            said += f"\t{s.server} down: {s.last_error}"
+        else:
+            said += f"\t{s.server} not used yet"
+    return said
 
 
 def tokens_listed(answer: admin_pb2.ListTokensResponse) -> None:

@@ -166,6 +166,8 @@ class Connection:
     #: Wall-clock times, for operators.
     connected_at: float = field(default_factory=time.time)
     last_seen: float = field(default_factory=time.time)
+    #: The agent's last health report on this stream (JSON, see broker/api/agent_health.py).
+    health: str = ""
 
     def serves(self, domain: str) -> bool:
         """Whether new jobs for ``domain`` may be sealed to this connection."""

@@ -179,6 +179,9 @@ class ConnectionStatus:
     in_flight: int
     #: The broker holding the stream: the store fills it in from the report it came in.
     broker_id: str = ""
+    #: The agent's last health report on this stream, as JSON (:mod:`broker.api.agent_health`);
+    #: empty until one came (or from an agent too old to send one).
+    health: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,9 +53,9 @@ def stream(row: Row, domains: list[str]) -> ConnectionStatus:
     """A reported stream; its domains decoded by the store, which keeps them its own way.
 
     Columns: id, agent id, version, serial, domains, connected at, last seen, in flight,
-    broker id.
+    broker id, health.
     """
-    conn_id, agent_id, version, serial, _, connected, seen, in_flight, broker = row
+    conn_id, agent_id, version, serial, _, connected, seen, in_flight, broker, health = row
     return ConnectionStatus(
         connection_id=conn_id,
         agent_id=agent_id,
@@ -66,6 +66,7 @@ def stream(row: Row, domains: list[str]) -> ConnectionStatus:
         last_seen=seen,
         in_flight=in_flight,
         broker_id=broker,
+        health=health,
     )
 
 

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from pta.v1 import outcome_pb2 as pta_dot_v1_dot_outcome__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12pta/v1/agent.proto\x12\x06pta.v1\x1a\x14pta/v1/outcome.proto\"o\n\rEnrollRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\t\x12\x1b\n\x13\x65nvelope_public_key\x18\x03 \x01(\x0c\x12\x10\n\x08hostname\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\"<\n\x0cRenewRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\t\x12\x1b\n\x13\x65nvelope_public_key\x18\x02 \x01(\x0c\">\n\rRenewResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\t\x12\x14\n\x0c\x63\x61_chain_pem\x18\x02 \x01(\t\"\x9e\x01\n\x0e\x45nrollResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x03 \x01(\t\x12\x14\n\x0c\x63\x61_chain_pem\x18\x04 \x01(\t\x12\x0f\n\x07\x64omains\x18\x05 \x03(\t\x12\x16\n\x0e\x61gent_endpoint\x18\x06 \x01(\t\x12\x12\n\nagent_port\x18\x07 \x01(\r\"\xfb\x01\n\x0c\x41gentMessage\x12\x1e\n\x05hello\x18\x01 \x01(\x0b\x32\r.pta.v1.HelloH\x00\x12\"\n\x07results\x18\x02 \x01(\x0b\x32\x0f.pta.v1.ResultsH\x00\x12&\n\theartbeat\x18\x03 \x01(\x0b\x32\x11.pta.v1.HeartbeatH\x00\x12$\n\x08\x64raining\x18\x04 \x01(\x0b\x32\x10.pta.v1.DrainingH\x00\x12\x1c\n\x04\x61\x63ks\x18\x05 \x01(\x0b\x32\x0c.pta.v1.AcksH\x00\x12\x33\n\x10\x64irectory_report\x18\x06 \x01(\x0b\x32\x17.pta.v1.DirectoryReportH\x00\x42\x06\n\x04kind\"\xd3\x01\n\rBrokerMessage\x12\"\n\x07welcome\x18\x01 \x01(\x0b\x32\x0f.pta.v1.WelcomeH\x00\x12*\n\x0bvalidations\x18\x02 \x01(\x0b\x32\x13.pta.v1.ValidationsH\x00\x12&\n\theartbeat\x18\x03 \x01(\x0b\x32\x11.pta.v1.HeartbeatH\x00\x12\x1e\n\x05\x64rain\x18\x04 \x01(\x0b\x32\r.pta.v1.DrainH\x00\x12\"\n\x07\x62rokers\x18\x05 \x01(\x0b\x32\x0f.pta.v1.BrokersH\x00\x42\x06\n\x04kind\"\x82\x01\n\x05Hello\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07\x64omains\x18\x03 \x03(\t\x12\x15\n\rmax_in_flight\x18\x04 \x01(\r\x12.\n\x0b\x64irectories\x18\x05 \x03(\x0b\x32\x19.pta.v1.DirectoryAccounts\"|\n\x11\x44irectoryAccounts\x12\x0f\n\x07\x64omains\x18\x01 \x03(\t\x12\x14\n\x0c\x64irectory_id\x18\x02 \x01(\t\x12\'\n\x0blogin_scope\x18\x03 \x01(\x0e\x32\x12.pta.v1.LoginScope\x12\x17\n\x0fsettings_digest\x18\x04 \x01(\x0c\"\x92\x01\n\x07Welcome\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07\x64omains\x18\x02 \x03(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\r\x12\x17\n\x0f\x61\x63ks_in_results\x18\x04 \x01(\x08\x12\x1d\n\x15lost_requests_counted\x18\x05 \x01(\x08\x12\x0f\n\x07\x62rokers\x18\x06 \x03(\t\"\"\n\x07\x42rokers\x12\x17\n\x0f\x61gent_endpoints\x18\x01 \x03(\t\":\n\x0bValidations\x12+\n\x08requests\x18\x01 \x03(\x0b\x32\x19.pta.v1.ValidationRequest\"c\n\x11ValidationRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x03 \x01(\x03\x12\x0e\n\x06\x64omain\x18\x04 \x01(\t\"G\n\x0b\x43redentials\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x14\n\x0cnew_password\x18\x03 \x01(\t\"\x1b\n\x04\x41\x63ks\x12\x13\n\x0brequest_ids\x18\x01 \x03(\t\"B\n\x07Results\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.pta.v1.ValidationResult\x12\x0c\n\x04\x61\x63ks\x18\x02 \x03(\t\"o\n\x10ValidationResult\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12 \n\x07outcome\x18\x02 \x01(\x0e\x32\x0f.pta.v1.Outcome\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x14\n\x0c\x64irectory_us\x18\x04 \x01(\r\"!\n\tHeartbeat\x12\x14\n\x0csent_unix_ms\x18\x01 \x01(\x03\"\x17\n\x05\x44rain\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x1a\n\x08\x44raining\x12\x0e\n\x06reason\x18\x01 \x01(\t\"<\n\x0f\x44irectoryReport\x12)\n\x08policies\x18\x01 \x03(\x0b\x32\x17.pta.v1.DirectoryPolicy\"[\n\x0f\x44irectoryPolicy\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12\r\n\x05known\x18\x02 \x01(\x08\x12\x19\n\x11lockout_threshold\x18\x03 \x01(\r\x12\x0e\n\x06source\x18\x04 \x01(\t*`\n\nLoginScope\x12\x1b\n\x17LOGIN_SCOPE_UNSPECIFIED\x10\x00\x12\x19\n\x15LOGIN_SCOPE_FULL_NAME\x10\x01\x12\x1a\n\x16LOGIN_SCOPE_LOCAL_PART\x10\x02\x32\xb9\x01\n\x0c\x41gentService\x12\x37\n\x06\x45nroll\x12\x15.pta.v1.EnrollRequest\x1a\x16.pta.v1.EnrollResponse\x12:\n\x07\x43onnect\x12\x14.pta.v1.AgentMessage\x1a\x15.pta.v1.BrokerMessage(\x01\x30\x01\x12\x34\n\x05Renew\x12\x14.pta.v1.RenewRequest\x1a\x15.pta.v1.RenewResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12pta/v1/agent.proto\x12\x06pta.v1\x1a\x14pta/v1/outcome.proto\"o\n\rEnrollRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\t\x12\x1b\n\x13\x65nvelope_public_key\x18\x03 \x01(\x0c\x12\x10\n\x08hostname\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\"<\n\x0cRenewRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\t\x12\x1b\n\x13\x65nvelope_public_key\x18\x02 \x01(\x0c\">\n\rRenewResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\t\x12\x14\n\x0c\x63\x61_chain_pem\x18\x02 \x01(\t\"\x9e\x01\n\x0e\x45nrollResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x03 \x01(\t\x12\x14\n\x0c\x63\x61_chain_pem\x18\x04 \x01(\t\x12\x0f\n\x07\x64omains\x18\x05 \x03(\t\x12\x16\n\x0e\x61gent_endpoint\x18\x06 \x01(\t\x12\x12\n\nagent_port\x18\x07 \x01(\r\"\x9d\x02\n\x0c\x41gentMessage\x12\x1e\n\x05hello\x18\x01 \x01(\x0b\x32\r.pta.v1.HelloH\x00\x12\"\n\x07results\x18\x02 \x01(\x0b\x32\x0f.pta.v1.ResultsH\x00\x12&\n\theartbeat\x18\x03 \x01(\x0b\x32\x11.pta.v1.HeartbeatH\x00\x12$\n\x08\x64raining\x18\x04 \x01(\x0b\x32\x10.pta.v1.DrainingH\x00\x12\x1c\n\x04\x61\x63ks\x18\x05 \x01(\x0b\x32\x0c.pta.v1.AcksH\x00\x12\x33\n\x10\x64irectory_report\x18\x06 \x01(\x0b\x32\x17.pta.v1.DirectoryReportH\x00\x12 \n\x06health\x18\x07 \x01(\x0b\x32\x0e.pta.v1.HealthH\x00\x42\x06\n\x04kind\"\xd3\x01\n\rBrokerMessage\x12\"\n\x07welcome\x18\x01 \x01(\x0b\x32\x0f.pta.v1.WelcomeH\x00\x12*\n\x0bvalidations\x18\x02 \x01(\x0b\x32\x13.pta.v1.ValidationsH\x00\x12&\n\theartbeat\x18\x03 \x01(\x0b\x32\x11.pta.v1.HeartbeatH\x00\x12\x1e\n\x05\x64rain\x18\x04 \x01(\x0b\x32\r.pta.v1.DrainH\x00\x12\"\n\x07\x62rokers\x18\x05 \x01(\x0b\x32\x0f.pta.v1.BrokersH\x00\x42\x06\n\x04kind\"\x82\x01\n\x05Hello\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07\x64omains\x18\x03 \x03(\t\x12\x15\n\rmax_in_flight\x18\x04 \x01(\r\x12.\n\x0b\x64irectories\x18\x05 \x03(\x0b\x32\x19.pta.v1.DirectoryAccounts\"|\n\x11\x44irectoryAccounts\x12\x0f\n\x07\x64omains\x18\x01 \x03(\t\x12\x14\n\x0c\x64irectory_id\x18\x02 \x01(\t\x12\'\n\x0blogin_scope\x18\x03 \x01(\x0e\x32\x12.pta.v1.LoginScope\x12\x17\n\x0fsettings_digest\x18\x04 \x01(\x0c\"\x92\x01\n\x07Welcome\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07\x64omains\x18\x02 \x03(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\r\x12\x17\n\x0f\x61\x63ks_in_results\x18\x04 \x01(\x08\x12\x1d\n\x15lost_requests_counted\x18\x05 \x01(\x08\x12\x0f\n\x07\x62rokers\x18\x06 \x03(\t\"\"\n\x07\x42rokers\x12\x17\n\x0f\x61gent_endpoints\x18\x01 \x03(\t\":\n\x0bValidations\x12+\n\x08requests\x18\x01 \x03(\x0b\x32\x19.pta.v1.ValidationRequest\"c\n\x11ValidationRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x03 \x01(\x03\x12\x0e\n\x06\x64omain\x18\x04 \x01(\t\"G\n\x0b\x43redentials\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x14\n\x0cnew_password\x18\x03 \x01(\t\"\x1b\n\x04\x41\x63ks\x12\x13\n\x0brequest_ids\x18\x01 \x03(\t\"B\n\x07Results\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.pta.v1.ValidationResult\x12\x0c\n\x04\x61\x63ks\x18\x02 \x03(\t\"o\n\x10ValidationResult\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12 \n\x07outcome\x18\x02 \x01(\x0e\x32\x0f.pta.v1.Outcome\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x14\n\x0c\x64irectory_us\x18\x04 \x01(\r\"!\n\tHeartbeat\x12\x14\n\x0csent_unix_ms\x18\x01 \x01(\x03\"\x17\n\x05\x44rain\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x1a\n\x08\x44raining\x12\x0e\n\x06reason\x18\x01 \x01(\t\"<\n\x0f\x44irectoryReport\x12)\n\x08policies\x18\x01 \x03(\x0b\x32\x17.pta.v1.DirectoryPolicy\"[\n\x0f\x44irectoryPolicy\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12\r\n\x05known\x18\x02 \x01(\x08\x12\x19\n\x11lockout_threshold\x18\x03 \x01(\r\x12\x0e\n\x06source\x18\x04 \x01(\t\"\x87\x01\n\x06Health\x12\x12\n\nstarted_at\x18\x01 \x01(\x01\x12\x0f\n\x07handled\x18\x02 \x01(\x04\x12\x11\n\tsucceeded\x18\x03 \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x05 \x01(\x04\x12%\n\x07servers\x18\x06 \x03(\x0b\x32\x14.pta.v1.ServerHealth\"\x83\x01\n\x0cServerHealth\x12\x0e\n\x06server\x18\x01 \x01(\t\x12\x11\n\treachable\x18\x02 \x01(\x08\x12\x12\n\nlast_error\x18\x03 \x01(\t\x12\x15\n\rlast_error_at\x18\x04 \x01(\x01\x12\x16\n\x0emedian_bind_ms\x18\x05 \x01(\x01\x12\r\n\x05\x62inds\x18\x06 \x01(\x04*`\n\nLoginScope\x12\x1b\n\x17LOGIN_SCOPE_UNSPECIFIED\x10\x00\x12\x19\n\x15LOGIN_SCOPE_FULL_NAME\x10\x01\x12\x1a\n\x16LOGIN_SCOPE_LOCAL_PART\x10\x02\x32\xb9\x01\n\x0c\x41gentService\x12\x37\n\x06\x45nroll\x12\x15.pta.v1.EnrollRequest\x1a\x16.pta.v1.EnrollResponse\x12:\n\x07\x43onnect\x12\x14.pta.v1.AgentMessage\x1a\x15.pta.v1.BrokerMessage(\x01\x30\x01\x12\x34\n\x05Renew\x12\x14.pta.v1.RenewRequest\x1a\x15.pta.v1.RenewResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pta.v1.agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LOGINSCOPE']._serialized_start=2051
-  _globals['_LOGINSCOPE']._serialized_end=2147
+  _globals['_LOGINSCOPE']._serialized_start=2357
+  _globals['_LOGINSCOPE']._serialized_end=2453
   _globals['_ENROLLREQUEST']._serialized_start=52
   _globals['_ENROLLREQUEST']._serialized_end=163
   _globals['_RENEWREQUEST']._serialized_start=165
@@ -43,39 +43,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENROLLRESPONSE']._serialized_start=292
   _globals['_ENROLLRESPONSE']._serialized_end=450
   _globals['_AGENTMESSAGE']._serialized_start=453
-  _globals['_AGENTMESSAGE']._serialized_end=704
-  _globals['_BROKERMESSAGE']._serialized_start=707
-  _globals['_BROKERMESSAGE']._serialized_end=918
-  _globals['_HELLO']._serialized_start=921
-  _globals['_HELLO']._serialized_end=1051
-  _globals['_DIRECTORYACCOUNTS']._serialized_start=1053
-  _globals['_DIRECTORYACCOUNTS']._serialized_end=1177
-  _globals['_WELCOME']._serialized_start=1180
-  _globals['_WELCOME']._serialized_end=1326
-  _globals['_BROKERS']._serialized_start=1328
-  _globals['_BROKERS']._serialized_end=1362
-  _globals['_VALIDATIONS']._serialized_start=1364
-  _globals['_VALIDATIONS']._serialized_end=1422
-  _globals['_VALIDATIONREQUEST']._serialized_start=1424
-  _globals['_VALIDATIONREQUEST']._serialized_end=1523
-  _globals['_CREDENTIALS']._serialized_start=1525
-  _globals['_CREDENTIALS']._serialized_end=1596
-  _globals['_ACKS']._serialized_start=1598
-  _globals['_ACKS']._serialized_end=1625
-  _globals['_RESULTS']._serialized_start=1627
-  _globals['_RESULTS']._serialized_end=1693
-  _globals['_VALIDATIONRESULT']._serialized_start=1695
-  _globals['_VALIDATIONRESULT']._serialized_end=1806
-  _globals['_HEARTBEAT']._serialized_start=1808
-  _globals['_HEARTBEAT']._serialized_end=1841
-  _globals['_DRAIN']._serialized_start=1843
-  _globals['_DRAIN']._serialized_end=1866
-  _globals['_DRAINING']._serialized_start=1868
-  _globals['_DRAINING']._serialized_end=1894
-  _globals['_DIRECTORYREPORT']._serialized_start=1896
-  _globals['_DIRECTORYREPORT']._serialized_end=1956
-  _globals['_DIRECTORYPOLICY']._serialized_start=1958
-  _globals['_DIRECTORYPOLICY']._serialized_end=2049
-  _globals['_AGENTSERVICE']._serialized_start=2150
-  _globals['_AGENTSERVICE']._serialized_end=2335
+  _globals['_AGENTMESSAGE']._serialized_end=738
+  _globals['_BROKERMESSAGE']._serialized_start=741
+  _globals['_BROKERMESSAGE']._serialized_end=952
+  _globals['_HELLO']._serialized_start=955
+  _globals['_HELLO']._serialized_end=1085
+  _globals['_DIRECTORYACCOUNTS']._serialized_start=1087
+  _globals['_DIRECTORYACCOUNTS']._serialized_end=1211
+  _globals['_WELCOME']._serialized_start=1214
+  _globals['_WELCOME']._serialized_end=1360
+  _globals['_BROKERS']._serialized_start=1362
+  _globals['_BROKERS']._serialized_end=1396
+  _globals['_VALIDATIONS']._serialized_start=1398
+  _globals['_VALIDATIONS']._serialized_end=1456
+  _globals['_VALIDATIONREQUEST']._serialized_start=1458
+  _globals['_VALIDATIONREQUEST']._serialized_end=1557
+  _globals['_CREDENTIALS']._serialized_start=1559
+  _globals['_CREDENTIALS']._serialized_end=1630
+  _globals['_ACKS']._serialized_start=1632
+  _globals['_ACKS']._serialized_end=1659
+  _globals['_RESULTS']._serialized_start=1661
+  _globals['_RESULTS']._serialized_end=1727
+  _globals['_VALIDATIONRESULT']._serialized_start=1729
+  _globals['_VALIDATIONRESULT']._serialized_end=1840
+  _globals['_HEARTBEAT']._serialized_start=1842
+  _globals['_HEARTBEAT']._serialized_end=1875
+  _globals['_DRAIN']._serialized_start=1877
+  _globals['_DRAIN']._serialized_end=1900
+  _globals['_DRAINING']._serialized_start=1902
+  _globals['_DRAINING']._serialized_end=1928
+  _globals['_DIRECTORYREPORT']._serialized_start=1930
+  _globals['_DIRECTORYREPORT']._serialized_end=1990
+  _globals['_DIRECTORYPOLICY']._serialized_start=1992
+  _globals['_DIRECTORYPOLICY']._serialized_end=2083
+  _globals['_HEALTH']._serialized_start=2086
+  _globals['_HEALTH']._serialized_end=2221
+  _globals['_SERVERHEALTH']._serialized_start=2224
+  _globals['_SERVERHEALTH']._serialized_end=2355
+  _globals['_AGENTSERVICE']._serialized_start=2456
+  _globals['_AGENTSERVICE']._serialized_end=2641
 # @@protoc_insertion_point(module_scope)

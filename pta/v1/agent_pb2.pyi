@@ -66,20 +66,22 @@ class EnrollResponse(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., tenant: _Optional[str] = ..., certificate_pem: _Optional[str] = ..., ca_chain_pem: _Optional[str] = ..., domains: _Optional[_Iterable[str]] = ..., agent_endpoint: _Optional[str] = ..., agent_port: _Optional[int] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("hello", "results", "heartbeat", "draining", "acks", "directory_report")
+    __slots__ = ("hello", "results", "heartbeat", "draining", "acks", "directory_report", "health")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     ACKS_FIELD_NUMBER: _ClassVar[int]
     DIRECTORY_REPORT_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     results: Results
     heartbeat: Heartbeat
     draining: Draining
     acks: Acks
     directory_report: DirectoryReport
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., results: _Optional[_Union[Results, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., draining: _Optional[_Union[Draining, _Mapping]] = ..., acks: _Optional[_Union[Acks, _Mapping]] = ..., directory_report: _Optional[_Union[DirectoryReport, _Mapping]] = ...) -> None: ...
+    health: Health
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., results: _Optional[_Union[Results, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., draining: _Optional[_Union[Draining, _Mapping]] = ..., acks: _Optional[_Union[Acks, _Mapping]] = ..., directory_report: _Optional[_Union[DirectoryReport, _Mapping]] = ..., health: _Optional[_Union[Health, _Mapping]] = ...) -> None: ...
 
 class BrokerMessage(_message.Message):
     __slots__ = ("welcome", "validations", "heartbeat", "drain", "brokers")
@@ -232,3 +234,35 @@ class DirectoryPolicy(_message.Message):
     lockout_threshold: int
     source: str
     def __init__(self, domain: _Optional[str] = ..., known: _Optional[bool] = ..., lockout_threshold: _Optional[int] = ..., source: _Optional[str] = ...) -> None: ...
+
+class Health(_message.Message):
+    __slots__ = ("started_at", "handled", "succeeded", "failed", "errors", "servers")
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    HANDLED_FIELD_NUMBER: _ClassVar[int]
+    SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    SERVERS_FIELD_NUMBER: _ClassVar[int]
+    started_at: float
+    handled: int
+    succeeded: int
+    failed: int
+    errors: int
+    servers: _containers.RepeatedCompositeFieldContainer[ServerHealth]
+    def __init__(self, started_at: _Optional[float] = ..., handled: _Optional[int] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., errors: _Optional[int] = ..., servers: _Optional[_Iterable[_Union[ServerHealth, _Mapping]]] = ...) -> None: ...
+
+class ServerHealth(_message.Message):
+    __slots__ = ("server", "reachable", "last_error", "last_error_at", "median_bind_ms", "binds")
+    SERVER_FIELD_NUMBER: _ClassVar[int]
+    REACHABLE_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_AT_FIELD_NUMBER: _ClassVar[int]
+    MEDIAN_BIND_MS_FIELD_NUMBER: _ClassVar[int]
+    BINDS_FIELD_NUMBER: _ClassVar[int]
+    server: str
+    reachable: bool
+    last_error: str
+    last_error_at: float
+    median_bind_ms: float
+    binds: int
+    def __init__(self, server: _Optional[str] = ..., reachable: _Optional[bool] = ..., last_error: _Optional[str] = ..., last_error_at: _Optional[float] = ..., median_bind_ms: _Optional[float] = ..., binds: _Optional[int] = ...) -> None: ...

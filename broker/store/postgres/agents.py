@@ -133,8 +133,8 @@ class PostgresAgentStore:
             conn.execute("DELETE FROM connections WHERE broker_id = %s", (broker_id,))
             conn.cursor().executemany(
                 "INSERT INTO connections (broker_id, id, agent_id, version, serial, domains,"
-                " connected_at, last_seen, in_flight, updated_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                " connected_at, last_seen, in_flight, updated_at, health)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 [
                     (
                         broker_id,
@@ -147,6 +147,7 @@ class PostgresAgentStore:
                         s.last_seen,
                         s.in_flight,
                         now,
+                        s.health,
                     )
                     for s in statuses
                 ],
@@ -159,7 +160,7 @@ class PostgresAgentStore:
             rows.stream(row, list(row[4]))
             for row in self._db.rows(
                 "SELECT id, agent_id, version, serial, domains, connected_at, last_seen,"
-                " in_flight, broker_id FROM connections WHERE updated_at >= %s"
+                " in_flight, broker_id, health FROM connections WHERE updated_at >= %s"
                 " ORDER BY connected_at, broker_id",
                 (now - fresh_within,),
             )

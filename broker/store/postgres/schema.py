@@ -248,10 +248,16 @@ CREATE TABLE administrators (
 );
 """
 
+#: Version 3: each stream's last health report from its agent (JSON; empty: none yet).
+_HEALTH_V3 = """
+ALTER TABLE connections ADD COLUMN health TEXT NOT NULL DEFAULT '';
+"""
+
 #: Every migration, in order: version N is the N-th. Released entries never change.
 MIGRATIONS: tuple[LiteralString, ...] = (
     _TABLES_V1 + _COORDINATION_V1 + _TRIGGERS_V1,
     _ADMINISTRATORS_V2,
+    _HEALTH_V3,
 )
 
 

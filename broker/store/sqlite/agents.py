@@ -64,6 +64,10 @@ CERTIFICATE_COLUMNS = {
     "retired_by": "TEXT",
 }
 
+CONNECTION_COLUMNS = {
+    #: The agent's last health report on the stream (JSON; empty: none yet).
+    "health": "TEXT NOT NULL DEFAULT ''",
+}
 
 _CERTIFICATE_SELECT = (
     "SELECT c.serial, c.agent_id, a.tenant, c.envelope_public_key, c.not_after,"
@@ -83,10 +87,14 @@ class SqliteAgentStore:
         if streams and "broker_id" not in streams:
             db.execute("DROP TABLE connections")
         db.executescript(SCHEMA)
-        have = {row[1] for row in db.execute("PRAGMA table_info(certificates)")}
-        for column, kind in CERTIFICATE_COLUMNS.items():
-            if column not in have:
-                db.execute(f"ALTER TABLE certificates ADD COLUMN {column} {kind}")
+        for table, columns in (
+            ("certificates", CERTIFICATE_COLUMNS),
+            ("connections", CONNECTION_COLUMNS),
+        ):
+            have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            for column, kind in columns.items():
+                if column not in have:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def add(  # noqa: PLR0913 - one row, named columns
         self,
@@ -186,8 +194,8 @@ class SqliteAgentStore:
             self._db.execute("DELETE FROM connections WHERE broker_id = ?", (broker_id,))
             self._db.executemany(
                 "INSERT INTO connections (broker_id, id, agent_id, version, serial, domains,"
-                " connected_at, last_seen, in_flight, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " connected_at, last_seen, in_flight, updated_at, health)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         broker_id,
@@ -200,6 +208,7 @@ class SqliteAgentStore:
                         s.last_seen,
                         s.in_flight,
                         now,
+                        s.health,
                     )
                     for s in statuses
                 ],
@@ -217,7 +226,7 @@ class SqliteAgentStore:
             rows.stream(row, row[4].split())
             for row in self._db.execute(
                 "SELECT id, agent_id, version, serial, domains, connected_at, last_seen,"
-                " in_flight, broker_id FROM connections WHERE updated_at >= ?"
+                " in_flight, broker_id, health FROM connections WHERE updated_at >= ?"
                 " ORDER BY connected_at, broker_id",
                 (now - fresh_within,),
             )
