@@ -2,7 +2,7 @@
 
 Rate limit, tenant, a password change's banned new password, the policy's admission (a locked
 user, a repeat, the directory guard are answered here), the second factor a password change
-carries, the check by an agent (through :meth:`~broker.dispatch.dispatcher.Dispatcher.check`),
+carries, the check by an agent (through :func:`~broker.dispatch.checks.check`),
 what the agent's answer may show the client, the token or MFA challenge a right password earns,
 and one audit event. No gRPC: the servicers in :mod:`broker.api.signin` turn requests into calls
 of :meth:`SignInFlow.run` and its result into responses.
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from broker.dispatch import checks
 from broker.dispatch.jobs import AgentLost
 from broker.metrics import OFF, outcome_label
 from broker.policy.ratelimit import RateLimiter, client_address
@@ -122,7 +123,7 @@ class SignInFlow:
             mfa_code: A password change's TOTP code (None for a sign-in): checked first
                 when the policy wants a second factor.
             dispatching: Awaited just before the credentials go to an agent (see
-                :meth:`~broker.dispatch.dispatcher.Dispatcher.check`); not when the policy
+                :func:`~broker.dispatch.checks.check`); not when the policy
                 or a missing agent answers first.
 
         Returns:
@@ -279,7 +280,8 @@ class SignInFlow:
             # The policy hears the agent's real answer, even one that comes after the caller
             # stopped waiting: the directory counted that password whether or not we waited.
             settled, readmit = self._policy.accounting(attempt)
-            return await self._dispatcher.check(
+            return await checks.check(
+                self._dispatcher,
                 attempt.tenant,
                 attempt.domain,
                 request_id,

@@ -49,9 +49,19 @@ class TestBenchSmoke:
         assert isinstance(report["added_p50_ms_c1"], float)
         assert isinstance(report["added_p50_ms_c1_stream"], float)
         assert report["baseline_spread"] >= 1
-        phases = report["phases"]
-        # A baseline slice first, then each level over each API in turn (unary then stream),
-        # each level followed by a baseline slice.
+        echo, *phases = report["phases"]
+        # The bare grpc.aio round trip first (the unit of added latency), then a baseline
+        # slice, then each level over each API in turn (unary then stream), each level
+        # followed by a baseline slice.
+        assert (echo["api"], echo["name"], echo["wrong"], echo["errors"]) == (
+            "echo", "bare grpc.aio round trip", 0, 0,
+        )  # fmt: skip
+        assert echo["count"] > 0
+        assert echo["throughput_ratio"] is None
+        assert report["bare_round_trip_p50_ms"] == echo["p50_ms"] > 0
+        assert report["added_p50_round_trips_c1"] == pytest.approx(
+            report["added_p50_ms_c1"] / echo["p50_ms"], abs=0.01
+        )
         assert [(p["api"], p["concurrency"]) for p in phases] == [
             (None, 1),
             ("unary", 1),
@@ -86,6 +96,7 @@ class TestBenchSmoke:
         assert "stream throughput ratio" in done.stdout
         assert done.stdout.count("adjacent direct bind") == 4  # Two ratios, two p50s.
         assert "baseline spread" in done.stdout
+        assert "bare round trips of" in done.stdout
 
     def test_one_api(self, tmp_path: Path) -> None:
         """``--api stream`` measures only the stream; the unary ratio is then absent (null)."""
@@ -110,8 +121,8 @@ class TestBenchSmoke:
         assert report["throughput_ratio_stream"] > 0
         assert report["baseline_spread"] >= 1
         phases = report["phases"]
-        assert [p["api"] for p in phases] == [None, "stream", None]
-        _check_adjacent(phases[1], [phases[0], phases[2]])
+        assert [p["api"] for p in phases] == ["echo", None, "stream", None]
+        _check_adjacent(phases[2], [phases[1], phases[3]])
 
     def test_stores_and_brokers(self, tmp_path: Path) -> None:
         """``--store sqlite,postgresql --brokers 1,2``: three deployments beside one baseline.
@@ -139,7 +150,9 @@ class TestBenchSmoke:
         assert done.returncode == 0, done.stderr[-3000:]
         report = json.loads(out.read_text())
         phases = report["phases"]
-        assert [p["store"] for p in phases] == [None, "sqlite", "postgresql", "postgresql x2", None]
+        assert [p["store"] for p in phases] == [
+            None, None, "sqlite", "postgresql", "postgresql x2", None,
+        ]  # fmt: skip
         assert all(p["count"] > 0 and p["wrong"] == 0 and p["errors"] == 0 for p in phases)
         (two,) = [p for p in phases if p["store"] == "postgresql x2"]
         assert two["cpu_ms_per_op"]["broker"] > 0
@@ -174,7 +187,9 @@ class TestBenchSmoke:
         )
         assert done.returncode == 0, done.stderr[-3000:]
         report = json.loads(out.read_text())
-        assert [p["store"] for p in report["phases"]] == [None, "sqlite", "sqlite +metrics", None]
+        assert [p["store"] for p in report["phases"]] == [
+            None, None, "sqlite", "sqlite +metrics", None,
+        ]  # fmt: skip
         assert set(report["store_ratios"]) == {"sqlite +metrics/sqlite"}
         assert "(metrics on / off)" in done.stdout
 

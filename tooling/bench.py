@@ -40,8 +40,18 @@ from pathlib import Path
 from typing import Any
 
 from pta import logging as pta_logging
+from tooling import echo
 from tooling.bench_report import PhaseResult, report_of
-from tooling.loadgen import APIS, Case, LoadSpec, Sample, cases, direct_binds, end_to_end
+from tooling.loadgen import (
+    APIS,
+    Case,
+    LoadSpec,
+    Sample,
+    cases,
+    direct_binds,
+    echo_round_trips,
+    end_to_end,
+)
 from tooling.localrun import LocalDeployment, wait_until
 from tooling.postgres import Postgres
 from tooling.slapd import DirectoryUser, Slapd, free_port
@@ -54,6 +64,8 @@ NO_LOCKOUT = {"pwdLockout": "FALSE", "pwdMaxFailure": "0"}
 SETTLE = 1.5  # seconds between starting a phase and its measured window
 PHASE_NAMES = {"unary": "end to end", "stream": "end to end stream"}
 BASELINE_NAME = "direct ldap3 bind"
+#: The transport's floor: a bare grpc.aio unary round trip (tooling/echo.py), one at a time.
+ECHO_NAME = "bare grpc.aio round trip"
 STORES = ("sqlite", "postgresql")
 #: The CPU column of PostgreSQL (the postmaster and its backends).
 POSTGRES_CPU = "postgresql"
@@ -242,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                     for n in (args.brokers if store == "postgresql" else [1])
                     for m in ((False, True) if args.metrics else (False,))
                 }
+                results.append(_round_trip(running, workdir / "echo", pool, args.duration))
                 # The first slice runs with brokers and agents up (idle), as every later one
                 # does, and right before the first level, not before their start-up.
                 results.append(baseline_slice())
@@ -361,6 +374,27 @@ def _deploy(  # noqa: PLR0913 - one deployment's facts, by name
     label = _label(store, brokers, metrics=metrics)
     progress(f"{label}: {brokers} broker(s) and {args.agents} agent(s) serving")
     return cluster, {n: p.pid for n, p in cluster.processes.items()} | extra
+
+
+def _round_trip(
+    running: contextlib.ExitStack, workdir: Path, pool: ProcessPoolExecutor, duration: float
+) -> PhaseResult:
+    """The bare grpc.aio round trip between two processes, same TLS, one in flight."""
+    process, target, ca = echo.start(workdir)
+    running.callback(_stop, process)
+    return _measure(
+        ECHO_NAME,
+        1,
+        {"echo server": process.pid},
+        lambda start, until: _later(pool.submit(echo_round_trips, target, ca, start, until)),
+        duration,
+        api="echo",
+    )
+
+
+def _stop(process: Any) -> None:
+    process.terminate()
+    process.wait(10)
 
 
 def _later(future: Any) -> Any:

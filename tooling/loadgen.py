@@ -20,6 +20,7 @@ import grpc
 import ldap3
 
 from pta.v1 import outcome_pb2, signin_pb2, signin_pb2_grpc
+from tooling.echo import METHOD
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -237,5 +238,37 @@ async def _end_to_end(spec: LoadSpec) -> Sample:
                     sample.wrong += 1
 
         await asyncio.gather(*(worker(n) for n in range(concurrency)))
+        sample.cpu_seconds = _cpu() - cpu
+    return sample
+
+
+#: What an echo round trip carries: the size of a typical SignInRequest.
+ECHO_PAYLOAD = bytes(64)
+
+
+def echo_round_trips(target: str, ca: bytes, start_at: float, until: float) -> Sample:
+    """One bare grpc.aio unary round trip at a time to the echo server (tooling/echo.py)."""
+    return asyncio.run(_echo_round_trips(target, ca, start_at, until))
+
+
+async def _echo_round_trips(target: str, ca: bytes, start_at: float, until: float) -> Sample:
+    sample = Sample()
+    async with grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(ca)) as channel:
+        echo: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+            METHOD
+        )  # Bytes both ways: no serialisation at all.
+        await echo(ECHO_PAYLOAD, timeout=TIMEOUT)  # Connect and warm up first.
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        cpu = _cpu()
+        while time.time() < until:
+            started = time.perf_counter()
+            try:
+                answer = await echo(ECHO_PAYLOAD, timeout=TIMEOUT)
+            except grpc.aio.AioRpcError:
+                sample.errors += 1
+                continue
+            sample.latencies_ms.append((time.perf_counter() - started) * 1000)
+            if answer != ECHO_PAYLOAD:
+                sample.wrong += 1
         sample.cpu_seconds = _cpu() - cpu
     return sample

@@ -4,7 +4,9 @@ The agent sends :class:`~pta.v1.agent_pb2.Health` on its stream every few second
 changed; the broker keeps the latest on the stream's connection, and reports it with the
 stream every second (``ConnectionStatus.health``), so that ``agents list`` and the
 AdminService's ``ListAgents`` show it from any broker. The agent is trusted to say how it is
-doing, not to fill the store: servers, strings and numbers are bounded here.
+doing, not to fill the store or to write on operators' terminals: servers, strings (printable
+characters only: no newline or escape sequence reaches ``agents list``) and numbers are
+bounded here.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ MAX_ERROR = 200
 MAX_NUMBER = 1e12
 
 
+def _text(value: str, limit: int) -> str:
+    """Printable characters only (it reaches operators' terminals), cut to ``limit``."""
+    return "".join(ch for ch in value[: limit * 4] if ch.isprintable())[:limit]
+
+
 def _number(value: float) -> float:
     return min(max(value, 0.0), MAX_NUMBER) if math.isfinite(value) else 0.0
 
@@ -40,9 +47,9 @@ def accepted(report: agent_pb2.Health) -> str:
         },
         "servers": [
             {
-                "server": s.server[:MAX_SERVER],
+                "server": _text(s.server, MAX_SERVER),
                 "reachable": s.reachable,
-                "last_error": s.last_error[:MAX_ERROR],
+                "last_error": _text(s.last_error, MAX_ERROR),
                 "last_error_at": _number(s.last_error_at),
                 "median_bind_ms": round(_number(s.median_bind_ms), 3),
                 "binds": min(s.binds, int(MAX_NUMBER)),

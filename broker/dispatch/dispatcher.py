@@ -1,10 +1,19 @@
 """Which connected agent validates which sign-in: the registry, the queues, the answers.
 
 Pure logic on the event loop, with no gRPC in it, so it is tested without a network. A sign-in
-becomes a :class:`Job` holding one sealed envelope per agent connection it may go to; a job
+becomes a :class:`Job` holding a sealed envelope for each agent connection it may go to; a job
 waits in its tenant's bounded queue until one of those connections has room, then goes to the
 least loaded of them. Agents never see a job of another tenant: a job is only ever sealed to,
 queued for and sent to connections of its own tenant.
+
+Which connections a job is sealed to (:meth:`Dispatcher.sealing_targets`): the least loaded
+one alone when it has room and nothing of the tenant waits (the job goes there at once), else
+the :data:`SEALED_CANDIDATES` least loaded (the job waits for whichever frees first). So a
+sign-in costs the broker one HPKE seal, two at most, however many agents the tenant has
+(sealing to every connection cost one seal per agent: 0.1-0.2 ms each). When the connections
+it was sealed to are all gone before any agent had it, or its agent is lost after and the
+lockout lets another try, :func:`broker.dispatch.checks.check` seals it again, to the
+connections there are then: the credentials stay in the caller's frame, never in a queue.
 """
 
 from __future__ import annotations
@@ -18,15 +27,25 @@ from typing import TYPE_CHECKING
 import structlog
 
 from broker.dispatch.jobs import LOST_AFTER_ACK, MAY_HAVE_TRIED, AgentLost, Answer, Connection, Job
-from pta import sealing
 from pta.errors import DeadlineExceeded, NoAgentAvailable, Overloaded, PtaError
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Callable
 
 log = structlog.get_logger()
 
 DEFAULT_QUEUE_LIMIT = 1024
+#: Connections a job that must wait is sealed to (it goes to whichever has room first).
+SEALED_CANDIDATES = 2
+
+
+class NotSent(NoAgentAvailable):
+    """Every connection the job was sealed to left before any agent had it: seal it again.
+
+    No agent saw it, so sending it again cannot count a password twice;
+    :func:`broker.dispatch.checks.check` does so while connections are left and the deadline
+    allows.
+    """
 
 
 class Dispatcher:
@@ -86,7 +105,7 @@ class Dispatcher:
             elif any(cid in tenant_conns for cid in job.envelopes) and not job.done:
                 queue.appendleft(job)
             else:
-                _fail(job, NoAgentAvailable("the agent handling this sign-in disconnected"))
+                _not_sent(job, "the agent handling this sign-in disconnected")
         conn.in_flight.clear()
         self._settle_unroutable(conn.tenant)
         self._pump(conn.tenant)
@@ -117,6 +136,22 @@ class Dispatcher:
     def candidates(self, tenant: str, domain: str) -> list[Connection]:
         """Return the connections a new job for ``domain`` may be sealed to."""
         return [c for c in self._by_tenant.get(tenant, {}).values() if c.serves(domain)]
+
+    def sealing_targets(self, tenant: str, domain: str) -> list[Connection]:
+        """The connections to seal a new job to: one with room now, else the two least loaded.
+
+        The least loaded with room, when the tenant's queue is empty (the job goes there at
+        once, as :meth:`_pump` would send it); otherwise the :data:`SEALED_CANDIDATES` least
+        loaded. Ties go to the connection attached first, as in :meth:`_pump`. Empty when no
+        connection serves the domain.
+        """
+        conns = self.candidates(tenant, domain)
+        if len(conns) <= 1:
+            return conns
+        roomy = [c for c in conns if c.free > 0]
+        if roomy and not self._queues.get(tenant):
+            return [min(roomy, key=lambda c: len(c.in_flight))]
+        return sorted(conns, key=lambda c: len(c.in_flight))[:SEALED_CANDIDATES]
 
     def connections(self) -> list[Connection]:
         """Return every live connection."""
@@ -198,141 +233,10 @@ class Dispatcher:
         self._pump(conn.tenant)
         self._end_if_drained(conn)
 
-    # A whole check ---------------------------------------------------------------------
-
-    async def check(  # noqa: PLR0913 - one sign-in's facts, by name
-        self,
-        tenant: str,
-        domain: str,
-        request_id: str,
-        plaintext: bytes,
-        budget: float,
-        *,
-        settled: Callable[[int | None], None] | None = None,
-        readmit: Callable[[float], Awaitable[bool]] | None = None,
-        dispatching: Callable[[], Awaitable[None]] | None = None,
-    ) -> Answer:
-        """Seal ``plaintext`` to each candidate connection, dispatch, await the one answer.
-
-        The one way a check goes to an agent: the job, its envelopes, its resending after a
-        lost agent and its withdrawal when the caller stops waiting all live here.
-
-        Args:
-            tenant: The tenant whose agents may check it.
-            domain: The user's domain (which agents serve it).
-            request_id: The sign-in's id, bound into each envelope.
-            plaintext: The serialised credentials; sealed, never kept.
-            budget: Seconds to wait for the answer.
-            settled: Called exactly once with what became of the check in the end: the
-                agent's outcome, even one that arrives after ``budget`` ran out, or None when
-                no agent checked it.
-            readmit: Asked, with the deadline, when the agent checking it was lost after it
-                may have tried the password: True lets another agent try (``settled`` is
-                then called again for that try). None: never.
-            dispatching: Awaited once, when an agent is there to take it, just before the job
-                is queued: from then on an agent may try the password (the caller commits
-                its RPC then, so that no client resends it by itself).
-
-        Raises:
-            NoAgentAvailable: No agent of the tenant serving the domain is connected (before
-                any agent had it).
-            AgentLost: The agent checking it was lost, and no other agent tried it again.
-            Overloaded: The tenant's queue is full.
-            DeadlineExceeded: No answer within ``budget`` seconds.
-        """
-        loop = asyncio.get_running_loop()
-        conns = self.candidates(tenant, domain)
-        if not conns:
-            if settled is not None:
-                settled(None)
-            raise NoAgentAvailable(f"no agent is connected for {domain}")
-        job: Job | None = None
-        try:
-            deadline = loop.time() + budget
-            deadline_ms = int((time.time() + budget) * 1000)
-            envelopes = {
-                conn.connection_id: sealing.seal(
-                    plaintext,
-                    conn.envelope_key,
-                    sealing.EnvelopeContext(
-                        tenant=tenant,
-                        agent_id=conn.agent_id,
-                        request_id=request_id,
-                        domain=domain,
-                        deadline_unix_ms=deadline_ms,
-                    ),
-                )
-                for conn in conns
-            }
-            job = Job(
-                request_id=request_id,
-                tenant=tenant,
-                domain=domain,
-                deadline=deadline,
-                deadline_unix_ms=deadline_ms,
-                envelopes=envelopes,
-                future=loop.create_future(),
-                settled=settled,
-            )
-            if dispatching is not None:
-                await dispatching()
-            self.submit(job)
-        except BaseException:
-            if job is not None:
-                job.settled = None
-            if settled is not None:  # Never dispatched: no agent will check it.
-                settled(None)
-            raise
-        try:
-            return await self._answer(job)
-        except AgentLost:
-            if readmit is None or not await readmit(deadline):
-                raise
-        return await self._send_on(job, settled, readmit)
-
-    async def _send_on(
-        self,
-        lost: Job,
-        settled: Callable[[int | None], None] | None,
-        readmit: Callable[[float], Awaitable[bool]],
-    ) -> Answer:
-        """Send a job whose agent was lost to another one, for as long as the lockout lets it.
-
-        The password may have been tried already: when no agent is left to take it, that is
-        still what the caller hears (:class:`AgentLost`, never resent by a client), not that
-        no agent is connected (resent to another broker by a client's retry policy).
-        """
-        job = lost
-        while True:
-            job = job.resend(asyncio.get_running_loop().create_future(), settled)
-            try:
-                self.submit(job)
-            except NoAgentAvailable as error:
-                job.settle(None)
-                raise AgentLost(LOST_AFTER_ACK) from error
-            except BaseException:
-                job.settle(None)
-                raise
-            try:
-                return await self._answer(job)
-            except AgentLost:
-                if not await readmit(job.deadline):
-                    raise
-            except NoAgentAvailable as error:
-                raise AgentLost(LOST_AFTER_ACK) from error
-
-    async def _answer(self, job: Job) -> Answer:
-        """Await a dispatched job's answer until its deadline; withdraw it either way."""
-        try:
-            async with asyncio.timeout_at(job.deadline):
-                return await job.future
-        except TimeoutError:
-            raise DeadlineExceeded("no agent answered before the deadline") from None
-        finally:
-            # The accounting runs here, on the caller's task, for a job that has its end; one
-            # an agent still holds is withdrawn and settles when the agent answers or is lost.
-            if not job.settle_for_caller():
-                self.withdraw(job)
+    def reachable(self, job: Job) -> bool:
+        """Whether a connection the job was sealed to is still attached."""
+        live = self._by_tenant.get(job.tenant, {})
+        return any(cid in live for cid in job.envelopes)
 
     def queued(self, tenant: str) -> int:
         """Return how many jobs of a tenant wait for an agent."""
@@ -386,10 +290,21 @@ class Dispatcher:
             if any(cid in live for cid in job.envelopes):
                 keep.append(job)
             else:
-                _fail(job, NoAgentAvailable(f"no agent is connected for {job.domain}"))
+                _not_sent(job, f"no agent is connected for {job.domain}")
         self._queues[tenant] = keep
 
 
 def _fail(job: Job, error: PtaError) -> None:
     """Answer a job with ``error``: no agent will check it (or can say whether it did)."""
     job.conclude(None, error=error)
+
+
+def _not_sent(job: Job, reason: str) -> None:
+    """Fail a job no agent had, whose connections are all gone: its caller may seal it again.
+
+    A caller still waiting takes the job's accounting back (it sends the job on, or reports
+    that no agent checked it); one that stopped waiting hears it here, as any failed job.
+    """
+    if not job.done:
+        job.settled = None
+    job.conclude(None, error=NotSent(reason))

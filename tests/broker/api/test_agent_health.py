@@ -49,3 +49,12 @@ def test_an_oversized_or_nonsense_report_is_bounded() -> None:
     assert len(first["server"]) == agent_health.MAX_SERVER
     assert len(first["last_error"]) == agent_health.MAX_ERROR
     assert (first["median_bind_ms"], first["last_error_at"]) == (0.0, 0.0)
+
+
+def test_control_characters_never_reach_a_terminal() -> None:
+    """Newlines and escape sequences in what an agent says are dropped, the rest kept."""
+    report = agent_pb2.Health(
+        servers=[agent_pb2.ServerHealth(server="ldap://dc\n1:389", last_error="\x1b[2Jgone\r\n")]
+    )
+    [server] = json.loads(agent_health.accepted(report))["servers"]
+    assert (server["server"], server["last_error"]) == ("ldap://dc1:389", "[2Jgone")

@@ -11,6 +11,7 @@ import asyncio
 
 import pytest
 
+from broker.dispatch import checks
 from broker.dispatch.dispatcher import Dispatcher
 from broker.dispatch.jobs import AgentLost, Connection, Job
 from pta.errors import NoAgentAvailable
@@ -41,7 +42,9 @@ class TestCheck:
             seen.append(len(conn.in_flight))
 
         check = asyncio.create_task(
-            dispatcher.check(TENANT, DOMAIN, "r1", b"creds", BUDGET, dispatching=dispatching)
+            checks.check(
+                dispatcher, TENANT, DOMAIN, "r1", b"creds", BUDGET, dispatching=dispatching
+            )
         )
         await _taken(conn)
         assert seen == [0]
@@ -58,7 +61,9 @@ class TestCheck:
             seen.append("dispatching")
 
         with pytest.raises(NoAgentAvailable):
-            await dispatcher.check(TENANT, DOMAIN, "r1", b"creds", BUDGET, dispatching=dispatching)
+            await checks.check(
+                dispatcher, TENANT, DOMAIN, "r1", b"creds", BUDGET, dispatching=dispatching
+            )
         assert seen == []
 
     @pytest.mark.parametrize("readmitted", [False, True], ids=["not-readmitted", "no-agent-left"])
@@ -78,7 +83,7 @@ class TestCheck:
             return readmitted
 
         check = asyncio.create_task(
-            dispatcher.check(TENANT, DOMAIN, "r1", b"creds", BUDGET, readmit=readmit)
+            checks.check(dispatcher, TENANT, DOMAIN, "r1", b"creds", BUDGET, readmit=readmit)
         )
         (await _taken(conn)).written = True  # The stream handed it to the agent.
         dispatcher.detach(conn)
@@ -99,7 +104,7 @@ class TestCheck:
             return True
 
         check = asyncio.create_task(
-            dispatcher.check(TENANT, DOMAIN, "r1", b"creds", BUDGET, readmit=readmit)
+            checks.check(dispatcher, TENANT, DOMAIN, "r1", b"creds", BUDGET, readmit=readmit)
         )
         (await _taken(first)).written = True
         dispatcher.detach(first)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from broker.dispatch.dispatcher import NotSent
 from broker.dispatch.jobs import MAY_HAVE_TRIED, AgentLost
 from pta.errors import NoAgentAvailable
 from tests.broker.dispatch.helpers import (
@@ -26,7 +27,11 @@ class TestDispatcherDetach:
     """A connection's stream ended: settle what it held."""
 
     async def test_fails_in_flight_jobs(self, dispatcher: Dispatcher) -> None:
-        """Jobs in flight at the connection fail with NoAgentAvailable, not re-sent."""
+        """Jobs in flight at the connection, sealed to it alone, fail NotSent: not re-sent here.
+
+        NotSent is a NoAgentAvailable that tells the check (broker/dispatch/checks.py) no agent
+        had them: it seals them again, to the connections there are now.
+        """
         a, b = make_conn("a", capacity=2), make_conn("b", capacity=2)
         dispatcher.attach(a)
         dispatcher.attach(b)
@@ -34,7 +39,8 @@ class TestDispatcherDetach:
         for job in jobs:
             dispatcher.submit(job)
         dispatcher.detach(a)
-        assert [type(failure(job)) for job in jobs] == [NoAgentAvailable, NoAgentAvailable]
+        assert [type(failure(job)) for job in jobs] == [NotSent, NotSent]
+        assert all(isinstance(failure(job), NoAgentAvailable) for job in jobs)
         assert a.in_flight == {}
         assert sent(b) == []
 

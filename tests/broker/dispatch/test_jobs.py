@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from broker.dispatch import checks
 from broker.dispatch.jobs import MAY_HAVE_TRIED, AgentLost, Answer, Job
 from pta.errors import DeadlineExceeded
 from tests.broker.dispatch.helpers import (
@@ -168,7 +169,7 @@ class TestJobSettlement:
             assert outcome == ANSWER.outcome
 
         caller = asyncio.create_task(
-            dispatcher.check(TENANT, DOMAIN, "r6", b"credentials", 5.0, settled=settled)
+            checks.check(dispatcher, TENANT, DOMAIN, "r6", b"credentials", 5.0, settled=settled)
         )
         job = await conn.outbox.get()
         assert isinstance(job, Job)

@@ -56,6 +56,30 @@ class TestOlderStores:
         finally:
             opened.close()
 
+    def test_streams_made_before_health_gain_it(self, tmp_path: Path) -> None:
+        """A connections table (with broker ids) but no health column is extended when opened."""
+        db = sqlite3.connect(tmp_path / STORE_FILE)
+        db.executescript(
+            "CREATE TABLE connections (broker_id TEXT NOT NULL, id TEXT NOT NULL,"
+            " agent_id TEXT NOT NULL, version TEXT NOT NULL, serial TEXT NOT NULL,"
+            " domains TEXT NOT NULL, connected_at REAL NOT NULL, last_seen REAL NOT NULL,"
+            " in_flight INTEGER NOT NULL, updated_at REAL NOT NULL, PRIMARY KEY (broker_id, id));"
+        )
+        db.close()
+        opened = open_store(tmp_path)
+        try:
+            _agent(opened)
+            now = time.time()
+            said = '{"handled":1}'
+            stream = ConnectionStatus(
+                "c1", "agt-a", "1", "s1", ["example.com"], now, now, 0, health=said
+            )
+            opened.agents.report_connections("b1", [stream])
+            (agent,) = opened.agents.list(fresh_within=5)
+            assert [c.health for c in agent.connections] == [said]
+        finally:
+            opened.close()
+
     def test_reports_made_before_brokers_had_ids(self, tmp_path: Path) -> None:
         """The one broker's status and streams, kept without a broker id, are remade per id."""
         db = sqlite3.connect(tmp_path / STORE_FILE)
