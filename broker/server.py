@@ -13,7 +13,6 @@ import contextlib
 import enum
 import ipaddress
 import json
-import time
 from typing import TYPE_CHECKING, Any, Self
 
 import grpc
@@ -22,26 +21,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from broker import cluster, ownership
+from broker import assembly, cluster, maintenance, ownership
 from broker.admin import Administration
 from broker.api import admin as admin_api
 from broker.api.agents import AgentService
 from broker.api.signin import SignInService
 from broker.dispatch.dispatcher import Dispatcher
 from broker.metrics import OFF, BrokerMetrics
-from broker.policy.lockout_ledger import SHARED_THREADS, SharedLedger
-from broker.policy.mfa import Challenges, MfaKey
 from broker.policy.ratelimit import RateLimiter
-from broker.policy.shared_challenges import SharedChallenges
-from broker.policy.shared_repeats import SharedRecentFailures
-from broker.policy.signin_policy import SignInPolicy
-from broker.policy.signing import TokenSigner
-from broker.policy.signing_keys import StoreKeyring
 from broker.server_certificates import ServerCertificates
 from broker.store import open_store
-from broker.store.records import ConnectionStatus
-from broker.trust import agent_access
-from broker.trust.ca import CA_CERT_FILE, CA_KEY_FILE, CertificateAuthority
+from broker.trust.ca import CertificateAuthority
 from pta import __version__, rpc, tls
 from pta.config import parse_endpoint
 from pta.errors import StoreUnavailable
@@ -55,25 +45,14 @@ if TYPE_CHECKING:
 
     from broker.cluster import Membership
     from broker.config import BrokerConfig
-    from broker.dispatch.jobs import Connection
     from broker.metrics import Counts
+    from broker.policy.signin_policy import SignInPolicy
     from broker.store.protocols import Store
 
 log = structlog.get_logger()
 ENDPOINTS_FILE = "endpoints.json"
-#: How often the broker re-checks every live agent stream's certificate (revoked, expired,
-#: retired) and looks for changes made through the CLI.
-MAINTENANCE_TICK = 0.25
 #: How long agent streams get to close once the public endpoint has drained.
 AGENT_STREAM_GRACE = 2.0
-#: What the key sealing a cluster's token-signing keys in the store is derived for.
-SIGNING_KEY_PURPOSE = "token-signing-keys"
-#: What the key of the refused passwords' digests in a shared store is derived for.
-REFUSED_PASSWORDS_PURPOSE = "refused-passwords"
-#: How often it reports its live streams for ``pta-broker agents list``.
-STATUS_INTERVAL = 1.0
-#: How often the sign-in policy forgets stale counters and networks and rotates keys.
-POLICY_UPKEEP_INTERVAL = 60.0
 SERVICES = (
     signin_pb2.DESCRIPTOR.services_by_name["SignInService"],
     agent_pb2.DESCRIPTOR.services_by_name["AgentService"],
@@ -165,40 +144,12 @@ class Broker:
         store = self._store = open_store(config.data_dir, url=config.store)
         ca = CertificateAuthority.load_or_create(config.data_dir)
         if config.store:  # A cluster's store: one CA for all its brokers.
-            _claim_ca(store, ca, config)
+            assembly.claim_ca(store, ca, config)
         self.certificates = ServerCertificates(
             ca, config.data_dir, config.san, config.server_cert_lifetime
         )
         dispatcher = self._dispatcher = Dispatcher(queue_limit=config.queue_limit)
-        signer = TokenSigner(
-            (
-                StoreKeyring(store, ca.derived_key(SIGNING_KEY_PURPOSE))
-                if store.shared
-                else config.data_dir
-            ),
-            issuer=config.token_issuer,
-            audience=config.token_audience,
-            token_ttl=config.token_ttl,
-            key_lifetime=config.signing_key_lifetime,
-        )
-        policy = SignInPolicy(
-            store.policy,
-            signer,
-            mfa_key=MfaKey.load(config.mfa_key_file, config.mfa_key),
-            challenges=(
-                SharedChallenges(store.policy, ttl=config.mfa_challenge_ttl)
-                if store.shared
-                else Challenges(ttl=config.mfa_challenge_ttl)
-            ),
-            ledger=SharedLedger(store.policy, threads=SHARED_THREADS) if store.shared else None,
-            recent=(
-                SharedRecentFailures(store.policy, ca.derived_key(REFUSED_PASSWORDS_PURPOSE))
-                if store.shared
-                else None
-            ),
-        )
-        for tenant in store.tenants():  # What agents said before a restart still holds.
-            policy.directory_reported(tenant, store.directory_policies(tenant))
+        policy = assembly.sign_in_policy(config, store, ca)
         metrics = self._serve_metrics(store, config, policy)
 
         # grpc shares a port by default (SO_REUSEPORT): only when asked for here.
@@ -256,7 +207,16 @@ class Broker:
             for service in ("", *(s.full_name for s in SERVICES)):  # Unserved names: unknown.
                 await health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self.state = State.SERVING
-        self._maintenance = asyncio.create_task(self._maintain(store, dispatcher, policy))
+        self._maintenance = asyncio.create_task(
+            maintenance.maintain(
+                store,
+                dispatcher,
+                policy,
+                broker_id=self.broker_id,
+                store_shown=config.store_shown,
+                every_second=lambda: self._refresh_metrics(store, dispatcher),
+            )
+        )
         self._join_cluster(dispatcher)
         endpoints = self._endpoints(config)
         tls.write_public(config.data_dir / ENDPOINTS_FILE, json.dumps(endpoints).encode())
@@ -335,46 +295,6 @@ class Broker:
         with contextlib.suppress(StoreUnavailable):  # The tenants known stand meanwhile.
             self._tenants = tuple(store.tenants())
         self._metrics.refresh(self._tenants, dispatcher.connections(), dispatcher.queued)
-
-    async def _maintain(self, store: Store, dispatcher: Dispatcher, policy: SignInPolicy) -> None:
-        """Apply what operators change through the CLI, and report live streams to them.
-
-        The CLI is another process writing the same store: a revocation it records cuts the
-        agent's streams here within one tick (so does an expiry), and a policy change or an
-        unlock applies as fast.
-        """
-        reported = upkept = 0.0
-        unavailable = False
-        while True:
-            await asyncio.sleep(MAINTENANCE_TICK)
-            try:
-                if time.monotonic() - upkept >= POLICY_UPKEEP_INTERVAL:
-                    upkept = time.monotonic()
-                    policy.upkeep()
-                if store.changed():
-                    policy.reload()
-                # Every tick, whatever the store says changed: a revocation, an expiry or a
-                # retirement reaches every live stream within a tick.
-                agent_access.recheck(store.agents, dispatcher)
-                if time.monotonic() - reported >= STATUS_INTERVAL:
-                    reported = time.monotonic()
-                    self._refresh_metrics(store, dispatcher)
-                    store.agents.report_connections(
-                        self.broker_id, [_status(c) for c in dispatcher.connections()]
-                    )
-                    store.report_status(
-                        self.broker_id, {"mfa_key": "yes" if policy.mfa_ready else "no"}
-                    )
-                if unavailable:
-                    unavailable = False
-                    log.info("broker.store_available", store=self.config.store_shown)
-            except StoreUnavailable as error:
-                # Said once per outage, not at every tick; every call answers UNAVAILABLE.
-                if not unavailable:
-                    unavailable = True
-                    log.warning("broker.store_unavailable", reason=error.detail)
-            except Exception:
-                log.exception("broker.maintenance_failed")
 
     def _brokers(self) -> tuple[str, ...]:
         """What a Welcome says of the cluster: its brokers' agent endpoints (alone: none)."""
@@ -459,37 +379,3 @@ class Broker:
         await agents.stop(AGENT_STREAM_GRACE)
         self._close_handles()
         log.info("broker.stopped")
-
-
-def _claim_ca(store: Store, ca: CertificateAuthority, config: BrokerConfig) -> None:
-    """Join the store's cluster with this broker's CA, or refuse to start with another one.
-
-    The first broker to serve a store claims it for its CA; the others must hold the same CA
-    (its certificate and key), or agents and clients would trust some brokers and not others.
-
-    Raises:
-        CannotStart: The cluster's CA is another one; says which files to copy from where.
-    """
-    claimed = store.claim_ca(ca.fingerprint)
-    if claimed != ca.fingerprint:
-        raise ownership.CannotStart(
-            f"the store {config.store_shown} belongs to a cluster whose CA is"
-            f" sha256:{claimed[:16]}…, and this broker's CA in {config.data_dir} is"
-            f" sha256:{ca.fingerprint[:16]}…: every broker of a cluster holds the same CA."
-            f" Copy {CA_CERT_FILE} and {CA_KEY_FILE} from the first broker's data dir into"
-            f" {config.data_dir} (replacing these), then start this broker again"
-        )
-
-
-def _status(conn: Connection) -> ConnectionStatus:
-    return ConnectionStatus(
-        connection_id=conn.connection_id,
-        agent_id=conn.agent_id,
-        version=conn.version,
-        serial=conn.serial,
-        domains=sorted(conn.domains),
-        connected_at=conn.connected_at,
-        last_seen=conn.last_seen,
-        in_flight=len(conn.in_flight),
-        health=conn.health,
-    )

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from agent.health import HEALTH_INTERVAL
-from broker.server import STATUS_INTERVAL
+from broker.maintenance import STATUS_INTERVAL
 from pta.v1 import outcome_pb2
 from tests.secrets_registry import secret
 from tests.support import AgentProcess, BrokerProcess, wait_for

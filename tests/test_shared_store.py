@@ -18,7 +18,7 @@ import grpc
 import psycopg
 import pytest
 
-from broker.server import MAINTENANCE_TICK as TICK
+from broker.maintenance import MAINTENANCE_TICK as TICK
 from broker.store.postgres.db import CALL_TIMEOUT, UNAVAILABLE
 from broker.store.postgres.schema import MIGRATIONS
 from pta.v1 import outcome_pb2

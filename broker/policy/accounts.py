@@ -40,7 +40,7 @@ from pta.v1 import agent_pb2
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
 
-    from broker.store.protocols import PolicyStore
+    from broker.store.policy_store import PolicyStore
     from pta.names import Upn
 
 log = structlog.get_logger()

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
     from broker.metrics import Counts
     from broker.policy.tenant_policy import TenantPolicy
-    from broker.store.protocols import PolicyStore
+    from broker.store.policy_store import PolicyStore
     from broker.store.records import CounterKey, DirectoryPolicyRecord, Location, UserLockout
 
 log = structlog.get_logger()

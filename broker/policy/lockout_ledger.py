@@ -35,7 +35,7 @@ from broker.store.records import UserLockout
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from broker.store.protocols import PolicyStore
+    from broker.store.policy_store import PolicyStore
     from broker.store.records import CounterKey, CounterKind, Flight
 
 log = structlog.get_logger()

@@ -21,7 +21,7 @@ from broker.policy.banned_passwords import BannedList, evaluate, personal_terms
 from broker.policy.verdicts import Outcome, Verdict
 
 if TYPE_CHECKING:
-    from broker.store.protocols import PolicyStore
+    from broker.store.policy_store import PolicyStore
     from pta.names import Upn
 
 log = structlog.get_logger()

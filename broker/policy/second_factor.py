@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from broker.policy.accounts import AccountMap
     from broker.policy.lockout_gate import LockoutGate
     from broker.policy.tenant_policy import TenantPolicy
-    from broker.store.protocols import PolicyStore
+    from broker.store.policy_store import PolicyStore
     from broker.store.records import Challenge, MfaRecord
 
 log = structlog.get_logger()

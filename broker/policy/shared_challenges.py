@@ -20,7 +20,7 @@ from broker.store.records import Challenge
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from broker.store.protocols import PolicyStore
+    from broker.store.policy_store import PolicyStore
     from broker.store.records import Location
 
 

@@ -21,7 +21,7 @@ from broker.policy.recent_failures import DEFAULT_TTL, DIGEST_BYTES, PER_USER, R
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from broker.store.protocols import PolicyStore
+    from broker.store.policy_store import PolicyStore
 
 
 class SharedRecentFailures:

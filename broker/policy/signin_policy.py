@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from broker.policy.lockout_ledger import Ledger
     from broker.policy.recent_failures import RepeatMemory
     from broker.policy.signing import TokenSigner
-    from broker.store.protocols import PolicyStore
+    from broker.store.policy_store import PolicyStore
     from broker.store.records import Challenge, DirectoryPolicyRecord, Location
     from pta.names import Upn
 

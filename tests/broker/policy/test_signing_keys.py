@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from broker.assembly import SIGNING_KEY_PURPOSE
 from broker.policy.signing import TokenSigner
 from broker.policy.signing_keys import StoreKeyring
-from broker.server import SIGNING_KEY_PURPOSE
 from broker.store import open_store
 from broker.trust.ca import CertificateAuthority
 from tests.broker.policy.test_signing import (
