@@ -196,6 +196,19 @@ class TestGrpcurl:
         assert says in done.stderr
         assert served.process.poll() is None
 
+    def test_an_oversized_request_is_refused(self, served: BrokerProcess, ops: Path) -> None:
+        """70 KB of tenant name: InvalidArgument at once, audited cut short, the broker serves."""
+        done = grpcurl(
+            served, ops, "pta.v1.AdminService/ShowTenant", data=json.dumps({"name": "x" * 70_000})
+        )
+        assert "Code: InvalidArgument" in done.stderr
+        assert "request too large" in done.stderr
+        (line,) = [
+            e for e in audited(served, "ShowTenant") if str(e.get("name", "")).startswith("xxx")
+        ]
+        assert len(str(line["name"])) <= 256
+        assert json.loads(grpcurl(served, ops, "pta.v1.AdminService/ListTenants").stdout)
+
 
 class TestRemoteCli:
     """``--broker --admin-cert``: the same commands, the same output as on the store."""

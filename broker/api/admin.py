@@ -27,8 +27,8 @@ import structlog
 
 from broker.admin.administration import METHODS
 from broker.trust import administrators
-from pta import tls
-from pta.errors import PtaError, rpc_errors
+from pta import rpc, tls
+from pta.errors import InvalidRequest, PtaError, rpc_errors
 from pta.v1 import admin_pb2
 
 if TYPE_CHECKING:
@@ -44,6 +44,11 @@ SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"]
 #: Request fields an audit line repeats: names, never secrets (DeleteToken's ``id`` may be a
 #: whole token, so the id it resolved to is taken from the answer instead).
 AUDITED = ("name", "tenant", "user", "agent_id", "all")
+#: Every admin request is small; the agent endpoint takes stream messages of megabytes, so the
+#: service bounds its own requests (as the public endpoint does sign-ins).
+MAX_REQUEST_BYTES = rpc.MAX_MESSAGE_BYTES
+#: An audited value is cut to this many characters.
+MAX_AUDITED = 256
 
 
 class AdminService:
@@ -70,6 +75,10 @@ class AdminService:
             try:
                 async with rpc_errors(context):
                     try:
+                        if request.ByteSize() > MAX_REQUEST_BYTES:
+                            raise InvalidRequest(
+                                f"request too large: at most {MAX_REQUEST_BYTES // 1024} KiB"
+                            )
                         answer = await self._run(method, request, context.auth_context(), caller)
                         caller["status"] = grpc.StatusCode.OK.name
                     except PtaError as error:
@@ -125,5 +134,5 @@ def _audit(method: str, request: Message, answer: Message | None, caller: dict[s
         serial=caller.get("serial", ""),
         status=caller["status"],
         duration_ms=float(caller["duration_ms"]),
-        **{k: list(v) if isinstance(v, list | tuple) else v for k, v in named.items()},
+        **{k: v[:MAX_AUDITED] if isinstance(v, str) else v for k, v in named.items()},
     )

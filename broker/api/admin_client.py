@@ -28,11 +28,6 @@ REMOTE_TIMEOUT = 30.0
 class RemoteError(PtaError):
     """The broker answered a remote command with an error status: its message, as it said it."""
 
-    def __init__(self, message: str, code: grpc.StatusCode) -> None:
-        """Keep the broker's status with its message."""
-        super().__init__(message)
-        self.status = code
-
 
 class Remote:
     """Methods run at a broker's AdminService, as the administrator of ``--admin-cert``."""
@@ -90,4 +85,4 @@ def _remote_error(broker: str, error: grpc.RpcError) -> RemoteError:
             " endpoint (--agent-listen, the public port + 1 by default), and was --admin-cert"
             " issued by this broker's CA?"
         )
-    return RemoteError(details, code)
+    return RemoteError(details)

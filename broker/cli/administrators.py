@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from broker.admin.tenants import iso
 from broker.cli import render
-from broker.cli.backend import WHERE, Usage
+from broker.cli.backend import A_STORE, Usage
 from broker.config import store_url
 from broker.store import open_store
 from broker.trust import administrators
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "issue" and data is None:
         raise Usage("--data-dir is required: an administrator is issued with the broker's CA")
     if data is None and not url:
-        raise Usage(WHERE.partition(", or --broker")[0] + " is required")
+        raise Usage(f"{A_STORE} is required")
     store = open_store(url=url) if url else open_store(data)
     try:
         return _run(args, store, data)
@@ -73,8 +74,8 @@ def _run(args: argparse.Namespace, store: Store, data: Path | None) -> int:
     if args.action == "issue":
         assert data is not None
         ca = CertificateAuthority.load_or_create(data)
-        if url := store_url(vars(args), os.environ):
-            _same_cluster(store, ca, url)
+        if store_url(vars(args), os.environ):
+            _same_cluster(store, ca)
         lifetime = datetime.timedelta(seconds=parse_duration(args.lifetime))
         cert = administrators.issue(ca, store.administrators, args.name, args.out, lifetime)
         render.say(
@@ -97,8 +98,8 @@ def _run(args: argparse.Namespace, store: Store, data: Path | None) -> int:
         {
             "name": a.name,
             "serial": a.serial,
-            "issued_at": render.iso(a.issued_at),
-            "not_after": render.iso(a.not_after),
+            "issued_at": iso(a.issued_at),
+            "not_after": iso(a.not_after),
             "revoked": a.revoked_at is not None,
         }
         for a in store.administrators.list()
@@ -112,9 +113,8 @@ def _run(args: argparse.Namespace, store: Store, data: Path | None) -> int:
     return 0
 
 
-def _same_cluster(store: Store, ca: CertificateAuthority, url: str) -> None:
+def _same_cluster(store: Store, ca: CertificateAuthority) -> None:
     """Refuse to record a certificate of one CA in the store of a cluster with another."""
-    del url
     claimed = store.cluster_ca()
     if claimed is not None and claimed != ca.fingerprint:
         raise Usage(

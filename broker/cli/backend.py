@@ -27,11 +27,10 @@ if TYPE_CHECKING:
     from broker.store.protocols import Store
 
 _Answer = TypeVar("_Answer")
+#: The store a command runs on here; said when none is named (exit 2).
+A_STORE = "--store URL (or PTA_STORE), or --data-dir (or PTA_BROKER_DATA_DIR)"
 #: Said when no store and no broker is named (exit 2).
-WHERE = (
-    "--store URL (or PTA_STORE), --data-dir (or PTA_BROKER_DATA_DIR), or --broker HOST:PORT"
-    " with --admin-cert DIR, is required"
-)
+WHERE = f"{A_STORE}, or --broker HOST:PORT with --admin-cert DIR, is required"
 
 
 class Backend(Protocol):
@@ -54,7 +53,6 @@ class Local:
     def __init__(self, store: Store, data: Path | None, args: argparse.Namespace) -> None:
         """Administer ``store``; the CA (for tokens) is the data dir's or the cluster's."""
         self.store = store
-        self.data = data
 
         def fingerprint() -> str | None:
             if data is not None:

@@ -8,7 +8,6 @@ authenticator's URI) go to stdout only, where the operator asked for them.
 
 from __future__ import annotations
 
-import datetime
 import json
 import sys
 from typing import TYPE_CHECKING, Any
@@ -169,8 +168,3 @@ def enrolled(answer: admin_pb2.EnrolMfaResponse, args: argparse.Namespace) -> No
         f"enrolled {answer.user}: scan the code (or the URI) into an authenticator app;"
         " it is shown once"
     )
-
-
-def iso(stamp: float) -> str:
-    """A time as the listings show it."""
-    return datetime.datetime.fromtimestamp(stamp, datetime.UTC).isoformat(timespec="seconds")

@@ -94,3 +94,11 @@ def clock() -> FakeClock:
 def dispatcher(clock: FakeClock) -> Dispatcher:
     """A dispatcher with a small queue limit on the fake clock."""
     return Dispatcher(queue_limit=2, clock=clock)
+
+
+async def taken(conn: Connection) -> Job:
+    """The next job the connection's stream would write to its agent (within a second)."""
+    async with asyncio.timeout(1):
+        job = await conn.outbox.get()
+    assert isinstance(job, Job)
+    return job

@@ -13,19 +13,11 @@ import pytest
 
 from broker.dispatch import checks
 from broker.dispatch.dispatcher import Dispatcher
-from broker.dispatch.jobs import AgentLost, Connection, Job
+from broker.dispatch.jobs import AgentLost
 from pta.errors import NoAgentAvailable
-from tests.broker.dispatch.helpers import ANSWER, DOMAIN, TENANT, make_conn
+from tests.broker.dispatch.helpers import ANSWER, DOMAIN, TENANT, make_conn, taken
 
 BUDGET = 5.0
-
-
-async def _taken(conn: Connection) -> Job:
-    """The next job the connection's stream would write to its agent."""
-    async with asyncio.timeout(1):
-        job = await conn.outbox.get()
-    assert isinstance(job, Job)
-    return job
 
 
 class TestCheck:
@@ -46,7 +38,7 @@ class TestCheck:
                 dispatcher, TENANT, DOMAIN, "r1", b"creds", BUDGET, dispatching=dispatching
             )
         )
-        await _taken(conn)
+        await taken(conn)
         assert seen == [0]
         assert dispatcher.complete(conn, "r1", ANSWER)
         assert await check == ANSWER
@@ -85,7 +77,7 @@ class TestCheck:
         check = asyncio.create_task(
             checks.check(dispatcher, TENANT, DOMAIN, "r1", b"creds", BUDGET, readmit=readmit)
         )
-        (await _taken(conn)).written = True  # The stream handed it to the agent.
+        (await taken(conn)).written = True  # The stream handed it to the agent.
         dispatcher.detach(conn)
         with pytest.raises(AgentLost) as lost:
             await check
@@ -106,8 +98,8 @@ class TestCheck:
         check = asyncio.create_task(
             checks.check(dispatcher, TENANT, DOMAIN, "r1", b"creds", BUDGET, readmit=readmit)
         )
-        (await _taken(first)).written = True
+        (await taken(first)).written = True
         dispatcher.detach(first)
-        await _taken(second)
+        await taken(second)
         assert dispatcher.complete(second, "r1", ANSWER)
         assert await check == ANSWER

@@ -8,23 +8,19 @@ own frame, when every connection it was sealed to left before an agent had it.
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 import pytest
 
 from broker.dispatch import checks
 from broker.dispatch.dispatcher import SEALED_CANDIDATES, Dispatcher
-from broker.dispatch.jobs import Connection, Job
 from pta.errors import NoAgentAvailable
-from tests.broker.dispatch.helpers import ANSWER, DOMAIN, TENANT, make_conn, make_job
+from tests.broker.dispatch.helpers import ANSWER, DOMAIN, TENANT, make_conn, make_job, taken
+
+if TYPE_CHECKING:
+    from broker.dispatch.jobs import Connection, Job
 
 BUDGET = 5.0
-
-
-async def _taken(conn: Connection) -> Job:
-    async with asyncio.timeout(1):
-        job = await conn.outbox.get()
-    assert isinstance(job, Job)
-    return job
 
 
 def _busy(request_id: str, conn: Connection) -> Job:
@@ -48,10 +44,10 @@ class TestSealing:
         for conn in conns:
             dispatcher.attach(conn)
         dispatcher.submit(_busy("busy", conns[0]))  # a has less room now.
-        await _taken(conns[0])
+        await taken(conns[0])
         settled: list[int | None] = []
         check = _start(dispatcher, settled)
-        job = await _taken(conns[1])
+        job = await taken(conns[1])
         assert list(job.envelopes) == ["b"]
         assert dispatcher.complete(conns[1], "r1", ANSWER)
         assert await check == ANSWER
@@ -72,7 +68,7 @@ class TestSealing:
                 conn.outbox.get_nowait()
         first = conns[0]
         assert dispatcher.complete(first, "busy0", ANSWER)  # a has room: it takes the job.
-        job = await _taken(first)
+        job = await taken(first)
         assert len(job.envelopes) == SEALED_CANDIDATES
         assert dispatcher.complete(first, "r1", ANSWER)
         assert await check == ANSWER
@@ -89,9 +85,9 @@ class TestSealedAgain:
         dispatcher.attach(b)
         settled: list[int | None] = []
         check = _start(dispatcher, settled)
-        assert list((await _taken(a)).envelopes) == ["a"]
+        assert list((await taken(a)).envelopes) == ["a"]
         dispatcher.detach(a)  # Never written: no agent had it.
-        job = await _taken(b)
+        job = await taken(b)
         assert list(job.envelopes) == ["b"]
         assert dispatcher.complete(b, "r1", ANSWER)
         assert await check == ANSWER
@@ -104,7 +100,7 @@ class TestSealedAgain:
         dispatcher.attach(a)
         settled: list[int | None] = []
         check = _start(dispatcher, settled)
-        await _taken(a)
+        await taken(a)
         dispatcher.detach(a)
         with pytest.raises(NoAgentAvailable):
             await check
