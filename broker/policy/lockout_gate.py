@@ -145,18 +145,15 @@ class LockoutGate:
         ``password`` is looked up in the repeat memory (None: not again, a retried check).
         """
         tenant, user = attempt.tenant, attempt.user
+        key = f"{tenant}\0{user}"
         budget = self._directory_budget(tenant, attempt.domain, attempt.location)
         loop = asyncio.get_running_loop()
         while True:
             remaining = max(0.0, deadline - loop.time())
 
             def decide(remaining: float = remaining) -> Verdict | bool:
-                seen = Repeat.NO
-                if password is not None:  # (None: a readmission, which keeps what was found.)
-                    seen, attempt.digest = self.recent.check(f"{tenant}\0{user}", password)
-                    # Refused as an unknown name: asked again (a misconfigured directory may
-                    # have said so), counted only if the answer differs (see end).
-                    attempt.recheck = seen == Repeat.UNKNOWN_NAME
+                # (None: a readmission, which keeps what was found.)
+                digests = None if password is None else self.recent.digests(key, password)
                 now = self._clock()
                 return self.ledger.run(
                     tenant,
@@ -165,7 +162,7 @@ class LockoutGate:
                         self._decide,
                         attempt=attempt,
                         budget=budget,
-                        seen=seen,
+                        digests=digests,
                         now=now,
                         expires=now + remaining + FLIGHT_MARGIN,
                     ),
@@ -182,11 +179,21 @@ class LockoutGate:
         *,
         attempt: Attempt,
         budget: int | None,
-        seen: Repeat,
+        digests: tuple[bytes, ...] | None,
         now: float,
         expires: float,
     ) -> Verdict | bool:
-        """Under the user's lock: a refusal, True once admitted (in flight), False to wait."""
+        """Under the user's lock: a refusal, True once admitted (in flight), False to wait.
+
+        ``digests``: the password's, to look up in the repeat memory (None: not again).
+        """
+        seen = Repeat.NO
+        if digests is not None:
+            seen = self.recent.check_in(state, f"{attempt.tenant}\0{attempt.user}", digests)
+            attempt.digest = digests[0]
+            # Refused as an unknown name: asked again (a misconfigured directory may have
+            # said so), counted only if the answer differs (see end).
+            attempt.recheck = seen == Repeat.UNKNOWN_NAME
         rule = attempt.policy.lockout
         self._land_expired(attempt, state, now)
         counter = lockout.current(state.counters.get(attempt.location, lockout.CLEAN), rule, now)
@@ -302,11 +309,6 @@ class LockoutGate:
         def land() -> None:
             try:
                 self._confirm(tenant, user, outcome)
-                # The repeat memory first, then the count: a check of the user deciding in
-                # between (at another broker, or polling here) must never see the password
-                # counted and not yet a repeat. It would take the directory guard's room as a
-                # new guess, and be refused when the count is full.
-                self._remember(attempt, outcome, right=right)
                 locked = self.ledger.run(
                     tenant,
                     user,
@@ -329,15 +331,15 @@ class LockoutGate:
         attempt.landing = self.ledger.later(land, functools.partial(self._wake, tenant, user))
         return right
 
-    def _remember(self, attempt: Attempt, outcome: int | None, *, right: bool) -> None:
+    def _remember(self, state: UserLockout, attempt: Attempt, outcome: int | None) -> None:
         """What the repeat memory learns from the directory's answer to ``attempt``."""
         key = f"{attempt.tenant}\0{attempt.user}"
         if outcome in WRONG and not (attempt.recheck and outcome == Outcome.UNKNOWN_USER):
-            self.recent.add(key, attempt.digest, known=outcome != Outcome.UNKNOWN_USER)
-        elif right:
+            self.recent.add_in(state, key, attempt.digest, known=outcome != Outcome.UNKNOWN_USER)
+        elif outcome in PASSWORD_RIGHT:
             # The directory just took a password: one refused before may be the new one
             # (a user who tried it, then changed to it).
-            self.recent.forget(key)
+            self.recent.forget_in(state, key)
 
     def _wake(self, tenant: str, user: str) -> None:
         """Let the checks of a user that wait for their turn decide again."""
@@ -356,8 +358,13 @@ class LockoutGate:
     ) -> bool:
         """Under the user's lock: land the attempt's flight and count what it said.
 
-        Returns whether the user's counter locked just now.
+        The repeat memory learns from the answer in the same step: a check of the user
+        deciding meanwhile (at another broker, or polling here) must never see the password
+        counted and not yet a repeat. It would take the directory guard's room as a new
+        guess, and be refused when the count is full. Returns whether the user's counter
+        locked just now.
         """
+        self._remember(state, attempt, outcome)
         state.flights.pop(attempt.flight, None)
         rule = attempt.policy.lockout
         if outcome in PASSWORD_RIGHT:

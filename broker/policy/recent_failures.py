@@ -33,6 +33,8 @@ from pta.expiring import ExpiringMap
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from broker.store.records import UserLockout
+
 #: How long a refused password is remembered.
 DEFAULT_TTL = 900.0
 #: Wrong passwords remembered per user (Entra keeps three).
@@ -53,16 +55,31 @@ class Repeat(enum.IntEnum):
 
 
 class RepeatMemory(Protocol):
-    r"""The passwords lately refused per user key (``tenant\0user``), as keyed hashes."""
+    r"""The passwords lately refused per user key (``tenant\0user``), as keyed hashes.
 
-    def check(self, user: str, password: str) -> tuple[Repeat, bytes]:
-        """Whether ``password`` was refused for ``user`` lately (and how), and its digest."""
+    The ``*_in`` methods run inside a lockout decision, under the user's lock, with the
+    user's state: a memory shared through the store keeps its entries there (so a repeat and
+    its count are one step), one in memory ignores it.
+    """
 
-    def add(self, user: str, digest: bytes, *, known: bool = True) -> None:
-        """Remember a refused password by the digest :meth:`check` gave."""
+    def digests(self, user: str, password: str) -> tuple[bytes, ...]:
+        """The password's digests under the keys in use, the current key's first.
+
+        Taken before the user's lock, so that no decision waits with the password itself;
+        the first is what :meth:`add_in` remembers if the directory refuses it.
+        """
+
+    def check_in(self, state: UserLockout, user: str, digests: tuple[bytes, ...]) -> Repeat:
+        """Whether a password (by its :meth:`digests`) was refused for ``user`` lately, and how."""
+
+    def add_in(self, state: UserLockout, user: str, digest: bytes, *, known: bool = True) -> None:
+        """Remember a refused password by the digest :meth:`check_in` gave."""
+
+    def forget_in(self, state: UserLockout, user: str) -> None:
+        """Forget a user's refused passwords (a right password was just taken)."""
 
     def forget(self, user: str) -> None:
-        """Forget a user's refused passwords."""
+        """Forget a user's refused passwords, outside any decision (an unlock)."""
 
     def forget_tenant(self, tenant: str) -> None:
         """Forget every refused password of a tenant's users."""
@@ -110,13 +127,24 @@ class RecentFailures:
         The digest is what :meth:`add` takes if the directory refuses the password now, so
         the password itself need not be kept until the directory has answered.
         """
-        now = self._clock()
-        self._rotate(now)
-        current = self._digest(self._keys[0], user, password)
+        digests = self.digests(user, password)
+        return self._seen(user, digests), digests[0]
+
+    def digests(self, user: str, password: str) -> tuple[bytes, ...]:
+        """The password's digest under the current key, and under the previous one.
+
+        The previous key's only when ``user`` has entries: the usual case, none, costs one
+        HMAC.
+        """
+        self._rotate(self._clock())
+        keys = self._keys if self._entries.get(user) else self._keys[:1]
+        return tuple(self._digest(key, user, password) for key in keys)
+
+    def _seen(self, user: str, digests: tuple[bytes, ...]) -> Repeat:
         entries = self._entries.get(user)
-        if not entries:  # The usual case: one HMAC, none under the previous key.
-            return Repeat.NO, current
-        digests = [current, *(self._digest(key, user, password) for key in self._keys[1:])]
+        if not entries:
+            return Repeat.NO
+        now = self._clock()
         live = [entry for entry in entries if entry[1] > now]
         if live:
             self._entries.replace(user, live)
@@ -124,8 +152,8 @@ class RecentFailures:
             self._entries.pop(user)
         for digest, _, known in live:
             if any(hmac.compare_digest(digest, c) for c in digests):
-                return (Repeat.REFUSED if known else Repeat.UNKNOWN_NAME), digests[0]
-        return Repeat.NO, digests[0]
+                return Repeat.REFUSED if known else Repeat.UNKNOWN_NAME
+        return Repeat.NO
 
     def add(self, user: str, digest: bytes, *, known: bool = True) -> None:
         """Remember a refused password of ``user`` by the digest :meth:`check` gave.
@@ -148,3 +176,18 @@ class RecentFailures:
     def forget(self, user: str) -> None:
         """Forget a user's refused passwords (after a success, or an administrator's unlock)."""
         self._entries.pop(user)
+
+    def check_in(self, state: UserLockout, user: str, digests: tuple[bytes, ...]) -> Repeat:
+        """As :meth:`check`: the entries are this process's, not the state's."""
+        del state
+        return self._seen(user, digests)
+
+    def add_in(self, state: UserLockout, user: str, digest: bytes, *, known: bool = True) -> None:
+        """:meth:`add`."""
+        del state
+        self.add(user, digest, known=known)
+
+    def forget_in(self, state: UserLockout, user: str) -> None:
+        """:meth:`forget`."""
+        del state
+        self.forget(user)

@@ -17,15 +17,23 @@ import time
 from typing import TYPE_CHECKING
 
 from broker.policy.recent_failures import DEFAULT_TTL, DIGEST_BYTES, PER_USER, Repeat
+from broker.store.records import Refused
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from broker.store.policy_store import PolicyStore
+    from broker.store.records import UserLockout
 
 
 class SharedRecentFailures:
-    """A :class:`~broker.policy.recent_failures.RepeatMemory` in the shared store."""
+    """A :class:`~broker.policy.recent_failures.RepeatMemory` in the shared store.
+
+    Read and written inside the lockout decisions' transactions (the user's
+    :class:`~broker.store.records.UserLockout` holds the entries): a check and a count, or an
+    answer's repeat and its count, are one step at every broker, and cost no statement of
+    their own.
+    """
 
     def __init__(
         self,
@@ -42,34 +50,49 @@ class SharedRecentFailures:
         self._ttl = ttl
         self._per_user = per_user
         self._clock = clock
+        #: The periods' keys in use (each derived once; replaced whole, never changed).
+        self._period_keys: dict[int, bytes] = {}
 
     def _digest(self, period: int, user: str, password: str) -> bytes:
-        period_key = hmac.new(self._key, period.to_bytes(8, "big"), hashlib.sha256).digest()
+        held = self._period_keys
+        if (period_key := held.get(period)) is None:
+            period_key = hmac.new(self._key, period.to_bytes(8, "big"), hashlib.sha256).digest()
+            self._period_keys = {p: k for p, k in held.items() if p >= period - 1}
+            self._period_keys[period] = period_key
         message = user.encode() + b"\0" + password.encode()
         return hmac.new(period_key, message, hashlib.sha256).digest()[:DIGEST_BYTES]
 
-    def check(self, user: str, password: str) -> tuple[Repeat, bytes]:
-        """Whether ``password`` was refused for ``user`` within ``ttl``, at any broker."""
-        now = self._clock()
-        period = int(now // self._ttl)
-        current = self._digest(period, user, password)
-        tenant, _, account = user.partition("\0")
-        entries = self._store.repeats(tenant, account, now)
-        if not entries:
-            return Repeat.NO, current
-        candidates = (current, self._digest(period - 1, user, password))
-        for digest, known in entries:
-            if any(hmac.compare_digest(digest, c) for c in candidates):
-                return (Repeat.REFUSED if known else Repeat.UNKNOWN_NAME), current
-        return Repeat.NO, current
+    def digests(self, user: str, password: str) -> tuple[bytes, ...]:
+        """The password's digests under this period's key and the previous one's."""
+        period = int(self._clock() // self._ttl)
+        return self._digest(period, user, password), self._digest(period - 1, user, password)
 
-    def add(self, user: str, digest: bytes, *, known: bool = True) -> None:
-        """Remember a refused password for ``ttl`` (the user's newest few are kept)."""
-        tenant, _, account = user.partition("\0")
-        expires = self._clock() + self._ttl
-        self._store.add_repeat(
-            tenant, account, digest, known=known, expires_at=expires, keep=self._per_user
+    def check_in(self, state: UserLockout, user: str, digests: tuple[bytes, ...]) -> Repeat:
+        """Whether a password was refused for ``user`` within ``ttl``, at any broker."""
+        del user  # The state is the user's.
+        now = self._clock()
+        for digest, entry in state.repeats.items():
+            if entry.expires_at > now and any(hmac.compare_digest(digest, c) for c in digests):
+                return Repeat.REFUSED if entry.known else Repeat.UNKNOWN_NAME
+        return Repeat.NO
+
+    def add_in(self, state: UserLockout, user: str, digest: bytes, *, known: bool = True) -> None:
+        """Remember a refused password for ``ttl``; the user's newest few are kept."""
+        del user  # The state is the user's.
+        now = self._clock()
+        state.repeats[digest] = Refused(known, now + self._ttl)
+        live = sorted(
+            (item for item in state.repeats.items() if item[1].expires_at > now),
+            key=lambda item: item[1].expires_at,
         )
+        kept = {d for d, _ in live[-self._per_user :]}
+        for old in state.repeats.keys() - kept:
+            del state.repeats[old]
+
+    def forget_in(self, state: UserLockout, user: str) -> None:
+        """Forget a user's refused passwords (a right password was just taken)."""
+        del user
+        state.repeats.clear()
 
     def forget(self, user: str) -> None:
         """Forget a user's refused passwords, everywhere."""

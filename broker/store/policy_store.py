@@ -124,14 +124,6 @@ class PolicyStore(Protocol):
     def mfa_users(self, tenant: str) -> list[tuple[str, float]]:
         """(user, enrolled at) of every user of a tenant with an authenticator."""
 
-    def repeats(self, tenant: str, user: str, now: float) -> list[tuple[bytes, bool]]:
-        """(digest, the name was known) of a user's passwords refused lately, unexpired."""
-
-    def add_repeat(  # noqa: PLR0913 - one entry's fields
-        self, tenant: str, user: str, digest: bytes, *, known: bool, expires_at: float, keep: int
-    ) -> None:
-        """Remember a refused password's digest (replacing the same one); keep the newest few."""
-
     def forget_repeats(self, tenant: str, user: str | None = None) -> None:
         """Forget a user's refused passwords, or a whole tenant's."""
 

@@ -8,7 +8,7 @@ Nothing here knows SQL or holds a secret.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from pta.errors import InvalidRequest
@@ -47,6 +47,16 @@ class Flight:
     expires_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A password lately refused for a user, kept by its keyed digest (the key apart)."""
+
+    #: The directory refused it for an account it has (not "no such user").
+    known: bool
+    #: Wall-clock time after which it is no repeat any more.
+    expires_at: float
+
+
 @dataclass(slots=True)
 class UserLockout:
     """One user's lockout state while its lock is held: what every broker's decision reads.
@@ -58,6 +68,14 @@ class UserLockout:
     counters: dict[CounterKind, Counter]
     #: Checks in flight, by id.
     flights: dict[str, Flight]
+    #: Passwords lately refused, by digest, as a shared store keeps them (expired ones too,
+    #: until upkeep deletes them: the reader's clock decides). Read in the same transaction
+    #: as the counters, so a decision costs no statement of its own for them.
+    repeats: dict[bytes, Refused] = field(default_factory=dict)
+
+    def copy(self) -> UserLockout:
+        """A copy whose dicts may change without touching these."""
+        return UserLockout(dict(self.counters), dict(self.flights), dict(self.repeats))
 
 
 @dataclass(slots=True, kw_only=True)

@@ -96,33 +96,6 @@ class CoordinationTables:
 
     # Refused passwords' digests ---------------------------------------------------------------
 
-    def repeats(self, tenant: str, user: str, now: float) -> list[tuple[bytes, bool]]:
-        """A user's unexpired refused-password digests."""
-        rows = self._db.rows(
-            "SELECT digest, known FROM repeats"
-            " WHERE tenant = %s AND user_key = %s AND expires_at > %s",
-            (tenant, user, now),
-        )
-        return [(bytes(digest), bool(known)) for digest, known in rows]
-
-    def add_repeat(  # noqa: PLR0913 - one entry's fields
-        self, tenant: str, user: str, digest: bytes, *, known: bool, expires_at: float, keep: int
-    ) -> None:
-        """Remember a refused password's digest; keep the user's newest few."""
-        with self._db.transaction() as conn:
-            conn.execute(
-                "INSERT INTO repeats (tenant, user_key, digest, known, expires_at)"
-                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (tenant, user_key, digest)"
-                " DO UPDATE SET known = excluded.known, expires_at = excluded.expires_at",
-                (tenant, user, digest, known, expires_at),
-            )
-            conn.execute(
-                "DELETE FROM repeats WHERE tenant = %s AND user_key = %s AND digest NOT IN"
-                " (SELECT digest FROM repeats WHERE tenant = %s AND user_key = %s"
-                " ORDER BY expires_at DESC LIMIT %s)",
-                (tenant, user, tenant, user, keep),
-            )
-
     def forget_repeats(self, tenant: str, user: str | None = None) -> None:
         """Forget a user's refused passwords, or a tenant's."""
         self._db.run(

@@ -13,10 +13,12 @@ as one transaction in two round trips (pipeline mode), while the others wait:
 
 1. BEGIN; the advisory lock of every distinct user (:func:`~broker.store.postgres.db.lock_pair`'s
    key) in one statement, taken in the order of the keys, as every broker takes them, so two
-   batches never wait for each other in a cycle; one read of all their counters and flights,
-   a statement after the locks, so its snapshot sees what the previous holders committed.
+   batches never wait for each other in a cycle; one read of all their counters and flights
+   and one of their refused passwords' digests (the repeat memory,
+   :mod:`broker.policy.shared_repeats`), statements after the locks, so their snapshots see
+   what the previous holders committed.
 2. Each work in the order queued, in its caller's context (a user's works see each other's
-   changes, as under one lock in turn); then what changed, as at most four statements of
+   changes, as under one lock in turn); then what changed, as at most six statements of
    arrays (``unnest``), and COMMIT.
 
 A work that raises gets its exception and leaves its user's state as it found it; the others
@@ -37,7 +39,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import psycopg
 
 from broker.policy.lockout import CLEAN, Counter
-from broker.store.records import CounterKind, Flight, Location, UserLockout
+from broker.store.records import CounterKind, Flight, Location, Refused, UserLockout
 from pta.errors import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -68,6 +70,14 @@ _READ_ONE = (
     " SELECT tenant, user_key, location, NULL, NULL, NULL, expires_at, id"
     " FROM flights WHERE tenant = %s AND user_key = %s"
 )
+_REPEATS = (
+    "SELECT tenant, user_key, digest, known, expires_at FROM repeats"
+    " JOIN unnest(%s::text[], %s::text[]) AS k(t, u) ON tenant = k.t AND user_key = k.u"
+)
+_REPEATS_ONE = (
+    "SELECT tenant, user_key, digest, known, expires_at FROM repeats"
+    " WHERE tenant = %s AND user_key = %s"
+)
 _DELETE_COUNTERS = (
     "DELETE FROM lockouts WHERE (tenant, user_key, location) IN"
     " (SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]))"
@@ -79,6 +89,16 @@ _SAVE_COUNTERS = (
     " ON CONFLICT (tenant, user_key, location) DO UPDATE SET failures = excluded.failures,"
     " lockouts = excluded.lockouts, locked_until = excluded.locked_until,"
     " last_failure = excluded.last_failure"
+)
+_DELETE_REPEATS = (
+    "DELETE FROM repeats WHERE (tenant, user_key, digest) IN"
+    " (SELECT * FROM unnest(%s::text[], %s::text[], %s::bytea[]))"
+)
+_SAVE_REPEATS = (
+    "INSERT INTO repeats (tenant, user_key, digest, known, expires_at)"
+    " SELECT * FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::bool[], %s::float8[])"
+    " ON CONFLICT (tenant, user_key, digest) DO UPDATE SET known = excluded.known,"
+    " expires_at = excluded.expires_at"
 )
 _DELETE_FLIGHT = "DELETE FROM flights WHERE id = %s"
 _ADD_FLIGHT = (
@@ -114,6 +134,7 @@ class _Found:
 
     counters: dict[CounterKind, Counter] = field(default_factory=dict)
     flights: dict[str, Flight] = field(default_factory=dict)
+    repeats: dict[bytes, Refused] = field(default_factory=dict)
 
 
 class UserBatches:
@@ -222,18 +243,22 @@ class UserBatches:
         with self._db.connection() as conn, conn.pipeline(), conn.transaction():
             if len(keys) == 1:  # The common case at low load: plain parameters are cheaper.
                 conn.execute(_LOCK_ONE, keys[0])
-                rows = conn.execute(_READ_ONE, keys[0] * 2).fetchall()
+                rows = conn.execute(_READ_ONE, keys[0] * 2)
+                refused = conn.execute(_REPEATS_ONE, keys[0])
             else:
                 conn.execute(_LOCK, (tenants, users))
-                rows = conn.execute(_READ, (tenants, users)).fetchall()
-            found = _read(keys, rows)
+                rows = conn.execute(_READ, (tenants, users))
+                refused = conn.execute(_REPEATS, (tenants, users))
+            found = _read(keys, rows.fetchall(), refused.fetchall())
             states = {
-                key: UserLockout(dict(found[key].counters), dict(found[key].flights))
+                key: UserLockout(
+                    dict(found[key].counters), dict(found[key].flights), dict(found[key].repeats)
+                )
                 for key in keys
             }
             for item in batch:
                 state = states[(item.tenant, item.user)]
-                before = UserLockout(dict(state.counters), dict(state.flights))
+                before = state.copy()
                 try:
                     outcomes.append((item, item.context.run(item.work, state), None))
                 except Exception as error:  # noqa: BLE001 - the caller's, handed to it
@@ -247,8 +272,10 @@ class UserBatches:
                 item.future.set_exception(raised)
 
 
-def _read(keys: Sequence[Key], rows: Sequence[TupleRow]) -> dict[Key, _Found]:
-    """The rows of both tables, by user (a user with none has an empty entry)."""
+def _read(
+    keys: Sequence[Key], rows: Sequence[TupleRow], refused: Sequence[TupleRow]
+) -> dict[Key, _Found]:
+    """The rows of the three tables, by user (a user with none has an empty entry)."""
     found = {key: _Found() for key in keys}
     for tenant, user, location, failures, lockouts, until, last, flight_id in rows:
         entry = found[(tenant, user)]
@@ -257,19 +284,29 @@ def _read(keys: Sequence[Key], rows: Sequence[TupleRow]) -> dict[Key, _Found]:
             entry.counters[kind] = Counter(failures, lockouts, until, last)
         else:
             entry.flights[flight_id] = Flight(cast("Location", location), last)
+    for tenant, user, digest, known, expires_at in refused:
+        found[(tenant, user)].repeats[bytes(digest)] = Refused(bool(known), expires_at)
     return found
 
 
 def _write(
     conn: psycopg.Connection[TupleRow], found: dict[Key, _Found], states: dict[Key, UserLockout]
 ) -> None:
-    """What the works changed, as at most four statements whatever the batch's size."""
+    """What the works changed, as at most six statements whatever the batch's size."""
     gone: list[tuple[str, str, str]] = []
     saved: list[tuple[str, str, str, int, int, float, float]] = []
     landed: list[str] = []
     added: list[tuple[str, str, str, str, float]] = []
+    forgotten: list[tuple[str, str, bytes]] = []
+    refused: list[tuple[str, str, bytes, bool, float]] = []
     for (tenant, user), state in states.items():
         before = found[(tenant, user)]
+        forgotten.extend((tenant, user, d) for d in before.repeats.keys() - state.repeats.keys())
+        refused.extend(
+            (tenant, user, digest, entry.known, entry.expires_at)
+            for digest, entry in state.repeats.items()
+            if before.repeats.get(digest) != entry
+        )
         for kind in before.counters.keys() | state.counters.keys():
             after = state.counters.get(kind, CLEAN)
             if after == before.counters.get(kind, CLEAN):
@@ -299,6 +336,10 @@ def _write(
     if saved:
         conn.execute(_SAVE_COUNTERS, _columns(saved, 7))
     _write_flights(conn, landed, added)
+    if forgotten:
+        conn.execute(_DELETE_REPEATS, _columns(forgotten, 3))
+    if refused:
+        conn.execute(_SAVE_REPEATS, _columns(refused, 5))
 
 
 def _write_flights(

@@ -53,18 +53,6 @@ class CoordinationTables:
 
     # Refused passwords' digests (the serving broker keeps its own in memory) ---------------
 
-    def repeats(self, tenant: str, user: str, now: float) -> list[tuple[bytes, bool]]:
-        """A user's unexpired refused-password digests."""
-        return repeats.repeats(self._db, tenant, user, now)
-
-    def add_repeat(  # noqa: PLR0913 - one entry's fields
-        self, tenant: str, user: str, digest: bytes, *, known: bool, expires_at: float, keep: int
-    ) -> None:
-        """Remember a refused password's digest."""
-        repeats.add_repeat(
-            self._db, tenant, user, digest, known=known, expires_at=expires_at, keep=keep
-        )
-
     def forget_repeats(self, tenant: str, user: str | None = None) -> None:
         """Forget refused passwords."""
         repeats.forget_repeats(self._db, tenant, user)

@@ -1,4 +1,4 @@
-"""One user's lockout state under a lock: the counters and the checks in flight, in SQLite.
+"""One user's lockout state under a lock: counters, checks in flight, repeats, in SQLite.
 
 With SQLite one broker serves the store (its data dir is locked), and that broker keeps the
 counters in memory (:class:`broker.policy.lockout_ledger.MemoryLedger`); this is the same
@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, TypeVar, cast
 
 from broker.policy.lockout import CLEAN, Counter
-from broker.store.records import CounterKind, Flight, Location, UserLockout
+from broker.store.records import CounterKind, Flight, Location, Refused, UserLockout
 from broker.store.sqlite.db import transaction
 
 if TYPE_CHECKING:
@@ -53,7 +53,14 @@ def with_user(
                 (tenant, user),
             )
         }
-        state = UserLockout(dict(counters), dict(flights))
+        repeats = {
+            digest: Refused(bool(known), expires_at)
+            for digest, known, expires_at in db.execute(
+                "SELECT digest, known, expires_at FROM repeats WHERE tenant = ? AND user = ?",
+                (tenant, user),
+            )
+        }
+        state = UserLockout(dict(counters), dict(flights), dict(repeats))
         result = work(state)
         for kind in counters.keys() | state.counters.keys():
             after = state.counters.get(kind, CLEAN)
@@ -78,6 +85,19 @@ def with_user(
                 (flight_id, tenant, user, flight.location, flight.expires_at)
                 for flight_id, flight in state.flights.items()
                 if flight_id not in flights
+            ],
+        )
+        db.executemany(
+            "DELETE FROM repeats WHERE tenant = ? AND user = ? AND digest = ?",
+            [(tenant, user, d) for d in repeats.keys() - state.repeats.keys()],
+        )
+        db.executemany(
+            "INSERT OR REPLACE INTO repeats (tenant, user, digest, known, expires_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [
+                (tenant, user, digest, entry.known, entry.expires_at)
+                for digest, entry in state.repeats.items()
+                if repeats.get(digest) != entry
             ],
         )
     return result

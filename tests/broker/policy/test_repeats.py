@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from broker.policy.recent_failures import PER_USER
+
 if TYPE_CHECKING:
     from broker.policy.signin_policy import (
         SignInPolicy,
@@ -148,3 +150,16 @@ class TestAgentSettingsChange:
             policy.agent_configured(TENANT, "agt-a", {}, b"settings-2")
         assert [e["event"] for e in logs if e["event"] == "policy.repeats_forgotten"]
         await admitted(policy, "Wrong-1")
+
+    async def test_the_newest_few_are_kept(
+        self, store: Store, policy: SignInPolicy, clock: FakeClock
+    ) -> None:
+        """Past ``PER_USER`` refused passwords of a user, the oldest is no repeat any more."""
+        configure(store, policy, lockout_threshold=50)
+        passwords = []
+        for _ in range(PER_USER + 1):
+            passwords += await fail(policy, 1)
+            clock.now += 1
+        await admitted(policy, passwords[0])
+        for password in passwords[1:]:
+            assert (await refused(policy, password)).decided_by == "repeat"

@@ -164,28 +164,39 @@ class TestRepeatsAcrossBrokers:
         store.policy.clear_counters(TENANT, ALICE_KEY)
         await admitted(brokers[2], passwords[-1])
 
-    async def test_a_wrong_password_is_a_repeat_before_it_is_counted(
+    async def test_a_wrong_password_is_a_repeat_when_it_is_counted(
         self, store: Store, brokers: list[SignInPolicy], monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """When its count is written, every broker already knows the password as refused.
+        """Every broker learns the password as refused in the step that counts it.
 
         A check deciding between the two (another broker's, or one polling for its turn)
         saw it counted but not refused, took it for a new guess and, with the directory
         guard's count full, refused the user (CI: a load of one unknown name at two brokers).
+        So the repeat and the count are written by one decision, never one before the other.
         """
         first, other = brokers[0], brokers[1]
         attempt = await admitted(first, "Wrong-once")
-        seen: list[Repeat] = []
+        key = f"{TENANT}\0{ALICE_KEY}"
+        digests = other.gate.recent.digests(key, "Wrong-once")
+        seen: list[tuple[Repeat, int]] = []
         run = first.gate.ledger.run
 
+        def look() -> None:
+            repeat = other.gate.ledger.run(
+                TENANT, ALICE_KEY, lambda s: other.gate.recent.check_in(s, key, digests)
+            )
+            seen.append((repeat, failures(store)))
+
         def watching(tenant: str, user: str, work: Callable[[UserLockout], object]) -> object:
-            seen.append(other.gate.recent.check(f"{tenant}\0{user}", "Wrong-once")[0])
-            return run(tenant, user, work)
+            look()
+            try:
+                return run(tenant, user, work)
+            finally:
+                look()
 
         monkeypatch.setattr(first.gate.ledger, "run", watching)
         await ended(first, attempt, Result.INVALID_CREDENTIALS)
-        assert seen == [Repeat.REFUSED]
-        assert failures(store) == 1
+        assert seen == [(Repeat.NO, 0), (Repeat.REFUSED, 1)]
 
 
 class TestAFlightWhoseBrokerDied:

@@ -22,6 +22,7 @@ from broker.store.records import (
     Challenge,
     ConnectionStatus,
     Flight,
+    Refused,
     ReportedPolicy,
     UserLockout,
 )
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path
 
+    from broker.store.policy_store import PolicyStore
     from broker.store.protocols import Store
     from broker.store.records import CertificateRecord
 
@@ -311,40 +313,61 @@ class TestMfaChallenges:
 
 
 class TestRepeats:
-    """Refused passwords' digests: the newest few per user, expiring, forgotten on unlock."""
+    """Refused passwords' digests: kept with the user's state, expiring, forgotten on unlock."""
 
-    def test_kept_replaced_bounded_and_expiring(self, opener: Callable[[], Store]) -> None:
-        """Seen through another handle; the same digest replaced; the oldest beyond ``keep``."""
+    @staticmethod
+    def _add(store: PolicyStore, user: str, entries: dict[bytes, Refused]) -> None:
+        store.with_user("acme", user, lambda state: state.repeats.update(entries))
+
+    @staticmethod
+    def _seen(store: PolicyStore, user: str) -> dict[bytes, Refused]:
+        return store.with_user("acme", user, lambda state: dict(state.repeats))
+
+    def test_kept_replaced_and_removed_with_the_state(self, opener: Callable[[], Store]) -> None:
+        """Seen through another handle; a changed entry replaced; a removed one gone."""
         writer, reader = opener().policy, opener().policy
         now = time.time()
-        for n in range(5):
-            writer.add_repeat(
-                "acme", "alice", bytes([n]) * 16, known=True, expires_at=now + n + 10, keep=4
-            )
-        writer.add_repeat(
-            "acme", "alice", bytes([4]) * 16, known=False, expires_at=now + 20, keep=4
-        )
-        writer.add_repeat("acme", "bob", b"b" * 16, known=True, expires_at=now + 1, keep=4)
-        seen = dict(reader.repeats("acme", "alice", now))
-        assert sorted(seen) == [bytes([n]) * 16 for n in range(1, 5)]
-        assert seen[bytes([4]) * 16] is False
-        assert reader.repeats("acme", "bob", now + 2) == []
-        reader.forget_repeats_before(now + 2)
-        assert writer.repeats("acme", "bob", now) == []
+        entries = {bytes([n]) * 16: Refused(known=True, expires_at=now + n) for n in range(3)}
+        self._add(writer, "alice", entries)
+        self._add(writer, "alice", {b"\0" * 16: Refused(known=False, expires_at=now + 9)})
+        assert self._seen(reader, "alice") == {
+            b"\0" * 16: Refused(known=False, expires_at=now + 9),
+            b"\1" * 16: Refused(known=True, expires_at=now + 1),
+            b"\2" * 16: Refused(known=True, expires_at=now + 2),
+        }
+        reader.with_user("acme", "alice", lambda state: state.repeats.pop(b"\1" * 16))
+        assert sorted(self._seen(writer, "alice")) == [b"\0" * 16, b"\2" * 16]
+        assert self._seen(writer, "bob") == {}
 
-    def test_forgotten_by_user_tenant_and_unlock(self, opener: Callable[[], Store]) -> None:
-        """A user's go alone; a tenant's all go; an unlock forgets the user's."""
+    def test_not_kept_when_the_work_raises(self, opener: Callable[[], Store]) -> None:
+        """All or nothing, as counters and flights."""
+        store = opener().policy
+
+        def broken(state: UserLockout) -> None:
+            state.repeats[b"x" * 16] = Refused(known=True, expires_at=time.time() + 60)
+            raise RuntimeError("the decision failed")
+
+        with pytest.raises(RuntimeError):
+            store.with_user("acme", "alice", broken)
+        assert self._seen(opener().policy, "alice") == {}
+
+    def test_forgotten_by_user_tenant_unlock_and_expiry(self, opener: Callable[[], Store]) -> None:
+        """A user's go alone; a tenant's all go; an unlock forgets the user's; upkeep expires."""
         store = opener().policy
         now = time.time()
-        for user in ("alice", "bob", "carol"):
-            store.add_repeat("acme", user, b"d" * 16, known=True, expires_at=now + 60, keep=4)
+        for user in ("alice", "bob", "carol", "dave"):
+            self._add(store, user, {b"d" * 16: Refused(known=True, expires_at=now + 60)})
+        self._add(store, "dave", {b"e" * 16: Refused(known=True, expires_at=now + 1)})
         store.forget_repeats("acme", "alice")
-        assert store.repeats("acme", "alice", now) == []
-        assert store.repeats("acme", "bob", now) != []
+        assert self._seen(store, "alice") == {}
+        assert self._seen(store, "bob") != {}
         opener().policy.clear_counters("acme", "bob")
-        assert store.repeats("acme", "bob", now) == []
+        assert self._seen(store, "bob") == {}
+        store.forget_repeats_before(now + 2)
+        assert sorted(self._seen(store, "dave")) == [b"d" * 16]
         store.forget_repeats("acme")
-        assert store.repeats("acme", "carol", now) == []
+        assert self._seen(store, "carol") == {}
+        assert self._seen(store, "dave") == {}
 
 
 def _challenge(expires: float, tries: int = 3) -> Challenge:
