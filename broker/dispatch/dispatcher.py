@@ -166,8 +166,7 @@ class Dispatcher:
             NoAgentAvailable: When the job is sealed to no live connection.
             Overloaded: When the tenant's queue is full.
         """
-        tenant_conns = self._by_tenant.get(job.tenant, {})
-        if not any(cid in tenant_conns for cid in job.envelopes):
+        if not self.reachable(job):
             raise NoAgentAvailable(f"no agent is connected for {job.domain}")
         queue = self._queues.setdefault(job.tenant, deque())
         if len(queue) >= self._queue_limit:
@@ -234,9 +233,9 @@ class Dispatcher:
         self._end_if_drained(conn)
 
     def reachable(self, job: Job) -> bool:
-        """Whether a connection the job was sealed to is still attached."""
+        """Whether a connection the job was sealed to is still attached and open."""
         live = self._by_tenant.get(job.tenant, {})
-        return any(cid in live for cid in job.envelopes)
+        return any((conn := live.get(cid)) is not None and conn.open for cid in job.envelopes)
 
     def queued(self, tenant: str) -> int:
         """Return how many jobs of a tenant wait for an agent."""

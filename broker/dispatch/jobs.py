@@ -171,9 +171,19 @@ class Connection:
 
     def serves(self, domain: str) -> bool:
         """Whether new jobs for ``domain`` may be sealed to this connection."""
-        return not self.draining and domain in self.domains
+        return not self.draining and self.open and domain in self.domains
+
+    @property
+    def open(self) -> bool:
+        """Whether its stream still takes work: not told to end (drained, or cut).
+
+        An ended stream is detached a moment later, when its writer has stopped; a job sent
+        to it meanwhile would be lost with it, and its agent (which may have read it) would
+        refuse it as a replay on its next stream.
+        """
+        return not self.ended.is_set()
 
     @property
     def free(self) -> int:
-        """How many more jobs the agent said it takes at once."""
-        return self.capacity - len(self.in_flight)
+        """How many more jobs the agent said it takes at once (none once it ended)."""
+        return self.capacity - len(self.in_flight) if self.open else 0

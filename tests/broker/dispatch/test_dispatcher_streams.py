@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+import pytest
+
 from broker.dispatch.dispatcher import NotSent
 from broker.dispatch.jobs import MAY_HAVE_TRIED, AgentLost
 from pta.errors import NoAgentAvailable
@@ -205,6 +207,39 @@ class TestDispatcherDrain:
         dispatcher.drain(conn)
         assert conn.ended.is_set()
         assert conn.end_error is None
+
+    async def test_an_ended_connection_takes_nothing_more(self, dispatcher: Dispatcher) -> None:
+        """Drained and ended, not yet detached: a job sealed to it before is not sent there.
+
+        A sign-in sealed to a connection before its agent said it was draining, and submitted
+        after the drained stream was told to end, went to that stream, was lost with it and
+        was sent on to the agent's new stream, which refused it as a replay (CI: a rotation
+        under load). It is sealed again instead, as for a connection that left.
+        """
+        old, new = make_conn("old"), make_conn("new")
+        dispatcher.attach(old)
+        dispatcher.attach(new)
+        early = make_job("early", old)
+        dispatcher.drain(old)
+        assert old.ended.is_set()
+        assert not dispatcher.reachable(early)
+        with pytest.raises(NoAgentAvailable):
+            dispatcher.submit(early)
+        assert sent(old) == []
+        both = make_job("both", old, new)
+        dispatcher.submit(both)
+        assert sent(new) == ["both"]
+        assert sent(old) == []
+
+    async def test_a_cut_connection_takes_nothing_more(self, dispatcher: Dispatcher) -> None:
+        """Cut (revoked), not yet detached: neither sealed to nor sent anything new."""
+        conn = make_conn("a", capacity=2)
+        dispatcher.attach(conn)
+        dispatcher.cut(conn, NoAgentAvailable("revoked"))
+        assert dispatcher.sealing_targets(TENANT, DOMAIN) == []
+        with pytest.raises(NoAgentAvailable):
+            dispatcher.submit(make_job("late", conn))
+        assert sent(conn) == []
 
 
 class TestDispatcherCut:
