@@ -148,27 +148,23 @@ class LockoutGate:
         key = f"{tenant}\0{user}"
         budget = self._directory_budget(tenant, attempt.domain, attempt.location)
         loop = asyncio.get_running_loop()
+        # (None: a readmission, which keeps what was found.)
+        digests = None if password is None else self.recent.digests(key, password)
         while True:
             remaining = max(0.0, deadline - loop.time())
-
-            def decide(remaining: float = remaining) -> Verdict | bool:
-                # (None: a readmission, which keeps what was found.)
-                digests = None if password is None else self.recent.digests(key, password)
-                now = self._clock()
-                return self.ledger.run(
-                    tenant,
-                    user,
-                    functools.partial(
-                        self._decide,
-                        attempt=attempt,
-                        budget=budget,
-                        digests=digests,
-                        now=now,
-                        expires=now + remaining + FLIGHT_MARGIN,
-                    ),
-                )
-
-            decided = await self.ledger.off_loop(decide)
+            now = self._clock()
+            decided = await self.ledger.decide(
+                tenant,
+                user,
+                functools.partial(
+                    self._decide,
+                    attempt=attempt,
+                    budget=budget,
+                    digests=digests,
+                    now=now,
+                    expires=now + remaining + FLIGHT_MARGIN,
+                ),
+            )
             if decided is not False:
                 return None if decided is True else decided
             await self._wait_turn((tenant, user), deadline)

@@ -44,9 +44,10 @@ KINDS: tuple[CounterKind, ...] = ("familiar", "unfamiliar", "directory")
 #: How often a check waiting for its turn looks at a shared ledger again: another broker's
 #: check ending wakes no waiter here.
 SHARED_POLL = 0.05
-#: Threads that wait on the shared store for the gate, so that the event loop goes on with
-#: other sign-ins meanwhile. Many: a waiting thread costs little, and decisions queued at the
-#: same moment share one transaction (the store's batches), which takes only as many as wait.
+#: Threads that land answers in the shared store for the gate (decisions are queued to the
+#: store's batches from the event loop), so that the loop goes on with other sign-ins
+#: meanwhile. Many: a waiting thread costs little, and landings queued at the same moment share
+#: one transaction (the store's batches), which takes only as many as wait.
 SHARED_THREADS = 32
 
 
@@ -59,8 +60,8 @@ class Ledger(Protocol):
     def run(self, tenant: str, user: str, work: Callable[[UserLockout], _T]) -> _T:
         """Run ``work`` on the user's state; what it changes is kept (all of it, or none)."""
 
-    async def off_loop(self, work: Callable[[], _T]) -> _T:
-        """Run ``work`` (it may call :meth:`run`) where waiting on the store stalls no one."""
+    async def decide(self, tenant: str, user: str, work: Callable[[UserLockout], _T]) -> _T:
+        """:meth:`run`, awaited: waiting on the store stalls no one, and costs no thread."""
 
     def later(
         self, work: Callable[[], None], then: Callable[[], None]
@@ -122,9 +123,9 @@ class MemoryLedger:
                 self._save((tenant, user, kind), after)
         return result
 
-    async def off_loop(self, work: Callable[[], _T]) -> _T:
-        """Run ``work`` here and now: memory has no wait worth a thread."""
-        return work()
+    async def decide(self, tenant: str, user: str, work: Callable[[UserLockout], _T]) -> _T:
+        """:meth:`run` here and now: memory has no wait worth a thread."""
+        return self.run(tenant, user, work)
 
     def later(self, work: Callable[[], None], then: Callable[[], None]) -> None:
         """Run both here and now."""
@@ -187,7 +188,7 @@ class SharedLedger:
     def __init__(self, store: PolicyStore, *, threads: int = 0) -> None:
         """Decide through ``store`` (one every broker of the cluster uses).
 
-        ``threads``: how many threads wait on the store (:meth:`off_loop`); 0 runs every
+        ``threads``: how many threads land answers (:meth:`later`); 0 runs every
         decision on the caller's thread, for a store one thread at a time may use (SQLite).
         """
         self._store = store
@@ -201,17 +202,20 @@ class SharedLedger:
         """See :meth:`PolicyStore.with_user`."""
         return self._store.with_user(tenant, user, work)
 
-    async def off_loop(self, work: Callable[[], _T]) -> _T:
-        """Run ``work`` in one of the ledger's threads (with the caller's context).
+    async def decide(self, tenant: str, user: str, work: Callable[[UserLockout], _T]) -> _T:
+        """:meth:`run`, queued from the event loop straight to the store's next transaction.
 
         A decision waits for two round trips to the store, longer under another broker's
-        hold of the user's lock; on the event loop that wait stalled every sign-in (the
-        event loop spent 45 % of its time in it at 64 in flight).
+        hold of the user's lock: on the event loop that wait stalled every sign-in (45 % of
+        the loop's time at 64 in flight). No thread of the ledger's waits for it either (one
+        did per decision: a hand-over and two wake-ups more); the store's batches run it, and
+        its answer wakes the loop. On the caller's thread for a store one thread at a time
+        may use (SQLite).
         """
         if self._threads is None:
-            return work()
-        call = functools.partial(contextvars.copy_context().run, work)
-        return await asyncio.get_running_loop().run_in_executor(self._threads, call)
+            return self.run(tenant, user, work)
+        # (The store runs it in the caller's context, as it runs every queued decision.)
+        return await asyncio.wrap_future(self._store.submit_with_user(tenant, user, work))
 
     def later(
         self, work: Callable[[], None], then: Callable[[], None]

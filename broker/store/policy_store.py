@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 if TYPE_CHECKING:
+    import concurrent.futures
     from collections.abc import Callable, Sequence
 
     from broker.policy.lockout import Counter
@@ -74,10 +75,19 @@ class PolicyStore(Protocol):
         counted, and let through, exactly as at one broker.
         """
 
+    def submit_with_user(
+        self, tenant: str, user: str, work: Callable[[UserLockout], _T]
+    ) -> concurrent.futures.Future[_T]:
+        """:meth:`with_user` without waiting for it: its future (for an event loop).
+
+        A store one thread at a time may use (SQLite) runs it now, on the caller's thread.
+        """
+
     def clear_counters(self, tenant: str, user: str | None = None) -> int:
         """An administrator's unlock of one user's counters, or a whole tenant's; how many.
 
-        The passwords they had refused lately (:meth:`repeats`) are forgotten with them.
+        The passwords they had refused lately (the shared repeat memory) are forgotten with
+        them.
         """
 
     def forget_counters_before(self, horizon: float) -> None:

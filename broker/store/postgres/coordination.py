@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, TypeVar, cast
 from broker.store.records import Challenge, Location, UserLockout
 
 if TYPE_CHECKING:
+    import concurrent.futures
     from collections.abc import Callable
 
     from broker.store.postgres.db import Database
@@ -42,6 +43,12 @@ class CoordinationTables:
         (:mod:`~broker.store.postgres.user_batches`).
         """
         return self.batches.run(tenant, user, work)
+
+    def submit_with_user(
+        self, tenant: str, user: str, work: Callable[[UserLockout], _T]
+    ) -> concurrent.futures.Future[_T]:
+        """:meth:`with_user`, decided by the batches' own thread: its future."""
+        return self.batches.submit(tenant, user, work)
 
     # Open MFA challenges ----------------------------------------------------------------------
 

@@ -126,6 +126,8 @@ class _Item:
     #: Set when decided, or when this caller is to run the next transaction (``lead``).
     wake: threading.Event = field(default_factory=threading.Event)
     lead: bool = False
+    #: A thread waits in :meth:`UserBatches.run` for it (not so for one submitted).
+    waited: bool = True
 
 
 @dataclass(slots=True)
@@ -140,11 +142,13 @@ class _Found:
 class UserBatches:
     """The queue of decisions, and whose thread runs the next transaction.
 
-    No thread of its own: the caller that finds nobody deciding runs the transaction itself,
-    with whatever else is queued by then (at one sign-in in flight there is no hand-over
-    between threads at all). Once its own decision is done, a leader that finds more queued
-    hands the next transaction to the first caller waiting, so no caller decides for others
-    longer than one transaction after its own.
+    A caller of :meth:`run` that finds nobody deciding runs the transaction itself, with
+    whatever else is queued by then. Once its own decision is done, a leader that finds more
+    queued hands the next transaction to the first caller waiting, so no caller decides for
+    others longer than one transaction after its own. A decision :meth:`submit`-ted (from an
+    event loop, which must not wait) is decided by a thread of the batches' own, which runs
+    transactions while any are queued: a loop's decisions cost it no thread of its own each,
+    and at load no wake-up but the answer's.
     """
 
     def __init__(self, db: Database, *, max_batch: int = MAX_BATCH) -> None:
@@ -156,6 +160,8 @@ class UserBatches:
         self._leading = False
         self._closed = False
         self._in_work = threading.local()
+        #: Where submitted decisions are run when nobody leads (one thread, made when needed).
+        self._runner: concurrent.futures.ThreadPoolExecutor | None = None
         #: Transactions run so far (each decides one batch).
         self.transactions = 0
 
@@ -188,10 +194,70 @@ class UserBatches:
                 item.wake.wait()
         return cast("_T", item.future.result())
 
+    def submit(
+        self, tenant: str, user: str, work: Callable[[UserLockout], _T]
+    ) -> concurrent.futures.Future[_T]:
+        """Queue ``work`` as :meth:`run` does, without waiting: its future.
+
+        Raises:
+            RuntimeError: When closed.
+        """
+        item = _Item(tenant, user, work, waited=False)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the store is closed")
+            self._queue.append(item)
+            start = not self._leading
+            self._leading = True
+        if start:
+            self._start_runner()
+        return cast("concurrent.futures.Future[_T]", item.future)
+
     def close(self) -> None:
         """Refuse new decisions (those queued are still decided)."""
         with self._lock:
             self._closed = True
+            runner = self._runner
+        if runner is not None:
+            runner.shutdown(wait=False)
+
+    def _start_runner(self) -> None:
+        """Have the batches' own thread lead (the caller holds the lead, and hands it over)."""
+        with self._lock:
+            if self._runner is None:
+                self._runner = concurrent.futures.ThreadPoolExecutor(
+                    1, thread_name_prefix="pta-batches"
+                )
+            runner = self._runner
+        try:
+            runner.submit(self._drain)
+        except RuntimeError:  # Closed meanwhile: what is queued is decided here instead.
+            self._drain()
+
+    def _drain(self) -> None:
+        """Run transactions while any are queued; then stop leading, or hand over."""
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._leading = False
+                    return
+                if self._queue[0].waited:  # A thread waits: it leads, as in run().
+                    heir = self._queue[0]
+                    heir.lead = True
+                    heir.wake.set()
+                    return
+                batch = self._queue[: self._max_batch]
+                del self._queue[: self._max_batch]
+            self._run_batch(batch)
+
+    def _run_batch(self, batch: list[_Item]) -> None:
+        self._in_work.active = True
+        try:
+            self._decide(batch)
+        finally:
+            self._in_work.active = False
+            for item in batch:
+                item.wake.set()
 
     def _lead(self, own: _Item) -> None:
         """Run transactions until ``own`` is decided; then hand over, or stop leading."""
@@ -200,21 +266,17 @@ class UserBatches:
                 with self._lock:
                     batch = self._queue[: self._max_batch]
                     del self._queue[: self._max_batch]
-                self._in_work.active = True
-                try:
-                    self._decide(batch)
-                finally:
-                    self._in_work.active = False
-                    for item in batch:
-                        item.wake.set()
+                self._run_batch(batch)
         finally:
             with self._lock:
-                if self._queue:
-                    heir = self._queue[0]
+                heir = self._queue[0] if self._queue else None
+                if heir is None:
+                    self._leading = False
+                elif heir.waited:
                     heir.lead = True
                     heir.wake.set()
-                else:
-                    self._leading = False
+            if heir is not None and not heir.waited:
+                self._start_runner()
 
     def _decide(self, batch: list[_Item]) -> None:
         """Run a batch in one transaction; after a failure not the server's, one at a time."""

@@ -7,6 +7,7 @@ the contract tests hold every backend to them, and a shared ledger can run on SQ
 
 from __future__ import annotations
 
+import concurrent.futures
 from typing import TYPE_CHECKING, TypeVar
 
 from broker.store.sqlite import challenges, repeats, user_lockout
@@ -32,6 +33,17 @@ class CoordinationTables:
     def with_user(self, tenant: str, user: str, work: Callable[[UserLockout], _T]) -> _T:
         """Run ``work`` on one user's lockout state under SQLite's write lock."""
         return user_lockout.with_user(self._db, tenant, user, work)
+
+    def submit_with_user(
+        self, tenant: str, user: str, work: Callable[[UserLockout], _T]
+    ) -> concurrent.futures.Future[_T]:
+        """:meth:`with_user` now, on the caller's thread (the handle is that thread's)."""
+        future: concurrent.futures.Future[_T] = concurrent.futures.Future()
+        try:
+            future.set_result(self.with_user(tenant, user, work))
+        except Exception as error:  # noqa: BLE001 - the caller's, handed to it
+            future.set_exception(error)
+        return future
 
     # Open MFA challenges (the serving broker keeps its own in memory) ---------------------
 

@@ -24,6 +24,7 @@ from broker.store.records import Flight, UserLockout
 from tooling.postgres import postgres_missing_reason
 
 if TYPE_CHECKING:
+    import concurrent.futures
     from collections.abc import Callable, Iterator
 
     from broker.store.protocols import Store
@@ -104,6 +105,55 @@ class TestOneHandle:
         assert sum(c.failures for c in counters.values()) == THREADS * ROUNDS
         assert {key[1] for key in counters} == {"u0", "u1", "u2", "u3"}
         assert store.policy.batches.transactions < THREADS * ROUNDS  # Some were decided together.
+
+    def test_submitted_and_waited_decisions_mixed(
+        self, opener: Callable[[], PostgresStore]
+    ) -> None:
+        """Decisions submitted (as an event loop does) beside threads that wait: none lost.
+
+        Either kind may lead when the other stops: a waiting thread takes the lead from the
+        batches' own thread, and hands it back when submitted ones are left.
+        """
+        store = opener()
+        submitted: list[concurrent.futures.Future[None]] = []
+        lock = threading.Lock()
+
+        def bump(state: UserLockout) -> None:
+            before = state.counters.get("directory", CLEAN)
+            state.counters["directory"] = Counter(failures=before.failures + 1, last_failure=1e9)
+
+        def mixed(n: int) -> None:
+            for r in range(ROUNDS):
+                user = f"u{(n + r) % 4}"
+                if (n + r) % 2:
+                    future = store.policy.submit_with_user("acme", user, bump)
+                    with lock:
+                        submitted.append(future)
+                else:
+                    store.policy.with_user("acme", user, bump)
+
+        _in_threads(mixed)
+        for future in submitted:
+            assert future.result(timeout=30) is None
+        counters = opener().policy.counters()
+        assert sum(c.failures for c in counters.values()) == THREADS * ROUNDS
+        assert len(submitted) == THREADS * ROUNDS // 2
+
+    def test_a_submitted_work_that_raises_fails_its_future_only(
+        self, opener: Callable[[], PostgresStore]
+    ) -> None:
+        """Its exception in its future; the store goes on deciding."""
+        store = opener()
+
+        def broken(state: UserLockout) -> None:
+            state.counters["directory"] = Counter(9, last_failure=1e9)
+            raise ValueError("the decision failed")
+
+        failed = store.policy.submit_with_user("acme", "a", broken)
+        with pytest.raises(ValueError, match="the decision failed"):
+            failed.result(timeout=30)
+        store.policy.submit_with_user("acme", "a", _fail_once).result(timeout=30)
+        assert opener().policy.counters()[("acme", "a", "directory")].failures == 1
 
     def test_what_is_queued_meanwhile_goes_in_one_transaction(
         self, opener: Callable[[], PostgresStore]
