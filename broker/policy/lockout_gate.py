@@ -44,6 +44,7 @@ from broker.store.records import Flight
 from pta.errors import DeadlineExceeded, Overloaded, StoreUnavailable
 
 if TYPE_CHECKING:
+    import concurrent.futures
     from collections.abc import Callable, Iterable
 
     from broker.metrics import Counts
@@ -302,29 +303,27 @@ class LockoutGate:
         right = outcome in PASSWORD_RIGHT
         now = self._clock()
 
-        def land() -> None:
+        def landed(settled: concurrent.futures.Future[bool]) -> None:
             try:
-                self._confirm(tenant, user, outcome)
-                locked = self.ledger.run(
-                    tenant,
-                    user,
-                    functools.partial(
-                        self._settle,
-                        attempt=attempt,
-                        outcome=outcome,
-                        succeed=right and succeed,
-                        now=now,
-                    ),
-                )
-                if locked:
+                if settled.result():
                     self.metrics.lockout(tenant, attempt.location)
             except StoreUnavailable as error:
                 # The answer stands; its flight stays in the store and, once it expires,
                 # counts as a wrong password the directory may have seen: never fewer guesses
                 # than made.
                 log.warning("lockout.not_recorded", tenant=tenant, user=user, detail=error.detail)
+            finally:
+                self._wake(tenant, user)
 
-        attempt.landing = self.ledger.later(land, functools.partial(self._wake, tenant, user))
+        self._confirm(tenant, user, outcome)
+        attempt.landing = self.ledger.later(
+            tenant,
+            user,
+            functools.partial(
+                self._settle, attempt=attempt, outcome=outcome, succeed=right and succeed, now=now
+            ),
+            landed,
+        )
         return right
 
     def _remember(self, state: UserLockout, attempt: Attempt, outcome: int | None) -> None:
@@ -406,7 +405,17 @@ class LockoutGate:
         """Remember an account a directory answered for: its counters are never shed."""
         if outcome in ACCOUNT_EXISTS and (tenant, user) not in self._known:
             self._known.add((tenant, user))
-            self._store.add_known_account(tenant, user, self._clock())
+            now = self._clock()
+
+            def write() -> None:
+                try:
+                    self._store.add_known_account(tenant, user, now)
+                except StoreUnavailable as error:  # Known here; upkeep's next read forgets it.
+                    log.warning(
+                        "lockout.not_recorded", tenant=tenant, user=user, detail=error.detail
+                    )
+
+            self.ledger.aside(write)
 
     def _directory_budget(self, tenant: str, domain: str, location: Location) -> int | None:
         """How many wrong passwords may be in the directory's count at once (None: unknown)."""

@@ -44,11 +44,10 @@ KINDS: tuple[CounterKind, ...] = ("familiar", "unfamiliar", "directory")
 #: How often a check waiting for its turn looks at a shared ledger again: another broker's
 #: check ending wakes no waiter here.
 SHARED_POLL = 0.05
-#: Threads that land answers in the shared store for the gate (decisions are queued to the
-#: store's batches from the event loop), so that the loop goes on with other sign-ins
-#: meanwhile. Many: a waiting thread costs little, and landings queued at the same moment share
-#: one transaction (the store's batches), which takes only as many as wait.
-SHARED_THREADS = 32
+#: Threads for the shared store's writes nothing waits for (:meth:`SharedLedger.aside`: an
+#: account a directory answered for, the first time); decisions and landings are queued to
+#: the store's batches from the event loop and need none.
+SHARED_THREADS = 2
 
 
 class Ledger(Protocol):
@@ -64,18 +63,37 @@ class Ledger(Protocol):
         """:meth:`run`, awaited: waiting on the store stalls no one, and costs no thread."""
 
     def later(
-        self, work: Callable[[], None], then: Callable[[], None]
+        self,
+        tenant: str,
+        user: str,
+        work: Callable[[UserLockout], _T],
+        then: Callable[[concurrent.futures.Future[_T]], None],
     ) -> asyncio.Future[None] | None:
-        """Run ``work``, then ``then`` on the event loop; the future of both, None once done.
+        """:meth:`run` without holding up the caller, then ``then`` with its outcome.
 
-        For an answer's accounting: the agent's stream goes on while it is written.
+        ``then`` runs on the event loop (what it raises, the returned future holds). The
+        future of both, or None once done. For an answer's accounting: the agent's stream
+        goes on while it is written.
         """
+
+    def aside(self, call: Callable[[], None]) -> None:
+        """Run ``call``, a store write nothing waits for, where it stalls no one."""
 
     def reload(self) -> set[tuple[str, str]]:
         """Re-read what another process changed; the (tenant, user) whose counters it cleared."""
 
     def upkeep(self, keep: Callable[[CounterKey, lockout.Counter], bool]) -> None:
         """Forget in memory the counters ``keep`` says no rule needs any more."""
+
+
+def _settled(call: Callable[[], _T]) -> concurrent.futures.Future[_T]:
+    """``call``'s outcome, run now, as a done future."""
+    future: concurrent.futures.Future[_T] = concurrent.futures.Future()
+    try:
+        future.set_result(call())
+    except Exception as error:  # noqa: BLE001 - the caller's, handed to it
+        future.set_exception(error)
+    return future
 
 
 class MemoryLedger:
@@ -127,10 +145,19 @@ class MemoryLedger:
         """:meth:`run` here and now: memory has no wait worth a thread."""
         return self.run(tenant, user, work)
 
-    def later(self, work: Callable[[], None], then: Callable[[], None]) -> None:
+    def later(
+        self,
+        tenant: str,
+        user: str,
+        work: Callable[[UserLockout], _T],
+        then: Callable[[concurrent.futures.Future[_T]], None],
+    ) -> None:
         """Run both here and now."""
-        work()
-        then()
+        then(_settled(functools.partial(self.run, tenant, user, work)))
+
+    def aside(self, call: Callable[[], None]) -> None:
+        """Here and now (the store is this process's)."""
+        call()
 
     def reload(self) -> set[tuple[str, str]]:
         """Re-read the counters (the CLI may have cleared some); whose were cleared."""
@@ -188,7 +215,7 @@ class SharedLedger:
     def __init__(self, store: PolicyStore, *, threads: int = 0) -> None:
         """Decide through ``store`` (one every broker of the cluster uses).
 
-        ``threads``: how many threads land answers (:meth:`later`); 0 runs every
+        ``threads``: how many threads write aside (:meth:`aside`); 0 runs every
         decision on the caller's thread, for a store one thread at a time may use (SQLite).
         """
         self._store = store
@@ -218,17 +245,38 @@ class SharedLedger:
         return await asyncio.wrap_future(self._store.submit_with_user(tenant, user, work))
 
     def later(
-        self, work: Callable[[], None], then: Callable[[], None]
+        self,
+        tenant: str,
+        user: str,
+        work: Callable[[UserLockout], _T],
+        then: Callable[[concurrent.futures.Future[_T]], None],
     ) -> asyncio.Future[None] | None:
-        """Run ``work`` in one of the ledger's threads, then ``then`` on the event loop."""
+        """Queued to the store's batches as :meth:`decide` is; ``then`` on the event loop."""
         if self._threads is None:
-            work()
-            then()
+            then(self._store.submit_with_user(tenant, user, work))
             return None
-        call = functools.partial(contextvars.copy_context().run, work)
-        written = asyncio.get_running_loop().run_in_executor(self._threads, call)
-        written.add_done_callback(lambda _: then())
-        return written
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def finish(outcome: concurrent.futures.Future[_T]) -> None:
+            try:
+                then(outcome)
+            except Exception as error:  # noqa: BLE001 - the awaiting caller's to see
+                done.set_exception(error)
+            else:
+                done.set_result(None)
+
+        self._store.submit_with_user(tenant, user, work).add_done_callback(
+            lambda outcome: loop.call_soon_threadsafe(finish, outcome)
+        )
+        return done
+
+    def aside(self, call: Callable[[], None]) -> None:
+        """In one of the ledger's threads (with the caller's context), not waited for."""
+        if self._threads is None:
+            call()
+            return
+        self._threads.submit(contextvars.copy_context().run, call)
 
     def reload(self) -> set[tuple[str, str]]:
         """Nothing is held here: every decision reads the store."""

@@ -39,6 +39,7 @@ from tests.broker.policy.helpers import Outcome as Result
 from tests.broker.store.backends import BACKENDS
 
 if TYPE_CHECKING:
+    import concurrent.futures
     from collections.abc import Callable, Iterator
     from pathlib import Path
 
@@ -179,7 +180,7 @@ class TestRepeatsAcrossBrokers:
         key = f"{TENANT}\0{ALICE_KEY}"
         digests = other.gate.recent.digests(key, "Wrong-once")
         seen: list[tuple[Repeat, int]] = []
-        run = first.gate.ledger.run
+        later = first.gate.ledger.later
 
         def look() -> None:
             repeat = other.gate.ledger.run(
@@ -187,14 +188,21 @@ class TestRepeatsAcrossBrokers:
             )
             seen.append((repeat, failures(store)))
 
-        def watching(tenant: str, user: str, work: Callable[[UserLockout], object]) -> object:
+        def watching(
+            tenant: str,
+            user: str,
+            work: Callable[[UserLockout], object],
+            then: Callable[[concurrent.futures.Future[object]], None],
+        ) -> object:
             look()
-            try:
-                return run(tenant, user, work)
-            finally:
-                look()
 
-        monkeypatch.setattr(first.gate.ledger, "run", watching)
+            def after(outcome: concurrent.futures.Future[object]) -> None:
+                look()
+                then(outcome)
+
+            return later(tenant, user, work, after)
+
+        monkeypatch.setattr(first.gate.ledger, "later", watching)
         await ended(first, attempt, Result.INVALID_CREDENTIALS)
         assert seen == [(Repeat.NO, 0), (Repeat.REFUSED, 1)]
 
