@@ -147,8 +147,8 @@ class UserBatches:
     queued hands the next transaction to the first caller waiting, so no caller decides for
     others longer than one transaction after its own. A decision :meth:`submit`-ted (from an
     event loop, which must not wait) is decided by a thread of the batches' own, which runs
-    transactions while any are queued: a loop's decisions cost it no thread of its own each,
-    and at load no wake-up but the answer's.
+    transactions while any are queued, the waiting callers' with them: a loop's decisions cost
+    it no thread of its own each, and at load no wake-up but the answer's.
     """
 
     def __init__(self, db: Database, *, max_batch: int = MAX_BATCH) -> None:
@@ -235,20 +235,20 @@ class UserBatches:
             self._drain()
 
     def _drain(self) -> None:
-        """Run transactions while any are queued; then stop leading, or hand over."""
-        while True:
-            with self._lock:
-                if not self._queue:
-                    self._leading = False
-                    return
-                if self._queue[0].waited:  # A thread waits: it leads, as in run().
-                    heir = self._queue[0]
-                    heir.lead = True
-                    heir.wake.set()
-                    return
-                batch = self._queue[: self._max_batch]
-                del self._queue[: self._max_batch]
-            self._run_batch(batch)
+        """Run transactions while any are queued (callers of :meth:`run` too); then stop."""
+        try:
+            while True:
+                with self._lock:
+                    if not self._queue:
+                        self._leading = False
+                        return
+                    batch = self._queue[: self._max_batch]
+                    del self._queue[: self._max_batch]
+                self._run_batch(batch)
+        except BaseException:  # (Not an Exception: those reach the callers.) Never stay stuck
+            with self._lock:  # leading: the next caller leads.
+                self._leading = False
+            raise
 
     def _run_batch(self, batch: list[_Item]) -> None:
         self._in_work.active = True

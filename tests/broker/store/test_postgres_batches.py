@@ -111,8 +111,8 @@ class TestOneHandle:
     ) -> None:
         """Decisions submitted (as an event loop does) beside threads that wait: none lost.
 
-        Either kind may lead when the other stops: a waiting thread takes the lead from the
-        batches' own thread, and hands it back when submitted ones are left.
+        Either kind may lead: a waiting thread leads when nobody does, and hands what is left
+        of submitted ones to the batches' own thread, which decides waiting callers' too.
         """
         store = opener()
         submitted: list[concurrent.futures.Future[None]] = []
