@@ -149,11 +149,12 @@ class LockoutGate:
         key = f"{tenant}\0{user}"
         budget = self._directory_budget(tenant, attempt.domain, attempt.location)
         loop = asyncio.get_running_loop()
-        # (None: a readmission, which keeps what was found.)
-        digests = None if password is None else self.recent.digests(key, password)
         while True:
             remaining = max(0.0, deadline - loop.time())
             now = self._clock()
+            # Taken again each turn (the memory's key may have rotated while this waited).
+            # None: a readmission, which keeps what was found.
+            digests = None if password is None else self.recent.digests(key, password)
             decided = await self.ledger.decide(
                 tenant,
                 user,

@@ -192,6 +192,9 @@ class UserBatches:
                 self._lead(item)
             else:
                 item.wake.wait()
+                with self._lock:  # Set only by its decided batch or the lead: never spin.
+                    if not item.future.done() and not item.lead:
+                        item.wake.clear()
         return cast("_T", item.future.result())
 
     def submit(
@@ -231,8 +234,13 @@ class UserBatches:
             runner = self._runner
         try:
             runner.submit(self._drain)
-        except RuntimeError:  # Closed meanwhile: what is queued is decided here instead.
-            self._drain()
+        except RuntimeError:  # Closed meanwhile: nothing more is decided (not on this thread,
+            with self._lock:  # which may be an event loop's).
+                dropped, self._queue = self._queue, []
+                self._leading = False
+            for item in dropped:
+                _resolve(item, error=RuntimeError("the store is closed"))
+                item.wake.set()
 
     def _drain(self) -> None:
         """Run transactions while any are queued (callers of :meth:`run` too); then stop."""
@@ -242,15 +250,28 @@ class UserBatches:
                     if not self._queue:
                         self._leading = False
                         return
-                    batch = self._queue[: self._max_batch]
-                    del self._queue[: self._max_batch]
+                    batch = self._take()
                 self._run_batch(batch)
         except BaseException:  # (Not an Exception: those reach the callers.) Never stay stuck
             with self._lock:  # leading: the next caller leads.
                 self._leading = False
             raise
 
+    def _take(self) -> list[_Item]:
+        """The next batch off the queue (the lock held), without those cancelled meanwhile.
+
+        A submitted decision whose caller stopped waiting before it was taken is dropped, its
+        work never run (no flight added for nobody); one taken can no longer be cancelled,
+        so its caller's giving up never breaks the batch's answers.
+        """
+        taken = self._queue[: self._max_batch]
+        del self._queue[: self._max_batch]
+        # (Only submitted ones can be cancelled: a caller of run() holds its future alone.)
+        return [item for item in taken if item.future.set_running_or_notify_cancel()]
+
     def _run_batch(self, batch: list[_Item]) -> None:
+        if not batch:
+            return
         self._in_work.active = True
         try:
             self._decide(batch)
@@ -264,8 +285,7 @@ class UserBatches:
         try:
             while not own.future.done():
                 with self._lock:
-                    batch = self._queue[: self._max_batch]
-                    del self._queue[: self._max_batch]
+                    batch = self._take()
                 self._run_batch(batch)
         finally:
             with self._lock:
@@ -284,17 +304,16 @@ class UserBatches:
             self._transaction(batch)
         except StoreUnavailable as error:
             for item in batch:
-                item.future.set_exception(error)
+                _resolve(item, error=error)
         except psycopg.Error as error:
             if len(batch) == 1:
-                batch[0].future.set_exception(error)
+                _resolve(batch[0], error=error)
                 return
             for item in batch:
                 self._decide([item])
         except BaseException as error:  # Never leave a caller waiting forever.
             for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(error)
+                _resolve(item, error=error)
             raise
 
     def _transaction(self, batch: list[_Item]) -> None:
@@ -328,10 +347,17 @@ class UserBatches:
                     outcomes.append((item, None, error))
             _write(conn, found, states)
         for item, result, raised in outcomes:
-            if raised is None:
-                item.future.set_result(result)
-            else:
-                item.future.set_exception(raised)
+            _resolve(item, result, raised)
+
+
+def _resolve(item: _Item, result: object = None, error: BaseException | None = None) -> None:
+    """Answer an item's caller, once (a later answer for the same item is dropped)."""
+    if item.future.done():
+        return
+    if error is None:
+        item.future.set_result(result)
+    else:
+        item.future.set_exception(error)
 
 
 def _read(

@@ -9,6 +9,7 @@ the same users, locked in opposite orders, never waiting for each other in a cyc
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 import time
@@ -18,6 +19,7 @@ import psycopg
 import pytest
 
 from broker.policy.lockout import CLEAN, Counter
+from broker.policy.lockout_ledger import SharedLedger
 from broker.store import open_store
 from broker.store.postgres.store import PostgresStore
 from broker.store.records import Flight, UserLockout
@@ -138,6 +140,52 @@ class TestOneHandle:
         counters = opener().policy.counters()
         assert sum(c.failures for c in counters.values()) == THREADS * ROUNDS
         assert len(submitted) == THREADS * ROUNDS // 2
+
+    async def test_a_caller_that_gives_up_breaks_nothing(
+        self, opener: Callable[[], PostgresStore]
+    ) -> None:
+        """A sign-in cancelled while its decision waits: that work never runs, the rest do.
+
+        Its cancellation reached the store's future, which the batch then failed to answer
+        (InvalidStateError): the other callers of the batch got that error for committed
+        work, what was queued behind waited for the next arrival, and a waiting thread spun.
+        """
+        store = opener()
+        ledger = SharedLedger(store.policy, threads=2)
+        started, release = threading.Event(), threading.Event()
+        ran: list[str] = []
+
+        def hold(state: UserLockout) -> None:
+            started.set()
+            release.wait(10)
+            state.counters["directory"] = Counter(1, last_failure=1e9)
+
+        def mark(name: str) -> Callable[[UserLockout], str]:
+            def work(state: UserLockout) -> str:
+                ran.append(name)
+                state.flights[name] = Flight("familiar", 1e10)
+                return name
+
+            return work
+
+        holder = asyncio.ensure_future(ledger.decide("acme", "h", hold))
+        await asyncio.to_thread(started.wait, 10)
+        given_up = asyncio.ensure_future(ledger.decide("acme", "a", mark("gone")))
+        kept = asyncio.ensure_future(ledger.decide("acme", "b", mark("kept")))
+        waited = asyncio.ensure_future(
+            asyncio.to_thread(store.policy.with_user, "acme", "c", mark("waited"))
+        )
+        await asyncio.sleep(0.05)  # All three queued behind the held transaction.
+        given_up.cancel()
+        release.set()
+        assert await asyncio.wait_for(kept, 10) == "kept"
+        assert await asyncio.wait_for(waited, 10) == "waited"
+        await asyncio.wait_for(holder, 10)
+        assert given_up.cancelled()
+        assert sorted(ran) == ["kept", "waited"]  # The cancelled work never ran.
+        flights = opener().policy.with_user("acme", "a", lambda state: dict(state.flights))
+        assert flights == {}
+        assert await asyncio.wait_for(ledger.decide("acme", "a", mark("after")), 10) == "after"
 
     def test_a_submitted_work_that_raises_fails_its_future_only(
         self, opener: Callable[[], PostgresStore]
