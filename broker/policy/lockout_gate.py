@@ -27,8 +27,10 @@ import structlog
 from broker.dispatch.jobs import MAY_HAVE_TRIED
 from broker.metrics import OFF
 from broker.policy import lockout
+from broker.policy.directory_thresholds import DirectoryThresholds
 from broker.policy.lockout_ledger import Ledger, MemoryLedger
 from broker.policy.recent_failures import RecentFailures, Repeat, RepeatMemory
+from broker.policy.user_turns import UserTurns
 from broker.policy.verdicts import (
     ACCOUNT_EXISTS,
     PASSWORD_RIGHT,
@@ -41,20 +43,18 @@ from broker.policy.verdicts import (
     locked,
 )
 from broker.store.records import Flight
-from pta.errors import DeadlineExceeded, Overloaded, StoreUnavailable
+from pta.errors import StoreUnavailable
 
 if TYPE_CHECKING:
     import concurrent.futures
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable
 
     from broker.metrics import Counts
     from broker.policy.tenant_policy import TenantPolicy
     from broker.store.policy_store import PolicyStore
-    from broker.store.records import CounterKey, DirectoryPolicyRecord, Location, UserLockout
+    from broker.store.records import CounterKey, Location, UserLockout
 
 log = structlog.get_logger()
-#: Sign-ins of one user waiting their turn; more are refused (each wake-up wakes them all).
-MAX_WAITING_PER_USER = 32
 #: Counters kept of accounts no directory said exist; past this the oldest are forgotten.
 MAX_COUNTERS = 200_000
 #: A flight outlives its sign-in's deadline by this much before it counts as lost: an agent
@@ -91,13 +91,11 @@ class LockoutGate:
             clock=clock,
             max_counters=MAX_COUNTERS if max_counters is None else max_counters,
         )
-        self._waiters: dict[tuple[str, str], list[asyncio.Future[None]]] = {}
+        self.turns = UserTurns()
         #: Where locks are counted for operators (the broker's metrics, when on).
         self.metrics: Counts = OFF
-        #: tenant -> domain -> the lowest threshold its agents reported (0: known never to lock;
-        #: absent: unknown); and each report.
-        self.directory: dict[str, dict[str, int]] = {}
-        self._reports: dict[str, dict[tuple[str, str], int]] = {}
+        #: What each tenant's agents said of their directories' own lockout.
+        self.thresholds = DirectoryThresholds()
 
     @property
     def counters(self) -> dict[CounterKey, lockout.Counter]:
@@ -147,7 +145,7 @@ class LockoutGate:
         """
         tenant, user = attempt.tenant, attempt.user
         key = f"{tenant}\0{user}"
-        budget = self._directory_budget(tenant, attempt.domain, attempt.location)
+        budget = self.thresholds.budget(tenant, attempt.domain, attempt.location)
         loop = asyncio.get_running_loop()
         while True:
             remaining = max(0.0, deadline - loop.time())
@@ -169,7 +167,7 @@ class LockoutGate:
             )
             if decided is not False:
                 return None if decided is True else decided
-            await self._wait_turn((tenant, user), deadline)
+            await self.turns.wait((tenant, user), deadline, self.ledger.poll)
 
     def _decide(  # noqa: PLR0913 - one decision's facts
         self,
@@ -245,42 +243,12 @@ class LockoutGate:
             Overloaded: When too many sign-ins of the user wait already.
         """
         rule = attempt.policy.lockout
-        if not rule.enabled or attempt.domain not in self.directory.get(attempt.tenant, {}):
+        if not rule.enabled or not self.thresholds.known(attempt.tenant, attempt.domain):
             return False
         if await self.admit(attempt, None, deadline) is not None:
             return False
         attempt.ended = False
         return True
-
-    async def _wait_turn(self, key: tuple[str, str], deadline: float) -> None:
-        """Wait until a check of the user ``key`` (tenant, user) is answered.
-
-        With a shared ledger, a check answered at another broker wakes nobody here: the
-        wait then ends every :attr:`Ledger.poll` seconds, to decide again.
-
-        Raises:
-            DeadlineExceeded: When ``deadline`` (event-loop time) passes first.
-            Overloaded: When too many wait for this user already.
-        """
-        waiters = self._waiters.setdefault(key, [])
-        if len(waiters) >= MAX_WAITING_PER_USER:
-            raise Overloaded("too many sign-ins of this user at once; try again")
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        waiters.append(waiter)
-        poll = self.ledger.poll
-        until = deadline if poll is None else min(deadline, loop.time() + poll)
-        try:
-            async with asyncio.timeout_at(until):
-                await waiter
-        except TimeoutError:
-            if until >= deadline:
-                raise DeadlineExceeded("earlier sign-ins of this user took too long") from None
-        finally:
-            if waiter in waiters:
-                waiters.remove(waiter)
-            if not waiters and self._waiters.get(key) is waiters:
-                del self._waiters[key]
 
     def end(self, attempt: Attempt, outcome: int | None, *, succeed: bool = False) -> bool:
         """Count what the directory said about an attempt (``None``: no answer at all).
@@ -314,7 +282,7 @@ class LockoutGate:
                 # than made.
                 log.warning("lockout.not_recorded", tenant=tenant, user=user, detail=error.detail)
             finally:
-                self._wake(tenant, user)
+                self.turns.wake(tenant, user)
 
         self._confirm(tenant, user, outcome)
         attempt.landing = self.ledger.later(
@@ -336,12 +304,6 @@ class LockoutGate:
             # The directory just took a password: one refused before may be the new one
             # (a user who tried it, then changed to it).
             self.recent.forget_in(state, key)
-
-    def _wake(self, tenant: str, user: str) -> None:
-        """Let the checks of a user that wait for their turn decide again."""
-        for waiter in self._waiters.pop((tenant, user), ()):
-            if not waiter.done():
-                waiter.set_result(None)
 
     def _settle(
         self,
@@ -384,24 +346,6 @@ class LockoutGate:
             return locked
         return False
 
-    def directory_reported(self, tenant: str, reports: Iterable[DirectoryPolicyRecord]) -> None:
-        """Remember what an agent said of its directories' own lockout (the lowest one wins)."""
-        by_agent = self._reports.setdefault(tenant, {})
-        for report in reports:
-            key = (report.domain, report.agent_id)
-            if report.known:
-                by_agent[key] = report.lockout_threshold
-            else:  # This agent cannot tell (any more); another agent's word still stands.
-                by_agent.pop(key, None)
-        said: dict[str, list[int]] = {}
-        for (domain, _), threshold in by_agent.items():
-            said.setdefault(domain, []).append(threshold)
-        self.directory[tenant] = {
-            domain: lowest
-            for domain, thresholds in said.items()
-            if (lowest := lockout.lowest_threshold(thresholds)) is not None
-        }
-
     def _confirm(self, tenant: str, user: str, outcome: int | None) -> None:
         """Remember an account a directory answered for: its counters are never shed."""
         if outcome in ACCOUNT_EXISTS and (tenant, user) not in self._known:
@@ -417,11 +361,6 @@ class LockoutGate:
                     )
 
             self.ledger.aside(write)
-
-    def _directory_budget(self, tenant: str, domain: str, location: Location) -> int | None:
-        """How many wrong passwords may be in the directory's count at once (None: unknown)."""
-        threshold = self.directory.get(tenant, {}).get(domain)
-        return lockout.directory_budget(threshold, unfamiliar=location == "unfamiliar")
 
     def fail(self, key: CounterKey, rule: lockout.LockoutRule) -> lockout.Counter:
         """Count a wrong password or code against ``key``; log when it locks; the new counter."""

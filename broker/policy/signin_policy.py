@@ -22,10 +22,12 @@ from typing import TYPE_CHECKING
 import structlog
 
 from broker.policy.accounts import AccountMap, typed_key
-from broker.policy.lockout_gate import MAX_COUNTERS, MAX_WAITING_PER_USER, LockoutGate
+from broker.policy.directory_thresholds import threshold_warning
+from broker.policy.lockout_gate import MAX_COUNTERS, LockoutGate
 from broker.policy.password_protection import PasswordProtection
 from broker.policy.second_factor import SecondFactor
 from broker.policy.tenant_policy import TenantPolicy, familiar_prefix, in_networks
+from broker.policy.user_turns import MAX_WAITING_PER_USER
 from broker.policy.verdicts import REPEATED, Attempt, Outcome, Verdict
 from pta.errors import StoreUnavailable
 
@@ -285,7 +287,7 @@ class SignInPolicy:
 
     def directory_reported(self, tenant: str, reports: Iterable[DirectoryPolicyRecord]) -> None:
         """Remember what an agent said of its directories' own lockout; warn when ours is late."""
-        self.gate.directory_reported(tenant, reports)
+        self.gate.thresholds.reported(tenant, reports)
         self._check_thresholds(tenant)
 
     def grant(self, attempt: Attempt, request_id: str) -> Verdict:
@@ -322,7 +324,7 @@ class SignInPolicy:
 
     def _check_thresholds(self, tenant: str) -> None:
         rule = self.policy_of(tenant).lockout
-        for domain, threshold in sorted(self.gate.directory.get(tenant, {}).items()):
+        for domain, threshold in sorted(self.gate.thresholds.lowest.get(tenant, {}).items()):
             if warning := threshold_warning(rule.threshold, threshold):
                 log.warning(
                     "policy.threshold_not_below_directory",
@@ -384,20 +386,3 @@ class SignInPolicy:
 
 
 _DEFAULT = TenantPolicy()
-
-
-def threshold_warning(broker_threshold: int, directory_threshold: int) -> str:
-    """Why the broker's lockout would come too late for the directory's, or ``""``."""
-    if directory_threshold <= 0:
-        return ""
-    if broker_threshold <= 0:
-        return (
-            f"the broker's lockout is off and the directory locks after {directory_threshold}:"
-            " guesses in the cloud can lock users out on premises"
-        )
-    if broker_threshold >= directory_threshold:
-        return (
-            f"set the broker's threshold below the directory's {directory_threshold}"
-            f" (it is {broker_threshold}), or cloud guesses lock users out on premises"
-        )
-    return ""

@@ -201,7 +201,7 @@ class TestBounds:
             task.cancel()
         await asyncio.gather(*waiting, return_exceptions=True)
         policy.end(first, None)
-        assert policy.gate._waiters == {}
+        assert policy.gate.turns.waiters == {}
 
     async def test_counters_are_shed_past_the_cap(
         self,
@@ -284,4 +284,4 @@ class TestBounds:
         policy.directory_reported(TENANT, [report(5)])
         other = dataclasses.replace(report(0, known=False), agent_id="agent-b")
         policy.directory_reported(TENANT, [other])
-        assert policy.gate.directory[TENANT][DOMAIN] == 5
+        assert policy.gate.thresholds.lowest[TENANT][DOMAIN] == 5

@@ -343,7 +343,7 @@ class TestSignInPolicyAllowance:
         soon = asyncio.get_running_loop().time() + 0.005
         with pytest.raises(DeadlineExceeded):
             await policy.begin(TENANT, ALICE, "Maybe-b", ELSEWHERE, deadline=soon)
-        assert policy.gate._waiters == {}
+        assert policy.gate.turns.waiters == {}
 
 
 class TestAttemptBlock:
@@ -391,7 +391,7 @@ class TestAttemptBlock:
         async with policy.attempt(TENANT, ALICE, RIGHT, ELSEWHERE, deadline=deadline()) as got:
             assert isinstance(got, Verdict)
             assert got.outcome == Outcome.LOCKED_BY_POLICY
-        assert policy.gate._waiters == {}
+        assert policy.gate.turns.waiters == {}
 
     async def test_no_allowance_when_off(self, store: Store, policy: SignInPolicy) -> None:
         """With the lockout off, any number of checks run at once."""
